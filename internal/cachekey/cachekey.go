@@ -1,0 +1,255 @@
+// Package cachekey computes step cache keys as specified in spec/cache-keys.md, byte-identical
+// to the keys the harmont front ends compute at render time, and records the inputs that went
+// into each key so that hm can explain a cache miss.
+package cachekey
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/ir"
+)
+
+// DefaultOrg is the org when HM_PIPELINE_ORG is unset.
+const DefaultOrg = "default"
+
+// scratch stands for the parent key of a root step.
+const scratch = "scratch"
+
+// Context is what a key depends on beyond the IR.
+type Context struct {
+	Org  string    // HM_PIPELINE_ORG, read by the caller; "" means DefaultOrg
+	Slug string    // the pipeline's slug
+	Now  time.Time // render time, for ttl buckets; zero means time.Now()
+	// Getenv reads the environment of the rendering process (env_keys); nil means os.Getenv.
+	Getenv func(string) string
+	// Dir is the source directory that on_change paths are relative to; "" means the
+	// working directory.
+	Dir string
+}
+
+// Result is the key of one node.
+type Result struct {
+	Key    string // "" when the step is not cached
+	Inputs Inputs
+}
+
+// Compute returns one Result per node of p, index-aligned with p.Nodes. A key present in the IR
+// (step.cache.key) is used as is; its Inputs are still filled as far as they can be.
+func Compute(c Context, p *ir.Pipeline) ([]Result, error) {
+	if c.Org == "" {
+		c.Org = DefaultOrg
+	}
+	if c.Now.IsZero() {
+		c.Now = time.Now()
+	}
+	if c.Getenv == nil {
+		c.Getenv = os.Getenv
+	}
+	if c.Dir == "" {
+		c.Dir = "."
+	}
+	order, err := lineageOrder(p)
+	if err != nil {
+		return nil, err
+	}
+	k := keyer{ctx: c, files: newFileHasher(c.Dir)}
+	res := make([]Result, len(p.Nodes))
+	for _, i := range order {
+		st := p.Nodes[i].Step
+		if st.Cache == nil || st.Cache.Policy == ir.PolicyNone {
+			continue
+		}
+		fromIR := st.Cache.Key != ""
+		parent := scratch
+		if pi := p.Parent(i); pi >= 0 {
+			parent = res[pi].Key
+			if parent == "" && !fromIR {
+				ps := p.Nodes[pi].Step.Key
+				return nil, errs.New(errs.ErrInvalid, "cache_parent_uncached",
+					fmt.Sprintf("give step %q a cache policy too, or remove the cache policy of step %q", ps, st.Key),
+					"step %q has cache policy %q but its builds_in parent %q is not cached, so its snapshot cannot be keyed",
+					st.Key, st.Cache.Policy, ps)
+			}
+		}
+		in := Inputs{
+			Policy:    describePolicy(*st.Cache),
+			FromIR:    fromIR,
+			Org:       c.Org,
+			Slug:      c.Slug,
+			ParentKey: parent,
+		}
+		part, err := k.policyPart(st.Key, st.Cmd, *st.Cache, &in)
+		if fromIR {
+			// The front end already decided the key; what we could not recompute only weakens
+			// the explanation of a miss, it must not fail the build.
+			res[i] = Result{Key: st.Cache.Key, Inputs: in}
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		res[i] = Result{Key: hashStrings(c.Org, c.Slug, st.Key, parent, part), Inputs: in}
+	}
+	return res, nil
+}
+
+// lineageOrder returns the node indexes with every builds_in parent before its children.
+func lineageOrder(p *ir.Pipeline) ([]int, error) {
+	parent := make([]int, len(p.Nodes))
+	for i := range parent {
+		parent[i] = -1
+	}
+	for _, e := range p.Edges {
+		if e.Kind == ir.BuildsIn && e.To >= 0 && e.To < len(p.Nodes) {
+			parent[e.To] = e.From
+		}
+	}
+	const (
+		unseen = iota
+		visiting
+		done
+	)
+	state := make([]int, len(p.Nodes))
+	order := make([]int, 0, len(p.Nodes))
+	for start := range p.Nodes {
+		// Walk up to the first resolved ancestor, then emit the path top-down.
+		var path []int
+		for n := start; n >= 0 && state[n] != done; n = parent[n] {
+			if n >= len(p.Nodes) {
+				return nil, fmt.Errorf("cache keys: builds_in parent %d out of range: %w", n, errs.ErrInvalid)
+			}
+			if state[n] == visiting {
+				return nil, errs.New(errs.ErrInvalid, "ir_cycle", "remove one builds_in edge of the cycle",
+					"builds_in cycle through step %q", p.Nodes[n].Step.Key)
+			}
+			state[n] = visiting
+			path = append(path, n)
+		}
+		for j := len(path) - 1; j >= 0; j-- {
+			state[path[j]] = done
+			order = append(order, path[j])
+		}
+	}
+	return order, nil
+}
+
+type keyer struct {
+	ctx   Context
+	files *fileHasher
+}
+
+// policyPart returns the policy_part of the key and records its inputs in in. On error it
+// still records what it could.
+func (k *keyer) policyPart(step, cmd string, c ir.Cache, in *Inputs) (string, error) {
+	switch c.Policy {
+	case ir.PolicyNone:
+		return "none", nil
+	case ir.PolicyForever:
+		return "forever-" + k.cmdEnvHash(cmd, c.EnvKeys, in), nil
+	case ir.PolicyTTL:
+		h := k.cmdEnvHash(cmd, c.EnvKeys, in)
+		if c.DurationSeconds <= 0 {
+			return "", errs.New(errs.ErrInvalid, "cache_ttl_duration", "set cache.duration_seconds to a whole number of seconds >= 1",
+				"step %q has cache policy ttl with duration_seconds %d", step, c.DurationSeconds)
+		}
+		b := floorDiv(k.ctx.Now.Unix(), c.DurationSeconds)
+		in.TTLBuckets = append(in.TTLBuckets, TTLBucket{Seconds: c.DurationSeconds, Bucket: b})
+		return "ttl-" + strconv.FormatInt(b, 10) + "-" + h, nil
+	case ir.PolicyOnChange:
+		paths, err := k.files.resolve(c.Paths)
+		if err != nil {
+			return "", fmt.Errorf("cache key of step %q: %w", step, err)
+		}
+		h := sha256.New()
+		for _, rel := range paths {
+			ph, err := k.files.hash(rel)
+			if err != nil {
+				return "", fmt.Errorf("cache key of step %q: %w", step, err)
+			}
+			if in.Files == nil {
+				in.Files = map[string]string{}
+			}
+			in.Files[rel] = ph
+			h.Write([]byte(ph))
+			h.Write([]byte{0})
+		}
+		return "sha-" + hex.EncodeToString(h.Sum(nil)), nil
+	case ir.PolicyCompose:
+		var sb strings.Builder
+		var firstErr error
+		for _, sub := range c.SubPolicies {
+			part, err := k.policyPart(step, cmd, sub, in)
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			sb.WriteString(part)
+		}
+		if firstErr != nil {
+			return "", firstErr
+		}
+		return "compose-" + hashStrings(sb.String()), nil
+	}
+	return "", errs.New(errs.ErrInvalid, "cache_policy_unknown",
+		"use one of none, forever, ttl, on_change, compose",
+		"step %q has unknown cache policy %q", step, c.Policy)
+}
+
+// cmdEnvHash is sha256hex(cmd \0 envsub) and records the command hash and env values.
+func (k *keyer) cmdEnvHash(cmd string, envKeys []string, in *Inputs) string {
+	names := append([]string(nil), envKeys...)
+	sort.Strings(names)
+	h := sha256.New()
+	h.Write([]byte(cmd))
+	h.Write([]byte{0})
+	for _, name := range names {
+		v := k.ctx.Getenv(name)
+		h.Write([]byte(name + "=" + v))
+		h.Write([]byte{0})
+		if in.EnvValues == nil {
+			in.EnvValues = map[string]string{}
+		}
+		in.EnvValues[name] = v
+	}
+	in.CmdHash = hashStrings(cmd)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// describePolicy names a policy for Inputs: "forever", "compose(on_change,ttl,none)".
+func describePolicy(c ir.Cache) string {
+	if c.Policy != ir.PolicyCompose {
+		return c.Policy
+	}
+	subs := make([]string, len(c.SubPolicies))
+	for i, s := range c.SubPolicies {
+		subs[i] = describePolicy(s)
+	}
+	return c.Policy + "(" + strings.Join(subs, ",") + ")"
+}
+
+// hashStrings is sha256hex of parts joined by NUL.
+func hashStrings(parts ...string) string {
+	h := sha256.New()
+	for i, s := range parts {
+		if i > 0 {
+			h.Write([]byte{0})
+		}
+		h.Write([]byte(s))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if (a%b != 0) && ((a < 0) != (b < 0)) {
+		q--
+	}
+	return q
+}

@@ -1,0 +1,105 @@
+// Package cli implements hm's command line (spec/cli.md) on top of the engine packages.
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hmci/hm/internal/errs"
+)
+
+// Version is set at build time with -ldflags "-X github.com/hmci/hm/internal/cli.Version=...".
+var Version = "dev"
+
+// IO are the process's streams; tests substitute them.
+type IO struct {
+	In       io.Reader
+	Out, Err io.Writer
+	Getenv   func(string) string
+}
+
+// Main runs hm with args and returns the process exit code.
+func Main(ctx context.Context, args []string, stdio IO) int {
+	root := newRoot(stdio)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	if ec, ok := err.(exitCode); ok {
+		return int(ec)
+	}
+	errs.Print(stdio.Err, err)
+	return errs.ExitCode(err)
+}
+
+// exitCode ends a command with a code after it already reported what happened.
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit %d", int(e)) }
+
+func newRoot(stdio IO) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "hm",
+		Short:         "hm runs CI pipelines in sandboxes, with copy-on-write snapshots and a cache",
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		CompletionOptions: cobra.CompletionOptions{
+			DisableDefaultCmd: true,
+		},
+	}
+	root.SetIn(stdio.In)
+	root.SetOut(stdio.Out)
+	root.SetErr(stdio.Err)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return errs.New(errs.ErrUsage, "usage", fmt.Sprintf("see `%s --help`", c.CommandPath()), "%v", err)
+	})
+	root.AddCommand(newRunCmd(stdio), newRenderCmd(stdio), newPipelinesCmd(stdio), newVersionCmd(stdio))
+	return root
+}
+
+// usageArgs wraps cobra's positional-argument checks into usage errors.
+func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if err := check(c, args); err != nil {
+			return errs.New(errs.ErrUsage, "usage", fmt.Sprintf("see `%s --help`", c.CommandPath()), "%v", err)
+		}
+		return nil
+	}
+}
+
+func newVersionCmd(stdio IO) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print hm's version",
+		Args:  usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			v, goVersion := Version, ""
+			if bi, ok := debug.ReadBuildInfo(); ok {
+				goVersion = bi.GoVersion
+				if v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+					v = bi.Main.Version
+				}
+				for _, s := range bi.Settings {
+					if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+						v += " (" + s.Value[:12] + ")"
+					}
+				}
+			}
+			fmt.Fprintf(stdio.Out, "hm %s %s\n", v, goVersion)
+			return nil
+		},
+	}
+}
+
+func getenvOr(stdio IO) func(string) string {
+	if stdio.Getenv != nil {
+		return stdio.Getenv
+	}
+	return os.Getenv
+}

@@ -1,0 +1,275 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/hmci/hm/internal/config"
+	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/events"
+	"github.com/hmci/hm/internal/execution"
+	"github.com/hmci/hm/internal/execution/local"
+	"github.com/hmci/hm/internal/frontend"
+	"github.com/hmci/hm/internal/ir"
+	"github.com/hmci/hm/internal/render"
+)
+
+type runFlags struct {
+	dir, file, backend, format, timeout string
+	mapImage, env                       []string
+	parallelism                         int
+	keepGoing, noCache, logs, noColor   bool
+	verbose                             bool
+	branch, message                     string
+}
+
+func newRunCmd(stdio IO) *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run [PIPELINE]",
+		Short: "Run a pipeline",
+		Long: `Run a pipeline discovered under <dir>/.hm/ (PIPELINE names it when there are several),
+or a rendered IR file with --file. Exit codes: 0 passed, 1 failed, 2 usage, 4 infrastructure
+unavailable, 7 pipeline invalid, 124 timed out, 130 canceled.`,
+		Args: usageArgs(cobra.MaximumNArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			return runBuild(c, stdio, &f, args)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVarP(&f.dir, "dir", "d", ".", "source directory")
+	fl.StringVar(&f.file, "file", "", "run this IR JSON file (graph or flat form; - for stdin) instead of discovering .hm/")
+	fl.StringVar(&f.backend, "backend", "auto", "auto, docker, sandbox, host or remote")
+	fl.StringArrayVar(&f.mapImage, "map-image", nil, "use image TO wherever the pipeline names FROM (FROM=TO, repeatable)")
+	fl.StringArrayVarP(&f.env, "env", "e", nil, "extra environment for every step (K=V, repeatable)")
+	fl.IntVar(&f.parallelism, "parallelism", 0, "max concurrently executing steps (default: CPUs; 0 = 1)")
+	fl.BoolVarP(&f.keepGoing, "keep-going", "k", false, "do not cancel independent branches after a failure")
+	fl.BoolVar(&f.noCache, "no-cache", false, "run every step; do not register new cache entries")
+	fl.StringVar(&f.timeout, "timeout", "", "whole-build limit, e.g. 10m (overrides the pipeline's timeout_seconds)")
+	fl.StringVar(&f.format, "format", "human", "human (stderr) or json (NDJSON events on stdout)")
+	fl.BoolVar(&f.logs, "logs", false, "plain prefixed log lines even on a terminal")
+	fl.BoolVar(&f.noColor, "no-color", false, "no colours")
+	fl.BoolVarP(&f.verbose, "verbose", "v", false, "more detail (cache-miss explanations, every log line)")
+	fl.StringVarP(&f.branch, "branch", "b", "", "source branch (remote backend)")
+	fl.StringVarP(&f.message, "message", "m", "", "build message (remote backend)")
+	return cmd
+}
+
+// settings are the config after flags.
+type settings struct {
+	config.Config
+	parallelism int
+	env         []string
+	timeout     time.Duration
+}
+
+func resolveSettings(fl *pflag.FlagSet, f *runFlags, getenv func(string) string) (settings, error) {
+	cfg, err := config.Load(f.dir, getenv)
+	if err != nil {
+		return settings{}, err
+	}
+	s := settings{Config: cfg}
+	changed := fl.Changed
+	if changed("backend") {
+		s.Backend = f.backend
+	}
+	if changed("parallelism") {
+		s.Parallelism = f.parallelism
+	}
+	if changed("keep-going") {
+		s.KeepGoing = f.keepGoing
+	}
+	if changed("no-cache") {
+		s.NoCache = f.noCache
+	}
+	if changed("format") {
+		s.Format = f.format
+	}
+	if changed("logs") {
+		s.Logs = f.logs
+	}
+	if changed("no-color") {
+		s.NoColor = f.noColor
+	}
+	if s.Format != "human" && s.Format != "json" {
+		return s, usage("--format human|json", "unknown output format %q", s.Format)
+	}
+	s.parallelism = s.Parallelism
+	if s.parallelism < 0 {
+		return s, usage("give --parallelism a number >= 0", "invalid parallelism %d", s.parallelism)
+	}
+	if s.parallelism == 0 {
+		s.parallelism = 1
+	}
+	s.timeout = s.Timeout.Duration
+	if changed("timeout") {
+		d, err := time.ParseDuration(f.timeout)
+		if err != nil || d <= 0 {
+			return s, usage("use a positive Go duration such as 90s, 10m or 1h", "invalid --timeout %q", f.timeout)
+		}
+		s.timeout = d
+	}
+	for _, m := range f.mapImage {
+		from, to, ok := strings.Cut(m, "=")
+		if !ok || from == "" || to == "" {
+			return s, usage("write --map-image FROM=TO, e.g. --map-image ubuntu:24.04=hm-test", "invalid --map-image %q", m)
+		}
+		s.Images[from] = to
+	}
+	for k, v := range s.Env {
+		s.env = append(s.env, k+"="+v)
+	}
+	for _, e := range f.env {
+		k, _, ok := strings.Cut(e, "=")
+		if !ok || k == "" {
+			return s, usage("write -e KEY=VALUE", "invalid -e %q", e)
+		}
+		s.env = append(s.env, e)
+	}
+	return s, nil
+}
+
+func usage(fix, format string, args ...any) error {
+	return errs.New(errs.ErrUsage, "usage", fix, format, args...)
+}
+
+// loadPipeline reads and validates the IR: --file, or a discovered pipeline.
+func loadPipeline(c *cobra.Command, stdio IO, f *runFlags, args []string) (*ir.Pipeline, string, error) {
+	var data []byte
+	var slug string
+	switch {
+	case f.file != "" && len(args) > 0:
+		return nil, "", usage("pass either PIPELINE or --file", "both a pipeline name and --file given")
+	case f.file == "-":
+		b, err := io.ReadAll(stdio.In)
+		if err != nil {
+			return nil, "", usage("pipe the IR into hm run --file -", "cannot read stdin: %v", err)
+		}
+		data, slug = b, "stdin"
+	case f.file != "":
+		b, err := os.ReadFile(f.file)
+		if err != nil {
+			return nil, "", usage("check the path given to --file", "cannot read %s: %v", f.file, err)
+		}
+		data = b
+		slug = strings.TrimSuffix(filepath.Base(f.file), filepath.Ext(f.file))
+	default:
+		p, err := selectPipeline(f.dir, args)
+		if err != nil {
+			return nil, "", err
+		}
+		if data, err = frontend.Render(c.Context(), p); err != nil {
+			return nil, "", err
+		}
+		slug = p.Slug
+	}
+	p, err := ir.Parse(data)
+	if err != nil {
+		return nil, "", err
+	}
+	return p, slug, nil
+}
+
+func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
+	getenv := getenvOr(stdio)
+	s, err := resolveSettings(c.Flags(), f, getenv)
+	if err != nil {
+		return err
+	}
+	p, slug, err := loadPipeline(c, stdio, f, args)
+	if err != nil {
+		return err
+	}
+	dir, err := filepath.Abs(f.dir)
+	if err != nil {
+		return usage("check --dir", "bad source directory %q: %v", f.dir, err)
+	}
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return usage("point -d/--dir at an existing directory", "source directory %s does not exist", dir)
+	}
+	stateDir, err := config.StateDir(getenv)
+	if err != nil {
+		return err
+	}
+	vmb, err := openVM(c.Context(), s.Backend, stateDir)
+	if err != nil {
+		return err
+	}
+	exec := &local.Backend{
+		VM: vmb, StateDir: stateDir,
+		MaxEntries: s.Cache.MaxEntries, MaxBytes: int64(s.Cache.MaxSize),
+		MaxSourceBytes: int64(s.MaxSourceSize),
+	}
+
+	// Signals: the first SIGINT/SIGTERM cancels the build (cleanup runs, exit 130); a second
+	// SIGINT exits at once and leaves the cleanup to the next start's reconcile.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	h, err := exec.Start(c.Context(), execution.Request{
+		Pipeline: p, Slug: slug, SourceDir: dir,
+		Options: execution.Options{
+			Parallelism: s.parallelism, KeepGoing: s.KeepGoing, NoCache: s.NoCache,
+			Timeout: s.timeout, Env: s.env, MapImage: s.Images, Verbose: f.verbose,
+		},
+	})
+	if err != nil {
+		return err
+	}
+	go func() {
+		n := 0
+		for sig := range sigs {
+			n++
+			if n == 1 {
+				h.Cancel()
+				continue
+			}
+			if sig == os.Interrupt {
+				fmt.Fprintln(stdio.Err, "hm: interrupted again, exiting without cleanup (the next run reconciles)")
+				os.Exit(errs.ExitCanceled)
+			}
+		}
+	}()
+
+	var outErr error
+	if s.Format == "json" {
+		w := events.NewNDJSONWriter(stdio.Out)
+		for e := range h.Events() {
+			if outErr == nil {
+				outErr = w.Write(e)
+			}
+		}
+	} else {
+		live := false
+		if fd, ok := stdio.Err.(*os.File); ok {
+			live = render.UseLive(fd, s.Logs)
+		}
+		outErr = render.Run(context.WithoutCancel(c.Context()), stdio.Err, h.Events(), render.Options{
+			NoColor: s.NoColor, Verbose: f.verbose, Live: live,
+		})
+	}
+	out := h.Wait()
+	if out.Err != nil {
+		errs.Print(stdio.Err, out.Err)
+	}
+	_ = outErr // a closed pipe must not change the build's exit code
+	return exitCode(out.ExitCode).orNil()
+}
+
+func (e exitCode) orNil() error {
+	if e == 0 {
+		return nil
+	}
+	return e
+}

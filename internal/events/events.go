@@ -1,0 +1,261 @@
+// Package events defines hm's build event stream (spec/events.md): the variants, their NDJSON
+// encoding, and a lossless queue that decouples the engine from slow consumers.
+//
+// The local backend, the remote backend and the server all speak exactly this format, so a
+// single renderer serves every backend.
+package events
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Kind names an event variant; it is the "kind" field on the wire.
+type Kind string
+
+const (
+	KindBuildStart    Kind = "build_start"
+	KindBuildAccepted Kind = "build_accepted"
+	KindStepQueued    Kind = "step_queued"
+	KindStepStart     Kind = "step_start"
+	KindStepLog       Kind = "step_log"
+	KindStepCacheHit  Kind = "step_cache_hit"
+	KindStepEnd       Kind = "step_end"
+	KindStepSkipped   Kind = "step_skipped"
+	KindChainFailed   Kind = "chain_failed"
+	KindBuildEnd      Kind = "build_end"
+)
+
+// Stream names of step_log.
+const (
+	Stdout = "stdout"
+	Stderr = "stderr"
+)
+
+// Skip reasons of step_skipped.
+const (
+	SkipDependencyFailed = "dependency_failed"
+	SkipCanceled         = "canceled"
+)
+
+// Event is one build event. Exactly one of the pointer fields is set, matching Kind; the
+// concrete payload types below carry the fields of spec/events.md.
+type Event struct {
+	Kind          Kind
+	BuildStart    *BuildStart
+	BuildAccepted *BuildAccepted
+	StepQueued    *StepQueued
+	StepStart     *StepStart
+	StepLog       *StepLog
+	StepCacheHit  *StepCacheHit
+	StepEnd       *StepEnd
+	StepSkipped   *StepSkipped
+	ChainFailed   *ChainFailed
+	BuildEnd      *BuildEnd
+}
+
+// Plan summarises the plan in build_start.
+type Plan struct {
+	StepCount     int    `json:"step_count"`
+	ChainCount    int    `json:"chain_count"`
+	DefaultRunner string `json:"default_runner"`
+}
+
+type BuildStart struct {
+	RunID     string    `json:"run_id"`
+	Plan      Plan      `json:"plan"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// AcceptedBuild identifies a build accepted by a remote server.
+type AcceptedBuild struct {
+	RunID    string `json:"run_id"`
+	Number   int64  `json:"number"`
+	Org      string `json:"org"`
+	Pipeline string `json:"pipeline"`
+}
+
+type BuildAccepted struct {
+	Build    AcceptedBuild `json:"build"`
+	WatchURL *string       `json:"watch_url"`
+}
+
+type StepQueued struct {
+	StepID      string  `json:"step_id"`
+	Key         string  `json:"key"`
+	ChainIdx    int     `json:"chain_idx"`
+	ParentKey   *string `json:"parent_key"`
+	DisplayName string  `json:"display_name"`
+}
+
+type StepStart struct {
+	StepID string  `json:"step_id"`
+	Runner string  `json:"runner"`
+	Image  *string `json:"image"`
+}
+
+type StepLog struct {
+	StepID string    `json:"step_id"`
+	Stream string    `json:"stream"`
+	Line   string    `json:"line"`
+	TS     time.Time `json:"ts"`
+}
+
+type StepCacheHit struct {
+	StepID string `json:"step_id"`
+	Key    string `json:"key"`
+	Tag    string `json:"tag"`
+}
+
+type StepEnd struct {
+	StepID     string  `json:"step_id"`
+	ExitCode   int     `json:"exit_code"`
+	DurationMS int64   `json:"duration_ms"`
+	Snapshot   *string `json:"snapshot"`
+}
+
+type StepSkipped struct {
+	StepID string    `json:"step_id"`
+	Reason string    `json:"reason"`
+	TS     time.Time `json:"ts"`
+}
+
+type ChainFailed struct {
+	ChainIdx      int       `json:"chain_idx"`
+	FailedStepID  string    `json:"failed_step_id"`
+	FailedStepKey string    `json:"failed_step_key"`
+	ExitCode      int       `json:"exit_code"`
+	Message       string    `json:"message"`
+	TS            time.Time `json:"ts"`
+}
+
+type BuildEnd struct {
+	ExitCode   int   `json:"exit_code"`
+	DurationMS int64 `json:"duration_ms"`
+}
+
+// payload returns the variant's payload, or nil when Kind and payload disagree.
+func (e Event) payload() any {
+	switch e.Kind {
+	case KindBuildStart:
+		return nilIf(e.BuildStart)
+	case KindBuildAccepted:
+		return nilIf(e.BuildAccepted)
+	case KindStepQueued:
+		return nilIf(e.StepQueued)
+	case KindStepStart:
+		return nilIf(e.StepStart)
+	case KindStepLog:
+		return nilIf(e.StepLog)
+	case KindStepCacheHit:
+		return nilIf(e.StepCacheHit)
+	case KindStepEnd:
+		return nilIf(e.StepEnd)
+	case KindStepSkipped:
+		return nilIf(e.StepSkipped)
+	case KindChainFailed:
+		return nilIf(e.ChainFailed)
+	case KindBuildEnd:
+		return nilIf(e.BuildEnd)
+	}
+	return nil
+}
+
+func nilIf[T any](p *T) any {
+	if p == nil {
+		return nil
+	}
+	return p
+}
+
+// StepID returns the step the event belongs to, or "" for build-level events.
+func (e Event) StepID() string {
+	switch {
+	case e.StepQueued != nil:
+		return e.StepQueued.StepID
+	case e.StepStart != nil:
+		return e.StepStart.StepID
+	case e.StepLog != nil:
+		return e.StepLog.StepID
+	case e.StepCacheHit != nil:
+		return e.StepCacheHit.StepID
+	case e.StepEnd != nil:
+		return e.StepEnd.StepID
+	case e.StepSkipped != nil:
+		return e.StepSkipped.StepID
+	case e.ChainFailed != nil:
+		return e.ChainFailed.FailedStepID
+	}
+	return ""
+}
+
+// MarshalJSON writes the wire form: the payload's fields with "kind" first.
+func (e Event) MarshalJSON() ([]byte, error) {
+	p := e.payload()
+	if p == nil {
+		return nil, fmt.Errorf("events: %q event without its payload", e.Kind)
+	}
+	body, err := json.Marshal(p)
+	if err != nil {
+		return nil, err
+	}
+	kind, _ := json.Marshal(string(e.Kind))
+	out := make([]byte, 0, len(body)+len(kind)+9)
+	out = append(out, `{"kind":`...)
+	out = append(out, kind...)
+	if len(body) > 2 {
+		out = append(out, ',')
+		out = append(out, body[1:]...)
+	} else {
+		out = append(out, '}')
+	}
+	return out, nil
+}
+
+// UnmarshalJSON reads the wire form back; used by the remote backend and by tests.
+func (e *Event) UnmarshalJSON(b []byte) error {
+	var head struct {
+		Kind Kind `json:"kind"`
+	}
+	if err := json.Unmarshal(b, &head); err != nil {
+		return err
+	}
+	*e = Event{Kind: head.Kind}
+	var dst any
+	switch head.Kind {
+	case KindBuildStart:
+		e.BuildStart = new(BuildStart)
+		dst = e.BuildStart
+	case KindBuildAccepted:
+		e.BuildAccepted = new(BuildAccepted)
+		dst = e.BuildAccepted
+	case KindStepQueued:
+		e.StepQueued = new(StepQueued)
+		dst = e.StepQueued
+	case KindStepStart:
+		e.StepStart = new(StepStart)
+		dst = e.StepStart
+	case KindStepLog:
+		e.StepLog = new(StepLog)
+		dst = e.StepLog
+	case KindStepCacheHit:
+		e.StepCacheHit = new(StepCacheHit)
+		dst = e.StepCacheHit
+	case KindStepEnd:
+		e.StepEnd = new(StepEnd)
+		dst = e.StepEnd
+	case KindStepSkipped:
+		e.StepSkipped = new(StepSkipped)
+		dst = e.StepSkipped
+	case KindChainFailed:
+		e.ChainFailed = new(ChainFailed)
+		dst = e.ChainFailed
+	case KindBuildEnd:
+		e.BuildEnd = new(BuildEnd)
+		dst = e.BuildEnd
+	default:
+		return fmt.Errorf("events: unknown kind %q", head.Kind)
+	}
+	return json.Unmarshal(b, dst)
+}

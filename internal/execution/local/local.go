@@ -1,0 +1,182 @@
+// Package local is the execution backend that runs builds on this machine: it packs the
+// source, computes cache keys, reconciles leftovers of crashed runs, and runs the scheduler over
+// a VM backend, with the snapshot registry as its cache.
+package local
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/google/uuid"
+
+	"github.com/hmci/hm/internal/cachekey"
+	"github.com/hmci/hm/internal/events"
+	"github.com/hmci/hm/internal/execution"
+	"github.com/hmci/hm/internal/plan"
+	"github.com/hmci/hm/internal/registry"
+	"github.com/hmci/hm/internal/scheduler"
+	"github.com/hmci/hm/internal/source"
+	"github.com/hmci/hm/internal/vm"
+)
+
+// DefaultMaxEntries is the registry's LRU bound per backend when the config sets none.
+const DefaultMaxEntries = 256
+
+// Backend runs builds locally on VM.
+type Backend struct {
+	VM       vm.Backend
+	StateDir string
+	// MaxEntries and MaxBytes bound the cache per backend (LRU); 0 = default / unlimited.
+	MaxEntries int
+	MaxBytes   int64
+	// MaxSourceBytes bounds the packed workspace; 0 = unlimited.
+	MaxSourceBytes int64
+
+	reconcileOnce sync.Once
+	reconcileErr  error
+}
+
+var _ execution.Backend = (*Backend)(nil)
+
+// RegistryPath is where the snapshot registry of a state dir lives.
+func RegistryPath(stateDir string) string { return filepath.Join(stateDir, "registry.db") }
+
+// Start packs the source, computes keys and starts the build.
+func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.Handle, error) {
+	if err := b.reconcile(ctx); err != nil {
+		return nil, err
+	}
+	tree, err := source.Pack(ctx, req.SourceDir, source.Options{MaxBytes: b.MaxSourceBytes})
+	if err != nil {
+		return nil, err
+	}
+	pl := plan.New(req.Pipeline)
+	keys := make([]string, len(pl.Steps))
+	var inputs []cachekey.Inputs
+	if hasCache(pl) {
+		res, err := cachekey.Compute(cachekey.Context{
+			Org: os.Getenv("HM_PIPELINE_ORG"), Slug: req.Slug, Dir: req.SourceDir,
+		}, req.Pipeline)
+		if err != nil {
+			return nil, err
+		}
+		for i, r := range res {
+			keys[i] = r.Key
+			inputs = append(inputs, r.Inputs)
+		}
+	}
+	var reg *registry.Registry
+	var cache scheduler.Cache
+	if hasKey(keys) {
+		reg, err = registry.Open(ctx, RegistryPath(b.StateDir))
+		if err != nil {
+			return nil, err
+		}
+		cache = &registryCache{reg: reg, vm: b.VM, slug: req.Slug, inputs: inputs}
+	}
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	h := &handle{q: events.NewQueue(), cancel: cancel, done: make(chan struct{})}
+	opts := req.Options
+	go func() {
+		defer close(h.done)
+		defer cancel()
+		res := scheduler.Run(runCtx, pl, b.VM, scheduler.Options{
+			RunID:       uuid.NewString(),
+			Parallelism: opts.Parallelism,
+			KeepGoing:   opts.KeepGoing,
+			NoCache:     opts.NoCache,
+			Timeout:     opts.Timeout,
+			ExtraEnv:    opts.Env,
+			MapImage:    opts.MapImage,
+			Keys:        keys,
+			Cache:       cache,
+			Workspace:   tree,
+			Publish:     h.q.Publish,
+			Verbose:     opts.Verbose,
+		})
+		h.out = execution.Outcome{ExitCode: res.Status.ExitCode()}
+		if reg != nil {
+			b.evict(context.WithoutCancel(ctx), reg)
+			reg.Close()
+		}
+		h.q.Close()
+	}()
+	return h, nil
+}
+
+func hasCache(pl *plan.Plan) bool {
+	for _, s := range pl.Steps {
+		if s.Cache != nil && s.Cache.Policy != "" && s.Cache.Policy != "none" {
+			return true
+		}
+	}
+	return false
+}
+
+func hasKey(keys []string) bool {
+	for _, k := range keys {
+		if k != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// reconcile cleans what crashed runs left, once per process.
+func (b *Backend) reconcile(ctx context.Context) error {
+	b.reconcileOnce.Do(func() {
+		if err := b.VM.Reconcile(ctx); err != nil {
+			b.reconcileErr = fmt.Errorf("reconcile %s backend: %w", b.VM.Name(), err)
+			return
+		}
+		if _, err := os.Stat(RegistryPath(b.StateDir)); err != nil {
+			return
+		}
+		reg, err := registry.Open(ctx, RegistryPath(b.StateDir))
+		if err != nil {
+			b.reconcileErr = err
+			return
+		}
+		defer reg.Close()
+		_, err = reg.DropMissing(ctx, b.VM.Name(), func(id string) (bool, error) {
+			return b.VM.SnapshotExists(ctx, id)
+		})
+		if err != nil {
+			b.reconcileErr = err
+		}
+	})
+	return b.reconcileErr
+}
+
+// evict applies the LRU bound after a build; evicted snapshots are deleted.
+func (b *Backend) evict(ctx context.Context, reg *registry.Registry) {
+	max := b.MaxEntries
+	if max <= 0 {
+		max = DefaultMaxEntries
+	}
+	evicted, err := reg.Evict(ctx, b.VM.Name(), max, b.MaxBytes)
+	if err != nil {
+		return
+	}
+	for _, e := range evicted {
+		_ = b.VM.RemoveSnapshot(ctx, e.Snapshot)
+	}
+}
+
+type handle struct {
+	q      *events.Queue
+	cancel context.CancelFunc
+	done   chan struct{}
+	out    execution.Outcome
+}
+
+func (h *handle) Events() <-chan events.Event { return h.q.C() }
+func (h *handle) Cancel()                     { h.cancel() }
+func (h *handle) Wait() execution.Outcome {
+	<-h.done
+	return h.out
+}

@@ -1,0 +1,212 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/hmci/hm/internal/source"
+	"github.com/hmci/hm/internal/vm"
+)
+
+// fakeVM is an in-process VM backend for the scheduler's unit tests. A step's command is a
+// tiny script of space-separated words:
+//
+//	ok | fail N | infra | print TEXT | block (until ctx done) | wait NAME (until signal NAME)
+//	signal NAME (closes NAME, then continues) | gate (see gen)
+type fakeVM struct {
+	mu        sync.Mutex
+	created   []vm.Spec
+	commits   map[string]bool // snapshot -> ephemeral
+	removed   []string
+	resolved  []string
+	running   int
+	maxRun    int
+	signals   map[string]chan struct{}
+	gen       *gate
+	nextSnap  int
+	missImage string
+}
+
+func newFakeVM() *fakeVM {
+	return &fakeVM{commits: map[string]bool{}, signals: map[string]chan struct{}{}}
+}
+
+func (f *fakeVM) signal(name string) chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch, ok := f.signals[name]
+	if !ok {
+		ch = make(chan struct{})
+		f.signals[name] = ch
+	}
+	return ch
+}
+
+func (f *fakeVM) Name() string { return "fake" }
+
+func (f *fakeVM) ResolveImage(_ context.Context, ref string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.resolved = append(f.resolved, ref)
+	if ref == f.missImage {
+		return "", fmt.Errorf("no such image %q", ref)
+	}
+	return "id:" + ref, nil
+}
+
+func (f *fakeVM) Create(_ context.Context, spec vm.Spec) (vm.Machine, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.created = append(f.created, spec)
+	return &fakeMachine{f: f, spec: spec}, nil
+}
+
+func (f *fakeVM) SnapshotExists(_ context.Context, id string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.commits[id]
+	return ok, nil
+}
+
+func (f *fakeVM) RemoveSnapshot(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.removed = append(f.removed, id)
+	return nil
+}
+
+func (f *fakeVM) Reconcile(context.Context) error { return nil }
+
+type fakeMachine struct {
+	f    *fakeVM
+	spec vm.Spec
+}
+
+func (m *fakeMachine) Inject(context.Context, *source.Tree) error { return nil }
+
+func (m *fakeMachine) Run(ctx context.Context, stdout, _ io.Writer) (int, error) {
+	f := m.f
+	f.mu.Lock()
+	f.running++
+	if f.running > f.maxRun {
+		f.maxRun = f.running
+	}
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.running--
+		f.mu.Unlock()
+	}()
+	words := strings.Fields(m.spec.Cmd)
+	for len(words) > 0 {
+		w := words[0]
+		words = words[1:]
+		arg := ""
+		if len(words) > 0 && w != "ok" && w != "block" && w != "infra" && w != "gate" {
+			arg, words = words[0], words[1:]
+		}
+		switch w {
+		case "ok":
+		case "fail":
+			n, _ := strconv.Atoi(arg)
+			return n, nil
+		case "infra":
+			return 0, errors.New("daemon went away")
+		case "print":
+			fmt.Fprintln(stdout, arg)
+		case "block":
+			<-ctx.Done()
+			return 0, ctx.Err()
+		case "wait":
+			select {
+			case <-f.signal(arg):
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			}
+		case "signal":
+			close(f.signal(arg))
+		case "gate":
+			if err := f.gen.wait(ctx); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return 0, nil
+}
+
+func (m *fakeMachine) Commit(_ context.Context, ephemeral bool) (string, error) {
+	f := m.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.nextSnap++
+	id := fmt.Sprintf("snap%d", f.nextSnap)
+	f.commits[id] = ephemeral
+	return id, nil
+}
+
+func (m *fakeMachine) Destroy(context.Context) error { return nil }
+
+// gate releases waiters in generations of exactly n: a step passes only once n steps wait
+// together, so a scheduler that runs fewer than n at once deadlocks the test.
+type gate struct {
+	mu      sync.Mutex
+	n       int
+	waiting int
+	ch      chan struct{}
+}
+
+func newGate(n int) *gate { return &gate{n: n, ch: make(chan struct{})} }
+
+func (g *gate) wait(ctx context.Context) error {
+	g.mu.Lock()
+	g.waiting++
+	ch := g.ch
+	if g.waiting == g.n {
+		close(g.ch)
+		g.ch = make(chan struct{})
+		g.waiting = 0
+	}
+	g.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// fakeCache is an in-memory Cache.
+type fakeCache struct {
+	mu         sync.Mutex
+	entries    map[string]string
+	lookups    int
+	registered []string
+	// preempt, when set, is registered by "another run" before ours.
+	preempt map[string]string
+}
+
+func (c *fakeCache) Lookup(_ context.Context, q CacheQuery) (string, bool, string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lookups++
+	s, ok := c.entries[q.BaseImage+"/"+q.Key]
+	return s, ok, "no entry", nil
+}
+
+func (c *fakeCache) Register(_ context.Context, q CacheQuery, snap string) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := q.BaseImage + "/" + q.Key
+	if p, ok := c.preempt[k]; ok {
+		c.entries[k] = p
+		return p, nil
+	}
+	c.entries[k] = snap
+	c.registered = append(c.registered, q.StepKey)
+	return snap, nil
+}

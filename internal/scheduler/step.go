@@ -1,0 +1,270 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hmci/hm/internal/events"
+	"github.com/hmci/hm/internal/vm"
+)
+
+// cleanupTimeout bounds how long destroying a machine may take after the step ended.
+const cleanupTimeout = 2 * time.Minute
+
+func osPID() int { return os.Getpid() }
+
+// work runs step i in its own goroutine and reports a completion. Events of the step are
+// published from here, in order.
+func (r *run) work(ctx context.Context, i int) {
+	c := r.execute(ctx, i)
+	r.done <- c
+}
+
+func (r *run) execute(ctx context.Context, i int) completion {
+	ps := &r.pl.Steps[i]
+	st := &r.steps[i] // only id is read here; the main loop owns the rest
+	c := completion{step: i}
+	start := time.Now()
+
+	// The base: the root image (resolved), or the parent's snapshot. The parent has ended
+	// successfully before this step was released, so its fields are stable.
+	var spec vm.Spec
+	var imageRef *string
+	if ps.Parent >= 0 {
+		parent := &r.steps[ps.Parent]
+		spec.Parent = parent.snapshot
+		c.base = parent.baseImage
+	} else {
+		ref := ps.Image
+		if to, ok := r.opts.MapImage[ref]; ok {
+			ref = to
+		}
+		imageRef = &ref
+		id, err := r.images.resolve(ctx, r.backend, ref)
+		if err != nil {
+			if ctx.Err() != nil {
+				return r.notStarted(i, c)
+			}
+			r.start(st.id, imageRef)
+			return r.fail(ctx, i, c, start, err)
+		}
+		spec.Image = id
+		c.base = id
+	}
+
+	key := ""
+	if i < len(r.opts.Keys) {
+		key = r.opts.Keys[i]
+	}
+	cached := key != "" && r.opts.Cache != nil && !r.opts.NoCache
+	q := CacheQuery{Step: i, StepKey: ps.Key, Key: key, BaseImage: c.base}
+	if cached {
+		snap, hit, explain, err := r.opts.Cache.Lookup(ctx, q)
+		if err == nil && hit {
+			r.opts.Publish(events.Event{Kind: events.KindStepCacheHit, StepCacheHit: &events.StepCacheHit{
+				StepID: st.id, Key: key, Tag: snap,
+			}})
+			c.status, c.snapshot = CacheHit, snap
+			r.end(st.id, 0, start, &snap)
+			return c
+		}
+		if err != nil {
+			explain = fmt.Sprintf("cache lookup failed: %v", err)
+		}
+		if explain != "" && r.opts.Verbose {
+			r.log(st.id, events.Stderr, "hm: cache miss: "+explain)
+		}
+	}
+
+	// Wait for a slot; fail-fast or cancel may end the wait: the step never started.
+	select {
+	case r.slots <- struct{}{}:
+	case <-ctx.Done():
+		return r.notStarted(i, c)
+	}
+	defer func() { <-r.slots }()
+	if ctx.Err() != nil {
+		return r.notStarted(i, c)
+	}
+
+	start = time.Now()
+	r.start(st.id, imageRef)
+
+	spec.Cmd = ps.Cmd
+	spec.Env = append(append(append([]string{}, vm.BaseEnv...), ps.Env...), r.opts.ExtraEnv...)
+	spec.Owner = vm.Owner{RunID: r.opts.RunID, StepKey: ps.Key, PID: r.pid}
+
+	cleanup := context.WithoutCancel(ctx)
+	m, err := r.backend.Create(ctx, spec)
+	if err != nil {
+		return r.fail(ctx, i, c, start, err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(cleanup, cleanupTimeout)
+		defer cancel()
+		_ = m.Destroy(dctx)
+	}()
+	if r.opts.Workspace != nil {
+		if err := m.Inject(ctx, r.opts.Workspace); err != nil {
+			return r.fail(ctx, i, c, start, err)
+		}
+	}
+
+	runCtx := ctx
+	if ps.Timeout > 0 {
+		var cancel context.CancelFunc
+		runCtx, cancel = context.WithTimeoutCause(ctx, ps.Timeout, errStepTimeout)
+		defer cancel()
+	}
+	stdout := events.NewLineWriter(func(l string) { r.log(st.id, events.Stdout, l) })
+	stderr := events.NewLineWriter(func(l string) { r.log(st.id, events.Stderr, l) })
+	code, err := m.Run(runCtx, stdout, stderr)
+	stdout.Flush()
+	stderr.Flush()
+	if err != nil {
+		return r.fail(runCtx, i, c, start, err)
+	}
+	if code != 0 {
+		c.status = Failed
+		r.end(st.id, code, start, nil)
+		r.chainFailed(i, code, fmt.Sprintf("step '%s' failed with exit code %d", ps.Key, code))
+		return c
+	}
+
+	// Commit only what is needed: a cached snapshot, or an ephemeral one for children.
+	needEphemeral := len(ps.Children) > 0
+	if cached || needEphemeral {
+		snap, err := m.Commit(ctx, !cached)
+		if err != nil {
+			return r.fail(ctx, i, c, start, fmt.Errorf("commit: %w", err))
+		}
+		c.snapshot, c.eph = snap, !cached
+		if cached {
+			winner, err := r.opts.Cache.Register(cleanup, q, snap)
+			switch {
+			case err != nil:
+				r.log(st.id, events.Stderr, fmt.Sprintf("hm: could not register the cache entry: %v", err))
+				c.eph = true // still usable by children in this run; removed at the end
+			case winner != snap:
+				// Another run registered the same key first: use its snapshot, drop ours.
+				r.removeSnapshotNow(cleanup, snap)
+				c.snapshot = winner
+			}
+		}
+	}
+	c.status = Passed
+	var snapPtr *string
+	if c.snapshot != "" {
+		s := c.snapshot
+		snapPtr = &s
+	}
+	r.end(st.id, 0, start, snapPtr)
+	return c
+}
+
+var errStepTimeout = errors.New("step timed out")
+
+// fail ends a step whose execution failed without an exit code of its own: timeout, cancel,
+// or an infrastructure error.
+func (r *run) fail(ctx context.Context, i int, c completion, start time.Time, err error) completion {
+	ps := &r.pl.Steps[i]
+	id := r.steps[i].id
+	switch {
+	case errors.Is(context.Cause(ctx), errStepTimeout):
+		c.status = TimedOut
+		r.end(id, ExitStepTimedOut, start, nil)
+		r.chainFailed(i, ExitStepTimedOut, fmt.Sprintf("step '%s' timed out after %s", ps.Key, fmtSeconds(ps.Timeout)))
+	case ctx.Err() != nil:
+		c.status = Canceled
+		r.end(id, ExitStepCanceled, start, nil)
+	default:
+		c.status = Failed
+		msg := fmt.Sprintf("step '%s' could not run: %v", ps.Key, err)
+		r.log(id, events.Stderr, "hm: "+msg)
+		r.end(id, ExitInfra, start, nil)
+		r.chainFailed(i, ExitInfra, msg)
+	}
+	return c
+}
+
+// notStarted ends a step that was canceled before it started.
+func (r *run) notStarted(i int, c completion) completion {
+	c.status = Skipped
+	r.opts.Publish(events.Event{Kind: events.KindStepSkipped, StepSkipped: &events.StepSkipped{
+		StepID: r.steps[i].id, Reason: events.SkipCanceled, TS: time.Now().UTC(),
+	}})
+	return c
+}
+
+func (r *run) start(id string, image *string) {
+	r.opts.Publish(events.Event{Kind: events.KindStepStart, StepStart: &events.StepStart{
+		StepID: id, Runner: r.backend.Name(), Image: image,
+	}})
+}
+
+func fmtSeconds(d time.Duration) string {
+	if d%time.Second == 0 {
+		return fmt.Sprintf("%ds", int(d/time.Second))
+	}
+	return d.String()
+}
+
+func (r *run) log(id, stream, line string) {
+	r.opts.Publish(events.Event{Kind: events.KindStepLog, StepLog: &events.StepLog{
+		StepID: id, Stream: stream, Line: line, TS: time.Now().UTC(),
+	}})
+}
+
+func (r *run) end(id string, code int, start time.Time, snap *string) {
+	r.opts.Publish(events.Event{Kind: events.KindStepEnd, StepEnd: &events.StepEnd{
+		StepID: id, ExitCode: code, DurationMS: time.Since(start).Milliseconds(), Snapshot: snap,
+	}})
+}
+
+func (r *run) chainFailed(i, code int, msg string) {
+	ps := &r.pl.Steps[i]
+	r.opts.Publish(events.Event{Kind: events.KindChainFailed, ChainFailed: &events.ChainFailed{
+		ChainIdx: ps.Chain, FailedStepID: r.steps[i].id, FailedStepKey: ps.Key,
+		ExitCode: code, Message: msg, TS: time.Now().UTC(),
+	}})
+}
+
+func (r *run) removeSnapshotNow(ctx context.Context, id string) {
+	ctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
+	defer cancel()
+	_ = r.backend.RemoveSnapshot(ctx, id)
+}
+
+// imageCache resolves each image reference once per build.
+type imageCache struct {
+	mu sync.Mutex
+	m  map[string]*imageEntry
+}
+
+type imageEntry struct {
+	once sync.Once
+	id   string
+	err  error
+}
+
+func (c *imageCache) resolve(ctx context.Context, b vm.Backend, ref string) (string, error) {
+	c.mu.Lock()
+	e, ok := c.m[ref]
+	if !ok {
+		e = &imageEntry{}
+		c.m[ref] = e
+	}
+	c.mu.Unlock()
+	e.once.Do(func() {
+		e.id, e.err = b.ResolveImage(ctx, ref)
+		if e.err != nil && !strings.Contains(e.err.Error(), ref) {
+			e.err = fmt.Errorf("image %q: %w", ref, e.err)
+		}
+	})
+	return e.id, e.err
+}

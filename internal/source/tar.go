@@ -1,0 +1,146 @@
+package source
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hmci/hm/internal/errs"
+)
+
+// WriteTar writes the tree as a tar stream with every path under prefix ("workspace/", or ""
+// for none; a missing trailing slash is added). File contents are read from t.Root now; a
+// file whose size changed since Pack fails the write rather than corrupting the stream.
+// archive/tar picks USTAR, PAX or GNU headers per entry as long names require. Owners are
+// root (uid/gid 0), which is who runs steps; mtimes are truncated to seconds.
+func (t *Tree) WriteTar(w io.Writer, prefix string) error {
+	if prefix != "" && !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	tw := tar.NewWriter(w)
+	src := &sourceFiles{root: t.Root}
+	defer src.close()
+	buf := make([]byte, copyBufSize)
+	for _, e := range t.Entries {
+		p, err := cleanPath(e.Path)
+		if err == nil && p == "" {
+			err = errors.New("path is the root itself")
+		}
+		if err != nil {
+			return refused(e.Path, err.Error())
+		}
+		hdr := &tar.Header{Name: prefix + p, Mode: int64(e.Mode.Perm()), ModTime: tarTime(e.ModTime)}
+		var f *os.File
+		switch e.Type {
+		case TypeDir:
+			hdr.Typeflag, hdr.Name = tar.TypeDir, hdr.Name+"/"
+		case TypeSymlink:
+			hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, e.Link
+		case TypeFile:
+			hdr.Typeflag, hdr.Size = tar.TypeReg, e.Size
+			if f, err = src.open(p, e); err != nil {
+				return err
+			}
+		default:
+			return refused(e.Path, fmt.Sprintf("unknown entry type %d", e.Type))
+		}
+		err = tw.WriteHeader(hdr)
+		if err == nil && f != nil {
+			_, err = io.CopyBuffer(tw, io.LimitReader(f, e.Size), buf)
+		}
+		if f != nil {
+			f.Close()
+		}
+		if err != nil {
+			return fmt.Errorf("source: tar: %w: %s: %v", errs.ErrInfra, e.Path, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return fmt.Errorf("source: tar: %w: %v", errs.ErrInfra, err)
+	}
+	return nil
+}
+
+// tarTime truncates (never rounds up: a source file must not look newer than it is) and
+// maps the zero time of hand-made trees to the epoch, which every tar format can hold.
+func tarTime(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Unix(0, 0)
+	}
+	return t.Truncate(time.Second)
+}
+
+// ExtractTar unpacks a tar stream into the existing directory dir with Materialize's
+// guarantees: entries overwrite what is there, nothing else is deleted, and nothing lands
+// outside dir. Absolute names, ".." components, names through a symlink (one already in dir
+// or one the archive just created), hard links whose target is outside or through a symlink,
+// and device/fifo entries are refused with an error wrapping errs.ErrInvalid that names the
+// entry; I/O failures wrap errs.ErrInfra.
+func ExtractTar(r io.Reader, dir string) error {
+	a, err := newApplier(dir)
+	if err != nil {
+		return err
+	}
+	defer a.root.Close()
+	tr := tar.NewReader(r)
+	buf := make([]byte, copyBufSize)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil && hdr == nil {
+			return fmt.Errorf("source: extract: %w: read tar: %v", errs.ErrInfra, err)
+		}
+		// A non-nil header with an error is tar.ErrInsecurePath (GODEBUG=tarinsecurepath=0);
+		// cleanPath below refuses the same names, so the entry is named either way.
+		if err := extractEntry(a, tr, hdr, buf); err != nil {
+			return err
+		}
+	}
+	return a.finish()
+}
+
+func extractEntry(a *applier, tr *tar.Reader, hdr *tar.Header, buf []byte) error {
+	p, err := cleanPath(hdr.Name)
+	if err != nil {
+		return refused(hdr.Name, err.Error())
+	}
+	if p == "" && hdr.Typeflag != tar.TypeDir && hdr.Typeflag != tar.TypeXGlobalHeader {
+		return refused(hdr.Name, "non-directory entry for the root itself")
+	}
+	a.entry = hdr.Name
+	mode := fs.FileMode(hdr.Mode).Perm()
+	switch hdr.Typeflag {
+	case tar.TypeXGlobalHeader:
+		return nil
+	case tar.TypeDir:
+		if p == "" {
+			return nil // dir itself: leave its mode alone
+		}
+		return a.dir(p, mode, hdr.ModTime)
+	case tar.TypeReg:
+		return a.file(p, mode, hdr.ModTime, tr, hdr.Size, buf)
+	case tar.TypeSymlink:
+		if hdr.Linkname == "" {
+			return refused(hdr.Name, "symlink with an empty target")
+		}
+		return a.symlink(p, hdr.Linkname)
+	case tar.TypeLink:
+		old, err := cleanPath(hdr.Linkname)
+		if err == nil && old == "" {
+			err = errors.New("the root itself")
+		}
+		if err != nil {
+			return refused(hdr.Name, fmt.Sprintf("hard link to %q: %v", hdr.Linkname, err))
+		}
+		return a.link(p, old)
+	default:
+		return refused(hdr.Name, fmt.Sprintf("unsupported tar entry type %q", hdr.Typeflag))
+	}
+}

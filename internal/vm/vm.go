@@ -1,0 +1,127 @@
+// Package vm is the boundary between hm's scheduler and the things that run steps: Docker
+// containers, the daemonless namespace sandbox, the unisolated host, later microVMs. Each of
+// those lives in its own package under vm/ and passes the shared conformance suite in
+// vm/vmtest.
+//
+// # Lifecycle
+//
+// A step runs on one Machine, which goes through these states in order:
+//
+//	Create(Spec)  -> created: a root filesystem from the image or the parent's snapshot exists,
+//	                 nothing runs yet (a Docker container created, not started; an overlay
+//	                 prepared; a microVM restored but paused).
+//	Inject(tree)  -> the workspace is overlaid onto /workspace: files are added or overwritten,
+//	                 nothing is deleted. Optional; called at most once, before Run.
+//	Run(out, err) -> `sh -c CMD` in /workspace with Spec.Env; blocks until the command exits or
+//	                 ctx is done. Called exactly once. When ctx is done the machine's whole
+//	                 process tree is killed before Run returns ctx's error.
+//	Commit()      -> the filesystem as the command left it becomes an immutable snapshot whose id
+//	                 is returned; only after Run returned exit code 0; at most once.
+//	Destroy()     -> everything the machine holds is released (the snapshot made by Commit
+//	                 survives). Always called, in any state, with a context that is not the
+//	                 canceled step context.
+//
+// Snapshots outlive machines. A snapshot id is opaque to the caller, unique within a backend,
+// and valid as Spec.Parent until RemoveSnapshot.
+//
+// # Idempotency
+//
+// Destroy and RemoveSnapshot are idempotent: a second call, or a call for something already
+// gone (say, removed by reconcile), returns nil. Reconcile may run while other hm processes
+// use the same state; it only touches what belongs to hm processes that no longer exist.
+//
+// # Thread-safety
+//
+// A Backend is safe for concurrent use: the scheduler creates, runs and destroys many machines
+// at once and removes snapshots concurrently. A Machine is used by one goroutine at a time,
+// except Destroy, which may be called concurrently with Run to abort it.
+//
+// # Errors
+//
+// Errors from a backend are infrastructure errors (daemon gone, image missing, disk full); a
+// command that exits non-zero is not an error, it is an exit code. Errors wrap the errs
+// sentinels (errs.ErrImageNotFound, errs.ErrUnavailable, ...) so callers can classify them.
+package vm
+
+import (
+	"context"
+	"io"
+
+	"github.com/hmci/hm/internal/source"
+)
+
+// Backend creates machines and owns the snapshots they commit.
+type Backend interface {
+	// Name is the backend's name as given to --backend ("docker", "sandbox", "host").
+	Name() string
+
+	// ResolveImage maps an image reference to the id of the exact image bytes it names now
+	// (a digest or image id), making it available locally when a registry answers. The id
+	// scopes cache entries, so a key never resolves to a snapshot built on another base.
+	// Unknown images fail with errs.ErrImageNotFound.
+	ResolveImage(ctx context.Context, ref string) (string, error)
+
+	// Create prepares a machine; see the package doc for the lifecycle.
+	Create(ctx context.Context, spec Spec) (Machine, error)
+
+	// SnapshotExists reports whether a snapshot id still names a usable snapshot.
+	SnapshotExists(ctx context.Context, id string) (bool, error)
+
+	// RemoveSnapshot deletes a snapshot. Idempotent.
+	RemoveSnapshot(ctx context.Context, id string) error
+
+	// Reconcile removes what crashed or killed hm processes left behind: machines, mounts,
+	// processes, half-written snapshots. Ephemeral snapshots of dead runs are removed too.
+	// Called once at start, before any Create.
+	Reconcile(ctx context.Context) error
+}
+
+// Spec describes a machine. Exactly one of Image and Parent is set.
+type Spec struct {
+	// Image is a resolved image id (from ResolveImage) for a root step.
+	Image string
+	// Parent is the snapshot id of the builds_in parent for a child step.
+	Parent string
+	// Cmd is run as `sh -c Cmd`.
+	Cmd string
+	// Env is the complete environment, "K=V" entries, in order; later entries win.
+	Env []string
+	// Owner labels everything the machine creates, for reconcile and for `docker ps` users.
+	Owner Owner
+}
+
+// Owner identifies the hm run and step a machine or snapshot belongs to.
+type Owner struct {
+	RunID   string
+	StepKey string
+	// PID is the process id of the hm process that owns the run; reconcile removes what
+	// belongs to PIDs that are gone.
+	PID int
+}
+
+// Machine is one step's execution environment; see the package doc for its lifecycle.
+type Machine interface {
+	// Inject overlays the workspace onto /workspace.
+	Inject(ctx context.Context, ws *source.Tree) error
+
+	// Run runs the command, streaming its stdout and stderr as they are produced, and returns
+	// its exit code. A non-nil error means the command could not be run or was aborted
+	// (ctx done); the exit code is then meaningless.
+	Run(ctx context.Context, stdout, stderr io.Writer) (exitCode int, err error)
+
+	// Commit snapshots the machine's filesystem and returns the snapshot id. An ephemeral
+	// snapshot is only needed until the run ends; reconcile removes it if the run dies.
+	Commit(ctx context.Context, ephemeral bool) (string, error)
+
+	// Destroy releases the machine. Idempotent; safe in any state.
+	Destroy(ctx context.Context) error
+}
+
+// BaseEnv is the environment every step starts from, before the node env and -e flags.
+var BaseEnv = []string{
+	"HOME=/root",
+	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+}
+
+// Workdir is where the workspace lives inside every machine.
+const Workdir = "/workspace"
