@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 
 	"github.com/hmci/hm/internal/errs"
@@ -22,5 +21,3 @@ func openVM(_ context.Context, name, stateDir string) (vm.Backend, error) {
 	return nil, errs.New(errs.ErrUsage, "usage", "use --backend auto, docker, sandbox, host or remote",
 		"unknown backend %q", name)
 }
-
-var _ = fmt.Sprint

@@ -2,7 +2,7 @@ package cli
 
 import (
 	"fmt"
-	"os"
+	"path/filepath"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -85,8 +85,8 @@ func selectPipeline(dir string, args []string) (frontend.Pipeline, error) {
 }
 
 func relPath(dir, p string) string {
-	if wd, err := os.Getwd(); err == nil && dir == "." {
-		_ = wd
+	if r, err := filepath.Rel(dir, p); err == nil {
+		return r
 	}
 	return p
 }

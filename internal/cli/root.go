@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -33,6 +34,9 @@ func Main(ctx context.Context, args []string, stdio IO) int {
 	}
 	if ec, ok := err.(exitCode); ok {
 		return int(ec)
+	}
+	if strings.HasPrefix(err.Error(), "unknown command") {
+		err = errs.New(errs.ErrUsage, "usage", "see `hm --help` for the commands", "%v", err)
 	}
 	errs.Print(stdio.Err, err)
 	return errs.ExitCode(err)

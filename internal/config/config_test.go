@@ -1,0 +1,112 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/hmci/hm/internal/errs"
+)
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLayering(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("XDG_CONFIG_HOME", home)
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(home, "hm", "config.toml"), `
+backend = "docker"
+parallelism = 3
+timeout = "5m"
+[images]
+"a" = "user-a"
+"b" = "user-b"
+[cache]
+max_entries = 10
+`)
+	writeFile(t, filepath.Join(dir, ".hm", "config.toml"), `
+parallelism = 6
+[images]
+"b" = "repo-b"
+[cache]
+max_size = "1GiB"
+`)
+	env := map[string]string{"HM_BACKEND": "host", "HM_CACHE_MAX_ENTRIES": "7"}
+	c, err := Load(dir, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Defaults()
+	want.Backend = "host"                                          // env over user file
+	want.Parallelism = 6                                           // repo file over user file
+	want.Timeout = Duration{5 * time.Minute}                       // user file over default
+	want.Images = map[string]string{"a": "user-a", "b": "repo-b"} // tables merge key by key
+	want.Cache = Cache{MaxEntries: 7, MaxSize: 1 << 30}
+	if diff := cmp.Diff(want, c); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	tests := []struct {
+		name, file string
+		env        map[string]string
+	}{
+		{"bad toml", "backend = ", nil},
+		{"unknown key", "paralelism = 2", nil},
+		{"wrong type", `parallelism = "many"`, nil},
+		{"bad duration", `timeout = "soon"`, nil},
+		{"bad env", "", map[string]string{"HM_PARALLELISM": "x"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+			dir := t.TempDir()
+			writeFile(t, filepath.Join(dir, ".hm", "config.toml"), tt.file)
+			_, err := Load(dir, func(k string) string { return tt.env[k] })
+			var e *errs.Error
+			if !errors.As(err, &e) || !errors.Is(err, errs.ErrUsage) || e.Fix == "" {
+				t.Fatalf("got %v, want a usage error with a fix", err)
+			}
+		})
+	}
+}
+
+func TestStateDir(t *testing.T) {
+	tests := []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"HM_STATE_DIR": "/x/state", "XDG_CACHE_HOME": "/c"}, "/x/state"},
+		{map[string]string{"XDG_CACHE_HOME": "/c"}, "/c/hm"},
+	}
+	for _, tt := range tests {
+		got, err := StateDir(func(k string) string { return tt.env[k] })
+		if err != nil || got != tt.want {
+			t.Errorf("StateDir(%v) = %q, %v; want %q", tt.env, got, err, tt.want)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"100": 100, "10KB": 10000, "512MiB": 512 << 20, "2G": 2 << 30, "1.5GiB": 3 << 29} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	if _, err := ParseSize("lots"); err == nil {
+		t.Error("ParseSize accepted garbage")
+	}
+}
