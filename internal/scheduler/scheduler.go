@@ -108,8 +108,6 @@ type Options struct {
 	Workspace *source.Tree
 	// Publish receives every event; it must not block (events.Queue.Publish).
 	Publish func(events.Event)
-	// Verbose adds cache-miss explanations to the step's log.
-	Verbose bool
 }
 
 // Result is the outcome of a build.

@@ -63,6 +63,10 @@ func (r *run) execute(ctx context.Context, i int) completion {
 	}
 	cached := key != "" && r.opts.Cache != nil && !r.opts.NoCache
 	q := CacheQuery{Step: i, StepKey: ps.Key, Key: key, BaseImage: c.base}
+	missNote := "" // why a cached step runs; logged once it has started
+	if key != "" && r.opts.NoCache {
+		missNote = "--no-cache"
+	}
 	if cached {
 		snap, hit, explain, err := r.opts.Cache.Lookup(ctx, q)
 		if err == nil && hit {
@@ -76,9 +80,7 @@ func (r *run) execute(ctx context.Context, i int) completion {
 		if err != nil {
 			explain = fmt.Sprintf("cache lookup failed: %v", err)
 		}
-		if explain != "" && r.opts.Verbose {
-			r.log(st.id, events.Stderr, "hm: cache miss: "+explain)
-		}
+		missNote = explain
 	}
 
 	// Wait for a slot; fail-fast or cancel may end the wait: the step never started.
@@ -94,6 +96,9 @@ func (r *run) execute(ctx context.Context, i int) completion {
 
 	start = time.Now()
 	r.start(st.id, imageRef)
+	if missNote != "" {
+		r.log(st.id, events.Stderr, "hm: cache miss: "+missNote)
+	}
 
 	spec.Cmd = ps.Cmd
 	spec.Env = append(append(append([]string{}, vm.BaseEnv...), ps.Env...), r.opts.ExtraEnv...)

@@ -96,7 +96,6 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 			Cache:       cache,
 			Workspace:   tree,
 			Publish:     h.q.Publish,
-			Verbose:     opts.Verbose,
 		})
 		h.out = execution.Outcome{ExitCode: res.Status.ExitCode()}
 		if reg != nil {
