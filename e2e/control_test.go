@@ -266,3 +266,48 @@ func TestFlagsTogether(t *testing.T) {
 		t.Errorf("broken exit %d", v.status["broken"])
 	}
 }
+
+// After kill -9 of hm mid-step, the next run reconciles: the orphaned step processes die and
+// the dead run's work directories and snapshots are removed.
+func TestKill9ThenReconcile(t *testing.T) {
+	e := newEnv(t)
+	token := strconv.Itoa(int(time.Now().UnixNano()%900000) + 100000)
+	doc := graph(0, []string{
+		stepJSON("parent", "echo p > p.txt", ""),
+		stepJSON("long", fmt.Sprintf(`sh -c 'trap "" TERM; sleep %s1' & echo ready; sleep %s2`, token, token), ""),
+	}, `[0,1,"builds_in"]`)
+	writeTree(t, e.srcDir, map[string]string{".hm/ci.json": doc})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := e.cmd(ctx, "run", "--format", "json", "--backend", "host")
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), `"line":"ready"`) {
+			break
+		}
+	}
+	if err := c.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	c.Wait()
+	if len(processesWith(token)) == 0 || len(hostLeftovers(t, e.stateDir)) == 0 {
+		t.Fatalf("kill -9 left nothing to reconcile; the test would prove nothing")
+	}
+	writeTree(t, e.srcDir, map[string]string{".hm/ci.json": graph(0, []string{stepJSON("ok", "true", "")}, "")})
+	if r := e.run("run", "--backend", "host"); r.code != 0 {
+		t.Fatalf("next run: exit %d\n%s", r.code, r.stderr)
+	}
+	if left := processesWith(token); len(left) > 0 {
+		t.Errorf("orphaned step processes survived reconcile: %v", left)
+	}
+	if left := hostLeftovers(t, e.stateDir); len(left) > 0 {
+		t.Errorf("reconcile left: %v", left)
+	}
+}

@@ -26,12 +26,13 @@ import (
 
 type noopVM struct{}
 
-func (noopVM) Name() string                                         { return "noop" }
-func (noopVM) ResolveImage(context.Context, string) (string, error) { return "noop-image", nil }
-func (noopVM) Create(context.Context, vm.Spec) (vm.Machine, error)  { return noopMachine{}, nil }
-func (noopVM) SnapshotExists(context.Context, string) (bool, error) { return true, nil }
-func (noopVM) RemoveSnapshot(context.Context, string) error         { return nil }
-func (noopVM) Reconcile(context.Context) error                      { return nil }
+func (noopVM) Name() string                                                        { return "noop" }
+func (noopVM) ResolveImage(context.Context, string) (string, error)                { return "noop-image", nil }
+func (noopVM) Create(context.Context, vm.Spec) (vm.Machine, error)                 { return noopMachine{}, nil }
+func (noopVM) SnapshotExists(context.Context, string) (bool, error)                { return true, nil }
+func (noopVM) RemoveSnapshot(context.Context, string) error                        { return nil }
+func (noopVM) Reconcile(context.Context) error                                     { return nil }
+func (noopVM) PruneSnapshots(context.Context, func(string) bool) ([]string, error) { return nil, nil }
 
 type noopMachine struct{}
 

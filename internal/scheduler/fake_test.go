@@ -82,6 +82,10 @@ func (f *fakeVM) RemoveSnapshot(_ context.Context, id string) error {
 
 func (f *fakeVM) Reconcile(context.Context) error { return nil }
 
+func (f *fakeVM) PruneSnapshots(context.Context, func(string) bool) ([]string, error) {
+	return nil, nil
+}
+
 type fakeMachine struct {
 	f    *fakeVM
 	spec vm.Spec

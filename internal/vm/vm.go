@@ -74,6 +74,12 @@ type Backend interface {
 	// processes, half-written snapshots. Ephemeral snapshots of dead runs are removed too.
 	// Called once at start, before any Create.
 	Reconcile(ctx context.Context) error
+
+	// PruneSnapshots removes the kept (non-ephemeral) snapshots for which keep returns false
+	// and whose creating hm process is gone, and returns their ids. The registry passes
+	// "is referenced by an entry": a snapshot committed but never registered (hm killed in
+	// between) is deleted, while one a live hm is about to register is left alone.
+	PruneSnapshots(ctx context.Context, keep func(id string) bool) ([]string, error)
 }
 
 // Spec describes a machine. Exactly one of Image and Parent is set.

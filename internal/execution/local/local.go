@@ -125,30 +125,39 @@ func hasKey(keys []string) bool {
 	return false
 }
 
-// reconcile cleans what crashed runs left, once per process.
+// reconcile cleans what crashed runs left, once per process: the backend's leftovers, registry
+// entries whose snapshot is gone, and kept snapshots no entry references.
 func (b *Backend) reconcile(ctx context.Context) error {
 	b.reconcileOnce.Do(func() {
-		if err := b.VM.Reconcile(ctx); err != nil {
-			b.reconcileErr = fmt.Errorf("reconcile %s backend: %w", b.VM.Name(), err)
-			return
-		}
-		if _, err := os.Stat(RegistryPath(b.StateDir)); err != nil {
-			return
-		}
-		reg, err := registry.Open(ctx, RegistryPath(b.StateDir))
-		if err != nil {
-			b.reconcileErr = err
-			return
-		}
-		defer reg.Close()
-		_, err = reg.DropMissing(ctx, b.VM.Name(), func(id string) (bool, error) {
-			return b.VM.SnapshotExists(ctx, id)
-		})
-		if err != nil {
-			b.reconcileErr = err
-		}
+		b.reconcileErr = b.doReconcile(ctx)
 	})
 	return b.reconcileErr
+}
+
+func (b *Backend) doReconcile(ctx context.Context) error {
+	if err := b.VM.Reconcile(ctx); err != nil {
+		return fmt.Errorf("reconcile %s backend: %w", b.VM.Name(), err)
+	}
+	referenced := map[string]bool{}
+	if _, err := os.Stat(RegistryPath(b.StateDir)); err == nil {
+		reg, err := registry.Open(ctx, RegistryPath(b.StateDir))
+		if err != nil {
+			return err
+		}
+		defer reg.Close()
+		if _, err := reg.DropMissing(ctx, b.VM.Name(), func(id string) (bool, error) {
+			return b.VM.SnapshotExists(ctx, id)
+		}); err != nil {
+			return err
+		}
+		if referenced, err = reg.Referenced(ctx, b.VM.Name()); err != nil {
+			return err
+		}
+	}
+	if _, err := b.VM.PruneSnapshots(ctx, func(id string) bool { return referenced[id] }); err != nil {
+		return fmt.Errorf("reconcile %s snapshots: %w", b.VM.Name(), err)
+	}
+	return nil
 }
 
 // evict applies the LRU bound after a build; evicted snapshots are deleted.

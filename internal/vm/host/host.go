@@ -24,8 +24,6 @@ package host
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -235,6 +233,30 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 	return nil
 }
 
+// PruneSnapshots implements vm.Backend. Kept snapshots are named after the cookie of the
+// machine that committed them, which names its hm process.
+func (b *Backend) PruneSnapshots(ctx context.Context, keep func(id string) bool) ([]string, error) {
+	names, err := readNames(filepath.Join(b.dir, "snap"))
+	if err != nil {
+		return nil, fmt.Errorf("host: prune snapshots: %w: %v", errs.ErrInfra, err)
+	}
+	var removed []string
+	for _, n := range names {
+		cookie, kept := strings.CutPrefix(n, keptPrefix)
+		if !kept || keep(n) {
+			continue
+		}
+		if o, ok := proc.CookieOwner(cookie); ok && o.Alive() {
+			continue
+		}
+		if err := b.RemoveSnapshot(ctx, n); err != nil {
+			return removed, err
+		}
+		removed = append(removed, n)
+	}
+	return removed, nil
+}
+
 // readNames lists a state subdirectory; one that does not exist yet is empty.
 func readNames(dir string) ([]string, error) {
 	f, err := os.Open(dir)
@@ -246,12 +268,6 @@ func readNames(dir string) ([]string, error) {
 	}
 	defer f.Close()
 	return f.Readdirnames(-1)
-}
-
-func randomHex() string {
-	var b [12]byte
-	_, _ = rand.Read(b[:]) // never fails on Linux
-	return hex.EncodeToString(b[:])
 }
 
 // Inject implements vm.Machine.

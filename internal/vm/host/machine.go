@@ -201,7 +201,9 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 		return "", fmt.Errorf("host: commit: %w: the step did not run to exit code 0", errs.ErrInfra)
 	}
 	// The owner in an ephemeral id lets reconcile drop it once the run is dead.
-	id := keptPrefix + randomHex()
+	// The cookie names the owner, so PruneSnapshots can tell a snapshot a live hm is about to
+	// register from an orphan.
+	id := keptPrefix + m.cookie
 	if ephemeral {
 		id = ephemeralPrefix + m.cookie
 	}

@@ -34,6 +34,29 @@ var cases = []struct {
 	{"LargeOutputSlowConsumer", testLargeOutput},
 	{"FailingCommand", testFailing},
 	{"Reconcile", testReconcile},
+	{"PruneSnapshotsSparesLiveOwners", testPruneLive},
+}
+
+// A kept snapshot committed by a live hm process may be about to be registered: PruneSnapshots
+// must leave it, whatever keep says, and must never touch ephemeral snapshots.
+func testPruneLive(t *testing.T, e *env) {
+	ctx := t.Context()
+	kept, _ := e.rootRun(nil, "echo x > f")
+	keptID := e.commit(kept, false)
+	eph, _ := e.rootRun(nil, "echo y > f")
+	ephID := e.commit(eph, true)
+	removed, err := e.fx.Backend.PruneSnapshots(ctx, func(string) bool { return false })
+	if err != nil {
+		t.Fatalf("PruneSnapshots: %v", err)
+	}
+	for _, id := range removed {
+		if id == keptID || id == ephID {
+			t.Errorf("PruneSnapshots removed %s, owned by this live process", id)
+		}
+	}
+	if !e.exists(keptID) || !e.exists(ephID) {
+		t.Errorf("snapshots of a live owner are gone (kept %v, ephemeral %v)", e.exists(keptID), e.exists(ephID))
+	}
 }
 
 func testOutput(t *testing.T, e *env) {
