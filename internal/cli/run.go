@@ -22,6 +22,7 @@ import (
 	"github.com/hmci/hm/internal/frontend"
 	"github.com/hmci/hm/internal/ir"
 	"github.com/hmci/hm/internal/render"
+	"github.com/hmci/hm/internal/scheduler"
 )
 
 type runFlags struct {
@@ -248,6 +249,10 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 		for e := range h.Events() {
 			if outErr == nil {
 				outErr = w.Write(e)
+			}
+			// Infrastructure failures also reach stderr: stdout may be a file nobody reads.
+			if cf := e.ChainFailed; cf != nil && cf.ExitCode == scheduler.ExitInfra {
+				fmt.Fprintf(stdio.Err, "error[step_infra]: %s\n", cf.Message)
 			}
 		}
 	} else {
