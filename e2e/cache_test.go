@@ -21,6 +21,9 @@ type backendCase struct {
 	leftovers func(t *testing.T, stateDir string) []string
 	// isolated backends snapshot /opt; the host backend does not.
 	isolated bool
+	// created counts the machines created per step key in a time window, where the backend
+	// can tell (nil otherwise).
+	created func(t *testing.T, stateDir string, since, until time.Time) map[string]int
 }
 
 // cacheBackends lists the backends available on this machine.
@@ -77,11 +80,24 @@ func TestThreeLevelCache(t *testing.T) {
 			writeTree(t, e.srcDir, map[string]string{"deps.lock": "lock-1\n", "src.txt": "src-1\n", ".hm/ci.json": threeLevel(token)})
 			run := func(wantHits []string) stepView {
 				t.Helper()
+				since := time.Now()
 				r := e.run(append([]string{"run", "--format", "json"}, bc.args...)...)
 				if r.code != 0 {
 					t.Fatalf("exit %d:\n%s\n%s", r.code, r.stderr, r.stdout)
 				}
 				v := view(t, parseEvents(t, r.stdout))
+				if bc.created != nil {
+					// A hit creates no machine: count the containers really created.
+					created := bc.created(t, e.stateDir, since, time.Now())
+					for _, k := range wantHits {
+						if created[k] != 0 {
+							t.Errorf("cache hit %s created %d machines", k, created[k])
+						}
+					}
+					if created["leaf-src"] != 1 {
+						t.Errorf("leaf-src created %d machines, want 1 (is the count working?)", created["leaf-src"])
+					}
+				}
 				var hits []string
 				for k, kinds := range v.kinds {
 					if strings.Contains(strings.Join(kinds, ","), "step_cache_hit") {

@@ -116,6 +116,7 @@ func removeEntries(ctx context.Context, stdio IO, del func(*registry.Registry) (
 		b, err := openVM(ctx, e.Backend, stateDir)
 		if err == nil {
 			err = b.RemoveSnapshot(ctx, e.Snapshot)
+			closeVM(b)
 		}
 		if err != nil {
 			left++

@@ -165,7 +165,7 @@ func loadPipeline(c *cobra.Command, stdio IO, f *runFlags, args []string) (*ir.P
 		data = b
 		slug = strings.TrimSuffix(filepath.Base(f.file), filepath.Ext(f.file))
 	default:
-		p, err := selectPipeline(f.dir, args)
+		p, err := selectPipeline(c.Context(), f.dir, args)
 		if err != nil {
 			return nil, "", err
 		}
@@ -206,6 +206,7 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
+	defer closeVM(vmb)
 	exec := &local.Backend{
 		VM: vmb, StateDir: stateDir,
 		MaxEntries: s.Cache.MaxEntries, MaxBytes: int64(s.Cache.MaxSize),

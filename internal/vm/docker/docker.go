@@ -1,0 +1,512 @@
+// Package docker is the `docker` VM backend: every step runs in a container of the Docker
+// Engine, and a snapshot is an image committed from the step's container.
+//
+// # Lifecycle of a step
+//
+// Create makes a container (not started) from the root image or the parent snapshot, running
+// `/bin/sh -c CMD` as root in /workspace; Inject streams the workspace as a tar through the
+// archive API into the created container; Run attaches, starts, copies the demultiplexed
+// output and waits; Commit commits the exited container; Destroy force-removes it. Apart from
+// the copy these are the calls `docker run` + `docker commit` make; an idle container driven
+// by exec measured slower (bench/docker compares all three).
+//
+// # Labels
+//
+// Everything hm creates carries dev.hm.run, dev.hm.step, dev.hm.owner (proc.Owner: PID and
+// start time of the owning hm process), dev.hm.ephemeral (true for containers and ephemeral
+// snapshots), dev.hm.host (the hostname, so that hm processes sharing one daemon from
+// different hosts or containers never judge each other's PIDs) and dev.hm.state (the state
+// directory, whose registry references the snapshot). Reconcile removes containers and
+// ephemeral snapshots whose owner is gone; PruneSnapshots removes kept snapshots of the same
+// state directory that its registry does not reference.
+//
+// # Snapshots
+//
+// A snapshot id is the committed image's id (sha256:...). Every live snapshot is also tagged
+// hm-snapshot:k-RANDOM (kept) or hm-snapshot:e-RANDOM (ephemeral): the tag protects it from
+// `docker image prune` and from the daemon's pruning of untagged parents, and marks it live.
+// RemoveSnapshot removes the tag; the daemon deletes the image with it unless a child image
+// (a snapshot committed on top of it) still needs its layers, in which case the untagged image
+// lingers as an intermediate image and is pruned together with its last child. An image
+// without its tag no longer counts as a snapshot (SnapshotExists is false, Create refuses it).
+//
+// # Environment
+//
+// The daemon merges a container's environment into the image it commits, which would bake
+// every step's variables (secrets included) into the snapshot and hand them to children.
+// Commit therefore stores only the base image's own variables plus bare names for the
+// step's: the daemon treats a bare name as "unset", so a child sees exactly its own Spec.Env
+// over the root image's environment, and no step's values are stored in any image.
+package docker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
+
+	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/vm"
+)
+
+// Labels on every container and image hm creates.
+const (
+	LabelRun       = "dev.hm.run"
+	LabelStep      = "dev.hm.step"
+	LabelOwner     = "dev.hm.owner"
+	LabelEphemeral = "dev.hm.ephemeral"
+	LabelHost      = "dev.hm.host"
+	LabelState     = "dev.hm.state"
+)
+
+// SnapshotRepo is the repository of the tags that mark live snapshots.
+const SnapshotRepo = "hm-snapshot"
+
+// Options configures New.
+type Options struct {
+	// Host is the daemon address (as DOCKER_HOST); "" uses the environment (DOCKER_HOST,
+	// DOCKER_API_VERSION, DOCKER_CERT_PATH, DOCKER_TLS_VERIFY) and then the default socket.
+	Host string
+	// PingTimeout bounds the check that a daemon answers; 0 means 5s.
+	PingTimeout time.Duration
+	// StateDir is hm's state directory. Snapshots are labelled with it, and PruneSnapshots
+	// only considers snapshots of the same state directory: another one's registry may
+	// reference the rest.
+	StateDir string
+}
+
+// Backend is the Docker backend. It is safe for concurrent use, also by several hm processes
+// sharing one daemon.
+type Backend struct {
+	cli   *client.Client
+	host  string // hostname, for LabelHost
+	state string // Options.StateDir, for LabelState
+	// ownerOf names the hm process behind vm.Owner.PID; tests replace it to fake dead owners.
+	ownerOf func(pid int) (proc.Owner, error)
+
+	mu sync.Mutex
+	// envs caches the Env of images by id (images are immutable): root images as inspected,
+	// snapshots as Commit wrote them. It saves an inspect per Create.
+	envs map[string][]string
+}
+
+var _ vm.Backend = (*Backend)(nil)
+
+// New connects to the Docker daemon and negotiates the API version. When no daemon answers
+// it returns an *errs.Error of class errs.ErrUnavailable (code docker_unavailable).
+func New(ctx context.Context, opts Options) (*Backend, error) {
+	copts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if opts.Host != "" {
+		copts = append(copts, client.WithHost(opts.Host))
+	}
+	cli, err := client.NewClientWithOpts(copts...)
+	if err != nil {
+		return nil, errs.New(errs.ErrUnavailable, "docker_unavailable",
+			"check DOCKER_HOST and the DOCKER_* variables, or use --backend sandbox/host",
+			"cannot set up a Docker client: %v", err)
+	}
+	timeout := opts.PingTimeout
+	if timeout == 0 {
+		timeout = 5 * time.Second
+	}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	ping, err := cli.Ping(pctx)
+	if err != nil {
+		cli.Close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("docker: connect: %w", ctx.Err())
+		}
+		return nil, errs.New(errs.ErrUnavailable, "docker_unavailable",
+			"start dockerd (or Docker Desktop), check DOCKER_HOST and that you may use its socket, or use --backend sandbox/host",
+			"no Docker daemon answers at %s: %v", cli.DaemonHost(), err)
+	}
+	cli.NegotiateAPIVersionPing(ping)
+	host, _ := os.Hostname()
+	return &Backend{cli: cli, host: host, state: opts.StateDir, ownerOf: ownerOf, envs: map[string][]string{}}, nil
+}
+
+// Close releases the client's connections.
+func (b *Backend) Close() error { return b.cli.Close() }
+
+// Client is the Docker API client the backend uses (for benchmarks and diagnostics).
+func (b *Backend) Client() *client.Client { return b.cli }
+
+func ownerOf(pid int) (proc.Owner, error) {
+	if pid == 0 || pid == os.Getpid() {
+		return proc.Self(), nil
+	}
+	return proc.OwnerOf(pid)
+}
+
+// Name implements vm.Backend.
+func (b *Backend) Name() string { return "docker" }
+
+// ResolveImage implements vm.Backend: the local image's id, pulling the image first when it
+// is absent and a registry answers.
+func (b *Backend) ResolveImage(ctx context.Context, ref string) (string, error) {
+	ins, err := b.cli.ImageInspect(ctx, ref)
+	if err == nil {
+		b.cacheEnv(ins.ID, inspectEnv(ins))
+		return ins.ID, nil
+	}
+	if !cerrdefs.IsNotFound(err) {
+		return "", apiErr(ctx, "inspect image "+ref, err)
+	}
+	pullErr := b.pull(ctx, ref)
+	if pullErr == nil {
+		if ins, err = b.cli.ImageInspect(ctx, ref); err == nil {
+			b.cacheEnv(ins.ID, inspectEnv(ins))
+			return ins.ID, nil
+		}
+		pullErr = err
+	}
+	if ctx.Err() != nil {
+		return "", fmt.Errorf("docker: resolve image %s: %w", ref, ctx.Err())
+	}
+	if client.IsErrConnectionFailed(pullErr) {
+		return "", apiErr(ctx, "pull "+ref, pullErr)
+	}
+	return "", errs.New(errs.ErrImageNotFound, "image_not_found",
+		fmt.Sprintf("make it available to the Docker daemon (`docker load -i FILE.tar`, or `docker import ROOTFS.tar %s`), "+
+			"or substitute a local image with --map-image %s=LOCAL_IMAGE", ref, ref),
+		"image %q is not in the Docker daemon and could not be pulled: %v", ref, pullErr)
+}
+
+// pull pulls ref, reading the progress stream to its end: the daemon reports failures in it.
+func (b *Backend) pull(ctx context.Context, ref string) error {
+	rc, err := b.cli.ImagePull(ctx, ref, image.PullOptions{})
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	dec := json.NewDecoder(rc)
+	for {
+		var msg struct {
+			Error string `json:"error"`
+		}
+		if err := dec.Decode(&msg); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if msg.Error != "" {
+			return errors.New(msg.Error)
+		}
+	}
+}
+
+// Create implements vm.Backend.
+func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) {
+	if (spec.Image == "") == (spec.Parent == "") {
+		return nil, fmt.Errorf("docker: create: %w: exactly one of Image and Parent must be set", errs.ErrInfra)
+	}
+	owner, err := b.ownerOf(spec.Owner.PID)
+	if err != nil {
+		return nil, fmt.Errorf("docker: create: %w: owner process %d: %v", errs.ErrInfra, spec.Owner.PID, err)
+	}
+	base := spec.Image
+	if spec.Parent != "" {
+		base = spec.Parent
+	}
+	baseEnv, err := b.baseEnv(ctx, base, spec.Parent != "")
+	if err != nil {
+		return nil, err
+	}
+	name := "hm-" + randomHex(8)
+	cfg := &container.Config{
+		Image: base,
+		// The entrypoint, not Cmd: an image's ENTRYPOINT must not wrap the step's shell.
+		Entrypoint: []string{"/bin/sh", "-c", spec.Cmd},
+		Env:        spec.Env,
+		WorkingDir: vm.Workdir,
+		// Steps run as root, who owns the injected workspace (source.Tree.WriteTar).
+		User:         "0:0",
+		AttachStdout: true,
+		AttachStderr: true,
+		Labels:       b.labels(spec.Owner, owner, true),
+	}
+	// Output reaches hm through the attach stream; a log file would only cost disk writes.
+	hc := &container.HostConfig{LogConfig: container.LogConfig{Type: "none"}}
+	resp, err := b.cli.ContainerCreate(ctx, cfg, hc, nil, nil, name)
+	if err != nil {
+		// A canceled request may still have created the container: remove it by name.
+		if ctx.Err() != nil {
+			_ = b.removeContainer(context.WithoutCancel(ctx), name)
+		}
+		if cerrdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("docker: create from %s: %w: %v", base, errs.ErrInfra, err)
+		}
+		return nil, apiErr(ctx, "create container", err)
+	}
+	return &machine{b: b, id: resp.ID, spec: spec, owner: owner, baseEnv: baseEnv}, nil
+}
+
+// baseEnv returns the environment stored in image id. A snapshot must still carry its tag.
+func (b *Backend) baseEnv(ctx context.Context, id string, snapshot bool) ([]string, error) {
+	b.mu.Lock()
+	env, ok := b.envs[id]
+	b.mu.Unlock()
+	if ok {
+		return env, nil
+	}
+	ins, err := b.cli.ImageInspect(ctx, id)
+	switch {
+	case cerrdefs.IsNotFound(err):
+		if snapshot {
+			return nil, fmt.Errorf("docker: create: %w: snapshot %s does not exist", errs.ErrInfra, id)
+		}
+		return nil, errs.New(errs.ErrImageNotFound, "image_not_found",
+			"resolve the image again (it was removed from the Docker daemon)", "image %s does not exist", id)
+	case err != nil:
+		return nil, apiErr(ctx, "inspect image "+id, err)
+	case snapshot && snapshotTag(ins.RepoTags) == "":
+		return nil, fmt.Errorf("docker: create: %w: snapshot %s was removed", errs.ErrInfra, id)
+	}
+	env = inspectEnv(ins)
+	b.cacheEnv(ins.ID, env)
+	return env, nil
+}
+
+func inspectEnv(ins image.InspectResponse) []string {
+	if ins.Config == nil {
+		return nil
+	}
+	return ins.Config.Env
+}
+
+func (b *Backend) cacheEnv(id string, env []string) {
+	b.mu.Lock()
+	b.envs[id] = env
+	b.mu.Unlock()
+}
+
+func (b *Backend) forgetEnv(id string) {
+	b.mu.Lock()
+	delete(b.envs, id)
+	b.mu.Unlock()
+}
+
+func (b *Backend) labels(o vm.Owner, owner proc.Owner, ephemeral bool) map[string]string {
+	return map[string]string{
+		LabelRun:       o.RunID,
+		LabelStep:      o.StepKey,
+		LabelOwner:     owner.String(),
+		LabelEphemeral: fmt.Sprint(ephemeral),
+		LabelHost:      b.host,
+		LabelState:     b.state,
+	}
+}
+
+// SnapshotExists implements vm.Backend: the image exists and still carries its snapshot tag.
+func (b *Backend) SnapshotExists(ctx context.Context, id string) (bool, error) {
+	ins, err := b.cli.ImageInspect(ctx, id)
+	if cerrdefs.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, apiErr(ctx, "inspect snapshot "+id, err)
+	}
+	return snapshotTag(ins.RepoTags) != "", nil
+}
+
+// RemoveSnapshot implements vm.Backend. Idempotent. It removes the snapshot's tag; the
+// daemon deletes the image with it, and any untagged parent images left from earlier
+// removals that only this image kept alive.
+func (b *Backend) RemoveSnapshot(ctx context.Context, id string) error {
+	b.forgetEnv(id)
+	ins, err := b.cli.ImageInspect(ctx, id)
+	if cerrdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return apiErr(ctx, "remove snapshot "+id, err)
+	}
+	for _, tag := range ins.RepoTags {
+		if !strings.HasPrefix(tag, SnapshotRepo+":") {
+			continue
+		}
+		// Removing a reference deletes the image when nothing else needs it, and otherwise
+		// only the reference. Force lets it go while a (stopped or running) container uses
+		// the image; the image itself then stays until reconcile finds it untagged.
+		_, err := b.cli.ImageRemove(ctx, tag, image.RemoveOptions{Force: true, PruneChildren: true})
+		if err != nil && !cerrdefs.IsNotFound(err) {
+			return apiErr(ctx, "remove snapshot "+id, err)
+		}
+	}
+	return nil
+}
+
+// snapshotTag returns the snapshot tag among tags, "" if there is none.
+func snapshotTag(tags []string) string {
+	for _, t := range tags {
+		if strings.HasPrefix(t, SnapshotRepo+":") {
+			return t
+		}
+	}
+	return ""
+}
+
+// ListSnapshots returns the ids of the live kept (non-ephemeral) snapshots that hm processes
+// on this host made with the same state directory.
+func (b *Backend) ListSnapshots(ctx context.Context) ([]string, error) {
+	imgs, err := b.keptSnapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(imgs))
+	for i, img := range imgs {
+		ids[i] = img.ID
+	}
+	return ids, nil
+}
+
+// PruneSnapshots implements vm.Backend: it removes the kept snapshots of this host and state
+// directory that keep rejects and whose committing hm process is gone.
+func (b *Backend) PruneSnapshots(ctx context.Context, keep func(id string) bool) ([]string, error) {
+	imgs, err := b.keptSnapshots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, img := range imgs {
+		if keep(img.ID) || !b.deadOwner(img.Labels) {
+			continue
+		}
+		if err := b.RemoveSnapshot(ctx, img.ID); err != nil {
+			return removed, err
+		}
+		removed = append(removed, img.ID)
+	}
+	return removed, nil
+}
+
+func (b *Backend) keptSnapshots(ctx context.Context) ([]image.Summary, error) {
+	imgs, err := b.cli.ImageList(ctx, image.ListOptions{Filters: filters.NewArgs(
+		filters.Arg("label", LabelEphemeral+"=false"),
+		filters.Arg("reference", SnapshotRepo),
+	)})
+	if err != nil {
+		return nil, apiErr(ctx, "list snapshots", err)
+	}
+	var out []image.Summary
+	for _, img := range imgs {
+		if snapshotTag(img.RepoTags) != "" && b.ours(img.Labels) && img.Labels[LabelState] == b.state {
+			out = append(out, img)
+		}
+	}
+	return out, nil
+}
+
+// ours reports whether labels name this host (or no host: made by a build without the label).
+func (b *Backend) ours(labels map[string]string) bool {
+	h, ok := labels[LabelHost]
+	return !ok || h == b.host
+}
+
+// deadOwner reports whether labels name an owner on this host that is gone.
+func (b *Backend) deadOwner(labels map[string]string) bool {
+	if !b.ours(labels) {
+		return false
+	}
+	o, err := proc.ParseOwner(labels[LabelOwner])
+	return err == nil && !o.Alive()
+}
+
+// Reconcile implements vm.Backend: it removes the containers and the ephemeral snapshots of
+// hm processes on this host that are gone, and images whose snapshot tag was removed while a
+// container still used them.
+func (b *Backend) Reconcile(ctx context.Context) error {
+	var errList []error
+	cs, err := b.cli.ContainerList(ctx, container.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("label", LabelOwner))})
+	if err != nil {
+		return apiErr(ctx, "reconcile: list containers", err)
+	}
+	for _, c := range cs {
+		if b.deadOwner(c.Labels) {
+			if err := b.removeContainer(ctx, c.ID); err != nil {
+				errList = append(errList, err)
+			}
+		}
+	}
+	imgs, err := b.cli.ImageList(ctx, image.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("label", LabelOwner))})
+	if err != nil {
+		return apiErr(ctx, "reconcile: list images", err)
+	}
+	for _, img := range imgs {
+		switch {
+		case snapshotTag(img.RepoTags) == "" && b.ours(img.Labels) &&
+			(b.deadOwner(img.Labels) || time.Since(time.Unix(img.Created, 0)) > untaggedGrace):
+			// Removed as a snapshot already; delete it unless a container or a child image
+			// still needs it (the daemon refuses then, and prunes it with its last child).
+			// A live owner's fresh image may be a commit between its creation and its
+			// tagging, hence the grace period.
+			_, err := b.cli.ImageRemove(ctx, img.ID, image.RemoveOptions{PruneChildren: true})
+			if err != nil && !cerrdefs.IsNotFound(err) && !cerrdefs.IsConflict(err) {
+				errList = append(errList, apiErr(ctx, "reconcile: remove image "+img.ID, err))
+			}
+		case img.Labels[LabelEphemeral] == "true" && b.deadOwner(img.Labels):
+			if err := b.RemoveSnapshot(ctx, img.ID); err != nil {
+				errList = append(errList, err)
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("docker: reconcile: %w", ctx.Err())
+	}
+	if err := errors.Join(errList...); err != nil {
+		return fmt.Errorf("docker: reconcile: %w", err)
+	}
+	return nil
+}
+
+// untaggedGrace is how old an untagged hm image of a live owner must be before Reconcile
+// deletes it; far longer than the daemon takes from creating a committed image to tagging it.
+const untaggedGrace = 10 * time.Minute
+
+// removeContainer force-removes a container (killing it if it runs); gone already is fine.
+func (b *Backend) removeContainer(ctx context.Context, id string) error {
+	err := b.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	if err == nil || cerrdefs.IsNotFound(err) {
+		return nil
+	}
+	// Another Destroy or a reconcile is removing it right now.
+	if cerrdefs.IsConflict(err) && strings.Contains(err.Error(), "already in progress") {
+		return nil
+	}
+	return apiErr(ctx, "remove container "+id, err)
+}
+
+// apiErr classifies a Docker API error: a daemon that does not answer is
+// errs.ErrUnavailable, the caller's cancellation stays itself, the rest is errs.ErrInfra.
+func apiErr(ctx context.Context, op string, err error) error {
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("docker: %s: %w", op, ctx.Err())
+	case client.IsErrConnectionFailed(err):
+		return fmt.Errorf("docker: %s: %w: %v", op, errs.ErrUnavailable, err)
+	}
+	return fmt.Errorf("docker: %s: %w: %v", op, errs.ErrInfra, err)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // never fails on Linux
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,255 @@
+package docker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/source"
+	"github.com/hmci/hm/internal/vm"
+)
+
+// machine is one step's container.
+type machine struct {
+	b       *Backend
+	id      string
+	spec    vm.Spec
+	owner   proc.Owner
+	baseEnv []string // Env of the image the container was created from
+
+	mu        sync.Mutex
+	started   bool // Run was called
+	ran       bool // Run returned an exit code
+	exit      int
+	committed bool
+	destroyed bool // Destroy was called: Run must not start, a running Run is aborted
+	removed   bool // the container is gone
+}
+
+// Inject implements vm.Machine: the tree is streamed as a tar rooted at / into the created
+// container's filesystem; nothing is extracted on the host.
+func (m *machine) Inject(ctx context.Context, ws *source.Tree) error {
+	if ws == nil {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("docker: inject: %w", err)
+	}
+	pr, pw := io.Pipe()
+	werr := make(chan error, 1)
+	go func() {
+		err := ws.WriteTar(pw, strings.TrimPrefix(vm.Workdir, "/")+"/")
+		pw.CloseWithError(err)
+		werr <- err
+	}()
+	// A directory in the image where the tree has a file (or the reverse) is replaced, as
+	// the overlay rule says.
+	err := m.b.cli.CopyToContainer(ctx, m.id, "/", pr, container.CopyToContainerOptions{AllowOverwriteDirWithFile: true})
+	pr.CloseWithError(errors.New("copy ended")) // unblocks the writer if the daemon stopped reading
+	if tarErr := <-werr; tarErr != nil {
+		return fmt.Errorf("docker: inject: %w", tarErr)
+	}
+	if err != nil {
+		return apiErr(ctx, "inject workspace", err)
+	}
+	return nil
+}
+
+// Run implements vm.Machine: attach (before start, so no output is lost), start, copy the
+// demultiplexed output until the container's streams close, then read the exit code.
+func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error) {
+	m.mu.Lock()
+	switch {
+	case m.destroyed:
+		m.mu.Unlock()
+		return -1, fmt.Errorf("docker: run: %w: machine destroyed", errs.ErrInfra)
+	case m.started:
+		m.mu.Unlock()
+		return -1, fmt.Errorf("docker: run: %w: Run called twice", errs.ErrInfra)
+	}
+	m.started = true
+	m.mu.Unlock()
+	if ctx.Err() != nil {
+		return -1, abortErr(ctx)
+	}
+
+	hj, err := m.b.cli.ContainerAttach(ctx, m.id, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})
+	if err != nil {
+		return -1, m.runErr(ctx, "attach", err)
+	}
+	defer hj.Close()
+	outW, errW := &latchWriter{w: orDiscard(stdout)}, &latchWriter{w: orDiscard(stderr)}
+	copied := make(chan error, 1)
+	go func() {
+		_, err := stdcopy.StdCopy(outW, errW, hj.Reader)
+		copied <- err
+	}()
+
+	// Start is not canceled with ctx: a request cut short might start the container after
+	// the kill below has already found nothing to kill.
+	bg := context.WithoutCancel(ctx)
+	if err := m.b.cli.ContainerStart(bg, m.id, container.StartOptions{}); err != nil {
+		hj.Close()
+		<-copied
+		return -1, m.runErr(ctx, "start", err)
+	}
+	// On ctx done, SIGKILL the container: its init dies, and the kernel kills every other
+	// process in its PID namespace, however it daemonised.
+	stop := context.AfterFunc(ctx, func() { _ = m.b.cli.ContainerKill(bg, m.id, "KILL") })
+	defer stop()
+
+	copyErr := <-copied // the attach stream ends when the container has exited
+	var code int
+	waitC, waitErrC := m.b.cli.ContainerWait(bg, m.id, container.WaitConditionNotRunning)
+	select {
+	case w := <-waitC:
+		code = int(w.StatusCode)
+		if w.Error != nil && w.Error.Message != "" {
+			err = errors.New(w.Error.Message)
+		}
+	case err = <-waitErrC:
+	}
+
+	m.mu.Lock()
+	destroyed := m.destroyed
+	m.mu.Unlock()
+	switch {
+	case ctx.Err() != nil:
+		return -1, abortErr(ctx)
+	case destroyed:
+		return -1, fmt.Errorf("docker: run: %w: machine destroyed while running", errs.ErrCanceled)
+	case err != nil:
+		return -1, m.runErr(ctx, "wait", err)
+	case copyErr != nil:
+		return -1, fmt.Errorf("docker: run: %w: reading output: %v", errs.ErrInfra, copyErr)
+	}
+	if werr := errors.Join(outW.err, errW.err); werr != nil {
+		return -1, fmt.Errorf("docker: run: %w: writing output: %v", errs.ErrInfra, werr)
+	}
+	m.mu.Lock()
+	m.ran, m.exit = true, code
+	m.mu.Unlock()
+	return code, nil
+}
+
+func (m *machine) runErr(ctx context.Context, op string, err error) error {
+	m.mu.Lock()
+	destroyed := m.destroyed
+	m.mu.Unlock()
+	if destroyed && ctx.Err() == nil {
+		return fmt.Errorf("docker: run: %w: machine destroyed while running (%s: %v)", errs.ErrCanceled, op, err)
+	}
+	if ctx.Err() != nil {
+		return abortErr(ctx)
+	}
+	return apiErr(ctx, "run: "+op, err)
+}
+
+func abortErr(ctx context.Context) error {
+	err := ctx.Err()
+	if cause := context.Cause(ctx); cause != nil && cause != err {
+		return fmt.Errorf("docker: run aborted: %w (%w)", err, cause)
+	}
+	return fmt.Errorf("docker: run aborted: %w", err)
+}
+
+// Commit implements vm.Machine.
+func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch {
+	case m.destroyed:
+		return "", fmt.Errorf("docker: commit: %w: machine destroyed", errs.ErrInfra)
+	case m.committed:
+		return "", fmt.Errorf("docker: commit: %w: already committed", errs.ErrInfra)
+	case !m.ran || m.exit != 0:
+		return "", fmt.Errorf("docker: commit: %w: the step did not run to exit code 0", errs.ErrInfra)
+	}
+	kind := "k-"
+	if ephemeral {
+		kind = "e-"
+	}
+	ref := SnapshotRepo + ":" + kind + randomHex(12)
+	env := commitEnv(m.baseEnv, m.spec.Env)
+	cfg := &container.Config{Env: env, Labels: m.b.labels(m.spec.Owner, m.owner, ephemeral)}
+	resp, err := m.b.cli.ContainerCommit(ctx, m.id, container.CommitOptions{Reference: ref, Config: cfg})
+	if err != nil {
+		// A canceled request may still have committed: drop the image by its tag.
+		if ctx.Err() != nil {
+			_ = m.b.RemoveSnapshot(context.WithoutCancel(ctx), ref)
+		}
+		return "", apiErr(ctx, "commit", err)
+	}
+	m.committed = true
+	m.b.cacheEnv(resp.ID, env)
+	return resp.ID, nil
+}
+
+// commitEnv is the Env to store in a snapshot: the base image's entries as they were, and a
+// bare name (which the daemon reads as "unset") for every other variable the step had. The
+// daemon adds every container variable missing from the committed config, so each one must
+// be named; a bare name keeps its value out of the image and away from children.
+func commitEnv(base, step []string) []string {
+	env := append([]string(nil), base...)
+	seen := map[string]bool{}
+	for _, kv := range base {
+		seen[envKey(kv)] = true
+	}
+	for _, kv := range step {
+		if k := envKey(kv); !seen[k] {
+			seen[k] = true
+			env = append(env, k)
+		}
+	}
+	return env
+}
+
+func envKey(kv string) string {
+	k, _, _ := strings.Cut(kv, "=")
+	return k
+}
+
+// Destroy implements vm.Machine: the container is force-removed, which kills it if it runs
+// (a concurrent Run then returns an error). Idempotent.
+func (m *machine) Destroy(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.destroyed = true
+	if m.removed {
+		return nil
+	}
+	if err := m.b.removeContainer(ctx, m.id); err != nil {
+		return err
+	}
+	m.removed = true
+	return nil
+}
+
+// latchWriter passes writes on until the first error, then swallows them and keeps the error:
+// the container's output must keep draining, or it blocks on a full pipe and never exits.
+type latchWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (l *latchWriter) Write(p []byte) (int, error) {
+	if l.err == nil {
+		_, l.err = l.w.Write(p)
+	}
+	return len(p), nil
+}
+
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
