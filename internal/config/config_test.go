@@ -49,9 +49,9 @@ max_size = "1GiB"
 		t.Fatal(err)
 	}
 	want := Defaults()
-	want.Backend = "host"                                          // env over user file
-	want.Parallelism = 6                                           // repo file over user file
-	want.Timeout = Duration{5 * time.Minute}                       // user file over default
+	want.Backend = "host"                                         // env over user file
+	want.Parallelism = 6                                          // repo file over user file
+	want.Timeout = Duration{5 * time.Minute}                      // user file over default
 	want.Images = map[string]string{"a": "user-a", "b": "repo-b"} // tables merge key by key
 	want.Cache = Cache{MaxEntries: 7, MaxSize: 1 << 30}
 	if diff := cmp.Diff(want, c); diff != "" {
