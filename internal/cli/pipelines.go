@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"text/tabwriter"
@@ -18,7 +19,7 @@ func newRenderCmd(stdio IO) *cobra.Command {
 		Short: "Print the IR of a discovered pipeline",
 		Args:  usageArgs(cobra.MaximumNArgs(1)),
 		RunE: func(c *cobra.Command, args []string) error {
-			p, err := selectPipeline(dir, args)
+			p, err := selectPipeline(c.Context(), dir, args)
 			if err != nil {
 				return err
 			}
@@ -44,7 +45,7 @@ func newPipelinesCmd(stdio IO) *cobra.Command {
 		Short: "List the pipelines discovered under .hm/",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			all, err := frontend.Discover(dir)
+			all, err := frontend.Discover(c.Context(), dir)
 			if err != nil {
 				return err
 			}
@@ -72,8 +73,8 @@ func newPipelinesCmd(stdio IO) *cobra.Command {
 	return cmd
 }
 
-func selectPipeline(dir string, args []string) (frontend.Pipeline, error) {
-	all, err := frontend.Discover(dir)
+func selectPipeline(ctx context.Context, dir string, args []string) (frontend.Pipeline, error) {
+	all, err := frontend.Discover(ctx, dir)
 	if err != nil {
 		return frontend.Pipeline{}, err
 	}

@@ -165,7 +165,7 @@ func loadPipeline(c *cobra.Command, stdio IO, f *runFlags, args []string) (*ir.P
 		data = b
 		slug = strings.TrimSuffix(filepath.Base(f.file), filepath.Ext(f.file))
 	default:
-		p, err := selectPipeline(f.dir, args)
+		p, err := selectPipeline(c.Context(), f.dir, args)
 		if err != nil {
 			return nil, "", err
 		}

@@ -1,0 +1,3 @@
+module example.com/hm-example-go
+
+go 1.22

@@ -1,0 +1,121 @@
+package pipeline
+
+import (
+	"maps"
+	"slices"
+	"time"
+)
+
+// Item is something New accepts: a Step, a Group or a Barrier.
+type Item interface{ item() }
+
+// Step is one command step. The zero Step is invalid; make steps with Sh.
+type Step struct {
+	key, cmd     string
+	label, image string
+	env          map[string]string // shared between copies: replaced, never written, on change
+	timeout      time.Duration
+	cache        *Cache
+	after        []string
+	parent       *Step // builds_in parent; nil for a root
+}
+
+func (Step) item() {}
+
+// Sh returns a root step: it starts from the image (its own, or the pipeline's default).
+func Sh(key, cmd string) Step { return Step{key: key, cmd: cmd} }
+
+// Sh returns a child of s: it starts from s's committed snapshot (files, installed packages and
+// the workspace as s left them).
+func (s Step) Sh(key, cmd string) Step {
+	parent := s
+	return Step{key: key, cmd: cmd, parent: &parent}
+}
+
+// Key returns the step's key.
+func (s Step) Key() string { return s.key }
+
+// Label sets the display name.
+func (s Step) Label(label string) Step { s.label = label; return s }
+
+// Image sets the image a root step starts from. A child step starts from its parent's
+// snapshot, so an image on a child is an error at render time.
+func (s Step) Image(image string) Step { s.image = image; return s }
+
+// Env sets one environment variable of the step, over the pipeline's environment.
+func (s Step) Env(key, value string) Step {
+	env := maps.Clone(s.env)
+	if env == nil {
+		env = map[string]string{}
+	}
+	env[key] = value
+	s.env = env
+	return s
+}
+
+// Timeout sets the step's wall-clock limit, a whole number of seconds >= 1.
+func (s Step) Timeout(d time.Duration) Step { s.timeout = d; return s }
+
+// Cache sets the step's cache policy.
+func (s Step) Cache(c Cache) Step { s.cache = &c; return s }
+
+// After makes s wait for deps (ordering only: s does not start from their snapshots). The
+// deps must be part of the pipeline.
+func (s Step) After(deps ...Step) Step {
+	keys := make([]string, 0, len(s.after)+len(deps))
+	keys = append(keys, s.after...)
+	for _, d := range deps {
+		keys = append(keys, d.key)
+	}
+	s.after = keys
+	return s
+}
+
+// AfterKeys is After by step key, for steps defined elsewhere.
+func (s Step) AfterKeys(keys ...string) Step {
+	s.after = append(slices.Clip(s.after), keys...)
+	return s
+}
+
+// Fork attaches children to s: each child (a root step made with Sh, or a Group headed by
+// one) builds in s's snapshot. The result lists s, then the children in order.
+func (s Step) Fork(children ...Item) Group {
+	return Group{head: s, children: slices.Clone(children)}
+}
+
+// Group is a step with the children attached by Fork.
+type Group struct {
+	head     Step
+	children []Item
+}
+
+func (Group) item() {}
+
+// Barrier is a wait barrier: every step after it waits for every step before it.
+type Barrier struct{ continueOnFailure bool }
+
+func (Barrier) item() {}
+
+// Wait returns a barrier.
+func Wait() Barrier { return Barrier{} }
+
+// ContinueOnFailure makes the steps after the barrier run even when steps before it failed
+// (cleanup, notification).
+func (b Barrier) ContinueOnFailure(on bool) Barrier { b.continueOnFailure = on; return b }
+
+// sameStep reports whether b, met again after a was listed, is the same step. Parents are
+// compared by key (a parent is itself compared when it is met); b without a parent refers to a
+// (it may be the root value that Fork attached to a parent).
+func sameStep(a, b *Step) bool {
+	if a.key != b.key || a.cmd != b.cmd || a.label != b.label || a.image != b.image ||
+		a.timeout != b.timeout || !maps.Equal(a.env, b.env) || !slices.Equal(a.after, b.after) {
+		return false
+	}
+	if b.parent != nil && (a.parent == nil || a.parent.key != b.parent.key) {
+		return false
+	}
+	if (a.cache == nil) != (b.cache == nil) {
+		return false
+	}
+	return a.cache == nil || a.cache.equal(*b.cache)
+}
