@@ -56,7 +56,7 @@ func Compute(c Context, p *ir.Pipeline) ([]Result, error) {
 	if c.Dir == "" {
 		c.Dir = "."
 	}
-	order, err := lineageOrder(p)
+	order, parents, err := lineageOrder(p)
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +69,7 @@ func Compute(c Context, p *ir.Pipeline) ([]Result, error) {
 		}
 		fromIR := st.Cache.Key != ""
 		parent := scratch
-		if pi := p.Parent(i); pi >= 0 {
+		if pi := parents[i]; pi >= 0 {
 			parent = res[pi].Key
 			if parent == "" && !fromIR {
 				ps := p.Nodes[pi].Step.Key
@@ -101,8 +101,9 @@ func Compute(c Context, p *ir.Pipeline) ([]Result, error) {
 	return res, nil
 }
 
-// lineageOrder returns the node indexes with every builds_in parent before its children.
-func lineageOrder(p *ir.Pipeline) ([]int, error) {
+// lineageOrder returns the node indexes with every builds_in parent before its children, and
+// each node's builds_in parent (-1 for a root).
+func lineageOrder(p *ir.Pipeline) ([]int, []int, error) {
 	parent := make([]int, len(p.Nodes))
 	for i := range parent {
 		parent[i] = -1
@@ -124,10 +125,10 @@ func lineageOrder(p *ir.Pipeline) ([]int, error) {
 		var path []int
 		for n := start; n >= 0 && state[n] != done; n = parent[n] {
 			if n >= len(p.Nodes) {
-				return nil, fmt.Errorf("cache keys: builds_in parent %d out of range: %w", n, errs.ErrInvalid)
+				return nil, nil, fmt.Errorf("cache keys: builds_in parent %d out of range: %w", n, errs.ErrInvalid)
 			}
 			if state[n] == visiting {
-				return nil, errs.New(errs.ErrInvalid, "ir_cycle", "remove one builds_in edge of the cycle",
+				return nil, nil, errs.New(errs.ErrInvalid, "ir_cycle", "remove one builds_in edge of the cycle",
 					"builds_in cycle through step %q", p.Nodes[n].Step.Key)
 			}
 			state[n] = visiting
@@ -138,7 +139,7 @@ func lineageOrder(p *ir.Pipeline) ([]int, error) {
 			order = append(order, path[j])
 		}
 	}
-	return order, nil
+	return order, parent, nil
 }
 
 type keyer struct {

@@ -12,9 +12,13 @@ import (
 	"github.com/hmci/hm/internal/vm/host"
 )
 
+// HostImage is the pseudo-image naming the host's own root filesystem (sandbox backend).
+const HostImage = "host"
+
 // openVM returns the VM backend for --backend. auto picks docker when a daemon answers, else
-// the host backend.
-func openVM(ctx context.Context, name, stateDir string) (vm.Backend, error) {
+// the host backend; a pipeline whose root images are all the `host` pseudo-image skips
+// docker, which cannot run it.
+func openVM(ctx context.Context, name, stateDir string, hostImageOnly bool) (vm.Backend, error) {
 	stateDir = filepath.Clean(stateDir)
 	switch name {
 	case "host":
@@ -22,6 +26,9 @@ func openVM(ctx context.Context, name, stateDir string) (vm.Backend, error) {
 	case "docker":
 		return docker.New(ctx, docker.Options{StateDir: stateDir})
 	case "auto":
+		if hostImageOnly {
+			return host.New(stateDir), nil
+		}
 		b, err := docker.New(ctx, docker.Options{StateDir: stateDir, PingTimeout: 2 * time.Second})
 		if err == nil {
 			return b, nil

@@ -202,7 +202,7 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	vmb, err := openVM(c.Context(), s.Backend, stateDir)
+	vmb, err := openVM(c.Context(), s.Backend, stateDir, onlyHostImage(p, s.Images))
 	if err != nil {
 		return err
 	}
@@ -271,6 +271,32 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	}
 	_ = outErr // a closed pipe must not change the build's exit code
 	return exitCode(out.ExitCode).orNil()
+}
+
+// onlyHostImage reports whether every root step starts from the `host` pseudo-image, after
+// --map-image.
+func onlyHostImage(p *ir.Pipeline, mapImage map[string]string) bool {
+	child := make([]bool, len(p.Nodes))
+	for _, e := range p.Edges {
+		if e.Kind == ir.BuildsIn {
+			child[e.To] = true
+		}
+	}
+	roots := 0
+	for i := range p.Nodes {
+		if child[i] {
+			continue
+		}
+		roots++
+		img := p.Image(i)
+		if to, ok := mapImage[img]; ok {
+			img = to
+		}
+		if img != HostImage {
+			return false
+		}
+	}
+	return roots > 0
 }
 
 func (e exitCode) orNil() error {
