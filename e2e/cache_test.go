@@ -21,6 +21,8 @@ type backendCase struct {
 	leftovers func(t *testing.T, stateDir string) []string
 	// isolated backends snapshot /opt; the host backend does not.
 	isolated bool
+	// setup prepares a fresh state dir (importing images), when the backend needs it.
+	setup func(t *testing.T, e *env)
 	// created counts the machines created per step key in a time window, where the backend
 	// can tell (nil otherwise).
 	created func(t *testing.T, stateDir string, since, until time.Time) map[string]int
@@ -35,6 +37,16 @@ func cacheBackends(t *testing.T) []backendCase {
 
 // extraBackends is extended by the docker and sandbox tests' init functions.
 var extraBackendFns []func(t *testing.T) (backendCase, bool)
+
+// newBackendEnv is newEnv prepared for bc.
+func newBackendEnv(t *testing.T, bc backendCase) *env {
+	t.Helper()
+	e := newEnv(t)
+	if bc.setup != nil {
+		bc.setup(t, e)
+	}
+	return e
+}
 
 func extraBackends(t *testing.T) []backendCase {
 	var out []backendCase
@@ -71,7 +83,7 @@ func threeLevel(token string) string {
 func TestThreeLevelCache(t *testing.T) {
 	for _, bc := range cacheBackends(t) {
 		t.Run(bc.name, func(t *testing.T) {
-			e := newEnv(t)
+			e := newBackendEnv(t, bc)
 			token := strconv.FormatInt(time.Now().UnixNano(), 36)
 			if !bc.isolated {
 				needWritableOpt(t)
@@ -149,7 +161,7 @@ func TestThreeLevelCache(t *testing.T) {
 func TestFailedStepCommitsNothing(t *testing.T) {
 	for _, bc := range cacheBackends(t) {
 		t.Run(bc.name, func(t *testing.T) {
-			e := newEnv(t)
+			e := newBackendEnv(t, bc)
 			doc := graph(0, []string{
 				stepJSON("root", "echo trying; exit 3", `"image":"ubuntu:24.04","cache":{"policy":"forever","env_keys":[]}`),
 				stepJSON("child", "true", ""),

@@ -10,7 +10,7 @@ import (
 func TestCacheCommands(t *testing.T) {
 	for _, bc := range cacheBackends(t) {
 		t.Run(bc.name, func(t *testing.T) {
-			e := newEnv(t)
+			e := newBackendEnv(t, bc)
 			var steps []string
 			for _, k := range []string{"one", "two", "three"} {
 				steps = append(steps, stepJSON(k, "echo "+k+" > "+k+".txt", `"image":"ubuntu:24.04","cache":{"policy":"forever","env_keys":[]}`))

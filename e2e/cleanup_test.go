@@ -33,7 +33,7 @@ func TestNothingLeftBehind(t *testing.T) {
 	for _, bc := range cacheBackends(t) {
 		for _, tt := range tests {
 			t.Run(bc.name+"/"+tt.name, func(t *testing.T) {
-				e := newEnv(t)
+				e := newBackendEnv(t, bc)
 				writeTree(t, e.srcDir, map[string]string{".hm/ci.json": graph(0, []string{parent, tt.child}, edge)})
 				args := append([]string{"run", "--format", "json"}, bc.args...)
 				code := runUntilReady(t, e, args, tt.interrupt)

@@ -113,7 +113,7 @@ func removeEntries(ctx context.Context, stdio IO, del func(*registry.Registry) (
 	var freed int64
 	left := 0
 	for _, e := range es {
-		b, err := openVM(ctx, e.Backend, stateDir, false)
+		b, err := openVM(ctx, e.Backend, stateDir, vmOptions{})
 		if err == nil {
 			err = b.RemoveSnapshot(ctx, e.Snapshot)
 			closeVM(b)

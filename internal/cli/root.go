@@ -63,7 +63,7 @@ func newRoot(stdio IO) *cobra.Command {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return errs.New(errs.ErrUsage, "usage", fmt.Sprintf("see `%s --help`", c.CommandPath()), "%v", err)
 	})
-	root.AddCommand(newRunCmd(stdio), newRenderCmd(stdio), newPipelinesCmd(stdio), newInitCmd(stdio), newCacheCmd(stdio), newVersionCmd(stdio))
+	root.AddCommand(newRunCmd(stdio), newRenderCmd(stdio), newPipelinesCmd(stdio), newInitCmd(stdio), newCacheCmd(stdio), newImageCmd(stdio), newVersionCmd(stdio))
 	return root
 }
 

@@ -27,6 +27,7 @@ import (
 
 type runFlags struct {
 	dir, file, backend, format, timeout string
+	network                             string
 	mapImage, env                       []string
 	parallelism                         int
 	keepGoing, noCache, logs, noColor   bool
@@ -51,6 +52,7 @@ unavailable, 7 pipeline invalid, 124 timed out, 130 canceled.`,
 	fl.StringVarP(&f.dir, "dir", "d", ".", "source directory")
 	fl.StringVar(&f.file, "file", "", "run this IR JSON file (graph or flat form; - for stdin) instead of discovering .hm/")
 	fl.StringVar(&f.backend, "backend", "auto", "auto, docker, sandbox, host or remote")
+	fl.StringVar(&f.network, "network", "host", "sandbox backend: host (share the host's network) or none")
 	fl.StringArrayVar(&f.mapImage, "map-image", nil, "use image TO wherever the pipeline names FROM (FROM=TO, repeatable)")
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "extra environment for every step (K=V, repeatable)")
 	fl.IntVar(&f.parallelism, "parallelism", 0, "max concurrently executing steps (default: CPUs; 0 = 1)")
@@ -101,6 +103,12 @@ func resolveSettings(fl *pflag.FlagSet, f *runFlags, getenv func(string) string)
 	}
 	if changed("no-color") {
 		s.NoColor = f.noColor
+	}
+	if changed("network") {
+		s.Network = f.network
+	}
+	if s.Network != "host" && s.Network != "none" {
+		return s, usage("use --network host or --network none", "unknown network mode %q", s.Network)
 	}
 	if s.Format != "human" && s.Format != "json" {
 		return s, usage("--format human|json", "unknown output format %q", s.Format)
@@ -202,7 +210,9 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	vmb, err := openVM(c.Context(), s.Backend, stateDir, onlyHostImage(p, s.Images))
+	vmb, err := openVM(c.Context(), s.Backend, stateDir, vmOptions{
+		hostImageOnly: onlyHostImage(p, s.Images), networkNone: s.Network == "none",
+	})
 	if err != nil {
 		return err
 	}

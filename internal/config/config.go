@@ -22,6 +22,7 @@ import (
 // Config is the merged configuration. Keys mirror the flags of `hm run`.
 type Config struct {
 	Backend     string            `toml:"backend"`
+	Network     string            `toml:"network"` // sandbox: "host" or "none"
 	Parallelism int               `toml:"parallelism"`
 	KeepGoing   bool              `toml:"keep_going"`
 	NoCache     bool              `toml:"no_cache"`
@@ -46,6 +47,7 @@ type Cache struct {
 func Defaults() Config {
 	return Config{
 		Backend:     "auto",
+		Network:     "host",
 		Parallelism: runtime.NumCPU(),
 		Format:      "human",
 		Images:      map[string]string{},
@@ -153,6 +155,7 @@ func applyEnv(c *Config, getenv func(string) string) error {
 		set  func(v string) error
 	}{
 		{"HM_BACKEND", func(v string) error { c.Backend = v; return nil }},
+		{"HM_NETWORK", func(v string) error { c.Network = v; return nil }},
 		{"HM_PARALLELISM", func(v string) (err error) { c.Parallelism, err = strconv.Atoi(v); return }},
 		{"HM_KEEP_GOING", func(v string) (err error) { c.KeepGoing, err = strconv.ParseBool(v); return }},
 		{"HM_NO_CACHE", func(v string) (err error) { c.NoCache, err = strconv.ParseBool(v); return }},

@@ -1,0 +1,136 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/hmci/hm/internal/proc"
+)
+
+func init() {
+	extraBackendFns = append(extraBackendFns, sandboxBusybox, sandboxHost)
+}
+
+// sandboxAvailable reports whether the sandbox backend can run here (root, a static busybox
+// for the imported image).
+func sandboxAvailable(t *testing.T) bool {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Log("skipping the sandbox backend: needs root (namespaces, overlayfs)")
+		return false
+	}
+	return true
+}
+
+// sandboxBusybox runs on a busybox rootfs imported from a tarball with `hm image import`.
+func sandboxBusybox(t *testing.T) (backendCase, bool) {
+	if !sandboxAvailable(t) {
+		return backendCase{}, false
+	}
+	tarball := busyboxTarball(t)
+	return backendCase{
+		name:      "sandbox",
+		args:      []string{"--backend", "sandbox", "--map-image", "ubuntu:24.04=busybox"},
+		leftovers: sandboxLeftovers,
+		isolated:  true,
+		setup: func(t *testing.T, e *env) {
+			if r := e.run("image", "import", tarball, "busybox"); r.code != 0 {
+				t.Fatalf("hm image import: exit %d\n%s", r.code, r.stderr)
+			}
+		},
+	}, true
+}
+
+// sandboxHost runs on the `host` pseudo-image: the host's root filesystem, read-only.
+func sandboxHost(t *testing.T) (backendCase, bool) {
+	if !sandboxAvailable(t) {
+		return backendCase{}, false
+	}
+	return backendCase{
+		name:      "sandbox-host-image",
+		args:      []string{"--backend", "sandbox", "--map-image", "ubuntu:24.04=host"},
+		leftovers: sandboxLeftovers,
+		isolated:  true,
+	}, true
+}
+
+var (
+	busyboxOnce sync.Once
+	busyboxTar  string
+	busyboxErr  string
+)
+
+// busyboxTarball builds a rootfs tarball from the static busybox once per test binary.
+func busyboxTarball(t *testing.T) string {
+	t.Helper()
+	busyboxOnce.Do(func() {
+		bb, err := exec.LookPath("busybox")
+		if err != nil {
+			busyboxErr = "no busybox (apt-get install busybox-static)"
+			return
+		}
+		root, err := os.MkdirTemp("", "hm-e2e-busybox")
+		if err != nil {
+			busyboxErr = err.Error()
+			return
+		}
+		for _, d := range []string{"bin", "tmp", "opt", "etc", "root", "workspace"} {
+			os.MkdirAll(filepath.Join(root, d), 0o755)
+		}
+		data, err := os.ReadFile(bb)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(root, "bin", "busybox"), data, 0o755)
+		}
+		if err != nil {
+			busyboxErr = err.Error()
+			return
+		}
+		list, err := exec.Command(bb, "--list").Output()
+		if err != nil {
+			busyboxErr = "busybox --list: " + err.Error()
+			return
+		}
+		for _, app := range strings.Fields(string(list)) {
+			if app != "busybox" {
+				os.Symlink("busybox", filepath.Join(root, "bin", app))
+			}
+		}
+		busyboxTar = root + ".tar"
+		if out, err := exec.Command("tar", "-C", root, "-cf", busyboxTar, ".").CombinedOutput(); err != nil {
+			busyboxErr = "tar: " + string(out)
+		}
+	})
+	if busyboxErr != "" {
+		t.Fatalf("building the busybox rootfs: %s", busyboxErr)
+	}
+	return busyboxTar
+}
+
+// sandboxLeftovers lists what sandbox builds of a state dir left: machines, trash, ephemeral
+// snapshots, mounts under the state dir, and step processes of hm processes that are gone.
+func sandboxLeftovers(t *testing.T, stateDir string) []string {
+	t.Helper()
+	var out []string
+	for _, pattern := range []string{"sandbox/machines/*", "sandbox/trash/*", "sandbox/snaps/e-*"} {
+		m, _ := filepath.Glob(filepath.Join(stateDir, pattern))
+		out = append(out, m...)
+	}
+	if data, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], stateDir) {
+				out = append(out, "mount "+f[4])
+			}
+		}
+	}
+	for c, pids := range proc.Cookies() {
+		if o, ok := proc.CookieOwner(c); ok && !o.Alive() {
+			out = append(out, fmt.Sprintf("processes %v of a dead hm", pids))
+		}
+	}
+	return out
+}

@@ -1,0 +1,542 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/imagestore"
+	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/vm"
+)
+
+// hangGuard bounds waits for things that must happen, so a hang fails with a message.
+const hangGuard = 2 * time.Minute
+
+// markerWriter closes seen once the output contains marker.
+type markerWriter struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	marker string
+	seen   chan struct{}
+}
+
+func newMarkerWriter(marker string) *markerWriter {
+	return &markerWriter{marker: marker, seen: make(chan struct{})}
+}
+
+func (w *markerWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n, _ := w.buf.Write(p)
+	if w.seen != nil && bytes.Contains(w.buf.Bytes(), []byte(w.marker)) {
+		close(w.seen)
+		w.seen = nil
+	}
+	return n, nil
+}
+
+func (w *markerWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+type runResult struct {
+	code int
+	err  error
+}
+
+// startRun runs m in the background and waits until it printed marker.
+func startRun(t *testing.T, ctx context.Context, m vm.Machine, marker string) (<-chan runResult, *markerWriter) {
+	t.Helper()
+	out := newMarkerWriter(marker)
+	seen := out.seen // Write sets the field to nil
+	done := make(chan runResult, 1)
+	go func() {
+		code, err := m.Run(ctx, out, out)
+		done <- runResult{code, err}
+	}()
+	select {
+	case <-seen:
+	case r := <-done:
+		t.Fatalf("Run returned before printing %q: %d, %v, output %q", marker, r.code, r.err, out.String())
+	case <-time.After(hangGuard):
+		t.Fatalf("step did not print %q", marker)
+	}
+	return done, out
+}
+
+func wait(t *testing.T, done <-chan runResult) runResult {
+	t.Helper()
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(hangGuard):
+		t.Fatal("Run did not return")
+		return runResult{}
+	}
+}
+
+// markedProcesses lists host processes whose environment holds the marker variable.
+func markedProcesses(marker string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err == nil && bytes.Contains(env, []byte("HM_TEST_MARK="+marker)) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// stubborn starts a daemon that ignores SIGTERM and has left the step's session, waits
+// until it runs sleep, and prints ready.
+const stubborn = `setsid sh -c 'trap "" TERM; exec sleep 1000' & pid=$!
+while [ "$(cat /proc/$pid/comm 2>/dev/null)" != sleep ]; do :; done; echo ready; `
+
+// Whatever ends a step, its daemons that ignore SIGTERM are gone by the time Run returns,
+// and the machine leaves no mount, process, directory or cgroup once destroyed.
+func TestStubbornDaemonDiesWithStep(t *testing.T) {
+	b := newBackend(t, Options{})
+	for _, tc := range []struct {
+		name string
+		tail string // shell after the daemon runs
+		end  func(cancel context.CancelFunc, m vm.Machine)
+		code int // wanted exit code, -1 for a Run error
+	}{
+		{"success", "exit 0", nil, 0},
+		{"failure", "exit 3", nil, 3},
+		{"cancel", "sleep 1000", func(cancel context.CancelFunc, m vm.Machine) { cancel() }, -1},
+		{"destroy", "sleep 1000", func(cancel context.CancelFunc, m vm.Machine) { m.Destroy(context.Background()) }, -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			marker := randomHex()
+			m := create(t, b, spec(stubborn+tc.tail, "HM_TEST_MARK="+marker))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done, out := startRun(t, ctx, m, "ready")
+			if tc.end != nil {
+				if len(markedProcesses(marker)) == 0 {
+					t.Fatal("the step's processes are not visible from the host: the check below would prove nothing")
+				}
+				tc.end(cancel, m)
+			}
+			r := wait(t, done)
+			if tc.code >= 0 && (r.err != nil || r.code != tc.code) {
+				t.Errorf("Run = %d, %v; want %d (output %q)", r.code, r.err, tc.code, out.String())
+			}
+			if tc.code < 0 && r.err == nil {
+				t.Errorf("Run = %d, nil; want an error", r.code)
+			}
+			if left := markedProcesses(marker); len(left) > 0 {
+				t.Errorf("processes %v of the step still run after Run returned", left)
+			}
+			if err := m.Destroy(context.Background()); err != nil {
+				t.Errorf("Destroy: %v", err)
+			}
+			if left := leftovers(b, proc.Self()); len(left) > 0 {
+				t.Errorf("left behind: %v", left)
+			}
+		})
+	}
+}
+
+func TestDeadlineKillsTree(t *testing.T) {
+	b := newBackend(t, Options{})
+	marker := randomHex()
+	m := create(t, b, spec(stubborn+"sleep 1000", "HM_TEST_MARK="+marker))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	_, err := m.Run(ctx, &out, &out)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run = %v, want DeadlineExceeded (output %q)", err, out.String())
+	}
+	if !strings.Contains(out.String(), "ready") {
+		t.Fatalf("the daemon never started (output %q): the check below would prove nothing", out.String())
+	}
+	if left := markedProcesses(marker); len(left) > 0 {
+		t.Errorf("processes %v still run after the deadline", left)
+	}
+}
+
+// The step sees its own namespaces and the promised mounts.
+func TestIsolation(t *testing.T) {
+	b := newBackend(t, Options{})
+	cmd := `hostname; awk '/^PPid/ {print $2}' /proc/$$/status; tr '\0' ' ' < /proc/1/cmdline; echo
+pwd; test -c /dev/null && echo > /dev/null && echo devnull
+head -c 4 /dev/urandom | wc -c
+grep -c ' /tmp tmpfs ' /proc/mounts
+echo x > /etc/hosts 2>/dev/null && echo hosts-writable || echo hosts-readonly
+test -f /etc/resolv.conf && echo resolv
+echo t > /tmp/t; mkdir -p /opt && echo o > /opt/o`
+	m, out := mustRun(t, b, spec(cmd))
+	want := "hm\n1\nhm-sandbox-init \n/workspace\ndevnull\n4\n1\nhosts-readonly\nresolv\n"
+	if out != want {
+		t.Errorf("stdout:\n%s\nwant:\n%s", out, want)
+	}
+	snap := commit(t, b, m, true)
+	_, out = mustRun(t, b, childSpec(snap, `test -e /tmp/t && echo tmp-kept || echo tmp-gone; cat /opt/o`))
+	if want := "tmp-gone\no\n"; out != want {
+		t.Errorf("child stdout %q, want %q (/tmp is a tmpfs, /opt is snapshotted)", out, want)
+	}
+	if resolv, err := os.ReadFile("/etc/resolv.conf"); err == nil {
+		_, out = mustRun(t, b, spec(`cat /etc/resolv.conf`))
+		if out != string(resolv) {
+			t.Errorf("/etc/resolv.conf in the sandbox = %q, want the host's %q", out, resolv)
+		}
+	}
+}
+
+// With the host image the step sees the host's files but not hm's state dir, and its
+// writes land in its own layer, not on the host.
+func TestHostImage(t *testing.T) {
+	needSandbox(t)
+	// Outside /tmp, which the sandbox covers with its own tmpfs anyway.
+	state, err := os.MkdirTemp("/var/tmp", "hm-sandbox-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	if err := os.WriteFile(filepath.Join(state, "secret"), []byte("s"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(state, imagestore.Open(state), Options{NoPull: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	host, err := os.ReadFile("/etc/os-release")
+	if err != nil {
+		t.Skip("host has no /etc/os-release")
+	}
+	marker := filepath.Join("/etc", "hm-sandbox-test-"+randomHex())
+	s := spec(`cat /etc/os-release; ls -A ` + state + `; echo w > ` + marker + `; rm /etc/os-release`)
+	s.Image = imagestore.HostID
+	m, out := mustRun(t, b, s)
+	if out != string(host) {
+		t.Errorf("stdout %q, want the host's /etc/os-release and an empty state dir", out)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		os.Remove(marker)
+		t.Errorf("the step wrote %s on the host", marker)
+	}
+	if _, err := os.Stat("/etc/os-release"); err != nil {
+		t.Errorf("the step deleted the host's /etc/os-release: %v", err)
+	}
+	snap := commit(t, b, m, true)
+	_, out = mustRun(t, b, childSpec(snap, `cat `+marker+`; test -e /etc/os-release || echo deleted`))
+	if want := "w\ndeleted\n"; out != want {
+		t.Errorf("child stdout %q, want %q", out, want)
+	}
+}
+
+func TestNetworkNone(t *testing.T) {
+	for _, none := range []bool{false, true} {
+		t.Run("none="+strconv.FormatBool(none), func(t *testing.T) {
+			b := newBackend(t, Options{NetworkNone: none})
+			_, out := mustRun(t, b, spec(`tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\n' ' '`))
+			ifaces := strings.Fields(out)
+			if none && (len(ifaces) != 1 || ifaces[0] != "lo") {
+				t.Errorf("interfaces %v, want only lo", ifaces)
+			}
+			if !none && len(ifaces) < 2 {
+				t.Skipf("host has only %v: cannot tell its network from a fresh one", ifaces)
+			}
+		})
+	}
+}
+
+// Commit renames the upper directory: the layer is the same inode, whatever the step wrote.
+func TestCommitIsRename(t *testing.T) {
+	b := newBackend(t, Options{})
+	const n = 100_000
+	m, _ := mustRun(t, b, spec(`mkdir /data && cd /data && seq 1 `+strconv.Itoa(n)+` | xargs touch`))
+	before := inode(t, filepath.Join(m.dir, "upper"))
+	id := commit(t, b, m, false)
+	rec, err := b.readSnap(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := inode(t, b.layerDir(rec.Layers[0])); after != before {
+		t.Errorf("layer inode %v, upper inode %v: Commit copied instead of renaming", after, before)
+	}
+	_, out := mustRun(t, b, childSpec(id, `ls /data | wc -l`))
+	if strings.TrimSpace(out) != strconv.Itoa(n) {
+		t.Errorf("child sees %s files, want %d", out, n)
+	}
+}
+
+type devIno struct{ dev, ino uint64 }
+
+func inode(t *testing.T, p string) devIno {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	return devIno{st.Dev, st.Ino}
+}
+
+// A chain longer than MaxChain is flattened at commit and still shows exactly what the
+// chain did: deletions of image files (whiteouts), directories replaced wholesale (opaque)
+// and a directory recreated over an earlier deletion.
+func TestFlatten(t *testing.T) {
+	b := newBackend(t, Options{MaxChain: 3})
+	steps := []string{
+		`mkdir -p /opt/d/sub && echo 1 > /opt/d/sub/f && echo keep > /opt/keep && rm /etc/imgfile`,
+		`rm -rf /etc/imgdir && mkdir /etc/imgdir && echo b > /etc/imgdir/b && rm -r /etc/imgdir2`,
+		`mkdir /etc/imgdir2 && echo n > /etc/imgdir2/n && echo 2 > /opt/d/sub/f && rm /opt/keep`,
+		`rm -rf /opt/d && mkdir -p /opt/d && echo fresh > /opt/d/x && echo file > /opt/keep`,
+		`echo last > /workspace/last`,
+	}
+	want := "b\n/etc/imgdir2/n\nimgfile-gone\nfile\nx\nlast\n"
+	check := `ls /etc/imgdir; find /etc/imgdir2 -type f; test -e /etc/imgfile || echo imgfile-gone; cat /opt/keep; ls /opt/d; cat /workspace/last`
+	parent := ""
+	for i, cmd := range steps {
+		s := spec(cmd)
+		if parent != "" {
+			s = childSpec(parent, cmd)
+		}
+		m, _ := mustRun(t, b, s)
+		parent = commit(t, b, m, i%2 == 0)
+		rec, err := b.readSnap(parent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rec.Layers) > 3 {
+			t.Fatalf("step %d: chain of %d layers, want at most MaxChain 3", i, len(rec.Layers))
+		}
+		if i == 3 && len(rec.Layers) != 1 {
+			t.Fatalf("step %d: chain of %d layers, want 1 (flattened)", i, len(rec.Layers))
+		}
+	}
+	_, out := mustRun(t, b, childSpec(parent, check))
+	if out != want {
+		t.Errorf("after flattening:\n%s\nwant:\n%s", out, want)
+	}
+}
+
+// A chain well past overlayfs' comfortable depth keeps working: at most MaxChain layers are
+// ever mounted, and the first step's file is still there.
+func TestDeepChain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs 120 steps")
+	}
+	b := newBackend(t, Options{})
+	m, _ := mustRun(t, b, spec(`echo 0 > /workspace/first`))
+	parent := commit(t, b, m, true)
+	for i := 1; i < 120; i++ {
+		m, _ := mustRun(t, b, childSpec(parent, `echo `+strconv.Itoa(i)+` > /workspace/n`))
+		next := commit(t, b, m, true)
+		if err := m.Destroy(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.RemoveSnapshot(context.Background(), parent); err != nil {
+			t.Fatal(err)
+		}
+		parent = next
+	}
+	_, out := mustRun(t, b, childSpec(parent, `cat /workspace/first /workspace/n`))
+	if out != "0\n119\n" {
+		t.Errorf("end of chain sees %q", out)
+	}
+	rec, _ := b.readSnap(parent)
+	if len(rec.Layers) > DefaultMaxChain {
+		t.Errorf("chain of %d layers, over DefaultMaxChain", len(rec.Layers))
+	}
+	// Removed snapshots' layers are collected once nothing uses them.
+	names, _ := readNames(filepath.Join(b.dir, "layers"))
+	if len(names) > len(rec.Layers) {
+		t.Errorf("%d layers stored for a chain of %d: removed snapshots' layers were kept", len(names), len(rec.Layers))
+	}
+}
+
+// Removing a parent snapshot leaves its children usable; its layers go once unused.
+func TestRemoveParentKeepsChild(t *testing.T) {
+	b := newBackend(t, Options{})
+	m, _ := mustRun(t, b, spec(`echo p > /p`))
+	parent := commit(t, b, m, false)
+	m, _ = mustRun(t, b, childSpec(parent, `echo c > /c`))
+	child := commit(t, b, m, false)
+	// The child's machine uses the parent's layer until destroyed.
+	if err := m.Destroy(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.RemoveSnapshot(context.Background(), parent); err != nil {
+		t.Fatal(err)
+	}
+	g, out := mustRun(t, b, childSpec(child, `cat /p /c`))
+	if out != "p\nc\n" {
+		t.Errorf("grandchild sees %q", out)
+	}
+	if err := g.Destroy(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.RemoveSnapshot(context.Background(), child); err != nil {
+		t.Fatal(err)
+	}
+	if names, _ := readNames(filepath.Join(b.dir, "layers")); len(names) != 0 {
+		t.Errorf("layers left after removing every snapshot: %v", names)
+	}
+}
+
+func TestUnavailableWithoutRoot(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("runs as root: the check cannot fail here")
+	}
+	_, err := New(t.TempDir(), imagestore.Open(t.TempDir()), Options{})
+	var e *errs.Error
+	if !errors.As(err, &e) || e.Code != "sandbox_unavailable" || e.Fix != Fix || !errors.Is(err, errs.ErrUnavailable) {
+		t.Errorf("New as non-root = %v, want sandbox_unavailable", err)
+	}
+}
+
+func TestSetupErrorClassification(t *testing.T) {
+	for _, tc := range []struct {
+		status      string
+		unavailable bool
+	}{
+		{`{"stage":"mount /proc","msg":"mount /proc: operation not permitted","errno":1}`, true},
+		{`{"stage":"overlay","msg":"overlay: mount overlay: invalid argument","errno":22}`, true},
+		{`{"stage":"exec","msg":"exec: the image has no usable /bin/sh: no such file or directory","errno":2}`, false},
+	} {
+		err := setupError([]byte(tc.status))
+		var e *errs.Error
+		got := errors.As(err, &e) && e.Code == "sandbox_unavailable" && errors.Is(err, errs.ErrUnavailable)
+		if got != tc.unavailable {
+			t.Errorf("setupError(%s) = %v; sandbox_unavailable %v, want %v", tc.status, err, got, tc.unavailable)
+		}
+		if !tc.unavailable && !errors.Is(err, errs.ErrInfra) {
+			t.Errorf("setupError(%s) = %v, want ErrInfra", tc.status, err)
+		}
+	}
+}
+
+func TestMissingShell(t *testing.T) {
+	b := newBackend(t, Options{})
+	m, _ := mustRun(t, b, spec(`rm /bin/sh`))
+	snap := commit(t, b, m, true)
+	c := create(t, b, childSpec(snap, `true`))
+	_, err := c.Run(context.Background(), nil, nil)
+	if !errors.Is(err, errs.ErrInfra) || !strings.Contains(err.Error(), "/bin/sh") {
+		t.Errorf("Run without /bin/sh = %v, want an infrastructure error naming /bin/sh", err)
+	}
+}
+
+func TestMountPathUnescape(t *testing.T) {
+	for in, want := range map[string]string{`/a\040b`: "/a b", `/plain`: "/plain", `/x\134y`: `/x\y`, `/t\04`: `/t\04`} {
+		if got := unescapeMountPath(in); got != want {
+			t.Errorf("unescapeMountPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// The backend keeps one init started ahead of need; a step takes it, a new one is started
+// behind it, and Close kills the spare. NoPrestart starts none.
+func TestSpareInit(t *testing.T) {
+	ctx := context.Background()
+	b := newBackend(t, Options{})
+	if err := b.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.waitRefill()
+	spare := b.sparePID()
+	if spare == 0 {
+		t.Fatal("no spare init after Reconcile")
+	}
+	m := create(t, b, spec(`echo ready; sleep 1000`))
+	runCtx, cancel := context.WithCancel(ctx)
+	done, _ := startRun(t, runCtx, m, "ready")
+	m.mu.Lock()
+	used := m.init.proc.Pid
+	m.mu.Unlock()
+	cancel()
+	wait(t, done)
+	if used != spare {
+		t.Errorf("the step ran in init %d, not in the spare %d", used, spare)
+	}
+	b.waitRefill()
+	next := b.sparePID()
+	if next == 0 || next == spare {
+		t.Fatalf("spare after a step = %d (was %d), want a new one", next, spare)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat("/proc/" + strconv.Itoa(next)); err == nil {
+		t.Errorf("spare init %d still exists after Close", next)
+	}
+
+	b = newBackend(t, Options{NoPrestart: true})
+	if err := b.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, b, spec(`true`))
+	b.waitRefill()
+	if pid := b.sparePID(); pid != 0 {
+		t.Errorf("NoPrestart backend has spare init %d", pid)
+	}
+}
+
+// A running step is in cgroups of its own with the configured limits.
+func TestCgroups(t *testing.T) {
+	b := newBackend(t, Options{PidsMax: 77, MemoryMax: 256 << 20})
+	if len(b.cg.parents) == 0 {
+		t.Skip("no usable memory or pids cgroup controller here")
+	}
+	m := create(t, b, spec(`echo ready; sleep 1000`))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done, _ := startRun(t, ctx, m, "ready")
+	m.mu.Lock()
+	dirs, pid := m.cgroups, m.init.proc.Pid
+	m.mu.Unlock()
+	if len(dirs) != len(b.cg.parents) {
+		t.Errorf("step cgroups %v, want one under each of %v", dirs, b.cg.parents)
+	}
+	limits := map[string]string{"pids.max": "77", "memory.max": "268435456", "memory.limit_in_bytes": "268435456"}
+	checked := 0
+	for _, d := range dirs {
+		procs, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if err != nil || !slices.Contains(strings.Fields(string(procs)), strconv.Itoa(pid)) {
+			t.Errorf("%s/cgroup.procs = %q, %v; want the init %d", d, procs, err, pid)
+		}
+		for file, want := range limits {
+			got, err := os.ReadFile(filepath.Join(d, file))
+			if err != nil {
+				continue // the controller is not in this hierarchy
+			}
+			checked++
+			if strings.TrimSpace(string(got)) != want {
+				t.Errorf("%s/%s = %q, want %s", d, file, got, want)
+			}
+		}
+	}
+	if checked < 2 {
+		t.Errorf("checked %d limits, want memory and pids", checked)
+	}
+	cancel()
+	wait(t, done)
+	for _, d := range dirs {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("step cgroup %s left after Run", d)
+		}
+	}
+}

@@ -1,0 +1,143 @@
+package sandbox
+
+import (
+	"bufio"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hmci/hm/internal/proc"
+)
+
+// cgroups says where step cgroups go: one parent directory per hierarchy, each step getting
+// a child named by its cookie. Best effort throughout: a host without usable cgroups runs
+// steps without them (the PID namespace, not the cgroup, is what kills the tree).
+type cgroups struct {
+	v2      bool
+	parents []string // STEP cgroups are parents[i]/COOKIE
+}
+
+// cgroupDirName is the directory holding hm's step cgroups in each hierarchy.
+const cgroupDirName = "hm-sandbox"
+
+// detectCgroups finds the memory and pids controllers. On cgroup v2 step cgroups go under
+// the root (a cgroup with processes cannot delegate controllers, and hm's own cgroup has
+// hm in it); on v1 they nest under hm's own cgroup of each controller, so hm's limits
+// still apply to its steps.
+func detectCgroups() cgroups {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/cgroup", &st); err == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+		p := filepath.Join("/sys/fs/cgroup", cgroupDirName)
+		_ = os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte("+memory +pids"), 0)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return cgroups{}
+		}
+		_ = os.WriteFile(filepath.Join(p, "cgroup.subtree_control"), []byte("+memory +pids"), 0)
+		return cgroups{v2: true, parents: []string{p}}
+	}
+	own := ownCgroupsV1()
+	var c cgroups
+	for _, ctrl := range []string{"memory", "pids"} {
+		mnt := filepath.Join("/sys/fs/cgroup", ctrl)
+		rel, ok := own[ctrl]
+		if !ok {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(mnt, "cgroup.procs")); err != nil {
+			continue
+		}
+		p := filepath.Join(mnt, rel, cgroupDirName)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			continue
+		}
+		c.parents = append(c.parents, p)
+	}
+	return c
+}
+
+// ownCgroupsV1 maps each v1 controller to this process's cgroup path in it.
+func ownCgroupsV1() map[string]string {
+	f, err := os.Open("/proc/self/cgroup")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	m := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		parts := strings.SplitN(sc.Text(), ":", 3)
+		if len(parts) != 3 || parts[1] == "" {
+			continue
+		}
+		for _, ctrl := range strings.Split(parts[1], ",") {
+			m[ctrl] = parts[2]
+		}
+	}
+	return m
+}
+
+// create makes the step's cgroups with the configured limits and returns their directories.
+func (c cgroups) create(cookie string, opts Options) []string {
+	var dirs []string
+	for _, p := range c.parents {
+		d := filepath.Join(p, cookie)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			continue
+		}
+		dirs = append(dirs, d)
+		limits := map[string]int64{}
+		switch {
+		case c.v2:
+			limits["memory.max"], limits["pids.max"] = opts.MemoryMax, opts.PidsMax
+		case strings.Contains(p, "/memory/"):
+			limits["memory.limit_in_bytes"] = opts.MemoryMax
+		case strings.Contains(p, "/pids/"):
+			limits["pids.max"] = opts.PidsMax
+		}
+		for file, v := range limits {
+			if v > 0 {
+				_ = os.WriteFile(filepath.Join(d, file), []byte(strconv.FormatInt(v, 10)), 0)
+			}
+		}
+	}
+	return dirs
+}
+
+// joinCgroups moves pid into the step's cgroups; its children are born there.
+func joinCgroups(dirs []string, pid int) {
+	for _, d := range dirs {
+		_ = os.WriteFile(filepath.Join(d, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0)
+	}
+}
+
+// removeCgroups removes step cgroups whose processes are gone.
+func removeCgroups(dirs []string) {
+	for _, d := range dirs {
+		if err := unix.Rmdir(d); err != nil && !errors.Is(err, unix.ENOENT) {
+			// Tasks still exiting keep a cgroup busy for a moment; reconcile gets it later.
+			continue
+		}
+	}
+}
+
+// leftovers lists the step cgroups whose owner satisfies owned.
+func (c cgroups) list(owned func(cookie string) bool) []string {
+	var out []string
+	for _, p := range c.parents {
+		names, _ := readNames(p)
+		for _, n := range names {
+			fi, err := os.Stat(filepath.Join(p, n))
+			if err != nil || !fi.IsDir() {
+				continue
+			}
+			if _, ok := proc.CookieOwner(n); ok && owned(n) {
+				out = append(out, filepath.Join(p, n))
+			}
+		}
+	}
+	return out
+}

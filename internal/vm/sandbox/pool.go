@@ -1,0 +1,283 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/vm/sandbox/sandboxinit"
+)
+
+// initProc is a started sandbox init: in its fresh namespaces, waiting for its config.
+// Starting one means re-executing hm, whose runtime and package initialisation dominate a
+// trivial step's cost, so the backend keeps one spare started ahead of need (see take).
+type initProc struct {
+	proc   *os.Process
+	cookie string
+	cfgW   *os.File // the config pipe; open until the init is gone, as its lifeline
+	statR  *os.File // the init's setup report
+	outR   *os.File // the step's stdout and stderr
+	errR   *os.File
+	exited chan struct{} // closed once the init is reaped; state is set then
+	state  *os.ProcessState
+}
+
+// startInit starts an init carrying cookie.
+func (b *Backend) startInit(cookie string) (*initProc, error) {
+	var files []*os.File // the child's ends, closed once it has them
+	closeAll := func(fs ...*os.File) {
+		for _, f := range fs {
+			if f != nil {
+				f.Close()
+			}
+		}
+	}
+	ip := &initProc{cookie: cookie, exited: make(chan struct{})}
+	for _, p := range []struct{ ours **os.File }{{&ip.cfgW}, {&ip.statR}, {&ip.outR}, {&ip.errR}} {
+		r, w, err := os.Pipe()
+		if err != nil {
+			closeAll(files...)
+			ip.close()
+			return nil, fmt.Errorf("sandbox: start init: %w: %v", errs.ErrInfra, err)
+		}
+		if p.ours == &ip.cfgW {
+			*p.ours, files = w, append(files, r)
+		} else {
+			*p.ours, files = r, append(files, w)
+		}
+	}
+	cmd := &exec.Cmd{
+		Path:       "/proc/self/exe",
+		Args:       []string{"hm-sandbox-init"},
+		Env:        []string{sandboxinit.Env + "=1", proc.CookieVar + "=" + cookie, "GOMAXPROCS=1", "GOGC=off"},
+		Stdout:     files[2],
+		Stderr:     files[3],
+		ExtraFiles: []*os.File{files[0], files[1]},
+		SysProcAttr: &syscall.SysProcAttr{
+			Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC,
+		},
+	}
+	if b.opts.NetworkNone {
+		cmd.SysProcAttr.Cloneflags |= unix.CLONE_NEWNET
+	}
+	// PR_SET_PDEATHSIG fires when the thread that forked the init exits, not the process:
+	// start and wait from a goroutine locked to its thread, so that thread outlives the init.
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		_ = cmd.Wait() // a non-zero exit is read from the state
+		ip.state = cmd.ProcessState
+		close(ip.exited)
+	}()
+	err := <-started
+	closeAll(files...)
+	if err != nil {
+		ip.close()
+		return nil, startError(err)
+	}
+	ip.proc = cmd.Process
+	return ip, nil
+}
+
+// close closes the parent's pipe ends.
+func (ip *initProc) close() {
+	for _, f := range []*os.File{ip.cfgW, ip.statR, ip.outR, ip.errR} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// dead reports whether the init has exited (killed while waiting as a spare, say).
+func (ip *initProc) dead() bool {
+	select {
+	case <-ip.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// kill SIGKILLs the init and waits until it is reaped.
+func (ip *initProc) kill() {
+	_ = ip.proc.Kill() // through a pidfd: never another process that got the number
+	<-ip.exited
+	ip.close()
+}
+
+// drainIdle bounds how long the step's output is read after its init has exited. Every
+// process holding the pipes dies with the PID namespace, so this only matters if a step
+// handed its output descriptors to a process outside the sandbox.
+const drainIdle = 30 * time.Second
+
+// copyOutput copies the step's stdout and stderr to the writers (nil: discarded) until the
+// pipes close; wait waits for that after the init has exited.
+func (ip *initProc) copyOutput(stdout, stderr io.Writer) (wait func() error) {
+	if stdout != nil && sameWriter(stdout, stderr) {
+		// One writer for both streams gets one Write at a time, as with exec.Cmd.
+		lw := &lockedWriter{w: stdout}
+		stdout, stderr = lw, lw
+	}
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	for _, s := range []struct {
+		r *os.File
+		w io.Writer
+	}{{ip.outR, stdout}, {ip.errR, stderr}} {
+		w := s.w
+		if w == nil {
+			w = io.Discard
+		}
+		wg.Go(func() {
+			_, err := io.Copy(w, s.r)
+			if errors.Is(err, os.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
+				err = nil // cut off by wait, below
+			}
+			errc <- err
+		})
+	}
+	return func() error {
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(drainIdle):
+			_ = ip.outR.SetReadDeadline(time.Now())
+			_ = ip.errR.SetReadDeadline(time.Now())
+			<-done
+		}
+		return errors.Join(<-errc, <-errc)
+	}
+}
+
+// sameWriter reports whether a and b are the same writer; writers of types that cannot be
+// compared are taken to differ.
+func sameWriter(a, b io.Writer) (same bool) {
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return a == b
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// pool holds the spare init.
+type pool struct {
+	mu       sync.Mutex
+	spare    *initProc
+	starting chan struct{} // closed when the refill in flight is done; nil if none
+	closed   bool
+	wg       sync.WaitGroup // the refill in flight
+}
+
+// takeInit returns an init for a machine whose processes carry cookie: the spare when the
+// machine belongs to this process (the spare's cookie names this process, which reconcile
+// needs to be the owner), else a fresh one. Either way a new spare is started in the
+// background, so its start overlaps the step that is about to run.
+func (b *Backend) takeInit(cookie string, mine bool) (*initProc, error) {
+	var ip *initProc
+	if mine {
+		b.pool.mu.Lock()
+		// A spare on its way is at least as close to ready as a new start would be.
+		if starting := b.pool.starting; b.pool.spare == nil && starting != nil {
+			b.pool.mu.Unlock()
+			<-starting
+			b.pool.mu.Lock()
+		}
+		ip, b.pool.spare = b.pool.spare, nil
+		b.pool.mu.Unlock()
+		if ip != nil && ip.dead() {
+			ip.close()
+			ip = nil
+		}
+	}
+	b.refill()
+	if ip != nil {
+		return ip, nil
+	}
+	return b.startInit(cookie)
+}
+
+// refill starts a spare init in the background unless there is one or one is starting.
+func (b *Backend) refill() {
+	b.pool.mu.Lock()
+	if b.pool.closed || b.pool.spare != nil || b.pool.starting != nil || b.opts.NoPrestart {
+		b.pool.mu.Unlock()
+		return
+	}
+	starting := make(chan struct{})
+	b.pool.starting = starting
+	b.pool.wg.Add(1) // under the lock: Close cannot be waiting yet
+	b.pool.mu.Unlock()
+	go func() {
+		defer b.pool.wg.Done()
+		ip, err := b.startInit(proc.NewCookie(proc.Self()))
+		b.pool.mu.Lock()
+		b.pool.starting = nil
+		close(starting)
+		closed := b.pool.closed
+		if err == nil && !closed {
+			b.pool.spare = ip
+		}
+		b.pool.mu.Unlock()
+		if err == nil && closed {
+			ip.kill()
+		}
+		// On error the next take starts an init itself and reports why it cannot.
+	}()
+}
+
+// waitRefill waits for the spare init being started, if any.
+func (b *Backend) waitRefill() { b.pool.wg.Wait() }
+
+// sparePID is the spare init's PID, 0 if none.
+func (b *Backend) sparePID() int {
+	b.pool.mu.Lock()
+	defer b.pool.mu.Unlock()
+	if b.pool.spare == nil {
+		return 0
+	}
+	return b.pool.spare.proc.Pid
+}
+
+// Close kills the spare init. Machines keep working; no new spare is started. Exiting hm
+// without Close is fine too: the spare dies with it.
+func (b *Backend) Close() error {
+	b.pool.mu.Lock()
+	b.pool.closed = true
+	ip := b.pool.spare
+	b.pool.spare = nil
+	b.pool.mu.Unlock()
+	if ip != nil {
+		ip.kill()
+	}
+	b.pool.wg.Wait()
+	return nil
+}

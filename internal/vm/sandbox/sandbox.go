@@ -1,0 +1,450 @@
+// Package sandbox is the `sandbox` VM backend: every step runs in new mount, PID, UTS and IPC
+// namespaces (and a network namespace with Options.NetworkNone) on an overlayfs root, with no
+// daemon: the hm binary re-executes itself (/proc/self/exe) as the sandbox's init (package
+// sandboxinit), which is why main must call MaybeInit first. The backend keeps one init
+// started ahead of need (Options.NoPrestart), so that re-executing hm overlaps the previous
+// step instead of adding to the next one; Close releases it.
+//
+// # Root filesystem and snapshots
+//
+// A step's root is an overlay: the lower layers are its image's layers (from the image
+// store; the pseudo-image "host" is the host's root filesystem) under the committed
+// snapshot layers of its builds_in chain, the upper layer is the step's own directory.
+// Commit renames that upper directory into an immutable layer and records the snapshot as a
+// small file naming the image and the chain of layers, so committing costs the same for one
+// file or a million. A chain longer than Options.MaxChain layers is flattened at commit (its
+// layers are merged into one new layer by hard links), keeping mounts well inside overlayfs'
+// lower-layer limits.
+//
+// The init mounts the overlay, /proc, a minimal /dev, a tmpfs /tmp and the host's
+// /etc/resolv.conf and /etc/hosts (read-only) inside the step's own mount namespace, then
+// pivot_roots into it. Nothing is ever mounted in hm's namespace: when the step's last
+// process exits the kernel unmounts everything. When the step's shell exits, or on timeout,
+// cancel or Destroy, the init dies and the kernel kills every process left in the PID
+// namespace, daemons ignoring SIGTERM included. The init dies with hm too (PR_SET_PDEATHSIG).
+//
+// # State
+//
+// Everything lives under STATE/sandbox:
+//
+//	machines/COOKIE   a machine: upper/ (the step's writes), work/ (overlayfs' scratch),
+//	                  merged/ (the mount point, only ever mounted in the step's namespace),
+//	                  l/N (symlinks to the lower layers, top first, which keep the mount
+//	                  options short and tell the garbage collector what the machine uses),
+//	                  host/ and host-empty/ (mount points for the host image's root, when
+//	                  it lies under snapshot layers)
+//	layers/ID         an immutable layer: a committed upper directory
+//	snaps/ID.json     a snapshot: image id and layer chain; ID is k-COOKIE (kept) or
+//	                  e-COOKIE (ephemeral), COOKIE being the committing machine's
+//	trash/COOKIE      something being deleted
+//	lock              flock(2) serialising snapshot and layer changes across hm processes
+//
+// COOKIE (proc.NewCookie) names the owning hm process; the init carries it in its
+// environment (HM_STEP_COOKIE) and step cgroups are named by it, so Reconcile can find and
+// remove what dead hm processes left. Layers no snapshot and no machine uses are deleted.
+package sandbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/imagestore"
+	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/vm"
+	"github.com/hmci/hm/internal/vm/sandbox/sandboxinit"
+)
+
+// MaybeInit runs the sandbox init when this process was started as one, and never returns
+// then; otherwise it returns at once. Call it first thing in main, and in TestMain of tests
+// that run sandboxes (the test binary is what re-executes itself then):
+//
+//	func main() { sandbox.MaybeInit(); ... }
+//
+// Linking this package already makes the init take over during package initialisation
+// (sandboxinit's init function), usually before the initialisers of hm's heavier
+// dependencies run; the call in main guarantees it whatever the initialisation order.
+func MaybeInit() { sandboxinit.Maybe() }
+
+// DefaultMaxChain is how many snapshot layers a chain may stack before a commit flattens
+// it. Overlayfs takes up to 500 lower layers; image layers come on top of these.
+const DefaultMaxChain = 100
+
+const (
+	keptPrefix      = "k-"
+	ephemeralPrefix = "e-"
+)
+
+// Fix is the fix line of sandbox_unavailable errors.
+const Fix = "run as root, or use --backend docker / host"
+
+// Unavailable is the error for a host where the sandbox cannot work.
+func Unavailable(format string, args ...any) error {
+	return errs.New(errs.ErrUnavailable, "sandbox_unavailable", Fix, format, args...)
+}
+
+// Options tune the backend.
+type Options struct {
+	// NetworkNone gives every step a network namespace of its own with only loopback up;
+	// by default steps share the host's network.
+	NetworkNone bool
+	// MemoryMax limits each step's memory, in bytes (cgroup memory.max); 0: no limit.
+	MemoryMax int64
+	// PidsMax limits each step's number of tasks (cgroup pids.max); 0: no limit.
+	PidsMax int64
+	// MaxChain is how many snapshot layers a chain may stack before a commit flattens it;
+	// 0 means DefaultMaxChain.
+	MaxChain int
+	// NoPull makes ResolveImage fail for images not in the store instead of trying to pull
+	// them from their registry.
+	NoPull bool
+	// NoPrestart turns off the spare init: by default the backend keeps one sandbox init
+	// started ahead of need (in its namespaces, waiting for a step), so that re-executing
+	// hm does not add to a step's latency. Close kills it.
+	NoPrestart bool
+}
+
+// Backend is the sandbox backend. It is safe for concurrent use, also by several hm
+// processes sharing one state dir.
+type Backend struct {
+	state string // the hm state dir, hidden inside sandboxes whose image is the host's root
+	dir   string // STATE/sandbox
+	store *imagestore.Store
+	opts  Options
+	cg    cgroups
+	pool  pool
+	// ownerOf names the hm process behind vm.Owner.PID; tests replace it to fake dead owners.
+	ownerOf func(pid int) (proc.Owner, error)
+}
+
+var _ vm.Backend = (*Backend)(nil)
+
+// New returns the sandbox backend keeping its state under stateDir/sandbox and taking
+// images from store. Not running as root fails with a sandbox_unavailable error; a kernel
+// that refuses namespaces or overlayfs is reported by the first Run.
+func New(stateDir string, store *imagestore.Store, opts Options) (*Backend, error) {
+	if os.Geteuid() != 0 {
+		return nil, Unavailable("the sandbox backend needs root (namespaces, overlayfs mounts); rootless sandboxes are not supported yet")
+	}
+	if opts.MaxChain <= 0 {
+		opts.MaxChain = DefaultMaxChain
+	}
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return nil, fmt.Errorf("sandbox: state dir: %w: %v", errs.ErrInfra, err)
+	}
+	abs, err := filepath.Abs(stateDir)
+	if err == nil {
+		abs, err = filepath.EvalSymlinks(abs)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: state dir: %w: %v", errs.ErrInfra, err)
+	}
+	b := &Backend{state: abs, dir: filepath.Join(abs, "sandbox"), store: store, opts: opts, ownerOf: ownerOf}
+	if err := b.mkdirs(); err != nil {
+		return nil, err
+	}
+	b.cg = detectCgroups()
+	return b, nil
+}
+
+func ownerOf(pid int) (proc.Owner, error) {
+	if pid == 0 || pid == os.Getpid() {
+		return proc.Self(), nil
+	}
+	return proc.OwnerOf(pid)
+}
+
+func (b *Backend) mkdirs() error {
+	for _, d := range []string{"machines", "layers", "snaps", "trash"} {
+		if err := os.MkdirAll(filepath.Join(b.dir, d), 0o755); err != nil {
+			return fmt.Errorf("sandbox: state dir: %w: %v", errs.ErrInfra, err)
+		}
+	}
+	return nil
+}
+
+// Name implements vm.Backend.
+func (b *Backend) Name() string { return "sandbox" }
+
+// ResolveImage implements vm.Backend: the image store's id for ref, pulling ref from its
+// registry when the store does not have it (unless Options.NoPull).
+func (b *Backend) ResolveImage(ctx context.Context, ref string) (string, error) {
+	r, err := b.store.Resolve(ctx, ref)
+	if err == nil {
+		return r.ID, nil
+	}
+	if b.opts.NoPull || !errors.Is(err, errs.ErrImageNotFound) {
+		return "", err
+	}
+	img, perr := b.store.Pull(ctx, ref)
+	if perr != nil {
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("sandbox: resolve image %q: %w", ref, ctx.Err())
+		}
+		return "", errs.New(errs.ErrImageNotFound, "image_not_found",
+			"import it with `hm image import FILE "+ref+"` (rootfs, docker save or OCI layout tarball), or run on the host's filesystem with the image `host`",
+			"image %q is not in the image store and could not be pulled: %v", ref, perr)
+	}
+	return img.ID, nil
+}
+
+// Create implements vm.Backend: it prepares the machine's directory; nothing is mounted
+// until Run.
+func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) {
+	if (spec.Image == "") == (spec.Parent == "") {
+		return nil, fmt.Errorf("sandbox: create: %w: exactly one of Image and Parent must be set", errs.ErrInfra)
+	}
+	owner, err := b.ownerOf(spec.Owner.PID)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: create: %w: owner process %d: %v", errs.ErrInfra, spec.Owner.PID, err)
+	}
+	if err := b.mkdirs(); err != nil {
+		return nil, err
+	}
+	cookie := proc.NewCookie(owner)
+	m := &machine{b: b, spec: spec, cookie: cookie, owner: owner, dir: filepath.Join(b.dir, "machines", cookie)}
+	if spec.Parent == "" {
+		img, err := b.store.Resolve(ctx, spec.Image)
+		if err != nil {
+			return nil, err
+		}
+		m.image = img.ID
+		if err := m.prepare(reversed(img.Dirs)); err != nil {
+			return nil, err
+		}
+		return m, nil
+	}
+	// The parent's layers must not be collected between reading its record and the
+	// machine's l/ links naming them.
+	unlock, err := b.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	snap, err := b.readSnap(spec.Parent)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: create from snapshot %s: %w", spec.Parent, err)
+	}
+	img, err := b.store.Resolve(ctx, snap.Image)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: create from snapshot %s: %w", spec.Parent, err)
+	}
+	lowers := make([]string, 0, len(snap.Layers)+len(img.Dirs))
+	for _, l := range snap.Layers {
+		lowers = append(lowers, b.layerDir(l))
+	}
+	for _, d := range lowers {
+		if _, err := os.Stat(d); err != nil {
+			return nil, fmt.Errorf("sandbox: create from snapshot %s: %w: layer missing: %v", spec.Parent, errs.ErrInfra, err)
+		}
+	}
+	m.image, m.chain = snap.Image, snap.Layers
+	if err := m.prepare(append(lowers, reversed(img.Dirs)...)); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func reversed(s []string) []string {
+	r := slices.Clone(s)
+	slices.Reverse(r)
+	return r
+}
+
+// prepare makes the machine's directory with its lower-layer links, top first.
+func (m *machine) prepare(lowers []string) error {
+	fail := func(err error) error {
+		_ = m.b.discard(m.dir)
+		return fmt.Errorf("sandbox: create: %w: %v", errs.ErrInfra, err)
+	}
+	if err := os.Mkdir(m.dir, 0o700); err != nil {
+		return fail(err)
+	}
+	for _, d := range []string{"upper", "work", "merged", "l"} {
+		if err := os.Mkdir(filepath.Join(m.dir, d), 0o755); err != nil {
+			return fail(err)
+		}
+	}
+	for i, d := range lowers {
+		if err := os.Symlink(d, filepath.Join(m.dir, "l", strconv.Itoa(i))); err != nil {
+			return fail(err)
+		}
+	}
+	m.lowers = len(lowers)
+	m.hostRoot = slices.Contains(lowers, "/")
+	return nil
+}
+
+// snapPath maps a snapshot id to its record; false for anything this backend never made.
+func (b *Backend) snapPath(id string) (string, bool) {
+	if len(id) <= 2 || (!strings.HasPrefix(id, keptPrefix) && !strings.HasPrefix(id, ephemeralPrefix)) ||
+		strings.ContainsAny(id, "/\x00") || strings.HasPrefix(id[2:], ".") {
+		return "", false
+	}
+	return filepath.Join(b.dir, "snaps", id+".json"), true
+}
+
+func (b *Backend) layerDir(id string) string { return filepath.Join(b.dir, "layers", id) }
+
+// SnapshotExists implements vm.Backend: the record exists and so do all its layers, the
+// image's included.
+func (b *Backend) SnapshotExists(ctx context.Context, id string) (bool, error) {
+	snap, err := b.readSnap(id)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	for _, l := range snap.Layers {
+		if _, err := os.Stat(b.layerDir(l)); err != nil {
+			return false, nil
+		}
+	}
+	if _, err := b.store.Resolve(ctx, snap.Image); err != nil {
+		if errors.Is(err, errs.ErrImageNotFound) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}
+
+// RemoveSnapshot implements vm.Backend. Idempotent. The snapshot's layers go once no other
+// snapshot and no machine uses them.
+func (b *Backend) RemoveSnapshot(ctx context.Context, id string) error {
+	p, ok := b.snapPath(id)
+	if !ok {
+		return fmt.Errorf("sandbox: remove snapshot: %w: %q is not a sandbox snapshot id", errs.ErrInfra, id)
+	}
+	unlock, err := b.lock()
+	if err != nil {
+		return err
+	}
+	err = os.Remove(p)
+	var trash []string
+	if err == nil {
+		trash, err = b.collect()
+	} else if errors.Is(err, fs.ErrNotExist) {
+		err = nil
+	}
+	unlock()
+	err = errors.Join(err, removeAll(trash...))
+	if err != nil {
+		return fmt.Errorf("sandbox: remove snapshot %s: %w: %v", id, errs.ErrInfra, err)
+	}
+	return nil
+}
+
+// PruneSnapshots implements vm.Backend: kept snapshots are named after the cookie of the
+// machine that committed them, which names its hm process.
+func (b *Backend) PruneSnapshots(ctx context.Context, keep func(id string) bool) ([]string, error) {
+	names, err := readNames(filepath.Join(b.dir, "snaps"))
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: prune snapshots: %w: %v", errs.ErrInfra, err)
+	}
+	var removed []string
+	for _, n := range names {
+		id, ok := strings.CutSuffix(n, ".json")
+		if !ok {
+			continue
+		}
+		cookie, kept := strings.CutPrefix(id, keptPrefix)
+		if !kept || keep(id) {
+			continue
+		}
+		if o, ok := proc.CookieOwner(cookie); ok && o.Alive() {
+			continue
+		}
+		if err := b.RemoveSnapshot(ctx, id); err != nil {
+			return removed, err
+		}
+		removed = append(removed, id)
+	}
+	return removed, nil
+}
+
+// lock takes the backend's lock (flock on STATE/sandbox/lock): it serialises the changes of
+// snapshot records and layers with the garbage collector, between goroutines (each call
+// opens its own file description) and between hm processes.
+func (b *Backend) lock() (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(b.dir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: lock: %w: %v", errs.ErrInfra, err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("sandbox: lock: %w: %v", errs.ErrInfra, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// toTrash renames p into trash/, which is atomic, so that p stops looking valid at once and
+// a crash mid-delete leaves only trash for reconcile. It returns the trash path, "" when p
+// did not exist.
+func (b *Backend) toTrash(p string) (string, error) {
+	t := filepath.Join(b.dir, "trash", proc.NewCookie(proc.Self()))
+	if err := os.Rename(p, t); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", nil
+		}
+		return "", err
+	}
+	return t, nil
+}
+
+// discard deletes directory p through the trash. Absent p is not an error.
+func (b *Backend) discard(p string) error {
+	t, err := b.toTrash(p)
+	if err != nil || t == "" {
+		return err
+	}
+	return removeAll(t)
+}
+
+// removeAll removes each path like os.RemoveAll, joining the errors.
+func removeAll(paths ...string) error {
+	var errList []error
+	for _, p := range paths {
+		if p != "" {
+			errList = append(errList, os.RemoveAll(p))
+		}
+	}
+	return errors.Join(errList...)
+}
+
+// readNames lists a state subdirectory; one that does not exist yet is empty.
+func readNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+func randomHex() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // never fails on Linux
+	return hex.EncodeToString(b[:])
+}

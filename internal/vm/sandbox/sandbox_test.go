@@ -1,0 +1,212 @@
+package sandbox
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/hmci/hm/internal/imagestore"
+	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/testutil"
+	"github.com/hmci/hm/internal/vm"
+	"github.com/hmci/hm/internal/vm/vmtest"
+)
+
+// TestMain lets the test binary serve as the sandbox init: Run re-executes /proc/self/exe.
+func TestMain(m *testing.M) {
+	MaybeInit()
+	if os.Getenv(helperEnv) != "" {
+		os.Exit(ownerHelper())
+	}
+	os.Exit(m.Run())
+}
+
+// busyboxPath is the static busybox the test images are made of (Debian: busybox-static).
+const busyboxPath = "/bin/busybox"
+
+// needSandbox skips t unless sandboxes can run here.
+func needSandbox(t testing.TB) {
+	t.Helper()
+	testutil.NeedRoot(t)
+	if _, err := os.Stat("/proc/self/ns/pid"); err != nil {
+		t.Skip("needs PID namespaces: " + err.Error())
+	}
+}
+
+// busyboxTar writes a rootfs tarball: bin/busybox with a symlink per applet, plus a few
+// files the tests delete or shadow (/etc/imgdir/a, /etc/imgdir2/a, /etc/imgfile).
+func busyboxTar(t testing.TB) string {
+	t.Helper()
+	if _, err := os.Stat(busyboxPath); err != nil {
+		t.Skip("needs a static busybox at " + busyboxPath + " (apt-get install busybox-static)")
+	}
+	out, err := exec.Command(busyboxPath, "--list").Output()
+	if err != nil {
+		t.Fatalf("busybox --list: %v", err)
+	}
+	bin, err := os.ReadFile(busyboxPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(h *tar.Header, body []byte) {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range []string{"bin/", "etc/", "etc/imgdir/", "etc/imgdir2/", "root/"} {
+		add(&tar.Header{Name: d, Typeflag: tar.TypeDir, Mode: 0o755}, nil)
+	}
+	add(&tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bin))}, bin)
+	for _, applet := range strings.Fields(string(out)) {
+		if applet != "busybox" {
+			add(&tar.Header{Name: "bin/" + applet, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}, nil)
+		}
+	}
+	for _, f := range []string{"etc/imgdir/a", "etc/imgdir2/a", "etc/imgfile"} {
+		add(&tar.Header{Name: f, Typeflag: tar.TypeReg, Mode: 0o644, Size: 4}, []byte("img\n"))
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "busybox.tar")
+	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// newBackend returns a backend on a fresh state dir with the busybox image imported as
+// "busybox".
+func newBackend(t testing.TB, opts Options) *Backend {
+	t.Helper()
+	needSandbox(t)
+	state := t.TempDir()
+	store := imagestore.Open(state)
+	if _, err := store.Import(context.Background(), busyboxTar(t), "busybox"); err != nil {
+		t.Fatalf("import busybox: %v", err)
+	}
+	opts.NoPull = true
+	b, err := New(state, store, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func TestConformance(t *testing.T) {
+	needSandbox(t)
+	for _, image := range []string{"busybox", imagestore.HostID} {
+		t.Run(image, func(t *testing.T) {
+			vmtest.Run(t, func(t *testing.T) vmtest.Fixture {
+				b := newBackend(t, Options{})
+				return vmtest.Fixture{Backend: b, Image: image, IsolatedFS: true,
+					Leftovers: func() []string { return leftovers(b, proc.Self()) }}
+			})
+		})
+	}
+}
+
+// leftovers lists what machines of owner left behind: running inits (the backend's spare
+// excepted), mounts under the state dir, machine directories, trash and step cgroups.
+func leftovers(b *Backend, owner proc.Owner) []string {
+	var out []string
+	spare := b.sparePID()
+	for c, pids := range proc.Cookies() {
+		if len(pids) == 1 && pids[0] == spare {
+			continue // the spare init, waiting for the next step, holds nothing
+		}
+		if o, ok := proc.CookieOwner(c); ok && o == owner {
+			out = append(out, fmt.Sprintf("processes %v carrying cookie %s", pids, c))
+		}
+	}
+	for _, mp := range mountsUnder(b.state) {
+		out = append(out, "mount "+mp)
+	}
+	for _, sub := range []string{"machines", "trash"} {
+		names, err := readNames(filepath.Join(b.dir, sub))
+		if err != nil {
+			out = append(out, err.Error())
+		}
+		for _, n := range names {
+			out = append(out, filepath.Join(sub, n))
+		}
+	}
+	for _, cg := range b.cg.list(func(c string) bool { o, _ := proc.CookieOwner(c); return o == owner }) {
+		out = append(out, "cgroup "+cg)
+	}
+	return out
+}
+
+func spec(cmd string, env ...string) vm.Spec {
+	return vm.Spec{Image: "busybox", Cmd: cmd, Env: append(append([]string{}, vm.BaseEnv...), env...),
+		Owner: vm.Owner{RunID: "t", PID: os.Getpid()}}
+}
+
+func childSpec(parent, cmd string) vm.Spec {
+	s := spec(cmd)
+	s.Image, s.Parent = "", parent
+	return s
+}
+
+// resolved returns s with its image resolved.
+func resolved(t testing.TB, b *Backend, s vm.Spec) vm.Spec {
+	t.Helper()
+	if s.Image != "" {
+		id, err := b.ResolveImage(context.Background(), s.Image)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Image = id
+	}
+	return s
+}
+
+// create makes a machine and registers its Destroy.
+func create(t testing.TB, b *Backend, s vm.Spec) *machine {
+	t.Helper()
+	m, err := b.Create(context.Background(), resolved(t, b, s))
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := m.Destroy(context.Background()); err != nil {
+			t.Errorf("Destroy: %v", err)
+		}
+	})
+	return m.(*machine)
+}
+
+// mustRun runs a machine of s to exit 0 and returns it with its stdout.
+func mustRun(t testing.TB, b *Backend, s vm.Spec) (*machine, string) {
+	t.Helper()
+	m := create(t, b, s)
+	var out, errOut bytes.Buffer
+	code, err := m.Run(context.Background(), &out, &errOut)
+	if err != nil || code != 0 {
+		t.Fatalf("%q: exit %d, %v, stderr %q", s.Cmd, code, err, errOut.String())
+	}
+	return m, out.String()
+}
+
+// commit commits m and registers the snapshot's removal.
+func commit(t testing.TB, b *Backend, m *machine, ephemeral bool) string {
+	t.Helper()
+	id, err := m.Commit(context.Background(), ephemeral)
+	if err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	t.Cleanup(func() { b.RemoveSnapshot(context.Background(), id) })
+	return id
+}

@@ -1,0 +1,238 @@
+// Package sandboxinit is the sandbox backend's init: the code the hm binary runs when it
+// re-executes itself as PID 1 of a step's namespaces. It lives in a package of its own with
+// few dependencies so that its init function can take over early in the re-executed
+// binary's package initialisation, before the initialisers of hm's heavier dependencies
+// (registry clients, terminal UI, database) that the init would never use; re-executing
+// hm is most of a trivial step's cost. See package sandbox.
+package sandboxinit
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Config is what the backend sends the init over its config pipe (ConfigFD).
+type Config struct {
+	Dir         string   // the machine directory: upper, work, merged, l/N
+	Lowers      int      // number of l/N links, top first
+	Cmd         string   // run as `sh -c Cmd`
+	Env         []string // the step's complete environment
+	Hostname    string
+	NetworkNone bool
+	Hide        []string // host directories to cover with an empty tmpfs inside the root
+}
+
+// Failure is what the init reports on its status pipe (StatusFD) when setup fails.
+type Failure struct {
+	Stage string `json:"stage"`
+	Msg   string `json:"msg"`
+	Errno int    `json:"errno,omitempty"`
+}
+
+// Descriptors the init inherits from the backend.
+const (
+	ConfigFD = 3
+	StatusFD = 4
+)
+
+// Env marks the re-executed hm binary as a sandbox init: Env=1.
+const Env = "HM_SANDBOX_INIT"
+
+// ExitSetup is the init's exit code when it could not set the sandbox up; its status pipe
+// then says why.
+const ExitSetup = 125
+
+// init runs the sandbox init as soon as this package is initialised in a process started
+// as one; see Maybe.
+func init() { Maybe() }
+
+// Maybe runs the sandbox init when this process was started as one, and never returns
+// then; otherwise it returns at once. The package's init function calls it, so linking the
+// package is enough; sandbox.MaybeInit calls it too, for clarity in main.
+func Maybe() {
+	if os.Getenv(Env) != "1" {
+		return
+	}
+	os.Exit(runInit())
+}
+
+// runInit is the sandbox's PID 1: it sets the root up in its fresh namespaces, starts the
+// step's shell, reaps every process of the namespace and exits with the shell's status.
+// Its exit makes the kernel kill whatever else still runs in the namespace.
+func runInit() int {
+	// Die with the hm process. The config pipe checks below close the window between the
+	// fork and this call.
+	_ = unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0)
+	unix.CloseOnExec(ConfigFD)
+	unix.CloseOnExec(StatusFD)
+	status := os.NewFile(StatusFD, "status")
+	fail := func(stage string, err error) int {
+		f := Failure{Stage: stage, Msg: stage + ": " + err.Error()}
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			f.Errno = int(errno)
+		}
+		_ = json.NewEncoder(status).Encode(f)
+		return ExitSetup
+	}
+	var cfg Config
+	if err := json.NewDecoder(os.NewFile(ConfigFD, "config")).Decode(&cfg); err != nil {
+		return fail("config", err)
+	}
+	// The backend keeps the config pipe's write end open until the init is gone: a hang-up means
+	// hm died before PR_SET_PDEATHSIG was armed.
+	fds := []unix.PollFd{{Fd: ConfigFD, Events: unix.POLLIN}}
+	if n, _ := unix.Poll(fds, 0); n > 0 && fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0 {
+		return ExitSetup
+	}
+	// As PID 1 a signal without a handler is ignored anyway; with handlers the Go runtime
+	// would die of them. Either way the step's `kill 1` must not end the sandbox early.
+	signal.Notify(make(chan os.Signal, 1), unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT,
+		unix.SIGUSR1, unix.SIGUSR2, unix.SIGPIPE)
+
+	if stage, err := setupRoot(&cfg); err != nil {
+		return fail(stage, err)
+	}
+	sh, err := os.StartProcess("/bin/sh", []string{"sh", "-c", cfg.Cmd}, &os.ProcAttr{
+		Dir:   "/workspace",
+		Env:   cfg.Env,
+		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+	})
+	if err != nil {
+		return fail("exec", fmt.Errorf("the image has no usable /bin/sh: %w", err))
+	}
+	status.Close()
+	pid := sh.Pid
+	for {
+		var ws unix.WaitStatus
+		wpid, err := unix.Wait4(-1, &ws, 0, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return 255 // ECHILD: cannot happen before the shell is reaped
+		}
+		if wpid == pid {
+			if ws.Signaled() {
+				return 128 + int(ws.Signal())
+			}
+			return ws.ExitStatus()
+		}
+	}
+}
+
+// overlayOptions are added to every overlay mount: no index, redirects or metacopy, so that
+// an upper directory is a plain, self-contained layer that can be stacked under later steps
+// and flattened by copying (see flatten); volatile, so that unmounting does not sync the
+// upper filesystem (hm never fsyncs a step's writes: a machine lost to a crash is deleted
+// by reconcile, and the upper directory is never mounted as an upper again).
+// Kernels without these options get a plain mount.
+const overlayOptions = ",index=off,redirect_dir=off,metacopy=off,volatile"
+
+// setupRoot mounts the step's root and pivots into it. It returns the failing stage.
+func setupRoot(cfg *Config) (string, error) {
+	// Nothing mounted here may propagate back to hm's namespace.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return "mount namespace", err
+	}
+	if err := unix.Chdir(cfg.Dir); err != nil {
+		return "machine dir", err
+	}
+	// Relative lower paths through the l/N links keep the option string short (one page
+	// at most) whatever the state dir's path and the chain's length.
+	lower := make([]string, cfg.Lowers)
+	for i := range lower {
+		lower[i] = "l/" + strconv.Itoa(i)
+		// Alone, the host's root can be the lower layer itself (saves a mount); under
+		// snapshot layers it cannot, see mountHostRoot.
+		if t, _ := os.Readlink(lower[i]); t == "/" && cfg.Lowers > 1 {
+			if err := mountHostRoot(); err != nil {
+				return "host root", err
+			}
+			lower[i] = hostRootDir
+		}
+	}
+	opts := "lowerdir=" + strings.Join(lower, ":") + ",upperdir=upper,workdir=work"
+	if err := unix.Mount("overlay", "merged", "overlay", 0, opts+overlayOptions); err != nil {
+		if err2 := unix.Mount("overlay", "merged", "overlay", 0, opts); err2 != nil {
+			return "overlay", fmt.Errorf("mount overlay: %w", err)
+		}
+	}
+	root, err := openRoot(cfg.Dir + "/merged")
+	if err != nil {
+		return "rootfs", err
+	}
+	if stage, err := root.mountAll(cfg); err != nil {
+		return stage, err
+	}
+	// pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only
+	// the new root, with no directory for the old one written into the step's layer.
+	if err := unix.Chdir(cfg.Dir + "/merged"); err != nil {
+		return "pivot_root", err
+	}
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return "pivot_root", err
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return "pivot_root", err
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return "pivot_root", err
+	}
+	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
+		return "hostname", err
+	}
+	if cfg.NetworkNone {
+		if err := loopbackUp(); err != nil {
+			return "network", err
+		}
+	}
+	return "", nil
+}
+
+// hostRootDir is where the host image's root is mounted in the machine directory.
+const hostRootDir = "host"
+
+// mountHostRoot mounts the host's root filesystem read-only at hostRootDir for use as a
+// lower layer. Not "/" itself: overlayfs refuses lower layers inside other lower layers
+// ("overlapping lowerdir path"), and every snapshot layer of the state dir is inside "/"
+// when the state dir is on the root filesystem. A read-only overlay of "/" is a
+// filesystem of its own, so the layers are no longer inside it. Its second, empty layer
+// (overlayfs wants two lower layers without an upper one) is a tmpfs for the same reason.
+func mountHostRoot() error {
+	for _, d := range []string{hostRootDir, hostRootDir + "-empty"} {
+		if err := unix.Mkdir(d, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+			return err
+		}
+	}
+	if err := unix.Mount("tmpfs", hostRootDir+"-empty", "tmpfs", unix.MS_RDONLY, "size=4k"); err != nil {
+		return err
+	}
+	return unix.Mount("overlay", hostRootDir, "overlay", unix.MS_RDONLY, "lowerdir=/:"+hostRootDir+"-empty")
+}
+
+// loopbackUp brings lo up in a fresh network namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
