@@ -45,7 +45,7 @@ func TestCacheCommands(t *testing.T) {
 				t.Fatalf("second run: %d hits, want 3", hits(v))
 			}
 			r := e.run("cache", "ls")
-			for _, k := range []string{"one", "two", "three", bc.name, "ci"} {
+			for _, k := range []string{"one", "two", "three", bc.args[1], "ci"} { // args[1]: the --backend value
 				if !strings.Contains(r.stdout, k) {
 					t.Errorf("cache ls does not show %q:\n%s", k, r.stdout)
 				}
