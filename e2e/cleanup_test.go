@@ -3,7 +3,9 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,6 +17,10 @@ import (
 func TestNothingLeftBehind(t *testing.T) {
 	parent := stepJSON("parent", "echo p > p.txt", `"image":"ubuntu:24.04"`)
 	edge := `[0,1,"builds_in"]`
+	// A daemon that ignores SIGTERM, and the step's own sleep; both carry a token so that the
+	// process table can be searched for survivors.
+	token := strconv.Itoa(int(time.Now().UnixNano()%900000) + 100000)
+	stubborn := fmt.Sprintf(`sh -c 'trap "" TERM; sleep %s1' & echo ready; sleep %s2`, token, token)
 	tests := []struct {
 		name  string
 		child string
@@ -24,10 +30,10 @@ func TestNothingLeftBehind(t *testing.T) {
 	}{
 		{name: "success", child: stepJSON("child", "cat p.txt", ""), code: 0},
 		{name: "failure", child: stepJSON("child", "exit 9", ""), code: 1},
-		{name: "step timeout", child: stepJSON("child", "echo ready; sleep 30", `"timeout_seconds":2`), code: 1},
-		{name: "SIGINT", child: stepJSON("child", "echo ready; sleep 300", ""), code: 130,
+		{name: "step timeout", child: stepJSON("child", stubborn, `"timeout_seconds":2`), code: 1},
+		{name: "SIGINT", child: stepJSON("child", stubborn, ""), code: 130,
 			interrupt: func(c *exec.Cmd) error { return c.Process.Signal(syscall.SIGINT) }},
-		{name: "kill -9", child: stepJSON("child", "echo ready; sleep 300", ""), code: -1,
+		{name: "kill -9", child: stepJSON("child", stubborn, ""), code: -1,
 			interrupt: func(c *exec.Cmd) error { return c.Process.Kill() }},
 	}
 	for _, bc := range cacheBackends(t) {
@@ -52,6 +58,9 @@ func TestNothingLeftBehind(t *testing.T) {
 				}
 				if left := bc.leftovers(t, e.stateDir); len(left) > 0 {
 					t.Errorf("left behind: %v", left)
+				}
+				if left := processesWith(token); len(left) > 0 {
+					t.Errorf("step processes survived: %v", left)
 				}
 			})
 		}

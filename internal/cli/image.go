@@ -80,7 +80,11 @@ func newImageCmd(stdio IO) *cobra.Command {
 			tw := tabwriter.NewWriter(stdio.Out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAMES\tID\tSOURCE\tLAYERS\tSIZE\tCREATED")
 			now := time.Now()
+			fmt.Fprintf(tw, "%s\t-\tthe host's root filesystem, read-only (built in)\t\t\t\n", HostImage)
 			for _, img := range imgs {
+				if img.ID == HostImage {
+					continue
+				}
 				created := "-"
 				if !img.Created.IsZero() {
 					created = ago(now.Sub(img.Created))
