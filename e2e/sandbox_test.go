@@ -134,3 +134,47 @@ func sandboxLeftovers(t *testing.T, stateDir string) []string {
 	}
 	return out
 }
+
+// Not root: the sandbox backend refuses with sandbox_unavailable (exit 4) and says what to do;
+// auto falls back to another backend.
+func TestSandboxNotRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to drop to an unprivileged user")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("needs setpriv (util-linux) to run hm unprivileged")
+	}
+	// t.TempDir's parent is private to root: build world-accessible dirs of our own.
+	base, err := os.MkdirTemp("", "hm-e2e-nonroot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	e := &env{t: t, stateDir: filepath.Join(base, "state"), srcDir: filepath.Join(base, "src")}
+	for _, d := range []string{base, e.stateDir, e.srcDir, filepath.Dir(hmBin)} {
+		os.MkdirAll(d, 0o777)
+		os.Chmod(d, 0o777)
+	}
+	ir := filepath.Join(e.srcDir, "p.json")
+	if err := os.WriteFile(ir, []byte(graph(0, []string{stepJSON("hi", "echo hi", `"image":"host"`)}, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := func(backend string) result {
+		c := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", hmBin, "run", "--file", ir, "--backend", backend)
+		c.Dir = e.srcDir
+		c.Env = append(os.Environ(), "HM_STATE_DIR="+e.stateDir, "CI=true", "HOME="+e.stateDir)
+		var out, stderr strings.Builder
+		c.Stdout, c.Stderr = &out, &stderr
+		c.Run()
+		return result{code: c.ProcessState.ExitCode(), stdout: out.String(), stderr: stderr.String()}
+	}
+	r := run("sandbox")
+	if r.code != 4 || !strings.Contains(r.stderr, "error[sandbox_unavailable]") || !strings.Contains(r.stderr, "  fix    ") {
+		t.Errorf("unprivileged --backend sandbox: exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+	// A host-image pipeline under auto skips docker and, without the sandbox, runs on host.
+	if r := run("auto"); r.code != 0 || !strings.Contains(r.stderr, "[hi] hi") {
+		t.Errorf("unprivileged auto: exit %d, stderr:\n%s", r.code, r.stderr)
+	}
+}
