@@ -8,8 +8,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/proc"
@@ -103,21 +105,23 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 }
 
 func (m *machine) run(ctx context.Context, stdout, stderr io.Writer) (int, error) {
+	tstart := time.Now()
 	ip, err := m.b.takeInit(m.cookie, m.owner == proc.Self())
 	if err != nil {
 		return -1, err
 	}
+	sandboxinit.Trace(ip.cookie, "run: start "+strconv.FormatInt(tstart.UnixNano(), 10))
+	sandboxinit.Trace(ip.cookie, "run: init taken")
 	defer ip.close()
+	defer sandboxinit.Trace(ip.cookie, "run: returns")
 	m.mu.Lock()
 	m.init = ip
 	abort := m.destroyed
-	m.cgroups = m.b.cg.create(m.cookie, m.b.opts)
+	m.cgroups = ip.cgroups
 	m.mu.Unlock()
 	if abort {
 		m.kill()
 	}
-	// Into the cgroups before the init reads its config, hence before the step starts.
-	joinCgroups(m.cgroups, ip.proc.Pid)
 	waitOutput := ip.copyOutput(stdout, stderr)
 	cfg := sandboxinit.Config{
 		Dir: m.dir, Lowers: m.lowers, Cmd: m.spec.Cmd, Env: m.spec.Env, Hostname: "hm",
@@ -126,6 +130,7 @@ func (m *machine) run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	if m.hostRoot {
 		cfg.Hide = []string{m.b.state}
 	}
+	sandboxinit.Trace(ip.cookie, "run: sending config")
 	_ = json.NewEncoder(ip.cfgW).Encode(cfg) // a failure means the init died; its status tells
 
 	select {
@@ -134,6 +139,8 @@ func (m *machine) run(ctx context.Context, stdout, stderr io.Writer) (int, error
 		m.kill()
 		<-ip.exited
 	}
+	sandboxinit.Trace(ip.cookie, "run: init reaped")
+	m.b.refill()
 	m.mu.Lock()
 	m.init = nil
 	m.mu.Unlock()
@@ -246,7 +253,8 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 }
 
 // Destroy implements vm.Machine. Idempotent; it may run concurrently with Run, which it
-// aborts and waits for before deleting the machine's directory.
+// aborts and waits for before deleting the machine's directory. The directory is moved to
+// the trash and deleted in the background; Close waits for that.
 func (m *machine) Destroy(ctx context.Context) error {
 	m.mu.Lock()
 	first := !m.destroyed
@@ -265,9 +273,13 @@ func (m *machine) Destroy(ctx context.Context) error {
 	removeCgroups(m.cgroups)
 	m.cgroups = nil
 	m.mu.Unlock()
-	if err := m.b.discard(m.dir); err != nil {
+	// The rename into the trash releases the machine at once; deleting its files can wait
+	// (Close waits for it, and reconcile finishes it after a crash).
+	t, err := m.b.toTrash(m.dir)
+	if err != nil {
 		return fmt.Errorf("sandbox: destroy: %w: %v", errs.ErrInfra, err)
 	}
+	m.b.removeInBackground(t)
 	// A parent snapshot removed while this machine used its layers left them for the
 	// collector; the machine's links are gone now.
 	if first && m.spec.Parent != "" {

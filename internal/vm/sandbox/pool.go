@@ -30,6 +30,10 @@ type initProc struct {
 	errR   *os.File
 	exited chan struct{} // closed once the init is reaped; state is set then
 	state  *os.ProcessState
+	// cgroups are the step's cgroups, named by cookie, which the init joined before it
+	// could read its config, hence before the step starts; made with the init, so that a
+	// spare's are ready too.
+	cgroups []string
 }
 
 // startInit starts an init carrying cookie.
@@ -59,7 +63,7 @@ func (b *Backend) startInit(cookie string) (*initProc, error) {
 	cmd := &exec.Cmd{
 		Path:       "/proc/self/exe",
 		Args:       []string{"hm-sandbox-init"},
-		Env:        []string{sandboxinit.Env + "=1", proc.CookieVar + "=" + cookie, "GOMAXPROCS=1", "GOGC=off"},
+		Env:        initEnv(cookie),
 		Stdout:     files[2],
 		Stderr:     files[3],
 		ExtraFiles: []*os.File{files[0], files[1]},
@@ -92,6 +96,8 @@ func (b *Backend) startInit(cookie string) (*initProc, error) {
 		return nil, startError(err)
 	}
 	ip.proc = cmd.Process
+	ip.cgroups = b.cg.create(cookie, b.opts)
+	joinCgroups(ip.cgroups, ip.proc.Pid)
 	return ip, nil
 }
 
@@ -114,11 +120,13 @@ func (ip *initProc) dead() bool {
 	}
 }
 
-// kill SIGKILLs the init and waits until it is reaped.
+// kill SIGKILLs an init no machine has taken, waits until it is reaped and removes its
+// cgroups.
 func (ip *initProc) kill() {
 	_ = ip.proc.Kill() // through a pidfd: never another process that got the number
 	<-ip.exited
 	ip.close()
+	removeCgroups(ip.cgroups)
 }
 
 // drainIdle bounds how long the step's output is read after its init has exited. Every
@@ -199,8 +207,9 @@ type pool struct {
 
 // takeInit returns an init for a machine whose processes carry cookie: the spare when the
 // machine belongs to this process (the spare's cookie names this process, which reconcile
-// needs to be the owner), else a fresh one. Either way a new spare is started in the
-// background, so its start overlaps the step that is about to run.
+// needs to be the owner), else a fresh one. The caller refills the pool once the step is
+// over: a spare starting during the step would compete with it for the CPU, one starting
+// after it overlaps the engine's work between steps.
 func (b *Backend) takeInit(cookie string, mine bool) (*initProc, error) {
 	var ip *initProc
 	if mine {
@@ -214,11 +223,10 @@ func (b *Backend) takeInit(cookie string, mine bool) (*initProc, error) {
 		ip, b.pool.spare = b.pool.spare, nil
 		b.pool.mu.Unlock()
 		if ip != nil && ip.dead() {
-			ip.close()
+			ip.kill() // reaped already: this only releases it
 			ip = nil
 		}
 	}
-	b.refill()
 	if ip != nil {
 		return ip, nil
 	}
@@ -267,9 +275,21 @@ func (b *Backend) sparePID() int {
 	return b.pool.spare.proc.Pid
 }
 
-// Close kills the spare init. Machines keep working; no new spare is started. Exiting hm
-// without Close is fine too: the spare dies with it.
+// spareCookie is the spare init's cookie, which also names its cgroups; "" if none.
+func (b *Backend) spareCookie() string {
+	b.pool.mu.Lock()
+	defer b.pool.mu.Unlock()
+	if b.pool.spare == nil {
+		return ""
+	}
+	return b.pool.spare.cookie
+}
+
+// Close kills the spare init and waits for the deletions of destroyed machines' files.
+// Machines keep working; no new spare is started. Exiting hm without Close is fine too:
+// the spare dies with it, and reconcile deletes what is left in the trash.
 func (b *Backend) Close() error {
+	defer b.waitBackground()
 	b.pool.mu.Lock()
 	b.pool.closed = true
 	ip := b.pool.spare
@@ -280,4 +300,13 @@ func (b *Backend) Close() error {
 	}
 	b.pool.wg.Wait()
 	return nil
+}
+
+// initEnv is the init's environment.
+func initEnv(cookie string) []string {
+	env := []string{sandboxinit.Env + "=1", proc.CookieVar + "=" + cookie, "GOMAXPROCS=1", "GOGC=off"}
+	if t := os.Getenv(sandboxinit.TraceEnv); t != "" {
+		env = append(env, sandboxinit.TraceEnv+"="+t)
+	}
+	return env
 }

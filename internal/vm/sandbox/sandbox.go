@@ -56,6 +56,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -124,6 +125,7 @@ type Backend struct {
 	opts  Options
 	cg    cgroups
 	pool  pool
+	bg    sync.WaitGroup // deletions in the background, see removeInBackground
 	// ownerOf names the hm process behind vm.Owner.PID; tests replace it to fake dead owners.
 	ownerOf func(pid int) (proc.Owner, error)
 }
@@ -418,6 +420,18 @@ func (b *Backend) discard(p string) error {
 	}
 	return removeAll(t)
 }
+
+// removeInBackground deletes trash path t (nothing for "") without making the caller wait.
+// A failure leaves it to the next reconcile, as a crash would.
+func (b *Backend) removeInBackground(t string) {
+	if t == "" {
+		return
+	}
+	b.bg.Go(func() { _ = os.RemoveAll(t) })
+}
+
+// waitBackground waits for the deletions in the background started so far.
+func (b *Backend) waitBackground() { b.bg.Wait() }
 
 // removeAll removes each path like os.RemoveAll, joining the errors.
 func removeAll(paths ...string) error {

@@ -121,8 +121,10 @@ func TestConformance(t *testing.T) {
 // leftovers lists what machines of owner left behind: running inits (the backend's spare
 // excepted), mounts under the state dir, machine directories, trash and step cgroups.
 func leftovers(b *Backend, owner proc.Owner) []string {
+	b.waitBackground() // what Destroy left to delete in the background is not left over
+	b.waitRefill()     // a spare on its way is not left over either
 	var out []string
-	spare := b.sparePID()
+	spare, spareCookie := b.sparePID(), b.spareCookie()
 	for c, pids := range proc.Cookies() {
 		if len(pids) == 1 && pids[0] == spare {
 			continue // the spare init, waiting for the next step, holds nothing
@@ -143,7 +145,7 @@ func leftovers(b *Backend, owner proc.Owner) []string {
 			out = append(out, filepath.Join(sub, n))
 		}
 	}
-	for _, cg := range b.cg.list(func(c string) bool { o, _ := proc.CookieOwner(c); return o == owner }) {
+	for _, cg := range b.cg.list(func(c string) bool { o, _ := proc.CookieOwner(c); return o == owner && c != spareCookie }) {
 		out = append(out, "cgroup "+cg)
 	}
 	return out

@@ -61,6 +61,7 @@ func Maybe() {
 	if os.Getenv(Env) != "1" {
 		return
 	}
+	Trace("", "init: main")
 	os.Exit(runInit())
 }
 
@@ -83,24 +84,34 @@ func runInit() int {
 		_ = json.NewEncoder(status).Encode(f)
 		return ExitSetup
 	}
+	// Everything that does not depend on the step is done before waiting for it: a spare
+	// init is ready ahead of need.
+	//
+	// As PID 1 a signal without a handler is ignored anyway; with handlers the Go runtime
+	// would die of them. Either way the step's `kill 1` must not end the sandbox early.
+	signal.Notify(make(chan os.Signal, 1), unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT,
+		unix.SIGUSR1, unix.SIGUSR2, unix.SIGPIPE)
+	// Nothing mounted here may propagate back to hm's namespace.
+	privErr := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, "")
+	Trace("", "init: waiting for config")
 	var cfg Config
 	if err := json.NewDecoder(os.NewFile(ConfigFD, "config")).Decode(&cfg); err != nil {
 		return fail("config", err)
 	}
+	if privErr != nil {
+		return fail("mount namespace", privErr)
+	}
+	Trace("", "init: config read")
 	// The backend keeps the config pipe's write end open until the init is gone: a hang-up means
 	// hm died before PR_SET_PDEATHSIG was armed.
 	fds := []unix.PollFd{{Fd: ConfigFD, Events: unix.POLLIN}}
 	if n, _ := unix.Poll(fds, 0); n > 0 && fds[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0 {
 		return ExitSetup
 	}
-	// As PID 1 a signal without a handler is ignored anyway; with handlers the Go runtime
-	// would die of them. Either way the step's `kill 1` must not end the sandbox early.
-	signal.Notify(make(chan os.Signal, 1), unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT,
-		unix.SIGUSR1, unix.SIGUSR2, unix.SIGPIPE)
-
 	if stage, err := setupRoot(&cfg); err != nil {
 		return fail(stage, err)
 	}
+	Trace("", "init: root set up")
 	sh, err := os.StartProcess("/bin/sh", []string{"sh", "-c", cfg.Cmd}, &os.ProcAttr{
 		Dir:   "/workspace",
 		Env:   cfg.Env,
@@ -109,6 +120,7 @@ func runInit() int {
 	if err != nil {
 		return fail("exec", fmt.Errorf("the image has no usable /bin/sh: %w", err))
 	}
+	Trace("", "init: shell started")
 	status.Close()
 	pid := sh.Pid
 	for {
@@ -121,6 +133,7 @@ func runInit() int {
 			return 255 // ECHILD: cannot happen before the shell is reaped
 		}
 		if wpid == pid {
+			Trace("", "init: shell reaped")
 			if ws.Signaled() {
 				return 128 + int(ws.Signal())
 			}
@@ -139,10 +152,6 @@ const overlayOptions = ",index=off,redirect_dir=off,metacopy=off,volatile"
 
 // setupRoot mounts the step's root and pivots into it. It returns the failing stage.
 func setupRoot(cfg *Config) (string, error) {
-	// Nothing mounted here may propagate back to hm's namespace.
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return "mount namespace", err
-	}
 	if err := unix.Chdir(cfg.Dir); err != nil {
 		return "machine dir", err
 	}
