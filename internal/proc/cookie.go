@@ -71,11 +71,22 @@ const killTimeout = 10 * time.Second
 func KillCookie(cookie string) (killed int) {
 	seen := map[int]bool{}
 	deadline := time.Now().Add(killTimeout)
+	clean := 0
 	for {
 		pids := FindCookie(cookie)
-		if len(pids) == 0 || time.Now().After(deadline) {
+		if time.Now().After(deadline) {
 			return len(seen)
 		}
+		if len(pids) == 0 {
+			// A process in the middle of execve can read as having no environment for an
+			// instant; only a second clean scan a little later is proof that none is left.
+			if clean++; clean == 2 {
+				return len(seen)
+			}
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		clean = 0
 		for _, pid := range pids {
 			if killOne(pid, cookie) {
 				seen[pid] = true

@@ -412,10 +412,17 @@ func (b *Backend) keptSnapshots(ctx context.Context) ([]image.Summary, error) {
 	return out, nil
 }
 
-// ours reports whether labels name this host (or no host: made by a build without the label).
+// ours reports whether labels name this host and this state dir (or carry no such label).
 func (b *Backend) ours(labels map[string]string) bool {
-	h, ok := labels[LabelHost]
-	return !ok || h == b.host
+	if h, ok := labels[LabelHost]; ok && h != b.host {
+		return false
+	}
+	// Another state dir's hm (another user, another test suite on the same daemon) judges
+	// and cleans its own leftovers.
+	if st, ok := labels[LabelState]; ok && st != b.state {
+		return false
+	}
+	return true
 }
 
 // deadOwner reports whether labels name an owner on this host that is gone.

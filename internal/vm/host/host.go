@@ -180,12 +180,14 @@ func (b *Backend) discard(p string) error {
 	return removeAll(t)
 }
 
-// Reconcile implements vm.Backend: it kills the processes of dead hm processes' steps (on
-// any state dir: they are orphans either way) and removes their work directories, their
-// ephemeral snapshots and their trash. What live owners hold is left alone.
+// Reconcile implements vm.Backend: it kills the processes of dead hm processes' steps of this
+// state dir and removes their work directories, their ephemeral snapshots and their trash.
+// What live owners hold is left alone.
 func (b *Backend) Reconcile(ctx context.Context) error {
+	// Only steps of this state dir: another state dir's hm (another user, a test suite)
+	// judges its own, and a step's work directory exists for as long as it can run.
 	for c := range proc.Cookies() {
-		if o, ok := proc.CookieOwner(c); ok && !o.Alive() {
+		if o, ok := proc.CookieOwner(c); ok && !o.Alive() && exists(filepath.Join(b.dir, "work", c)) {
 			proc.KillCookie(c)
 		}
 	}
@@ -255,6 +257,11 @@ func (b *Backend) PruneSnapshots(ctx context.Context, keep func(id string) bool)
 		removed = append(removed, n)
 	}
 	return removed, nil
+}
+
+func exists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
 }
 
 // readNames lists a state subdirectory; one that does not exist yet is empty.
