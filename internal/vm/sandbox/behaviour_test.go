@@ -3,6 +3,7 @@ package sandbox
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/hmci/hm/internal/imagestore"
 	"github.com/hmci/hm/internal/proc"
 	"github.com/hmci/hm/internal/vm"
+	"github.com/hmci/hm/internal/vm/sandbox/sandboxinit"
 )
 
 // hangGuard bounds waits for things that must happen, so a hang fails with a message.
@@ -417,7 +419,11 @@ func TestSetupErrorClassification(t *testing.T) {
 		{`{"stage":"overlay","msg":"overlay: mount overlay: invalid argument","errno":22}`, true},
 		{`{"stage":"exec","msg":"exec: the image has no usable /bin/sh: no such file or directory","errno":2}`, false},
 	} {
-		err := setupError([]byte(tc.status))
+		var r sandboxinit.Report // as the init writes it
+		if err := json.Unmarshal([]byte(tc.status), &r); err != nil {
+			t.Fatal(err)
+		}
+		err := setupError(r.Failure)
 		var e *errs.Error
 		got := errors.As(err, &e) && e.Code == "sandbox_unavailable" && errors.Is(err, errs.ErrUnavailable)
 		if got != tc.unavailable {

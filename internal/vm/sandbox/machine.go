@@ -40,7 +40,8 @@ type machine struct {
 	exit      int
 	committed bool
 	destroyed bool
-	cgroups   []string // the step's cgroup directories, removed by Destroy
+	cgroups   []string      // the step's cgroup directories, removed by Destroy
+	reaped    chan struct{} // closed once the init that ran the step is gone; nil if none
 }
 
 // Inject implements vm.Machine: the workspace is written straight into the upper layer's
@@ -90,8 +91,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	code, err := m.run(ctx, stdout, stderr)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	removeCgroups(m.cgroups) // its processes are gone with the init
-	m.cgroups = nil
+	m.cgroups = nil // run removed them, or will once the init is gone
 	switch {
 	case ctx.Err() != nil:
 		return -1, abortErr(ctx)
@@ -111,8 +111,6 @@ func (m *machine) run(ctx context.Context, stdout, stderr io.Writer) (int, error
 		return -1, err
 	}
 	sandboxinit.Trace(ip.cookie, "run: start "+strconv.FormatInt(tstart.UnixNano(), 10))
-	sandboxinit.Trace(ip.cookie, "run: init taken")
-	defer ip.close()
 	defer sandboxinit.Trace(ip.cookie, "run: returns")
 	m.mu.Lock()
 	m.init = ip
@@ -132,27 +130,54 @@ func (m *machine) run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	}
 	sandboxinit.Trace(ip.cookie, "run: sending config")
 	_ = json.NewEncoder(ip.cfgW).Encode(cfg) // a failure means the init died; its status tells
+	reports := make(chan sandboxinit.Report, 1)
+	go func() {
+		var r sandboxinit.Report
+		_ = json.NewDecoder(ip.statR).Decode(&r) // nothing decoded: the init died
+		reports <- r
+	}()
 
+	var rep sandboxinit.Report
 	select {
-	case <-ip.exited:
+	case rep = <-reports:
 	case <-ctx.Done():
 		m.kill()
 		<-ip.exited
+		rep = <-reports
 	}
-	sandboxinit.Trace(ip.cookie, "run: init reaped")
 	m.b.refill()
 	m.mu.Lock()
 	m.init = nil
 	m.mu.Unlock()
+	if rep.Done {
+		// Every process of the step is gone; the init's own exit and the teardown of
+		// its namespaces need not hold the step up.
+		sandboxinit.Trace(ip.cookie, "run: done reported")
+		m.mu.Lock()
+		m.reaped = ip.exited
+		m.mu.Unlock()
+		m.b.bg.Go(func() {
+			<-ip.exited
+			sandboxinit.Trace(ip.cookie, "run: init reaped")
+			removeCgroups(ip.cgroups)
+			ip.close()
+		})
+		if err := waitOutput(); err != nil {
+			return -1, fmt.Errorf("sandbox: run: %w: writing output: %v", errs.ErrInfra, err)
+		}
+		return rep.Exit, nil
+	}
+	<-ip.exited
+	sandboxinit.Trace(ip.cookie, "run: init reaped")
+	defer ip.close()
+	removeCgroups(ip.cgroups) // its processes are gone with the init
 	outErr := waitOutput()
-	status, _ := io.ReadAll(ip.statR)
-
 	ws, _ := ip.state.Sys().(syscall.WaitStatus)
 	switch {
 	case ws.Signaled():
 		return -1, fmt.Errorf("sandbox: run: %w: the sandbox init was killed (%v)", errs.ErrInfra, ws.Signal())
-	case ws.ExitStatus() == sandboxinit.ExitSetup && len(status) > 0:
-		return -1, setupError(status)
+	case ws.ExitStatus() == sandboxinit.ExitSetup && rep.Stage != "":
+		return -1, setupError(rep.Failure)
 	case outErr != nil:
 		return -1, fmt.Errorf("sandbox: run: %w: writing output: %v", errs.ErrInfra, outErr)
 	}
@@ -170,11 +195,7 @@ func startError(err error) error {
 }
 
 // setupError turns the init's report into an error.
-func setupError(status []byte) error {
-	var f sandboxinit.Failure
-	if err := json.Unmarshal(status, &f); err != nil {
-		return fmt.Errorf("sandbox: init: %w: %s", errs.ErrInfra, status)
-	}
+func setupError(f sandboxinit.Failure) error {
 	switch syscall.Errno(f.Errno) {
 	case syscall.EPERM, syscall.EACCES, syscall.ENODEV, syscall.ENOSYS:
 		return Unavailable("sandbox setup failed: %s", f.Msg)
@@ -272,6 +293,7 @@ func (m *machine) Destroy(ctx context.Context) error {
 	m.mu.Lock()
 	removeCgroups(m.cgroups)
 	m.cgroups = nil
+	reaped := m.reaped
 	m.mu.Unlock()
 	// The rename into the trash releases the machine at once; deleting its files can wait
 	// (Close waits for it, and reconcile finishes it after a crash).
@@ -279,7 +301,7 @@ func (m *machine) Destroy(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("sandbox: destroy: %w: %v", errs.ErrInfra, err)
 	}
-	m.b.removeInBackground(t)
+	m.b.removeInBackground(t, reaped)
 	// A parent snapshot removed while this machine used its layers left them for the
 	// collector; the machine's links are gone now.
 	if first && m.spec.Parent != "" {

@@ -421,13 +421,19 @@ func (b *Backend) discard(p string) error {
 	return removeAll(t)
 }
 
-// removeInBackground deletes trash path t (nothing for "") without making the caller wait.
-// A failure leaves it to the next reconcile, as a crash would.
-func (b *Backend) removeInBackground(t string) {
+// removeInBackground deletes trash path t (nothing for "") without making the caller
+// wait, once after is closed (nil: at once): a machine's files wait for its init to be
+// gone with its mounts. A failure leaves t to the next reconcile, as a crash would.
+func (b *Backend) removeInBackground(t string, after <-chan struct{}) {
 	if t == "" {
 		return
 	}
-	b.bg.Go(func() { _ = os.RemoveAll(t) })
+	b.bg.Go(func() {
+		if after != nil {
+			<-after
+		}
+		_ = os.RemoveAll(t)
+	})
 }
 
 // waitBackground waits for the deletions in the background started so far.

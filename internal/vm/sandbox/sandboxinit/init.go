@@ -37,6 +37,16 @@ type Failure struct {
 	Errno int    `json:"errno,omitempty"`
 }
 
+// Report is the one JSON line the init writes on its status pipe: a setup failure (then
+// it exits with ExitSetup), or, with Done, the end of the step: the shell exited with
+// Exit and every process of the sandbox has been killed and reaped, so that the backend
+// need not wait for the init's own exit and the kernel's teardown of its namespaces.
+type Report struct {
+	Failure
+	Done bool `json:"done,omitempty"`
+	Exit int  `json:"exit,omitempty"`
+}
+
 // Descriptors the init inherits from the backend.
 const (
 	ConfigFD = 3
@@ -66,8 +76,9 @@ func Maybe() {
 }
 
 // runInit is the sandbox's PID 1: it sets the root up in its fresh namespaces, starts the
-// step's shell, reaps every process of the namespace and exits with the shell's status.
-// Its exit makes the kernel kill whatever else still runs in the namespace.
+// step's shell, and once the shell has exited kills and reaps every process of the
+// namespace, reports the shell's status and exits with it. Should the init die early, its
+// exit makes the kernel kill whatever else still runs in the namespace.
 func runInit() int {
 	// Die with the hm process. The config pipe checks below close the window between the
 	// fork and this call.
@@ -81,7 +92,7 @@ func runInit() int {
 		if errors.As(err, &errno) {
 			f.Errno = int(errno)
 		}
-		_ = json.NewEncoder(status).Encode(f)
+		_ = json.NewEncoder(status).Encode(Report{Failure: f})
 		return ExitSetup
 	}
 	// Everything that does not depend on the step is done before waiting for it: a spare
@@ -93,6 +104,10 @@ func runInit() int {
 		unix.SIGUSR1, unix.SIGUSR2, unix.SIGPIPE)
 	// Nothing mounted here may propagate back to hm's namespace.
 	privErr := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, "")
+	// Decoding and encoding once builds encoding/json's caches for these types now rather
+	// than while the step waits.
+	_ = json.Unmarshal([]byte(`{"Dir":"","Env":[]}`), new(Config))
+	_, _ = json.Marshal(Report{})
 	Trace("", "init: waiting for config")
 	var cfg Config
 	if err := json.NewDecoder(os.NewFile(ConfigFD, "config")).Decode(&cfg); err != nil {
@@ -121,8 +136,29 @@ func runInit() int {
 		return fail("exec", fmt.Errorf("the image has no usable /bin/sh: %w", err))
 	}
 	Trace("", "init: shell started")
-	status.Close()
-	pid := sh.Pid
+	code := waitShell(sh.Pid)
+	Trace("", "init: shell reaped")
+	// The step is over: kill what it left running and reap everything, then report. Again
+	// after each reaped process, for any child forked while the first kill went round.
+	for {
+		_ = unix.Kill(-1, unix.SIGKILL) // from PID 1: every process of the namespace but itself
+		_, err := unix.Wait4(-1, nil, 0, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			break // ECHILD: nothing is left in the namespace
+		}
+	}
+	os.Stdout.Close() // the backend's copy of the output ends here
+	os.Stderr.Close()
+	_ = json.NewEncoder(status).Encode(Report{Done: true, Exit: code})
+	Trace("", "init: reported")
+	return code
+}
+
+// waitShell reaps processes until the shell is reaped and returns its status.
+func waitShell(pid int) int {
 	for {
 		var ws unix.WaitStatus
 		wpid, err := unix.Wait4(-1, &ws, 0, nil)
@@ -133,7 +169,6 @@ func runInit() int {
 			return 255 // ECHILD: cannot happen before the shell is reaped
 		}
 		if wpid == pid {
-			Trace("", "init: shell reaped")
 			if ws.Signaled() {
 				return 128 + int(ws.Signal())
 			}
@@ -175,6 +210,7 @@ func setupRoot(cfg *Config) (string, error) {
 			return "overlay", fmt.Errorf("mount overlay: %w", err)
 		}
 	}
+	Trace("", "init: overlay mounted")
 	root, err := openRoot(cfg.Dir + "/merged")
 	if err != nil {
 		return "rootfs", err
@@ -182,6 +218,7 @@ func setupRoot(cfg *Config) (string, error) {
 	if stage, err := root.mountAll(cfg); err != nil {
 		return stage, err
 	}
+	Trace("", "init: mounted all")
 	// pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only
 	// the new root, with no directory for the old one written into the step's layer.
 	if err := unix.Chdir(cfg.Dir + "/merged"); err != nil {
