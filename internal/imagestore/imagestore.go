@@ -34,10 +34,10 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"golang.org/x/sys/unix"
 
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/statedir"
 )
 
 // HostID is the id (and reference) of the pseudo-image made of the host's root filesystem.
@@ -249,7 +249,7 @@ func (s *Store) gcLayers() error {
 			used[filepath.Base(s.layerDir(l))] = true
 		}
 	}
-	names, err := readNames(filepath.Join(s.dir, "layers"))
+	names, err := statedir.List(filepath.Join(s.dir, "layers"))
 	if err != nil {
 		return fmt.Errorf("imagestore: %w: %v", errs.ErrInfra, err)
 	}
@@ -270,14 +270,14 @@ func (s *Store) gcLayers() error {
 func (s *Store) Reconcile(ctx context.Context) error {
 	var errList []error
 	for _, sub := range []string{"tmp", "trash"} {
-		names, err := readNames(filepath.Join(s.dir, sub))
+		names, err := statedir.List(filepath.Join(s.dir, sub))
 		if err != nil {
 			errList = append(errList, err)
 			continue
 		}
 		for _, n := range names {
 			if o, ok := proc.CookieOwner(n); ok && !o.Alive() {
-				errList = append(errList, removeAll(filepath.Join(s.dir, sub, n)))
+				errList = append(errList, statedir.RemoveAll(filepath.Join(s.dir, sub, n)))
 			}
 		}
 	}
@@ -300,7 +300,7 @@ func (s *Store) recordPath(id string) string {
 // whole one.
 func (s *Store) records() ([]Image, error) {
 	dir := filepath.Join(s.dir, "meta")
-	names, err := readNames(dir)
+	names, err := statedir.List(dir)
 	if err != nil {
 		return nil, fmt.Errorf("imagestore: %w: %v", errs.ErrInfra, err)
 	}
@@ -349,21 +349,7 @@ func (s *Store) lock() (unlock func(), err error) {
 			return nil, fmt.Errorf("imagestore: state dir: %w: %v", errs.ErrInfra, err)
 		}
 	}
-	f, err := os.OpenFile(filepath.Join(s.dir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("imagestore: lock: %w: %v", errs.ErrInfra, err)
-	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("imagestore: lock: %w: %v", errs.ErrInfra, err)
-	}
-	return func() { f.Close() }, nil
+	return statedir.Lock(filepath.Join(s.dir, "lock"))
 }
 
 // discard deletes p: renamed into trash first, so that it stops looking valid at once and a
@@ -376,36 +362,5 @@ func (s *Store) discard(p string) error {
 		}
 		return err
 	}
-	return removeAll(t)
-}
-
-// removeAll is os.RemoveAll that also gets through directories a layer left read-only.
-func removeAll(p string) error {
-	err := os.RemoveAll(p)
-	if err == nil {
-		return nil
-	}
-	_ = filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			_ = os.Chmod(q, 0o700)
-		}
-		return nil
-	})
-	if err2 := os.RemoveAll(p); err2 != nil {
-		return errors.Join(err, err2)
-	}
-	return nil
-}
-
-// readNames lists a directory; one that does not exist yet is empty.
-func readNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return f.Readdirnames(-1)
+	return statedir.RemoveAll(t)
 }

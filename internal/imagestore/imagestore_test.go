@@ -31,6 +31,7 @@ import (
 
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/statedir"
 )
 
 // entry is one tar entry of a test layer.
@@ -368,7 +369,7 @@ func TestImportOCILayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkImage(t, s, "example.com/oci/app:v2", img, Image{Names: []string{"example.com/oci/app:v2"}, Source: FormatOCI})
-	names, _ := readNames(filepath.Join(s.dir, "tmp"))
+	names, _ := statedir.List(filepath.Join(s.dir, "tmp"))
 	if len(names) != 0 {
 		t.Errorf("tmp/ left behind: %v", names)
 	}
@@ -445,7 +446,7 @@ func TestResolveListRemove(t *testing.T) {
 	if list, _ := s.List(ctx); len(list) != 1 {
 		t.Errorf("List after removals = %v, want the third image", list)
 	}
-	if names, _ := readNames(filepath.Join(s.dir, "trash")); len(names) != 0 {
+	if names, _ := statedir.List(filepath.Join(s.dir, "trash")); len(names) != 0 {
 		t.Errorf("trash left: %v", names)
 	}
 }

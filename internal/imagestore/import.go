@@ -30,6 +30,7 @@ import (
 
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/statedir"
 )
 
 // Formats Import recognises.
@@ -477,5 +478,5 @@ func (s *Store) tmpDir() (string, func(), error) {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return "", nil, fmt.Errorf("imagestore: %w: %v", errs.ErrInfra, err)
 	}
-	return dir, func() { _ = removeAll(dir) }, nil
+	return dir, func() { _ = statedir.RemoveAll(dir) }, nil
 }

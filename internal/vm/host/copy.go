@@ -2,7 +2,6 @@ package host
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -163,23 +162,4 @@ func (c *copier) meta(p string, fi fs.FileInfo, link bool) error {
 // fileMode keeps the permission and special bits os.Chmod understands.
 func fileMode(m fs.FileMode) fs.FileMode {
 	return m & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
-}
-
-// removeAll removes p like os.RemoveAll, also when a step left read-only directories
-// behind (Go's module cache does that), which make RemoveAll fail for non-root users.
-func removeAll(p string) error {
-	err := os.RemoveAll(p)
-	if err == nil {
-		return nil
-	}
-	_ = filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			_ = os.Chmod(q, 0o700)
-		}
-		return nil
-	})
-	if err2 := os.RemoveAll(p); err2 != nil {
-		return errors.Join(err, err2)
-	}
-	return nil
 }

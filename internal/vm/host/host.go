@@ -34,6 +34,7 @@ import (
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/proc"
 	"github.com/hmci/hm/internal/source"
+	"github.com/hmci/hm/internal/statedir"
 	"github.com/hmci/hm/internal/vm"
 )
 
@@ -177,7 +178,7 @@ func (b *Backend) discard(p string) error {
 		}
 		return err
 	}
-	return removeAll(t)
+	return statedir.RemoveAll(t)
 }
 
 // Reconcile implements vm.Backend: it kills the processes of dead hm processes' steps of this
@@ -204,7 +205,7 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 		{"snap", func(n string) (string, bool) { return strings.CutPrefix(n, ephemeralPrefix) }},
 		{"trash", func(n string) (string, bool) { return n, true }},
 	} {
-		names, err := readNames(filepath.Join(b.dir, d.sub))
+		names, err := statedir.List(filepath.Join(b.dir, d.sub))
 		if err != nil {
 			errList = append(errList, err)
 			continue
@@ -219,7 +220,7 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 			}
 			p := filepath.Join(b.dir, d.sub, n)
 			if d.sub == "trash" {
-				err = removeAll(p)
+				err = statedir.RemoveAll(p)
 			} else {
 				proc.KillCookie(cookie)
 				err = b.discard(p)
@@ -238,7 +239,7 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 // PruneSnapshots implements vm.Backend. Kept snapshots are named after the cookie of the
 // machine that committed them, which names its hm process.
 func (b *Backend) PruneSnapshots(ctx context.Context, keep func(id string) bool) ([]string, error) {
-	names, err := readNames(filepath.Join(b.dir, "snap"))
+	names, err := statedir.List(filepath.Join(b.dir, "snap"))
 	if err != nil {
 		return nil, fmt.Errorf("host: prune snapshots: %w: %v", errs.ErrInfra, err)
 	}
@@ -262,19 +263,6 @@ func (b *Backend) PruneSnapshots(ctx context.Context, keep func(id string) bool)
 func exists(p string) bool {
 	_, err := os.Lstat(p)
 	return err == nil
-}
-
-// readNames lists a state subdirectory; one that does not exist yet is empty.
-func readNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return f.Readdirnames(-1)
 }
 
 // Inject implements vm.Machine.

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/statedir"
 	"github.com/hmci/hm/internal/vm"
 	"github.com/hmci/hm/internal/vm/vmtest"
 )
@@ -36,7 +37,7 @@ func leftovers(b *Backend) []string {
 		}
 	}
 	for _, sub := range []string{"work", "trash"} {
-		names, err := readNames(filepath.Join(b.dir, sub))
+		names, err := statedir.List(filepath.Join(b.dir, sub))
 		if err != nil {
 			out = append(out, err.Error())
 		}
