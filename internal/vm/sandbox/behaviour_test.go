@@ -546,3 +546,22 @@ func TestCgroups(t *testing.T) {
 		}
 	}
 }
+
+// Run returns once the step's processes are gone, possibly before its init has exited and
+// so unmounted the step's overlay; Commit, which hands the upper directory on as a lower
+// layer, must not return before that.
+func TestCommitWaitsForTheInit(t *testing.T) {
+	b := newBackend(t, Options{})
+	m, _ := mustRun(t, b, spec("true"))
+	if _, err := m.Commit(context.Background(), true); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	if m.reaped == nil {
+		t.Fatal("Run did not record its init: the check below would prove nothing")
+	}
+	select {
+	case <-m.reaped:
+	default:
+		t.Error("Commit returned while the init that ran the step, and its overlay, were still there")
+	}
+}

@@ -238,6 +238,16 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 	case !m.ran || m.exit != 0:
 		return "", fmt.Errorf("sandbox: commit: %w: the step did not run to exit code 0", errs.ErrInfra)
 	}
+	// Run returned before the init's exit unmounted the step's overlay. The upper directory
+	// is about to become a lower layer, which overlayfs must not find still in use as an
+	// upper ("undefined behavior" warnings; EBUSY with index=on).
+	if m.reaped != nil {
+		select {
+		case <-m.reaped:
+		case <-ctx.Done():
+			return "", fmt.Errorf("sandbox: commit: %w", ctx.Err())
+		}
+	}
 	// The owner in the id lets reconcile drop an ephemeral snapshot once its run is dead,
 	// and PruneSnapshots tell a kept one a live hm is about to register from an orphan.
 	id := keptPrefix + m.cookie
