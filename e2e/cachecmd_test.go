@@ -72,3 +72,33 @@ func TestCacheCommands(t *testing.T) {
 		})
 	}
 }
+
+// Entries are sized after the build; `[cache] max_size` evicts least recently used entries
+// beyond the cap, and `max_entries` beyond the count.
+func TestCacheLimits(t *testing.T) {
+	e := newEnv(t)
+	var steps []string
+	for _, k := range []string{"a", "b", "c"} {
+		steps = append(steps, stepJSON(k, "head -c 262144 /dev/zero > "+k+".bin", `"cache":{"policy":"forever","env_keys":[]}`))
+	}
+	writeTree(t, e.srcDir, map[string]string{
+		".hm/ci.json":     graph(0, steps, `[0,1,"builds_in"],[1,2,"builds_in"]`),
+		".hm/config.toml": "[cache]\nmax_size = \"1MiB\"\n",
+	})
+	if r := e.run("run", "--backend", "host"); r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	// Host snapshots are whole copies: a holds 256 KiB, b 512 KiB, c 768 KiB; the 1 MiB cap
+	// keeps c (most recently used) and evicts b and a.
+	r := e.run("cache", "ls")
+	if strings.Count(r.stdout, "\n") != 2 || !strings.Contains(r.stdout, " c ") || !strings.Contains(r.stdout, "768.0 KiB") {
+		t.Errorf("after a 1 MiB cap, cache ls:\n%s", r.stdout)
+	}
+	writeTree(t, e.srcDir, map[string]string{".hm/config.toml": "[cache]\nmax_entries = 2\n"})
+	if r := e.run("run", "--backend", "host"); r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	if r := e.run("cache", "ls"); strings.Count(r.stdout, "\n") != 3 {
+		t.Errorf("after max_entries = 2, cache ls:\n%s", r.stdout)
+	}
+}

@@ -33,6 +33,7 @@ func (noopVM) SnapshotExists(context.Context, string) (bool, error)             
 func (noopVM) RemoveSnapshot(context.Context, string) error                        { return nil }
 func (noopVM) Reconcile(context.Context) error                                     { return nil }
 func (noopVM) PruneSnapshots(context.Context, func(string) bool) ([]string, error) { return nil, nil }
+func (noopVM) SnapshotSize(context.Context, string) (int64, error)                 { return 0, nil }
 
 type noopMachine struct{}
 

@@ -246,6 +246,14 @@ func (r *Registry) Remove(ctx context.Context, backend, base, key string) error 
 	return wrap("remove", err)
 }
 
+// SetSize records the size of the entry for (backend, base, key) once it is known; the
+// snapshot is sized after the build, off the step's critical path.
+func (r *Registry) SetSize(ctx context.Context, backend, base, key string, size int64) error {
+	_, err := r.db.ExecContext(ctx, `UPDATE entries SET size = ? WHERE backend = ? AND base = ? AND key = ?`,
+		size, backend, base, key)
+	return wrap("set size", err)
+}
+
 // List returns the entries of backend ("" = all backends), most recently used first.
 func (r *Registry) List(ctx context.Context, backend string) ([]Entry, error) {
 	es, err := queryEntries(ctx, r.db, `SELECT `+columns+` FROM entries

@@ -435,3 +435,31 @@ func TestSchemaTooNew(t *testing.T) {
 		t.Fatalf("open newer schema: %v", err)
 	}
 }
+
+func TestSetSizeFeedsTheSizeCap(t *testing.T) {
+	ctx := context.Background()
+	r, err := Open(ctx, filepath.Join(t.TempDir(), "reg.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for i, k := range []string{"old", "new"} {
+		if _, err := r.Register(ctx, Entry{Backend: "b", Base: "img", Key: k, Snapshot: "s-" + k,
+			Created: time.Unix(int64(100+i), 0), LastUsed: time.Unix(int64(100+i), 0)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Unsized entries never trip the cap.
+	if ev, err := r.Evict(ctx, "b", 0, 150); err != nil || len(ev) != 0 {
+		t.Fatalf("Evict before sizes: %v, %v", ev, err)
+	}
+	for _, k := range []string{"old", "new"} {
+		if err := r.SetSize(ctx, "b", "img", k, 100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ev, err := r.Evict(ctx, "b", 0, 150)
+	if err != nil || len(ev) != 1 || ev[0].Key != "old" || ev[0].Size != 100 {
+		t.Fatalf("Evict after sizes = %+v, %v; want the old entry of 100 bytes", ev, err)
+	}
+}

@@ -86,6 +86,8 @@ func (f *fakeVM) PruneSnapshots(context.Context, func(string) bool) ([]string, e
 	return nil, nil
 }
 
+func (f *fakeVM) SnapshotSize(context.Context, string) (int64, error) { return 0, nil }
+
 type fakeMachine struct {
 	f    *fakeVM
 	spec vm.Spec

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -65,4 +66,33 @@ func Lock(path string) (unlock func(), err error) {
 		return nil, fmt.Errorf("lock %s: %w: %v", path, errs.ErrInfra, err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// Size returns the bytes of the regular files under p (symlinks not followed; hard links
+// counted once).
+func Size(p string) (int64, error) {
+	var n int64
+	seen := map[[2]uint64]bool{}
+	err := filepath.WalkDir(p, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
+			id := [2]uint64{uint64(st.Dev), st.Ino}
+			if seen[id] {
+				return nil
+			}
+			seen[id] = true
+		}
+		n += fi.Size()
+		return nil
+	})
+	return n, err
 }

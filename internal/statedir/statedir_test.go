@@ -73,3 +73,15 @@ func TestLockExcludes(t *testing.T) {
 		t.Errorf("%d holders at once", maxHolders)
 	}
 }
+
+func TestSize(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "a"), make([]byte, 100), 0o644)
+	os.MkdirAll(filepath.Join(dir, "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "sub", "b"), make([]byte, 50), 0o644)
+	os.Link(filepath.Join(dir, "a"), filepath.Join(dir, "sub", "hard")) // counted once
+	os.Symlink("/etc/passwd", filepath.Join(dir, "link"))               // not followed
+	if n, err := Size(dir); err != nil || n != 150 {
+		t.Errorf("Size = %d, %v; want 150", n, err)
+	}
+}

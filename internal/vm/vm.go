@@ -80,6 +80,11 @@ type Backend interface {
 	// "is referenced by an entry": a snapshot committed but never registered (hm killed in
 	// between) is deleted, while one a live hm is about to register is left alone.
 	PruneSnapshots(ctx context.Context, keep func(id string) bool) ([]string, error)
+
+	// SnapshotSize returns the bytes a snapshot occupies beyond what its parent already
+	// holds (its own layer; the whole copy for backends that copy), for the cache's size cap.
+	// It may walk the snapshot's files, so callers use it off the step's critical path.
+	SnapshotSize(ctx context.Context, id string) (int64, error)
 }
 
 // Spec describes a machine. Exactly one of Image and Parent is set.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/hmci/hm/internal/cachekey"
 	"github.com/hmci/hm/internal/registry"
@@ -17,6 +18,9 @@ type registryCache struct {
 	vm     vm.Backend
 	slug   string
 	inputs []cachekey.Inputs
+
+	mu    sync.Mutex
+	added []registry.Entry // registered by this build, sized when it ends
 }
 
 func (c *registryCache) Lookup(ctx context.Context, q scheduler.CacheQuery) (string, bool, string, error) {
@@ -70,7 +74,28 @@ func (c *registryCache) Register(ctx context.Context, q scheduler.CacheQuery, sn
 	if err != nil {
 		return "", err
 	}
+	if w.Snapshot == snapshot {
+		c.mu.Lock()
+		c.added = append(c.added, e)
+		c.mu.Unlock()
+	}
 	return w.Snapshot, nil
+}
+
+// sizeAdded records the sizes of the snapshots this build registered, for the cache's size
+// cap and `hm cache ls`. It runs when the build has ended: sizing may walk every file.
+func (c *registryCache) sizeAdded(ctx context.Context) {
+	c.mu.Lock()
+	added := c.added
+	c.added = nil
+	c.mu.Unlock()
+	for _, e := range added {
+		n, err := c.vm.SnapshotSize(ctx, e.Snapshot)
+		if err != nil {
+			continue // unknown size: the entry just does not count towards the cap
+		}
+		_ = c.reg.SetSize(ctx, e.Backend, e.Base, e.Key, n)
+	}
 }
 
 func short(s string) string {

@@ -69,13 +69,15 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 		}
 	}
 	var reg *registry.Registry
-	var cache scheduler.Cache
+	var cache *registryCache
+	var schedCache scheduler.Cache // a typed nil would not disable caching
 	if hasKey(keys) {
 		reg, err = registry.Open(ctx, RegistryPath(b.StateDir))
 		if err != nil {
 			return nil, err
 		}
 		cache = &registryCache{reg: reg, vm: b.VM, slug: req.Slug, inputs: inputs}
+		schedCache = cache
 	}
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -93,13 +95,15 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 			ExtraEnv:    opts.Env,
 			MapImage:    opts.MapImage,
 			Keys:        keys,
-			Cache:       cache,
+			Cache:       schedCache,
 			Workspace:   tree,
 			Publish:     h.q.Publish,
 		})
 		h.out = execution.Outcome{ExitCode: res.Status.ExitCode()}
 		if reg != nil {
-			b.evict(context.WithoutCancel(ctx), reg)
+			cctx := context.WithoutCancel(ctx)
+			cache.sizeAdded(cctx)
+			b.evict(cctx, reg)
 			reg.Close()
 		}
 		h.q.Close()

@@ -312,6 +312,18 @@ func (b *Backend) labels(o vm.Owner, owner proc.Owner, ephemeral bool) map[strin
 	}
 }
 
+// SnapshotSize implements vm.Backend: the bytes the committed image's own layer adds.
+func (b *Backend) SnapshotSize(ctx context.Context, id string) (int64, error) {
+	hist, err := b.cli.ImageHistory(ctx, id)
+	if err != nil {
+		return 0, apiErr(ctx, "snapshot size "+id, err)
+	}
+	if len(hist) == 0 {
+		return 0, nil
+	}
+	return hist[0].Size, nil // newest first: the commit's layer
+}
+
 // SnapshotExists implements vm.Backend: the image exists and still carries its snapshot tag.
 func (b *Backend) SnapshotExists(ctx context.Context, id string) (bool, error) {
 	ins, err := b.cli.ImageInspect(ctx, id)

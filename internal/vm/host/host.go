@@ -236,6 +236,19 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 	return nil
 }
 
+// SnapshotSize implements vm.Backend: a host snapshot is a whole copy of its directory.
+func (b *Backend) SnapshotSize(ctx context.Context, id string) (int64, error) {
+	p, ok := b.snapPath(id)
+	if !ok {
+		return 0, fmt.Errorf("host: snapshot size: %w: %q is not a host snapshot id", errs.ErrInfra, id)
+	}
+	n, err := statedir.Size(p)
+	if err != nil {
+		return 0, fmt.Errorf("host: snapshot size %s: %w: %v", id, errs.ErrInfra, err)
+	}
+	return n, nil
+}
+
 // PruneSnapshots implements vm.Backend. Kept snapshots are named after the cookie of the
 // machine that committed them, which names its hm process.
 func (b *Backend) PruneSnapshots(ctx context.Context, keep func(id string) bool) ([]string, error) {

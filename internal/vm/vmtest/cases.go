@@ -35,6 +35,21 @@ var cases = []struct {
 	{"FailingCommand", testFailing},
 	{"Reconcile", testReconcile},
 	{"PruneSnapshotsSparesLiveOwners", testPruneLive},
+	{"SnapshotSize", testSnapshotSize},
+}
+
+// SnapshotSize counts what the step wrote: a 256 KiB file makes the snapshot at least that
+// big, and not absurdly bigger.
+func testSnapshotSize(t *testing.T, e *env) {
+	m, _ := e.rootRun(nil, "head -c 262144 /dev/zero > big")
+	id := e.commit(m, false)
+	n, err := e.fx.Backend.SnapshotSize(t.Context(), id)
+	if err != nil {
+		t.Fatalf("SnapshotSize: %v", err)
+	}
+	if n < 262144 || n > 64<<20 {
+		t.Errorf("SnapshotSize = %d bytes, want about 256 KiB", n)
+	}
 }
 
 // A kept snapshot committed by a live hm process may be about to be registered: PruneSnapshots
