@@ -4,10 +4,11 @@
 //   - a 30-step builds_in chain, every step cached: the cold run, then the fully cached re-run
 //     (engine time = build_end.duration_ms, which excludes process start; the wall time of
 //     the process is shown too, beside `hm version` as the cost of starting the binary);
+//
 //   - with -act PATH: the same shapes under nektos/act (one job, 30 `run:` steps; and one
 //     trivial step), which has no step cache, beside hm's cold and cached runs.
 //
-//	go run ./bench/chain -backend docker -map ubuntu:24.04=hm-test-busybox:latest [-act ~/go/bin/act]
+//     go run ./bench/chain -backend docker -map ubuntu:24.04=hm-test-busybox:latest [-act ~/go/bin/act]
 package main
 
 import (
