@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -57,12 +58,16 @@ func newPipelinesCmd(stdio IO) *cobra.Command {
 			fmt.Fprintln(tw, "SLUG\tSOURCE\tSTEPS")
 			for _, p := range all {
 				steps := "?"
-				if data, err := frontend.Render(c.Context(), p); err == nil {
-					if pl, err := ir.Parse(data); err == nil {
+				data, err := frontend.Render(c.Context(), p)
+				if err == nil {
+					var pl *ir.Pipeline
+					if pl, err = ir.Parse(data); err == nil {
 						steps = fmt.Sprint(len(pl.Nodes))
-					} else {
-						steps = "invalid"
 					}
+				}
+				if err != nil {
+					// Say why, so a broken pipeline is not a silent "?" next to working ones.
+					steps = "error: " + firstLine(err.Error())
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Slug, relPath(dir, p.Path), steps)
 			}
@@ -90,4 +95,11 @@ func relPath(dir, p string) string {
 		return r
 	}
 	return p
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
 }
