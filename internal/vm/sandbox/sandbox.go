@@ -2,8 +2,10 @@
 // namespaces (and a network namespace with Options.NetworkNone) on an overlayfs root, with no
 // daemon: the hm binary re-executes itself (/proc/self/exe) as the sandbox's init (package
 // sandboxinit), which is why main must call MaybeInit first. The backend keeps one init
-// started ahead of need (Options.NoPrestart), so that re-executing hm overlaps the previous
-// step instead of adding to the next one; Close releases it.
+// started ahead of need (Options.NoPrestart), in its namespaces with / made private, its
+// cgroups joined, waiting for its step; it is started once the previous step's shell has
+// exited, so that re-executing hm overlaps the engine's work between steps instead of
+// competing with a step for the CPU. Close releases it.
 //
 // # Root filesystem and snapshots
 //
@@ -19,9 +21,13 @@
 // The init mounts the overlay, /proc, a minimal /dev, a tmpfs /tmp and the host's
 // /etc/resolv.conf and /etc/hosts (read-only) inside the step's own mount namespace, then
 // pivot_roots into it. Nothing is ever mounted in hm's namespace: when the step's last
-// process exits the kernel unmounts everything. When the step's shell exits, or on timeout,
-// cancel or Destroy, the init dies and the kernel kills every process left in the PID
-// namespace, daemons ignoring SIGTERM included. The init dies with hm too (PR_SET_PDEATHSIG).
+// process exits the kernel unmounts everything. When the step's shell exits, the init
+// SIGKILLs and reaps every process left in the PID namespace, daemons ignoring SIGTERM
+// included, and reports the shell's status: Run returns then, while the init's exit tears
+// the namespaces and mounts down in the background (Commit, and the deletion of the
+// machine's directory after Destroy, wait for that). On timeout, cancel or Destroy the
+// init is killed and the kernel kills every process left in the PID namespace. The init
+// dies with hm too (PR_SET_PDEATHSIG).
 //
 // # State
 //
