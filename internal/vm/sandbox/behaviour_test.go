@@ -548,20 +548,57 @@ func TestCgroups(t *testing.T) {
 }
 
 // Run returns once the step's processes are gone, possibly before its init has exited and
-// so unmounted the step's overlay; Commit, which hands the upper directory on as a lower
-// layer, must not return before that.
-func TestCommitWaitsForTheInit(t *testing.T) {
+// so unmounted the step's overlay. A step on the layer committed from it waits for that
+// init: overlayfs must not find a lower layer still in use as an upper directory.
+func TestRunWaitsForBusyLayer(t *testing.T) {
 	b := newBackend(t, Options{})
-	m, _ := mustRun(t, b, spec("true"))
-	if _, err := m.Commit(context.Background(), true); err != nil {
+	ctx := context.Background()
+	parent, _ := mustRun(t, b, spec("echo parent > /f"))
+	id, err := parent.Commit(ctx, true)
+	if err != nil {
 		t.Fatalf("Commit: %v", err)
 	}
-	if m.reaped == nil {
-		t.Fatal("Run did not record its init: the check below would prove nothing")
+	snap, err := b.readSnap(id)
+	if err != nil {
+		t.Fatal(err)
 	}
+	layer := snap.Layers[0]
+	// Hold the layer busy as if the parent's init were still exiting, whatever it did.
+	hold := make(chan struct{})
+	b.markBusy(layer, hold)
+	waiting := make(chan string, 1)
+	b.busy.mu.Lock()
+	b.busy.waiting = func(l string) { waiting <- l }
+	b.busy.mu.Unlock()
+
+	child := create(t, b, childSpec(id, "cat /f"))
+	type result struct {
+		code int
+		err  error
+		out  string
+	}
+	done := make(chan result, 1)
+	go func() {
+		var out bytes.Buffer
+		code, err := child.Run(ctx, &out, &out)
+		done <- result{code, err, out.String()}
+	}()
 	select {
-	case <-m.reaped:
-	default:
-		t.Error("Commit returned while the init that ran the step, and its overlay, were still there")
+	case l := <-waiting:
+		if l != layer {
+			t.Errorf("Run waited for layer %s, want %s", l, layer)
+		}
+	case r := <-done:
+		t.Fatalf("the child ran (%d, %v) while its layer was busy", r.code, r.err)
+	}
+	child.mu.Lock()
+	started := child.init != nil
+	child.mu.Unlock()
+	if started {
+		t.Error("the child's init was taken while its layer was busy")
+	}
+	close(hold)
+	if r := <-done; r.err != nil || r.code != 0 || r.out != "parent\n" {
+		t.Errorf("child Run = %d, %v, output %q; want 0, nil, \"parent\\n\"", r.code, r.err, r.out)
 	}
 }

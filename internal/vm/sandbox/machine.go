@@ -106,6 +106,9 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 
 func (m *machine) run(ctx context.Context, stdout, stderr io.Writer) (int, error) {
 	tstart := time.Now()
+	if err := m.b.waitBusy(ctx, m.chain); err != nil {
+		return -1, err
+	}
 	ip, err := m.b.takeInit(m.cookie, m.owner == proc.Self())
 	if err != nil {
 		return -1, err
@@ -238,16 +241,6 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 	case !m.ran || m.exit != 0:
 		return "", fmt.Errorf("sandbox: commit: %w: the step did not run to exit code 0", errs.ErrInfra)
 	}
-	// Run returned before the init's exit unmounted the step's overlay. The upper directory
-	// is about to become a lower layer, which overlayfs must not find still in use as an
-	// upper ("undefined behavior" warnings; EBUSY with index=on).
-	if m.reaped != nil {
-		select {
-		case <-m.reaped:
-		case <-ctx.Done():
-			return "", fmt.Errorf("sandbox: commit: %w", ctx.Err())
-		}
-	}
 	// The owner in the id lets reconcile drop an ephemeral snapshot once its run is dead,
 	// and PruneSnapshots tell a kept one a live hm is about to register from an orphan.
 	id := keptPrefix + m.cookie
@@ -262,7 +255,7 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 		for _, l := range m.chain {
 			dirs = append(dirs, m.b.layerDir(l))
 		}
-		flat := filepath.Join(m.dir, "flat")
+		flat := m.flatDir()
 		if err := flatten(ctx, flat, reversed(dirs)); err != nil {
 			return "", fmt.Errorf("sandbox: commit: %w: flattening a chain of %d layers: %v", errs.ErrInfra, len(chain), err)
 		}
@@ -275,6 +268,11 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 	defer unlock()
 	if err := os.Rename(src, m.b.layerDir(layer)); err != nil {
 		return "", fmt.Errorf("sandbox: commit: %w: %v", errs.ErrInfra, err)
+	}
+	if src != m.flatDir() {
+		// Run returned before the init's exit unmounted the step's overlay: the layer may
+		// still be its upper directory for a few milliseconds.
+		m.b.markBusy(layer, m.reaped)
 	}
 	if err := m.b.writeSnap(id, snapRecord{Image: m.image, Layers: chain}); err != nil {
 		return "", fmt.Errorf("sandbox: commit: %w: %v", errs.ErrInfra, err)
@@ -323,3 +321,5 @@ func (m *machine) Destroy(ctx context.Context) error {
 	}
 	return nil
 }
+
+func (m *machine) flatDir() string { return filepath.Join(m.dir, "flat") }

@@ -134,6 +134,7 @@ type Backend struct {
 	bg    sync.WaitGroup // deletions in the background, see removeInBackground
 	// ownerOf names the hm process behind vm.Owner.PID; tests replace it to fake dead owners.
 	ownerOf func(pid int) (proc.Owner, error)
+	busy    busyLayers
 }
 
 var _ vm.Backend = (*Backend)(nil)
