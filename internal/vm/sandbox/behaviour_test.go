@@ -18,6 +18,7 @@ import (
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/imagestore"
 	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/statedir"
 	"github.com/hmci/hm/internal/vm"
 	"github.com/hmci/hm/internal/vm/sandbox/sandboxinit"
 )
@@ -364,7 +365,7 @@ func TestDeepChain(t *testing.T) {
 		t.Errorf("chain of %d layers, over DefaultMaxChain", len(rec.Layers))
 	}
 	// Removed snapshots' layers are collected once nothing uses them.
-	names, _ := readNames(filepath.Join(b.dir, "layers"))
+	names, _ := statedir.List(filepath.Join(b.dir, "layers"))
 	if len(names) > len(rec.Layers) {
 		t.Errorf("%d layers stored for a chain of %d: removed snapshots' layers were kept", len(names), len(rec.Layers))
 	}
@@ -394,7 +395,7 @@ func TestRemoveParentKeepsChild(t *testing.T) {
 	if err := b.RemoveSnapshot(context.Background(), child); err != nil {
 		t.Fatal(err)
 	}
-	if names, _ := readNames(filepath.Join(b.dir, "layers")); len(names) != 0 {
+	if names, _ := statedir.List(filepath.Join(b.dir, "layers")); len(names) != 0 {
 		t.Errorf("layers left after removing every snapshot: %v", names)
 	}
 }

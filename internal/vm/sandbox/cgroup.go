@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/statedir"
 )
 
 // cgroups says where step cgroups go: one parent directory per hierarchy, each step getting
@@ -128,7 +129,7 @@ func removeCgroups(dirs []string) {
 func (c cgroups) list(owned func(cookie string) bool) []string {
 	var out []string
 	for _, p := range c.parents {
-		names, _ := readNames(p)
+		names, _ := statedir.List(p)
 		for _, n := range names {
 			fi, err := os.Stat(filepath.Join(p, n))
 			if err != nil || !fi.IsDir() {

@@ -19,6 +19,7 @@ import (
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/imagestore"
 	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/statedir"
 )
 
 // deadOwner returns the owner of a process that has exited.
@@ -88,7 +89,7 @@ func TestReconcileAfterCrash(t *testing.T) {
 	if err != nil || len(removed) != 1 || removed[0] != keptID {
 		t.Errorf("PruneSnapshots = %v, %v; want [%s]", removed, err, keptID)
 	}
-	if names, _ := readNames(filepath.Join(b.dir, "layers")); len(names) != 0 {
+	if names, _ := statedir.List(filepath.Join(b.dir, "layers")); len(names) != 0 {
 		t.Errorf("layers left after every snapshot went: %v", names)
 	}
 }

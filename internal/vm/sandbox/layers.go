@@ -17,6 +17,7 @@ import (
 
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/imagestore"
+	"github.com/hmci/hm/internal/statedir"
 )
 
 // snapRecord is a snapshot's record, snaps/ID.json.
@@ -70,7 +71,7 @@ func (b *Backend) writeSnap(id string, r snapRecord) error {
 // caller holds the lock.
 func (b *Backend) collect() ([]string, error) {
 	used := map[string]bool{}
-	snaps, err := readNames(filepath.Join(b.dir, "snaps"))
+	snaps, err := statedir.List(filepath.Join(b.dir, "snaps"))
 	if err != nil {
 		return nil, err
 	}
@@ -90,13 +91,13 @@ func (b *Backend) collect() ([]string, error) {
 			used[l] = true
 		}
 	}
-	machines, err := readNames(filepath.Join(b.dir, "machines"))
+	machines, err := statedir.List(filepath.Join(b.dir, "machines"))
 	if err != nil {
 		return nil, err
 	}
 	layers := filepath.Join(b.dir, "layers")
 	for _, mname := range machines {
-		links, err := readNames(filepath.Join(b.dir, "machines", mname, "l"))
+		links, err := statedir.List(filepath.Join(b.dir, "machines", mname, "l"))
 		if err != nil {
 			continue // being deleted
 		}
@@ -107,7 +108,7 @@ func (b *Backend) collect() ([]string, error) {
 			}
 		}
 	}
-	names, err := readNames(layers)
+	names, err := statedir.List(layers)
 	if err != nil {
 		return nil, err
 	}

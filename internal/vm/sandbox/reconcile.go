@@ -14,6 +14,7 @@ import (
 
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/statedir"
 	"github.com/hmci/hm/internal/vm/sandbox/sandboxinit"
 )
 
@@ -60,7 +61,7 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 		}},
 		{"trash", func(n string) (string, bool) { return n, true }},
 	} {
-		names, err := readNames(filepath.Join(b.dir, d.sub))
+		names, err := statedir.List(filepath.Join(b.dir, d.sub))
 		if err != nil {
 			errList = append(errList, err)
 			continue

@@ -64,11 +64,10 @@ import (
 	"strings"
 	"sync"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/imagestore"
 	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/statedir"
 	"github.com/hmci/hm/internal/vm"
 	"github.com/hmci/hm/internal/vm/sandbox/sandboxinit"
 )
@@ -359,7 +358,7 @@ func (b *Backend) RemoveSnapshot(ctx context.Context, id string) error {
 // PruneSnapshots implements vm.Backend: kept snapshots are named after the cookie of the
 // machine that committed them, which names its hm process.
 func (b *Backend) PruneSnapshots(ctx context.Context, keep func(id string) bool) ([]string, error) {
-	names, err := readNames(filepath.Join(b.dir, "snaps"))
+	names, err := statedir.List(filepath.Join(b.dir, "snaps"))
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: prune snapshots: %w: %v", errs.ErrInfra, err)
 	}
@@ -388,21 +387,7 @@ func (b *Backend) PruneSnapshots(ctx context.Context, keep func(id string) bool)
 // snapshot records and layers with the garbage collector, between goroutines (each call
 // opens its own file description) and between hm processes.
 func (b *Backend) lock() (unlock func(), err error) {
-	f, err := os.OpenFile(filepath.Join(b.dir, "lock"), os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("sandbox: lock: %w: %v", errs.ErrInfra, err)
-	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("sandbox: lock: %w: %v", errs.ErrInfra, err)
-	}
-	return func() { f.Close() }, nil
+	return statedir.Lock(filepath.Join(b.dir, "lock"))
 }
 
 // toTrash renames p into trash/, which is atomic, so that p stops looking valid at once and
@@ -446,28 +431,15 @@ func (b *Backend) removeInBackground(t string, after <-chan struct{}) {
 // waitBackground waits for the deletions in the background started so far.
 func (b *Backend) waitBackground() { b.bg.Wait() }
 
-// removeAll removes each path like os.RemoveAll, joining the errors.
+// removeAll removes each path, joining the errors.
 func removeAll(paths ...string) error {
 	var errList []error
 	for _, p := range paths {
 		if p != "" {
-			errList = append(errList, os.RemoveAll(p))
+			errList = append(errList, statedir.RemoveAll(p))
 		}
 	}
 	return errors.Join(errList...)
-}
-
-// readNames lists a state subdirectory; one that does not exist yet is empty.
-func readNames(dir string) ([]string, error) {
-	f, err := os.Open(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return f.Readdirnames(-1)
 }
 
 func randomHex() string {

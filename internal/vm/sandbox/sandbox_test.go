@@ -13,6 +13,7 @@ import (
 
 	"github.com/hmci/hm/internal/imagestore"
 	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/statedir"
 	"github.com/hmci/hm/internal/testutil"
 	"github.com/hmci/hm/internal/vm"
 	"github.com/hmci/hm/internal/vm/vmtest"
@@ -137,7 +138,7 @@ func leftovers(b *Backend, owner proc.Owner) []string {
 		out = append(out, "mount "+mp)
 	}
 	for _, sub := range []string{"machines", "trash"} {
-		names, err := readNames(filepath.Join(b.dir, sub))
+		names, err := statedir.List(filepath.Join(b.dir, sub))
 		if err != nil {
 			out = append(out, err.Error())
 		}
