@@ -66,6 +66,15 @@ func TestReconcileAfterCrash(t *testing.T) {
 		t.Fatal("the running step is not visible: the checks below would prove nothing")
 	}
 
+	// An hm on another state dir judges only its own: the step keeps running.
+	other := newBackend(t, Options{})
+	if err := other.Reconcile(context.Background()); err != nil {
+		t.Fatalf("Reconcile of another state dir: %v", err)
+	}
+	if len(markedProcesses(marker)) == 0 {
+		t.Fatal("the reconcile of another state dir killed this state dir's step")
+	}
+
 	if err := b.Reconcile(context.Background()); err != nil {
 		t.Fatalf("Reconcile: %v", err)
 	}

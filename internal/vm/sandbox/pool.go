@@ -63,7 +63,7 @@ func (b *Backend) startInit(cookie string) (*initProc, error) {
 	cmd := &exec.Cmd{
 		Path:       "/proc/self/exe",
 		Args:       []string{"hm-sandbox-init"},
-		Env:        initEnv(cookie),
+		Env:        initEnv(cookie, b.dir),
 		Stdout:     files[2],
 		Stderr:     files[3],
 		ExtraFiles: []*os.File{files[0], files[1]},
@@ -303,8 +303,10 @@ func (b *Backend) Close() error {
 }
 
 // initEnv is the init's environment.
-func initEnv(cookie string) []string {
-	env := []string{sandboxinit.Env + "=1", proc.CookieVar + "=" + cookie, "GOMAXPROCS=1", "GOGC=off"}
+func initEnv(cookie, stateDir string) []string {
+	// stateEnv lets reconcile tell this state dir's inits from another's (another user, a
+	// concurrent test suite); the step's shell gets its own environment, not this one.
+	env := []string{sandboxinit.Env + "=1", proc.CookieVar + "=" + cookie, stateEnv + "=" + stateDir, "GOMAXPROCS=1", "GOGC=off"}
 	if t := os.Getenv(sandboxinit.TraceEnv); t != "" {
 		env = append(env, sandboxinit.TraceEnv+"="+t)
 	}

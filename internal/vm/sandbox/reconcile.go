@@ -29,7 +29,7 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 		return ok && !o.Alive()
 	}
 	for c, pids := range proc.Cookies() {
-		if dead(c) && slices.ContainsFunc(pids, isSandboxInit) {
+		if dead(c) && slices.ContainsFunc(pids, b.isOwnInit) {
 			proc.KillCookie(c)
 		}
 	}
@@ -100,14 +100,33 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 	return nil
 }
 
-// isSandboxInit reports whether pid runs as a sandbox init (rather than, say, a host-backend
-// step carrying a cookie of its own), judging by the marker in its environment.
-func isSandboxInit(pid int) bool {
+// isOwnInit reports whether pid is a sandbox init of this backend's state dir. Another state
+// dir's hm (another user, a concurrent test suite) judges its own inits.
+func (b *Backend) isOwnInit(pid int) bool {
+	st, ok := initState(pid)
+	return ok && (st == "" || st == b.dir)
+}
+
+// stateEnv carries the state dir in an init's environment.
+const stateEnv = "HM_SANDBOX_STATE"
+
+// initState reports whether pid is a sandbox init, and the state dir it belongs to ("" for
+// an init that does not say).
+func initState(pid int) (string, bool) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
 	if err != nil {
-		return false
+		return "", false
 	}
-	return slices.Contains(strings.Split(string(b), "\x00"), sandboxinit.Env+"=1")
+	vars := strings.Split(string(b), "\x00")
+	if !slices.Contains(vars, sandboxinit.Env+"=1") {
+		return "", false
+	}
+	for _, v := range vars {
+		if st, ok := strings.CutPrefix(v, stateEnv+"="); ok {
+			return st, true
+		}
+	}
+	return "", true
 }
 
 // machineCookie returns the cookie of the machine directory a path under dir belongs to.
