@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -100,5 +102,41 @@ func TestCacheLimits(t *testing.T) {
 	}
 	if r := e.run("cache", "ls"); strings.Count(r.stdout, "\n") != 3 {
 		t.Errorf("after max_entries = 2, cache ls:\n%s", r.stdout)
+	}
+}
+
+// Two hm processes building the same pipeline at once on one state dir end with one
+// registered snapshot per step and no unreferenced kept snapshot (the loser drops its own).
+func TestConcurrentRunsOneStateDir(t *testing.T) {
+	e := newEnv(t)
+	var steps []string
+	for _, k := range []string{"a", "b", "c"} {
+		steps = append(steps, stepJSON(k, "echo "+k+" > "+k+".txt", `"cache":{"policy":"forever","env_keys":[]}`))
+	}
+	writeTree(t, e.srcDir, map[string]string{".hm/ci.json": graph(0, steps, `[0,1,"builds_in"],[1,2,"builds_in"]`)})
+	var wg sync.WaitGroup
+	codes := make([]int, 4)
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := e.cmd(t.Context(), "run", "--backend", "host")
+			c.Run()
+			codes[i] = c.ProcessState.ExitCode()
+		}()
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != 0 {
+			t.Errorf("run %d exited %d", i, c)
+		}
+	}
+	r := e.run("cache", "ls")
+	if n := strings.Count(r.stdout, "\n") - 1; n != 3 {
+		t.Errorf("%d entries, want 3:\n%s", n, r.stdout)
+	}
+	kept, _ := filepath.Glob(filepath.Join(e.stateDir, "host", "snap", "k-*"))
+	if len(kept) != 3 {
+		t.Errorf("%d kept snapshots on disk, want the 3 registered: %v", len(kept), kept)
 	}
 }
