@@ -178,3 +178,26 @@ func TestSandboxNotRoot(t *testing.T) {
 		t.Errorf("unprivileged auto: exit %d, stderr:\n%s", r.code, r.stderr)
 	}
 }
+
+// --network none cuts the sandbox off: only the loopback interface exists inside.
+func TestSandboxNetworkNone(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the sandbox backend needs root")
+	}
+	e := newEnv(t)
+	doc := graph(0, []string{stepJSON("net", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort", `"image":"host"`)}, "")
+	ir := e.writeIR("p.json", doc)
+	for _, tt := range []struct {
+		network string
+		onlyLo  bool
+	}{{"none", true}, {"host", false}} {
+		r := e.run("run", "--file", ir, "--backend", "sandbox", "--network", tt.network, "--format", "json")
+		if r.code != 0 {
+			t.Fatalf("--network %s: exit %d\n%s", tt.network, r.code, r.stderr)
+		}
+		ifaces := view(t, parseEvents(t, r.stdout)).lines("net")
+		if got := len(ifaces) == 1 && ifaces[0] == "lo"; got != tt.onlyLo {
+			t.Errorf("--network %s: interfaces %v", tt.network, ifaces)
+		}
+	}
+}
