@@ -45,8 +45,10 @@ package vm
 
 import (
 	"context"
+	"fmt"
 	"io"
 
+	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/source"
 )
 
@@ -136,3 +138,26 @@ var BaseEnv = []string{
 
 // Workdir is where the workspace lives inside every machine.
 const Workdir = "/workspace"
+
+// Lifecycle records where a Machine stands in the lifecycle above, so that every backend
+// enforces it alike. Machines embed it and guard it with their own mutex.
+type Lifecycle struct {
+	Ran       bool // Run returned an exit code
+	Exit      int
+	Committed bool
+	Destroyed bool // Destroy was called: Run must not start, a running Run is aborted
+}
+
+// CommitAllowed returns why Commit may not run now (wrapping errs.ErrInfra), or nil: only
+// after Run returned exit code 0, at most once, never after Destroy.
+func (l *Lifecycle) CommitAllowed() error {
+	switch {
+	case l.Destroyed:
+		return fmt.Errorf("%w: machine destroyed", errs.ErrInfra)
+	case l.Committed:
+		return fmt.Errorf("%w: already committed", errs.ErrInfra)
+	case !l.Ran || l.Exit != 0:
+		return fmt.Errorf("%w: the step did not run to exit code 0", errs.ErrInfra)
+	}
+	return nil
+}

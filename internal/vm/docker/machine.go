@@ -25,13 +25,10 @@ type machine struct {
 	owner   proc.Owner
 	baseEnv []string // Env of the image the container was created from
 
-	mu        sync.Mutex
-	started   bool // Run was called
-	ran       bool // Run returned an exit code
-	exit      int
-	committed bool
-	destroyed bool // Destroy was called: Run must not start, a running Run is aborted
-	removed   bool // the container is gone
+	mu      sync.Mutex
+	started bool // Run was called
+	vm.Lifecycle
+	removed bool // the container is gone
 }
 
 // Inject implements vm.Machine: the tree is streamed as a tar rooted at / into the created
@@ -68,7 +65,7 @@ func (m *machine) Inject(ctx context.Context, ws *source.Tree) error {
 func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error) {
 	m.mu.Lock()
 	switch {
-	case m.destroyed:
+	case m.Destroyed:
 		m.mu.Unlock()
 		return -1, fmt.Errorf("docker: run: %w: machine destroyed", errs.ErrInfra)
 	case m.started:
@@ -119,7 +116,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	}
 
 	m.mu.Lock()
-	destroyed := m.destroyed
+	destroyed := m.Destroyed
 	m.mu.Unlock()
 	switch {
 	case ctx.Err() != nil:
@@ -135,14 +132,14 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 		return -1, fmt.Errorf("docker: run: %w: writing output: %v", errs.ErrInfra, werr)
 	}
 	m.mu.Lock()
-	m.ran, m.exit = true, code
+	m.Ran, m.Exit = true, code
 	m.mu.Unlock()
 	return code, nil
 }
 
 func (m *machine) runErr(ctx context.Context, op string, err error) error {
 	m.mu.Lock()
-	destroyed := m.destroyed
+	destroyed := m.Destroyed
 	m.mu.Unlock()
 	if destroyed && ctx.Err() == nil {
 		return fmt.Errorf("docker: run: %w: machine destroyed while running (%s: %v)", errs.ErrCanceled, op, err)
@@ -165,13 +162,8 @@ func abortErr(ctx context.Context) error {
 func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	switch {
-	case m.destroyed:
-		return "", fmt.Errorf("docker: commit: %w: machine destroyed", errs.ErrInfra)
-	case m.committed:
-		return "", fmt.Errorf("docker: commit: %w: already committed", errs.ErrInfra)
-	case !m.ran || m.exit != 0:
-		return "", fmt.Errorf("docker: commit: %w: the step did not run to exit code 0", errs.ErrInfra)
+	if err := m.CommitAllowed(); err != nil {
+		return "", fmt.Errorf("docker: commit: %w", err)
 	}
 	kind := "k-"
 	if ephemeral {
@@ -188,7 +180,7 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 		}
 		return "", apiErr(ctx, "commit", err)
 	}
-	m.committed = true
+	m.Committed = true
 	m.b.cacheEnv(resp.ID, env)
 	return resp.ID, nil
 }
@@ -222,7 +214,7 @@ func envKey(kv string) string {
 func (m *machine) Destroy(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.destroyed = true
+	m.Destroyed = true
 	if m.removed {
 		return nil
 	}

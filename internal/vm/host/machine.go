@@ -28,13 +28,10 @@ type machine struct {
 	cookie string // HM_STEP_COOKIE of the step's processes; also the work dir's name
 	work   string
 
-	mu        sync.Mutex
-	pgid      int           // the step's process group while its leader is not reaped, else 0
-	done      chan struct{} // closed when Run returns; nil before Run
-	ran       bool          // Run returned without error
-	exit      int
-	committed bool
-	destroyed bool
+	mu   sync.Mutex
+	pgid int           // the step's process group while its leader is not reaped, else 0
+	done chan struct{} // closed when Run returns; nil before Run
+	vm.Lifecycle
 }
 
 // Run implements vm.Machine.
@@ -61,7 +58,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	m.kill()
 	m.mu.Lock()
 	m.pgid = 0
-	destroyed := m.destroyed
+	destroyed := m.Destroyed
 	m.mu.Unlock()
 	waitErr := cmd.Wait()
 	for _, s := range streams {
@@ -85,7 +82,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	}
 	code := exitCode(cmd.ProcessState)
 	m.mu.Lock()
-	m.ran, m.exit = true, code
+	m.Ran, m.Exit = true, code
 	m.mu.Unlock()
 	return code, nil
 }
@@ -97,9 +94,9 @@ func (m *machine) start(ctx context.Context, stdout, stderr io.Writer) (*exec.Cm
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch {
-	case m.destroyed:
+	case m.Destroyed:
 		return nil, nil, fmt.Errorf("host: run: %w: machine destroyed", errs.ErrInfra)
-	case m.done != nil || m.committed:
+	case m.done != nil || m.Committed:
 		return nil, nil, fmt.Errorf("host: run: %w: Run called twice", errs.ErrInfra)
 	case ctx.Err() != nil:
 		return nil, nil, abortErr(ctx)
@@ -192,13 +189,8 @@ func exitCode(ps *os.ProcessState) int {
 func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	switch {
-	case m.destroyed:
-		return "", fmt.Errorf("host: commit: %w: machine destroyed", errs.ErrInfra)
-	case m.committed:
-		return "", fmt.Errorf("host: commit: %w: already committed", errs.ErrInfra)
-	case !m.ran || m.exit != 0:
-		return "", fmt.Errorf("host: commit: %w: the step did not run to exit code 0", errs.ErrInfra)
+	if err := m.CommitAllowed(); err != nil {
+		return "", fmt.Errorf("host: commit: %w", err)
 	}
 	// The owner in an ephemeral id lets reconcile drop it once the run is dead.
 	// The cookie names the owner, so PruneSnapshots can tell a snapshot a live hm is about to
@@ -210,7 +202,7 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 	if err := os.Rename(m.work, filepath.Join(m.b.dir, "snap", id)); err != nil {
 		return "", fmt.Errorf("host: commit: %w: %v", errs.ErrInfra, err)
 	}
-	m.committed = true
+	m.Committed = true
 	return id, nil
 }
 
@@ -218,7 +210,7 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 // aborts, and waits for before deleting the work directory under it.
 func (m *machine) Destroy(ctx context.Context) error {
 	m.mu.Lock()
-	m.destroyed = true
+	m.Destroyed = true
 	done := m.done
 	m.mu.Unlock()
 	m.kill()
@@ -230,7 +222,7 @@ func (m *machine) Destroy(ctx context.Context) error {
 		}
 	}
 	m.mu.Lock()
-	committed := m.committed
+	committed := m.Committed
 	m.mu.Unlock()
 	if committed {
 		return nil

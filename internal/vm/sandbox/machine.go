@@ -33,15 +33,12 @@ type machine struct {
 
 	owner proc.Owner // the hm process the machine belongs to
 
-	mu        sync.Mutex
-	init      *initProc     // the running init, nil otherwise
-	done      chan struct{} // closed when Run returns; nil before Run
-	ran       bool          // Run returned without error
-	exit      int
-	committed bool
-	destroyed bool
-	cgroups   []string      // the step's cgroup directories, removed by Destroy
-	reaped    chan struct{} // closed once the init that ran the step is gone; nil if none
+	mu   sync.Mutex
+	init *initProc     // the running init, nil otherwise
+	done chan struct{} // closed when Run returns; nil before Run
+	vm.Lifecycle
+	cgroups []string      // the step's cgroup directories, removed by Destroy
+	reaped  chan struct{} // closed once the init that ran the step is gone; nil if none
 }
 
 // Inject implements vm.Machine: the workspace is written straight into the upper layer's
@@ -57,7 +54,7 @@ func (m *machine) Inject(ctx context.Context, ws *source.Tree) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.destroyed || m.done != nil {
+	if m.Destroyed || m.done != nil {
 		return fmt.Errorf("sandbox: inject: %w: machine already ran or was destroyed", errs.ErrInfra)
 	}
 	dir := filepath.Join(m.dir, "upper", vm.Workdir)
@@ -74,7 +71,7 @@ func (m *machine) Inject(ctx context.Context, ws *source.Tree) error {
 func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error) {
 	m.mu.Lock()
 	switch {
-	case m.destroyed:
+	case m.Destroyed:
 		m.mu.Unlock()
 		return -1, fmt.Errorf("sandbox: run: %w: machine destroyed", errs.ErrInfra)
 	case m.done != nil:
@@ -95,12 +92,12 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	switch {
 	case ctx.Err() != nil:
 		return -1, abortErr(ctx)
-	case m.destroyed:
+	case m.Destroyed:
 		return -1, fmt.Errorf("sandbox: run: %w: machine destroyed while running", errs.ErrCanceled)
 	case err != nil:
 		return -1, err
 	}
-	m.ran, m.exit = true, code
+	m.Ran, m.Exit = true, code
 	return code, nil
 }
 
@@ -117,7 +114,7 @@ func (m *machine) run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	defer sandboxinit.Trace(ip.cookie, "run: returns")
 	m.mu.Lock()
 	m.init = ip
-	abort := m.destroyed
+	abort := m.Destroyed
 	m.cgroups = ip.cgroups
 	m.mu.Unlock()
 	if abort {
@@ -233,13 +230,8 @@ func abortErr(ctx context.Context) error {
 func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	switch {
-	case m.destroyed:
-		return "", fmt.Errorf("sandbox: commit: %w: machine destroyed", errs.ErrInfra)
-	case m.committed:
-		return "", fmt.Errorf("sandbox: commit: %w: already committed", errs.ErrInfra)
-	case !m.ran || m.exit != 0:
-		return "", fmt.Errorf("sandbox: commit: %w: the step did not run to exit code 0", errs.ErrInfra)
+	if err := m.CommitAllowed(); err != nil {
+		return "", fmt.Errorf("sandbox: commit: %w", err)
 	}
 	// The owner in the id lets reconcile drop an ephemeral snapshot once its run is dead,
 	// and PruneSnapshots tell a kept one a live hm is about to register from an orphan.
@@ -277,7 +269,7 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 	if err := m.b.writeSnap(id, snapRecord{Image: m.image, Layers: chain}); err != nil {
 		return "", fmt.Errorf("sandbox: commit: %w: %v", errs.ErrInfra, err)
 	}
-	m.committed = true
+	m.Committed = true
 	return id, nil
 }
 
@@ -286,8 +278,8 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 // the trash and deleted in the background; Close waits for that.
 func (m *machine) Destroy(ctx context.Context) error {
 	m.mu.Lock()
-	first := !m.destroyed
-	m.destroyed = true
+	first := !m.Destroyed
+	m.Destroyed = true
 	done := m.done
 	m.mu.Unlock()
 	m.kill()
