@@ -42,7 +42,7 @@ func TestNothingLeftBehind(t *testing.T) {
 				e := newBackendEnv(t, bc)
 				writeTree(t, e.srcDir, map[string]string{".hm/ci.json": graph(0, []string{parent, tt.child}, edge)})
 				args := append([]string{"run", "--format", "json"}, bc.args...)
-				code := runUntilReady(t, e, args, tt.interrupt)
+				code, _ := runUntilReady(t, e, args, tt.interrupt)
 				if code != tt.code {
 					t.Fatalf("exit %d, want %d", code, tt.code)
 				}
@@ -68,8 +68,8 @@ func TestNothingLeftBehind(t *testing.T) {
 }
 
 // runUntilReady runs hm, applies interrupt once a step logged "ready", and returns the exit
-// code (-1 when hm was killed by a signal).
-func runUntilReady(t *testing.T, e *env, args []string, interrupt func(*exec.Cmd) error) int {
+// code (-1 when hm was killed by a signal) and what hm wrote on stderr.
+func runUntilReady(t *testing.T, e *env, args []string, interrupt func(*exec.Cmd) error) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -97,5 +97,5 @@ func runUntilReady(t *testing.T, e *env, args []string, interrupt func(*exec.Cmd
 	if interrupt != nil && !sent {
 		t.Fatalf("the step never got ready; stderr:\n%s", stderr.String())
 	}
-	return c.ProcessState.ExitCode()
+	return c.ProcessState.ExitCode(), stderr.String()
 }

@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"bufio"
+	"context"
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -69,4 +72,53 @@ func dockerCreated(t *testing.T, stateDir string, since, until time.Time) map[st
 		n[k]++
 	}
 	return n
+}
+
+// A second Ctrl-C exits at once, without waiting for the cleanup (Docker's container
+// removal takes long enough to be caught in between); the next run reconciles what was left.
+func TestSecondSIGINTExitsAtOnce(t *testing.T) {
+	bc, ok := dockerBackend(t)
+	if !ok {
+		t.Skip("needs the docker backend")
+	}
+	e := newEnv(t)
+	writeTree(t, e.srcDir, map[string]string{".hm/ci.json": graph(0, []string{
+		stepJSON("long", "echo ready; sleep 300", `"image":"ubuntu:24.04"`),
+	}, "")})
+	// The second SIGINT goes once the canceled step has ended, while its container is being
+	// removed: two signals sent back to back would merge into one pending signal.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := e.cmd(ctx, append([]string{"run", "--format", "json"}, bc.args...)...)
+	out, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	c.Stderr = &stderr
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	sent := 0
+	for sc.Scan() {
+		line := sc.Text()
+		if (sent == 0 && strings.Contains(line, `"line":"ready"`)) || (sent == 1 && strings.Contains(line, `"kind":"step_end"`)) {
+			sent++
+			if err := c.Process.Signal(syscall.SIGINT); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	c.Wait()
+	if code := c.ProcessState.ExitCode(); code != 130 || sent != 2 || !strings.Contains(stderr.String(), "interrupted again") {
+		t.Fatalf("exit %d after %d SIGINTs, stderr %q; want 130 from the second Ctrl-C", code, sent, stderr.String())
+	}
+	writeTree(t, e.srcDir, map[string]string{".hm/ci.json": graph(0, []string{stepJSON("ok", "true", `"image":"ubuntu:24.04"`)}, "")})
+	if r := e.run(append([]string{"run"}, bc.args...)...); r.code != 0 {
+		t.Fatalf("next run: exit %d\n%s", r.code, r.stderr)
+	}
+	if left := dockerLeftovers(t, e.stateDir); len(left) > 0 {
+		t.Errorf("left after the next run's reconcile: %v", left)
+	}
 }
