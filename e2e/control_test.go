@@ -58,10 +58,8 @@ func TestFailFastCancelsSibling(t *testing.T) {
 	if v.status["bad"] != 3 || v.status["sleeper"] != 130 {
 		t.Errorf("bad exit %d (want 3), sleeper exit %d (want 130: canceled)", v.status["bad"], v.status["sleeper"])
 	}
-	// The sleeper was cancelled rather than sleeping its 30 s out.
-	if r.elapsed > 20*time.Second {
-		t.Errorf("build took %s: the sleeping sibling was not cancelled", r.elapsed)
-	}
+	// Exit 130 above is the proof that the sleeper was killed, not left to sleep 30 s out;
+	// how fast is for bench/, the log only reports it.
 	t.Logf("fail-fast build took %s", r.elapsed)
 }
 
@@ -99,9 +97,6 @@ func TestStepTimeout(t *testing.T) {
 	if want := "step 'slow' timed out after 2s"; v.failures["slow"] != want {
 		t.Errorf("chain_failed message %q, want %q", v.failures["slow"], want)
 	}
-	if r.elapsed > 20*time.Second {
-		t.Errorf("took %s: the step was not killed at its timeout", r.elapsed)
-	}
 	t.Logf("2s step timeout on sleep 30 ended after %s", r.elapsed)
 }
 
@@ -123,12 +118,11 @@ func TestPipelineTimeout(t *testing.T) {
 				t.Fatalf("exit %d, want 124; stderr:\n%s", r.code, r.stderr)
 			}
 			v := view(t, parseEvents(t, r.stdout))
-			if v.buildEnd.ExitCode != 124 {
-				t.Errorf("build_end exit %d", v.buildEnd.ExitCode)
+			if v.buildEnd.ExitCode != 124 || v.status["slow"] != 130 {
+				t.Errorf("build_end exit %d (want 124), slow step exit %d (want 130: killed, not slept out)",
+					v.buildEnd.ExitCode, v.status["slow"])
 			}
-			if r.elapsed > 20*time.Second {
-				t.Errorf("took %s", r.elapsed)
-			}
+			t.Logf("3s pipeline timeout on sleep 30 ended after %s", r.elapsed)
 		})
 	}
 }
