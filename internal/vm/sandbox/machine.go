@@ -156,14 +156,17 @@ func (m *machine) run(ctx context.Context, stdout, stderr io.Writer) (int, error
 		m.mu.Lock()
 		m.reaped = ip.exited
 		m.mu.Unlock()
+		// The output is drained before the pipes may be closed: a slow consumer can still be
+		// reading what the step wrote long after the init has exited.
+		outErr := waitOutput()
 		m.b.bg.Go(func() {
 			<-ip.exited
 			sandboxinit.Trace(ip.cookie, "run: init reaped")
 			removeCgroups(ip.cgroups)
 			ip.close()
 		})
-		if err := waitOutput(); err != nil {
-			return -1, fmt.Errorf("sandbox: run: %w: writing output: %v", errs.ErrInfra, err)
+		if outErr != nil {
+			return -1, fmt.Errorf("sandbox: run: %w: writing output: %v", errs.ErrInfra, outErr)
 		}
 		return rep.Exit, nil
 	}
