@@ -6,6 +6,7 @@ package statedir
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -95,4 +96,23 @@ func Size(p string) (int64, error) {
 		return nil
 	})
 	return n, err
+}
+
+// CopyFile copies the regular file from to the new file to (which must not exist), through
+// io.Copy between two files: copy_file_range, a reflink where the filesystem shares extents.
+func CopyFile(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

@@ -161,3 +161,13 @@ func (l *Lifecycle) CommitAllowed() error {
 	}
 	return nil
 }
+
+// RunAborted is the error Run returns when ctx ended the step: ctx's error, with the cancel
+// cause (a step or pipeline timeout) when there is one, so the scheduler can tell them apart.
+func RunAborted(ctx context.Context, backend string) error {
+	err := ctx.Err()
+	if cause := context.Cause(ctx); cause != nil && cause != err {
+		return fmt.Errorf("%s: run aborted: %w (%w)", backend, err, cause)
+	}
+	return fmt.Errorf("%s: run aborted: %w", backend, err)
+}

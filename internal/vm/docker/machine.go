@@ -75,7 +75,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	m.started = true
 	m.mu.Unlock()
 	if ctx.Err() != nil {
-		return -1, abortErr(ctx)
+		return -1, vm.RunAborted(ctx, "docker")
 	}
 
 	hj, err := m.b.cli.ContainerAttach(ctx, m.id, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})
@@ -120,7 +120,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	m.mu.Unlock()
 	switch {
 	case ctx.Err() != nil:
-		return -1, abortErr(ctx)
+		return -1, vm.RunAborted(ctx, "docker")
 	case destroyed:
 		return -1, fmt.Errorf("docker: run: %w: machine destroyed while running", errs.ErrCanceled)
 	case err != nil:
@@ -145,17 +145,9 @@ func (m *machine) runErr(ctx context.Context, op string, err error) error {
 		return fmt.Errorf("docker: run: %w: machine destroyed while running (%s: %v)", errs.ErrCanceled, op, err)
 	}
 	if ctx.Err() != nil {
-		return abortErr(ctx)
+		return vm.RunAborted(ctx, "docker")
 	}
 	return apiErr(ctx, "run: "+op, err)
-}
-
-func abortErr(ctx context.Context) error {
-	err := ctx.Err()
-	if cause := context.Cause(ctx); cause != nil && cause != err {
-		return fmt.Errorf("docker: run aborted: %w (%w)", err, cause)
-	}
-	return fmt.Errorf("docker: run aborted: %w", err)
 }
 
 // Commit implements vm.Machine.

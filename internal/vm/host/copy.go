@@ -3,12 +3,12 @@ package host
 import (
 	"context"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
 
+	"github.com/hmci/hm/internal/statedir"
 	"golang.org/x/sys/unix"
 )
 
@@ -101,7 +101,7 @@ func (c *copier) entry(from, to string, fi fs.FileInfo) error {
 			}
 			c.links[id] = to
 		}
-		if err := c.file(from, to); err != nil {
+		if err := statedir.CopyFile(from, to); err != nil {
 			return err
 		}
 		return c.meta(to, fi, false)
@@ -117,23 +117,6 @@ func (c *copier) entry(from, to string, fi fs.FileInfo) error {
 		return c.meta(to, fi, false)
 	}
 	return nil // sockets; devices when not root
-}
-
-func (c *copier) file(from, to string) error {
-	in, err := os.Open(from)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, in)
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // meta applies owner, mode and times of fi to p. Owner first: chown clears setuid bits.

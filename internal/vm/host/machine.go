@@ -72,7 +72,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 
 	switch {
 	case aborted:
-		return -1, abortErr(ctx)
+		return -1, vm.RunAborted(ctx, "host")
 	case destroyed:
 		return -1, fmt.Errorf("host: run: %w: machine destroyed while running", errs.ErrCanceled)
 	case waitErr != nil && !isExit(waitErr):
@@ -99,7 +99,7 @@ func (m *machine) start(ctx context.Context, stdout, stderr io.Writer) (*exec.Cm
 	case m.done != nil || m.Committed:
 		return nil, nil, fmt.Errorf("host: run: %w: Run called twice", errs.ErrInfra)
 	case ctx.Err() != nil:
-		return nil, nil, abortErr(ctx)
+		return nil, nil, vm.RunAborted(ctx, "host")
 	}
 	cmd := exec.Command("/bin/sh", "-c", m.spec.Cmd)
 	cmd.Dir = m.work
@@ -161,14 +161,6 @@ func waitExited(pid int) {
 			return
 		}
 	}
-}
-
-func abortErr(ctx context.Context) error {
-	err := ctx.Err()
-	if cause := context.Cause(ctx); cause != nil && cause != err {
-		return fmt.Errorf("host: run aborted: %w (%w)", err, cause)
-	}
-	return fmt.Errorf("host: run aborted: %w", err)
 }
 
 func isExit(err error) bool {

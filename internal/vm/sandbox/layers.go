@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -253,7 +252,7 @@ func copyEntry(from, to string, fi fs.FileInfo) error {
 		if err := os.Link(from, to); err == nil {
 			return nil
 		}
-		if err := copyFile(from, to); err != nil {
+		if err := statedir.CopyFile(from, to); err != nil {
 			return err
 		}
 		return copyMeta(to, fi, false)
@@ -274,23 +273,6 @@ func copyEntry(from, to string, fi fs.FileInfo) error {
 		return copyMeta(to, fi, false)
 	}
 	return nil
-}
-
-func copyFile(from, to string) error {
-	in, err := os.Open(from)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, in)
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // copyMeta applies owner, mode, times and xattrs (overlayfs' own excepted) of fi to p.

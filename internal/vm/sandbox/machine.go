@@ -79,7 +79,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 		return -1, fmt.Errorf("sandbox: run: %w: Run called twice", errs.ErrInfra)
 	case ctx.Err() != nil:
 		m.mu.Unlock()
-		return -1, abortErr(ctx)
+		return -1, vm.RunAborted(ctx, "sandbox")
 	}
 	m.done = make(chan struct{})
 	m.mu.Unlock()
@@ -91,7 +91,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	m.cgroups = nil // run removed them, or will once the init is gone
 	switch {
 	case ctx.Err() != nil:
-		return -1, abortErr(ctx)
+		return -1, vm.RunAborted(ctx, "sandbox")
 	case m.Destroyed:
 		return -1, fmt.Errorf("sandbox: run: %w: machine destroyed while running", errs.ErrCanceled)
 	case err != nil:
@@ -217,14 +217,6 @@ func (m *machine) kill() {
 	if ip != nil {
 		_ = ip.proc.Kill() // through a pidfd: never another process that got the number
 	}
-}
-
-func abortErr(ctx context.Context) error {
-	err := ctx.Err()
-	if cause := context.Cause(ctx); cause != nil && cause != err {
-		return fmt.Errorf("sandbox: run aborted: %w (%w)", err, cause)
-	}
-	return fmt.Errorf("sandbox: run aborted: %w", err)
 }
 
 // Commit implements vm.Machine: the upper directory is renamed into an immutable layer and
