@@ -49,10 +49,10 @@ minimal. An existing .hm/pipeline.yaml is never overwritten.`, strings.Join(fron
 			}
 			if _, err := f.Write(data); err != nil {
 				f.Close()
-				return fmt.Errorf("write %s: %w: %v", path, errs.ErrInfra, err)
+				return fmt.Errorf("write %s: %w: %w", path, errs.ErrInfra, err)
 			}
 			if err := f.Close(); err != nil {
-				return fmt.Errorf("write %s: %w: %v", path, errs.ErrInfra, err)
+				return fmt.Errorf("write %s: %w: %w", path, errs.ErrInfra, err)
 			}
 			fmt.Fprintf(stdio.Out, "wrote %s (template %s)\nrun it with: hm run", path, template)
 			if dir != "." {

@@ -9,7 +9,9 @@ import (
 	"io"
 )
 
-// Sentinel classes. Wrap them: fmt.Errorf("docker: create: %w: %v", errs.ErrUnavailable, err).
+// Sentinel classes. Wrap both the class and the cause, so that callers can test either:
+// fmt.Errorf("docker: create: %w: %w", errs.ErrUnavailable, err) keeps errors.Is(err,
+// fs.ErrNotExist) (or ENOSPC, or a Docker conflict) true beside errors.Is(err, errs.ErrUnavailable).
 var (
 	ErrUsage         = errors.New("usage error")
 	ErrInvalid       = errors.New("pipeline invalid")

@@ -111,7 +111,7 @@ func (s *Store) Resolve(ctx context.Context, ref string) (Resolved, error) {
 	for i, l := range img.Layers {
 		dirs[i] = s.layerDir(l)
 		if _, err := os.Stat(dirs[i]); err != nil {
-			return Resolved{}, fmt.Errorf("imagestore: image %s: layer %s: %w: %v", img.ID, l, errs.ErrImageNotFound, err)
+			return Resolved{}, fmt.Errorf("imagestore: image %s: layer %s: %w: %w", img.ID, l, errs.ErrImageNotFound, err)
 		}
 	}
 	return Resolved{ID: img.ID, Dirs: dirs}, nil
@@ -232,7 +232,7 @@ func (s *Store) Remove(ctx context.Context, ref string) error {
 		return s.writeRecord(img)
 	}
 	if err := s.discard(s.recordPath(img.ID)); err != nil {
-		return fmt.Errorf("imagestore: remove %s: %w: %v", img.ID, errs.ErrInfra, err)
+		return fmt.Errorf("imagestore: remove %s: %w: %w", img.ID, errs.ErrInfra, err)
 	}
 	return s.gcLayers()
 }
@@ -251,7 +251,7 @@ func (s *Store) gcLayers() error {
 	}
 	names, err := statedir.List(filepath.Join(s.dir, "layers"))
 	if err != nil {
-		return fmt.Errorf("imagestore: %w: %v", errs.ErrInfra, err)
+		return fmt.Errorf("imagestore: %w: %w", errs.ErrInfra, err)
 	}
 	var errList []error
 	for _, n := range names {
@@ -260,7 +260,7 @@ func (s *Store) gcLayers() error {
 		}
 	}
 	if err := errors.Join(errList...); err != nil {
-		return fmt.Errorf("imagestore: removing layers: %w: %v", errs.ErrInfra, err)
+		return fmt.Errorf("imagestore: removing layers: %w: %w", errs.ErrInfra, err)
 	}
 	return nil
 }
@@ -282,7 +282,7 @@ func (s *Store) Reconcile(ctx context.Context) error {
 		}
 	}
 	if err := errors.Join(errList...); err != nil {
-		return fmt.Errorf("imagestore: reconcile: %w: %v", errs.ErrInfra, err)
+		return fmt.Errorf("imagestore: reconcile: %w: %w", errs.ErrInfra, err)
 	}
 	return nil
 }
@@ -302,7 +302,7 @@ func (s *Store) records() ([]Image, error) {
 	dir := filepath.Join(s.dir, "meta")
 	names, err := statedir.List(dir)
 	if err != nil {
-		return nil, fmt.Errorf("imagestore: %w: %v", errs.ErrInfra, err)
+		return nil, fmt.Errorf("imagestore: %w: %w", errs.ErrInfra, err)
 	}
 	var imgs []Image
 	for _, n := range names {
@@ -314,11 +314,11 @@ func (s *Store) records() ([]Image, error) {
 			continue // removed meanwhile
 		}
 		if err != nil {
-			return nil, fmt.Errorf("imagestore: %w: %v", errs.ErrInfra, err)
+			return nil, fmt.Errorf("imagestore: %w: %w", errs.ErrInfra, err)
 		}
 		var img Image
 		if err := json.Unmarshal(b, &img); err != nil {
-			return nil, fmt.Errorf("imagestore: record %s: %w: %v", n, errs.ErrInfra, err)
+			return nil, fmt.Errorf("imagestore: record %s: %w: %w", n, errs.ErrInfra, err)
 		}
 		imgs = append(imgs, img)
 	}
@@ -334,10 +334,10 @@ func (s *Store) writeRecord(img Image) error {
 	p := s.recordPath(img.ID)
 	tmp := p + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("imagestore: %w: %v", errs.ErrInfra, err)
+		return fmt.Errorf("imagestore: %w: %w", errs.ErrInfra, err)
 	}
 	if err := os.Rename(tmp, p); err != nil {
-		return fmt.Errorf("imagestore: %w: %v", errs.ErrInfra, err)
+		return fmt.Errorf("imagestore: %w: %w", errs.ErrInfra, err)
 	}
 	return nil
 }
@@ -346,7 +346,7 @@ func (s *Store) writeRecord(img Image) error {
 func (s *Store) lock() (unlock func(), err error) {
 	for _, d := range []string{"layers", "meta", "tmp", "trash"} {
 		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o755); err != nil {
-			return nil, fmt.Errorf("imagestore: state dir: %w: %v", errs.ErrInfra, err)
+			return nil, fmt.Errorf("imagestore: state dir: %w: %w", errs.ErrInfra, err)
 		}
 	}
 	return statedir.Lock(filepath.Join(s.dir, "lock"))

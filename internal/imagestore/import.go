@@ -148,7 +148,7 @@ func openMaybeGzip(file string) (io.ReadCloser, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, errs.New(errs.ErrUsage, "file_not_found", "", "%s: no such file", file)
 		}
-		return nil, fmt.Errorf("imagestore: %w: %v", errs.ErrInfra, err)
+		return nil, fmt.Errorf("imagestore: %w: %w", errs.ErrInfra, err)
 	}
 	br := bufio.NewReader(f)
 	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
@@ -342,11 +342,11 @@ func defaultName(file string) string {
 func (s *Store) importImage(ctx context.Context, img v1.Image, names []string, source string) (Image, error) {
 	id, err := img.ConfigName()
 	if err != nil {
-		return Image{}, fmt.Errorf("imagestore: image config: %w: %v", errs.ErrInfra, err)
+		return Image{}, fmt.Errorf("imagestore: image config: %w: %w", errs.ErrInfra, err)
 	}
 	layers, err := img.Layers()
 	if err != nil {
-		return Image{}, fmt.Errorf("imagestore: image layers: %w: %v", errs.ErrInfra, err)
+		return Image{}, fmt.Errorf("imagestore: image layers: %w: %w", errs.ErrInfra, err)
 	}
 	tmp, cleanup, err := s.tmpDir()
 	if err != nil {
@@ -359,7 +359,7 @@ func (s *Store) importImage(ctx context.Context, img v1.Image, names []string, s
 	for i, l := range layers {
 		diff, err := l.DiffID()
 		if err != nil {
-			return Image{}, fmt.Errorf("imagestore: layer %d: %w: %v", i, errs.ErrInfra, err)
+			return Image{}, fmt.Errorf("imagestore: layer %d: %w: %w", i, errs.ErrInfra, err)
 		}
 		out.Layers = append(out.Layers, diff.String())
 		if sz, err := l.Size(); err == nil {
@@ -388,7 +388,7 @@ func unpackError(ctx context.Context, what string, err error) error {
 	if errors.As(err, &e) {
 		return err
 	}
-	return fmt.Errorf("imagestore: %s: %w: %v", what, errs.ErrInfra, err)
+	return fmt.Errorf("imagestore: %s: %w: %w", what, errs.ErrInfra, err)
 }
 
 // unpackLayer unpacks one layer into dir, checking that its content matches its diff id.
@@ -436,7 +436,7 @@ func (s *Store) commit(img Image, fresh map[string]string) error {
 			if _, serr := os.Stat(dst); serr == nil {
 				continue // unpacked meanwhile by another import; the tmp copy goes with tmp
 			}
-			return fmt.Errorf("imagestore: %w: %v", errs.ErrInfra, err)
+			return fmt.Errorf("imagestore: %w: %w", errs.ErrInfra, err)
 		}
 	}
 	imgs, err := s.records()
@@ -472,11 +472,11 @@ func (s *Store) commit(img Image, fresh map[string]string) error {
 // process die before cleanup runs.
 func (s *Store) tmpDir() (string, func(), error) {
 	if err := os.MkdirAll(filepath.Join(s.dir, "tmp"), 0o755); err != nil {
-		return "", nil, fmt.Errorf("imagestore: state dir: %w: %v", errs.ErrInfra, err)
+		return "", nil, fmt.Errorf("imagestore: state dir: %w: %w", errs.ErrInfra, err)
 	}
 	dir := filepath.Join(s.dir, "tmp", proc.NewCookie(proc.Self()))
 	if err := os.Mkdir(dir, 0o755); err != nil {
-		return "", nil, fmt.Errorf("imagestore: %w: %v", errs.ErrInfra, err)
+		return "", nil, fmt.Errorf("imagestore: %w: %w", errs.ErrInfra, err)
 	}
 	return dir, func() { _ = statedir.RemoveAll(dir) }, nil
 }

@@ -71,7 +71,7 @@ type walker struct {
 // matcher sees it (relative to the repository top), ps the patterns inherited from above.
 func (w *walker) walk(rel string, match []string, ps []gitignore.Pattern) error {
 	if err := w.ctx.Err(); err != nil {
-		return fmt.Errorf("source: pack: %w: %v", errs.ErrCanceled, err)
+		return fmt.Errorf("source: pack: %w: %w", errs.ErrCanceled, err)
 	}
 	dir := filepath.Join(w.root, filepath.FromSlash(rel))
 	own, err := readPatterns(filepath.Join(dir, ".gitignore"), match)

@@ -61,7 +61,7 @@ func (t *Tree) WriteTar(w io.Writer, prefix string) error {
 		}
 	}
 	if err := tw.Close(); err != nil {
-		return fmt.Errorf("source: tar: %w: %v", errs.ErrInfra, err)
+		return fmt.Errorf("source: tar: %w: %w", errs.ErrInfra, err)
 	}
 	return nil
 }

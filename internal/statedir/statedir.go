@@ -54,7 +54,7 @@ func RemoveAll(p string) error {
 func Lock(path string) (unlock func(), err error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w: %v", path, errs.ErrInfra, err)
+		return nil, fmt.Errorf("lock %s: %w: %w", path, errs.ErrInfra, err)
 	}
 	for {
 		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
@@ -64,7 +64,7 @@ func Lock(path string) (unlock func(), err error) {
 	}
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("lock %s: %w: %v", path, errs.ErrInfra, err)
+		return nil, fmt.Errorf("lock %s: %w: %w", path, errs.ErrInfra, err)
 	}
 	return func() { f.Close() }, nil
 }

@@ -249,7 +249,7 @@ func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 			_ = b.removeContainer(context.WithoutCancel(ctx), name)
 		}
 		if cerrdefs.IsNotFound(err) {
-			return nil, fmt.Errorf("docker: create from %s: %w: %v", base, errs.ErrInfra, err)
+			return nil, fmt.Errorf("docker: create from %s: %w: %w", base, errs.ErrInfra, err)
 		}
 		return nil, apiErr(ctx, "create container", err)
 	}
@@ -519,9 +519,9 @@ func apiErr(ctx context.Context, op string, err error) error {
 	case ctx.Err() != nil:
 		return fmt.Errorf("docker: %s: %w", op, ctx.Err())
 	case client.IsErrConnectionFailed(err):
-		return fmt.Errorf("docker: %s: %w: %v", op, errs.ErrUnavailable, err)
+		return fmt.Errorf("docker: %s: %w: %w", op, errs.ErrUnavailable, err)
 	}
-	return fmt.Errorf("docker: %s: %w: %v", op, errs.ErrInfra, err)
+	return fmt.Errorf("docker: %s: %w: %w", op, errs.ErrInfra, err)
 }
 
 func randomHex(n int) string {

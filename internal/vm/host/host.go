@@ -96,7 +96,7 @@ func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 	m := &machine{spec: spec, cookie: cookie, work: filepath.Join(b.dir, "work", cookie), b: b}
 	if spec.Parent == "" {
 		if err := os.Mkdir(m.work, 0o755); err != nil {
-			return nil, fmt.Errorf("host: create: %w: %v", errs.ErrInfra, err)
+			return nil, fmt.Errorf("host: create: %w: %w", errs.ErrInfra, err)
 		}
 		return m, nil
 	}
@@ -113,7 +113,7 @@ func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("host: create from snapshot %s: %w", spec.Parent, err)
 		}
-		return nil, fmt.Errorf("host: create from snapshot %s: %w: %v", spec.Parent, errs.ErrInfra, err)
+		return nil, fmt.Errorf("host: create from snapshot %s: %w: %w", spec.Parent, errs.ErrInfra, err)
 	}
 	return m, nil
 }
@@ -121,7 +121,7 @@ func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 func (b *Backend) mkdirs() error {
 	for _, d := range []string{"work", "snap", "trash"} {
 		if err := os.MkdirAll(filepath.Join(b.dir, d), 0o755); err != nil {
-			return fmt.Errorf("host: state dir: %w: %v", errs.ErrInfra, err)
+			return fmt.Errorf("host: state dir: %w: %w", errs.ErrInfra, err)
 		}
 	}
 	return nil
@@ -147,7 +147,7 @@ func (b *Backend) SnapshotExists(ctx context.Context, id string) (bool, error) {
 	case errors.Is(err, fs.ErrNotExist):
 		return false, nil
 	case err != nil:
-		return false, fmt.Errorf("host: snapshot %s: %w: %v", id, errs.ErrInfra, err)
+		return false, fmt.Errorf("host: snapshot %s: %w: %w", id, errs.ErrInfra, err)
 	}
 	return fi.IsDir(), nil
 }
@@ -159,7 +159,7 @@ func (b *Backend) RemoveSnapshot(ctx context.Context, id string) error {
 		return fmt.Errorf("host: remove snapshot: %w: %q is not a host snapshot id", errs.ErrInfra, id)
 	}
 	if err := b.discard(p); err != nil {
-		return fmt.Errorf("host: remove snapshot %s: %w: %v", id, errs.ErrInfra, err)
+		return fmt.Errorf("host: remove snapshot %s: %w: %w", id, errs.ErrInfra, err)
 	}
 	return nil
 }
@@ -231,7 +231,7 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 		}
 	}
 	if err := errors.Join(errList...); err != nil {
-		return fmt.Errorf("host: reconcile: %w: %v", errs.ErrInfra, err)
+		return fmt.Errorf("host: reconcile: %w: %w", errs.ErrInfra, err)
 	}
 	return nil
 }
@@ -244,7 +244,7 @@ func (b *Backend) SnapshotSize(ctx context.Context, id string) (int64, error) {
 	}
 	n, err := statedir.Size(p)
 	if err != nil {
-		return 0, fmt.Errorf("host: snapshot size %s: %w: %v", id, errs.ErrInfra, err)
+		return 0, fmt.Errorf("host: snapshot size %s: %w: %w", id, errs.ErrInfra, err)
 	}
 	return n, nil
 }
@@ -254,7 +254,7 @@ func (b *Backend) SnapshotSize(ctx context.Context, id string) (int64, error) {
 func (b *Backend) PruneSnapshots(ctx context.Context, keep func(id string) bool) ([]string, error) {
 	names, err := statedir.List(filepath.Join(b.dir, "snap"))
 	if err != nil {
-		return nil, fmt.Errorf("host: prune snapshots: %w: %v", errs.ErrInfra, err)
+		return nil, fmt.Errorf("host: prune snapshots: %w: %w", errs.ErrInfra, err)
 	}
 	var removed []string
 	for _, n := range names {

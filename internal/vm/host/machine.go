@@ -76,7 +76,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	case destroyed:
 		return -1, fmt.Errorf("host: run: %w: machine destroyed while running", errs.ErrCanceled)
 	case waitErr != nil && !isExit(waitErr):
-		return -1, fmt.Errorf("host: run: %w: %v", errs.ErrInfra, waitErr)
+		return -1, fmt.Errorf("host: run: %w: %w", errs.ErrInfra, waitErr)
 	case outErr != nil:
 		return -1, fmt.Errorf("host: run: %w: writing output: %v", errs.ErrInfra, outErr)
 	}
@@ -120,7 +120,7 @@ func (m *machine) start(ctx context.Context, stdout, stderr io.Writer) (*exec.Cm
 		r, pw, err := os.Pipe()
 		if err != nil {
 			closeAll()
-			return nil, nil, fmt.Errorf("host: run: %w: %v", errs.ErrInfra, err)
+			return nil, nil, fmt.Errorf("host: run: %w: %w", errs.ErrInfra, err)
 		}
 		if w == nil {
 			w = io.Discard
@@ -192,7 +192,7 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 		id = ephemeralPrefix + m.cookie
 	}
 	if err := os.Rename(m.work, filepath.Join(m.b.dir, "snap", id)); err != nil {
-		return "", fmt.Errorf("host: commit: %w: %v", errs.ErrInfra, err)
+		return "", fmt.Errorf("host: commit: %w: %w", errs.ErrInfra, err)
 	}
 	m.Committed = true
 	return id, nil
@@ -220,7 +220,7 @@ func (m *machine) Destroy(ctx context.Context) error {
 		return nil
 	}
 	if err := m.b.discard(m.work); err != nil {
-		return fmt.Errorf("host: destroy: %w: %v", errs.ErrInfra, err)
+		return fmt.Errorf("host: destroy: %w: %w", errs.ErrInfra, err)
 	}
 	return nil
 }

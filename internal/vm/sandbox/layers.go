@@ -38,7 +38,7 @@ func (b *Backend) readSnap(id string) (snapRecord, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			return snapRecord{}, fmt.Errorf("snapshot %s: %w", id, fs.ErrNotExist)
 		}
-		return snapRecord{}, fmt.Errorf("sandbox: snapshot %s: %w: %v", id, errs.ErrInfra, err)
+		return snapRecord{}, fmt.Errorf("sandbox: snapshot %s: %w: %w", id, errs.ErrInfra, err)
 	}
 	var r snapRecord
 	if err := json.Unmarshal(data, &r); err != nil || r.Image == "" {

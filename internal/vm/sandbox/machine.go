@@ -59,7 +59,7 @@ func (m *machine) Inject(ctx context.Context, ws *source.Tree) error {
 	}
 	dir := filepath.Join(m.dir, "upper", vm.Workdir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("sandbox: inject: %w: %v", errs.ErrInfra, err)
+		return fmt.Errorf("sandbox: inject: %w: %w", errs.ErrInfra, err)
 	}
 	if err := ws.Materialize(dir); err != nil {
 		return fmt.Errorf("sandbox: inject: %w", err)
@@ -194,7 +194,7 @@ func startError(err error) error {
 		errors.Is(err, syscall.EUSERS) {
 		return Unavailable("the kernel refused to create the sandbox's namespaces: %v", err)
 	}
-	return fmt.Errorf("sandbox: start init: %w: %v", errs.ErrInfra, err)
+	return fmt.Errorf("sandbox: start init: %w: %w", errs.ErrInfra, err)
 }
 
 // setupError turns the init's report into an error.
@@ -254,7 +254,7 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 	}
 	defer unlock()
 	if err := os.Rename(src, m.b.layerDir(layer)); err != nil {
-		return "", fmt.Errorf("sandbox: commit: %w: %v", errs.ErrInfra, err)
+		return "", fmt.Errorf("sandbox: commit: %w: %w", errs.ErrInfra, err)
 	}
 	if src != m.flatDir() {
 		// Run returned before the init's exit unmounted the step's overlay: the layer may
@@ -262,7 +262,7 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 		m.b.markBusy(layer, m.reaped)
 	}
 	if err := m.b.writeSnap(id, snapRecord{Image: m.image, Layers: chain}); err != nil {
-		return "", fmt.Errorf("sandbox: commit: %w: %v", errs.ErrInfra, err)
+		return "", fmt.Errorf("sandbox: commit: %w: %w", errs.ErrInfra, err)
 	}
 	m.Committed = true
 	return id, nil
@@ -294,7 +294,7 @@ func (m *machine) Destroy(ctx context.Context) error {
 	// (Close waits for it, and reconcile finishes it after a crash).
 	t, err := m.b.toTrash(m.dir)
 	if err != nil {
-		return fmt.Errorf("sandbox: destroy: %w: %v", errs.ErrInfra, err)
+		return fmt.Errorf("sandbox: destroy: %w: %w", errs.ErrInfra, err)
 	}
 	m.b.removeInBackground(t, reaped)
 	// A parent snapshot removed while this machine used its layers left them for the
@@ -302,7 +302,7 @@ func (m *machine) Destroy(ctx context.Context) error {
 	if first && m.spec.Parent != "" {
 		if ok, err := m.b.SnapshotExists(ctx, m.spec.Parent); err == nil && !ok {
 			if err := m.b.gc(); err != nil {
-				return fmt.Errorf("sandbox: destroy: %w: %v", errs.ErrInfra, err)
+				return fmt.Errorf("sandbox: destroy: %w: %w", errs.ErrInfra, err)
 			}
 		}
 	}

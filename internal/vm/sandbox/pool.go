@@ -52,7 +52,7 @@ func (b *Backend) startInit(cookie string) (*initProc, error) {
 		if err != nil {
 			closeAll(files...)
 			ip.close()
-			return nil, fmt.Errorf("sandbox: start init: %w: %v", errs.ErrInfra, err)
+			return nil, fmt.Errorf("sandbox: start init: %w: %w", errs.ErrInfra, err)
 		}
 		if p.ours == &ip.cfgW {
 			*p.ours, files = w, append(files, r)

@@ -94,7 +94,7 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 		errList = append(errList, b.store.Reconcile(ctx))
 	}
 	if err := errors.Join(errList...); err != nil {
-		return fmt.Errorf("sandbox: reconcile: %w: %v", errs.ErrInfra, err)
+		return fmt.Errorf("sandbox: reconcile: %w: %w", errs.ErrInfra, err)
 	}
 	b.refill() // steps come next: have an init ready for the first
 	return nil

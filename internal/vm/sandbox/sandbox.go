@@ -149,14 +149,14 @@ func New(stateDir string, store *imagestore.Store, opts Options) (*Backend, erro
 		opts.MaxChain = DefaultMaxChain
 	}
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
-		return nil, fmt.Errorf("sandbox: state dir: %w: %v", errs.ErrInfra, err)
+		return nil, fmt.Errorf("sandbox: state dir: %w: %w", errs.ErrInfra, err)
 	}
 	abs, err := filepath.Abs(stateDir)
 	if err == nil {
 		abs, err = filepath.EvalSymlinks(abs)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("sandbox: state dir: %w: %v", errs.ErrInfra, err)
+		return nil, fmt.Errorf("sandbox: state dir: %w: %w", errs.ErrInfra, err)
 	}
 	b := &Backend{state: abs, dir: filepath.Join(abs, "sandbox"), store: store, opts: opts, ownerOf: ownerOf}
 	if err := b.mkdirs(); err != nil {
@@ -176,7 +176,7 @@ func ownerOf(pid int) (proc.Owner, error) {
 func (b *Backend) mkdirs() error {
 	for _, d := range []string{"machines", "layers", "snaps", "trash"} {
 		if err := os.MkdirAll(filepath.Join(b.dir, d), 0o755); err != nil {
-			return fmt.Errorf("sandbox: state dir: %w: %v", errs.ErrInfra, err)
+			return fmt.Errorf("sandbox: state dir: %w: %w", errs.ErrInfra, err)
 		}
 	}
 	return nil
@@ -274,7 +274,7 @@ func reversed(s []string) []string {
 func (m *machine) prepare(lowers []string) error {
 	fail := func(err error) error {
 		_ = m.b.discard(m.dir)
-		return fmt.Errorf("sandbox: create: %w: %v", errs.ErrInfra, err)
+		return fmt.Errorf("sandbox: create: %w: %w", errs.ErrInfra, err)
 	}
 	if err := os.Mkdir(m.dir, 0o700); err != nil {
 		return fail(err)
@@ -350,7 +350,7 @@ func (b *Backend) RemoveSnapshot(ctx context.Context, id string) error {
 	unlock()
 	err = errors.Join(err, removeAll(trash...))
 	if err != nil {
-		return fmt.Errorf("sandbox: remove snapshot %s: %w: %v", id, errs.ErrInfra, err)
+		return fmt.Errorf("sandbox: remove snapshot %s: %w: %w", id, errs.ErrInfra, err)
 	}
 	return nil
 }
@@ -360,7 +360,7 @@ func (b *Backend) RemoveSnapshot(ctx context.Context, id string) error {
 func (b *Backend) PruneSnapshots(ctx context.Context, keep func(id string) bool) ([]string, error) {
 	names, err := statedir.List(filepath.Join(b.dir, "snaps"))
 	if err != nil {
-		return nil, fmt.Errorf("sandbox: prune snapshots: %w: %v", errs.ErrInfra, err)
+		return nil, fmt.Errorf("sandbox: prune snapshots: %w: %w", errs.ErrInfra, err)
 	}
 	var removed []string
 	for _, n := range names {

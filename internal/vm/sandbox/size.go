@@ -20,7 +20,7 @@ func (b *Backend) SnapshotSize(ctx context.Context, id string) (int64, error) {
 	}
 	n, err := statedir.Size(b.layerDir(r.Layers[0]))
 	if err != nil {
-		return 0, fmt.Errorf("sandbox: snapshot size %s: %w: %v", id, errs.ErrInfra, err)
+		return 0, fmt.Errorf("sandbox: snapshot size %s: %w: %w", id, errs.ErrInfra, err)
 	}
 	return n, nil
 }
