@@ -18,6 +18,7 @@ import (
 
 	"github.com/hmci/hm/internal/cachekey"
 	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/statedir"
 )
 
 // Entry maps (Backend, Base, Key) to the snapshot that holds the step's result.
@@ -54,10 +55,20 @@ func Open(ctx context.Context, path string) (*Registry, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("registry: %w: %w", errs.ErrInfra, err)
 	}
-	// busy_timeout is applied before journal_mode by the driver, so converting a fresh file to
-	// WAL waits for a concurrent opener instead of failing. _txlock=immediate makes every
-	// BeginTx take the write lock up front: a deferred transaction that reads then writes can
-	// fail with SQLITE_BUSY without waiting when another process wrote in between.
+	// Creating the file, switching it to WAL and migrating happen under a lock beside it.
+	// busy_timeout (applied before journal_mode by the driver) is not enough on a fresh file:
+	// a connection that arrives while another converts the file to WAL can get SQLITE_BUSY
+	// without the busy handler being called, so two hm processes starting on a fresh state
+	// dir failed with an infrastructure error (TestOpenConcurrentFresh). WAL is persistent,
+	// so connections the pool opens later find the file converted and migrated.
+	unlock, err := statedir.Lock(path + ".lock")
+	if err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	defer unlock()
+	// _txlock=immediate makes every BeginTx take the write lock up front: a deferred
+	// transaction that reads then writes can fail with SQLITE_BUSY without waiting when
+	// another process wrote in between.
 	dsn := path + fmt.Sprintf("?_pragma=busy_timeout(%d)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate",
 		busyTimeout.Milliseconds())
 	db, err := sql.Open("sqlite", dsn)

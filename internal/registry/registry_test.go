@@ -133,6 +133,37 @@ func TestEvictLRU(t *testing.T) {
 	}
 }
 
+// Several hm processes starting at once on a fresh state dir all open the registry: creating
+// the file, switching it to WAL and migrating its schema must not fail one of them with
+// SQLITE_BUSY. Fresh files in several rounds, because the window is only on first use.
+func TestOpenConcurrentFresh(t *testing.T) {
+	const rounds, openers = 50, 8
+	for round := range rounds {
+		path := filepath.Join(t.TempDir(), fmt.Sprint(round), "registry.db")
+		var wg sync.WaitGroup
+		errc := make(chan error, openers)
+		for range openers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := Open(context.Background(), path)
+				if err != nil {
+					errc <- err
+					return
+				}
+				errc <- r.Close()
+			}()
+		}
+		wg.Wait()
+		close(errc)
+		for err := range errc {
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+	}
+}
+
 // Two hm processes (two Registry instances on one file) build the same keys concurrently:
 // exactly one snapshot per key is registered and every caller learns which.
 func TestRegisterRace(t *testing.T) {
