@@ -212,6 +212,30 @@ func TestImages(t *testing.T) {
 	}
 }
 
+// Fail-fast cancels a step while its image is being resolved; a step behind a
+// continue_on_failure barrier with the same image must still get the image: the resolution
+// belongs to no one step, and a cancellation is not cached as the image's result.
+func TestImageResolveOutlivesCanceledStep(t *testing.T) {
+	p, err := ir.Parse([]byte(`{"version":"0","default_image":"busybox","steps":[
+		{"type":"command","key":"victim","cmd":"ok","image":"slow"},
+		{"type":"command","key":"breaker","cmd":"wait slow-resolving fail 1"},
+		{"type":"wait","continue_on_failure":true},
+		{"type":"command","key":"same-image","cmd":"ok","image":"slow"},
+		{"type":"command","key":"release","cmd":"signal slow-release"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl := plan.New(p)
+	f := newFakeVM()
+	f.slowImage = "slow"
+	res, rec := runPlan(t, context.Background(), pl, f, Options{})
+	want := map[string]Status{"victim": Skipped, "breaker": Failed, "same-image": Passed, "release": Passed}
+	if diff := cmp.Diff(want, statuses(pl, res)); diff != "" {
+		t.Errorf("statuses (-want +got):\n%s\nevents: %v", diff, rec.byStep())
+	}
+	checkBuildEvents(t, rec, res)
+}
+
 // Events of one step keep their order even with many steps logging concurrently.
 func TestLogOrderPerStep(t *testing.T) {
 	var steps []step

@@ -30,6 +30,7 @@ type fakeVM struct {
 	gen       *gate
 	nextSnap  int
 	missImage string
+	slowImage string // ResolveImage fires REF-resolving, then waits for REF-release
 }
 
 func newFakeVM() *fakeVM {
@@ -49,12 +50,32 @@ func (f *fakeVM) signal(name string) chan struct{} {
 
 func (f *fakeVM) Name() string { return "fake" }
 
-func (f *fakeVM) ResolveImage(_ context.Context, ref string) (string, error) {
+// fire closes signal name unless it is closed already.
+func (f *fakeVM) fire(name string) {
+	ch := f.signal(name)
+	select {
+	case <-ch:
+	default:
+		close(ch)
+	}
+}
+
+func (f *fakeVM) ResolveImage(ctx context.Context, ref string) (string, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.resolved = append(f.resolved, ref)
+	slow := ref == f.slowImage
+	f.mu.Unlock()
 	if ref == f.missImage {
 		return "", fmt.Errorf("no such image %q", ref)
+	}
+	if slow {
+		// A slow pull: says it has started, then lasts until signal REF-release.
+		f.fire(ref + "-resolving")
+		select {
+		case <-f.signal(ref + "-release"):
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
 	}
 	return "id:" + ref, nil
 }
@@ -135,7 +156,7 @@ func (m *fakeMachine) Run(ctx context.Context, stdout, _ io.Writer) (int, error)
 				return 0, ctx.Err()
 			}
 		case "signal":
-			close(f.signal(arg))
+			f.fire(arg)
 		case "gate":
 			if err := f.gen.wait(ctx); err != nil {
 				return 0, err

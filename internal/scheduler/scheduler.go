@@ -239,6 +239,7 @@ func (r *run) run(userCtx context.Context) Result {
 		}
 	}
 	r.wg.Wait()
+	r.images.wg.Wait()
 
 	res := Result{Steps: make([]Status, len(r.steps)), Duration: time.Since(start)}
 	failed := false

@@ -245,31 +245,74 @@ func (r *run) removeSnapshotNow(ctx context.Context, id string) {
 	_ = r.backend.RemoveSnapshot(ctx, id)
 }
 
-// imageCache resolves each image reference once per build.
+// imageCache resolves each image reference once per build. A resolution belongs to no one
+// step: it runs in its own goroutine, each step waits for it on its own ctx, and it is only
+// canceled when every step waiting for it has gone (fail-fast, cancel). A result that is a
+// context error is never kept: the next step to ask resolves again.
 type imageCache struct {
 	mu sync.Mutex
 	m  map[string]*imageEntry
+	wg sync.WaitGroup // resolutions still running; Run waits for them before it returns
 }
 
 type imageEntry struct {
-	once sync.Once
-	id   string
-	err  error
+	done    chan struct{} // closed when id and err are set
+	id      string
+	err     error
+	waiters int
+	cancel  context.CancelFunc
 }
 
 func (c *imageCache) resolve(ctx context.Context, b vm.Backend, ref string) (string, error) {
 	c.mu.Lock()
 	e, ok := c.m[ref]
 	if !ok {
-		e = &imageEntry{}
+		// Detached from the step's cancellation, not from its values.
+		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		e = &imageEntry{done: make(chan struct{}), cancel: cancel}
 		c.m[ref] = e
+		c.wg.Add(1)
+		go c.run(rctx, e, b, ref)
+	}
+	e.waiters++
+	c.mu.Unlock()
+
+	select {
+	case <-e.done:
+		c.mu.Lock()
+		e.waiters--
+		c.mu.Unlock()
+		return e.id, e.err
+	case <-ctx.Done():
+		c.mu.Lock()
+		e.waiters--
+		if e.waiters == 0 {
+			// Nobody wants it any more; forget it so a later step starts afresh instead
+			// of joining a resolution that is being canceled.
+			e.cancel()
+			if c.m[ref] == e {
+				delete(c.m, ref)
+			}
+		}
+		c.mu.Unlock()
+		return "", ctx.Err()
+	}
+}
+
+func (c *imageCache) run(ctx context.Context, e *imageEntry, b vm.Backend, ref string) {
+	defer c.wg.Done()
+	defer e.cancel()
+	id, err := b.ResolveImage(ctx, ref)
+	if err != nil && !strings.Contains(err.Error(), ref) {
+		err = fmt.Errorf("image %q: %w", ref, err)
+	}
+	c.mu.Lock()
+	e.id, e.err = id, err
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		if c.m[ref] == e {
+			delete(c.m, ref)
+		}
 	}
 	c.mu.Unlock()
-	e.once.Do(func() {
-		e.id, e.err = b.ResolveImage(ctx, ref)
-		if e.err != nil && !strings.Contains(e.err.Error(), ref) {
-			e.err = fmt.Errorf("image %q: %w", ref, e.err)
-		}
-	})
-	return e.id, e.err
+	close(e.done)
 }
