@@ -22,7 +22,33 @@ type vmOptions struct {
 	// hostImageOnly: every root step starts from the `host` pseudo-image, which docker
 	// cannot run.
 	hostImageOnly bool
-	networkNone   bool
+	network       string // "private", "none" or "host"
+	// Limits of every step; 0: none. The host backend has no way to apply them.
+	pidsLimit, memory int64
+	cpus              float64
+}
+
+// hostWarning is printed once per build that runs on the host backend, whichever way it was
+// chosen (spec/semantics.md § Isolation).
+const hostWarning = "hm: warning: the host backend runs steps on this machine with no isolation"
+
+func (o vmOptions) sandbox() sandbox.Options {
+	return sandbox.Options{
+		Network:     sandbox.NetworkMode(o.network),
+		NetworkNone: o.network == "none",
+		PidsMax:     o.pidsLimit, MemoryMax: o.memory, CPUs: o.cpus,
+	}
+}
+
+func (o vmOptions) docker(stateDir string) docker.Options {
+	mode := "" // the daemon's default bridge
+	if o.network == "none" || o.network == "host" {
+		mode = o.network
+	}
+	return docker.Options{
+		StateDir: stateDir, Network: mode,
+		PidsLimit: o.pidsLimit, Memory: o.memory, CPUs: o.cpus,
+	}
 }
 
 // openVM returns the VM backend for --backend. auto picks docker when a daemon answers (unless
@@ -31,18 +57,20 @@ type vmOptions struct {
 func openVM(ctx context.Context, name, stateDir string, o vmOptions) (vm.Backend, error) {
 	stateDir = filepath.Clean(stateDir)
 	newSandbox := func() (vm.Backend, error) {
-		return sandbox.New(stateDir, imagestore.Open(stateDir), sandbox.Options{NetworkNone: o.networkNone})
+		return sandbox.New(stateDir, imagestore.Open(stateDir), o.sandbox())
 	}
 	switch name {
 	case "host":
 		return host.New(stateDir), nil
 	case "docker":
-		return docker.New(ctx, docker.Options{StateDir: stateDir})
+		return docker.New(ctx, o.docker(stateDir))
 	case "sandbox":
 		return newSandbox()
 	case "auto":
 		if !o.hostImageOnly {
-			b, err := docker.New(ctx, docker.Options{StateDir: stateDir, PingTimeout: 2 * time.Second})
+			do := o.docker(stateDir)
+			do.PingTimeout = 2 * time.Second
+			b, err := docker.New(ctx, do)
 			if err == nil {
 				return b, nil
 			}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -28,6 +29,7 @@ import (
 type runFlags struct {
 	dir, file, backend, format, timeout string
 	network                             string
+	pidsLimit, memory, cpus             string
 	mapImage, env                       []string
 	parallelism                         int
 	keepGoing, noCache, logs, noColor   bool
@@ -52,7 +54,10 @@ unavailable, 7 pipeline invalid, 124 timed out, 130 canceled.`,
 	fl.StringVarP(&f.dir, "dir", "d", ".", "source directory")
 	fl.StringVar(&f.file, "file", "", "run this IR JSON file (graph or flat form; - for stdin) instead of discovering .hm/")
 	fl.StringVar(&f.backend, "backend", "auto", "auto, docker, sandbox, host or remote")
-	fl.StringVar(&f.network, "network", "host", "sandbox backend: host (share the host's network) or none")
+	fl.StringVar(&f.network, "network", "private", "private (a network namespace of the step's own, with outbound access), none (loopback only) or host (the host's network)")
+	fl.StringVar(&f.pidsLimit, "pids-limit", "", fmt.Sprintf("max tasks (processes and threads) per step; 0 for none (default %d)", config.DefaultPidsLimit))
+	fl.StringVar(&f.memory, "memory", "", "max memory per step, e.g. 512m or 2GiB (default: none)")
+	fl.StringVar(&f.cpus, "cpus", "", "max CPUs' worth of time per step, fractional, e.g. 1.5 (default: none)")
 	fl.StringArrayVar(&f.mapImage, "map-image", nil, "use image TO wherever the pipeline names FROM (FROM=TO, repeatable)")
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "extra environment for every step (K=V, repeatable)")
 	fl.IntVar(&f.parallelism, "parallelism", 0, "max concurrently executing steps (default: CPUs; 0 = 1)")
@@ -107,8 +112,31 @@ func resolveSettings(fl *pflag.FlagSet, f *runFlags, getenv func(string) string)
 	if changed("network") {
 		s.Network = f.network
 	}
-	if s.Network != "host" && s.Network != "none" {
-		return s, usage("use --network host or --network none", "unknown network mode %q", s.Network)
+	switch s.Network {
+	case "private", "none", "host":
+	default:
+		return s, usage("use --network private (the default), none or host", "unknown network mode %q", s.Network)
+	}
+	if changed("pids-limit") {
+		n, err := config.ParsePidsLimit(f.pidsLimit)
+		if err != nil {
+			return s, usage("give --pids-limit a whole number of tasks, e.g. 4096, or 0 for none", "%v", err)
+		}
+		s.PidsLimit = n
+	}
+	if changed("memory") {
+		n, err := config.ParseMemory(f.memory)
+		if err != nil {
+			return s, usage("give --memory a size of at least 6m, e.g. 512m or 2GiB, or 0 for none", "%v", err)
+		}
+		s.Memory = config.Size(n)
+	}
+	if changed("cpus") {
+		n, err := config.ParseCPUs(f.cpus)
+		if err != nil {
+			return s, usage(fmt.Sprintf("give --cpus a number from 0.01 to %d, e.g. 1.5, or 0 for none", runtime.NumCPU()), "%v", err)
+		}
+		s.CPUs = config.CPUs(n)
 	}
 	if s.Format != "human" && s.Format != "json" {
 		return s, usage("--format human|json", "unknown output format %q", s.Format)
@@ -211,12 +239,16 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 		return err
 	}
 	vmb, err := openVM(c.Context(), s.Backend, stateDir, vmOptions{
-		hostImageOnly: onlyHostImage(p, s.Images), networkNone: s.Network == "none",
+		hostImageOnly: onlyHostImage(p, s.Images), network: s.Network,
+		pidsLimit: s.PidsLimit, memory: int64(s.Memory), cpus: float64(s.CPUs),
 	})
 	if err != nil {
 		return err
 	}
 	defer closeVM(vmb)
+	if vmb.Name() == "host" {
+		fmt.Fprintln(stdio.Err, hostWarning)
+	}
 	exec := &local.Backend{
 		VM: vmb, StateDir: stateDir,
 		MaxEntries: s.Cache.MaxEntries, MaxBytes: int64(s.Cache.MaxSize),

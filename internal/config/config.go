@@ -22,7 +22,7 @@ import (
 // Config is the merged configuration. Keys mirror the flags of `hm run`.
 type Config struct {
 	Backend     string            `toml:"backend"`
-	Network     string            `toml:"network"` // sandbox: "host" or "none"
+	Network     string            `toml:"network"` // "private" (default), "none" or "host"
 	Parallelism int               `toml:"parallelism"`
 	KeepGoing   bool              `toml:"keep_going"`
 	NoCache     bool              `toml:"no_cache"`
@@ -35,6 +35,117 @@ type Config struct {
 	Cache       Cache             `toml:"cache"`
 	// MaxSourceSize bounds the packed workspace, e.g. "2GiB"; 0 = unlimited.
 	MaxSourceSize Size `toml:"max_source_size"`
+	// Limits of every step on the isolating backends (sandbox, docker); 0 = none.
+	PidsLimit int64 `toml:"pids_limit"` // tasks (processes and threads); default DefaultPidsLimit
+	Memory    Size  `toml:"memory"`     // bytes, e.g. "512m", "2GiB"
+	CPUs      CPUs  `toml:"cpus"`       // CPUs' worth of time, fractional like docker's --cpus
+}
+
+// DefaultPidsLimit is the default limit on the tasks (processes and threads) of one step. It
+// stops a fork bomb long before the host runs out of PIDs, and leaves room for what a step
+// legitimately runs at once: parallel compilers, a JVM's or a test binary's threads. Podman
+// defaults to 2048; CI steps run whole builds, so hm allows twice that.
+const DefaultPidsLimit = 4096
+
+// MinMemory is the smallest memory limit accepted (Docker's minimum: a smaller one cannot
+// start a container).
+const MinMemory = 6 << 20
+
+// CPUs is a number of CPUs, fractional ("1.5"); in TOML a number or a string.
+type CPUs float64
+
+func (c *CPUs) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case int64:
+		*c = CPUs(v)
+	case float64:
+		*c = CPUs(v)
+	case string:
+		f, err := ParseCPUs(v)
+		if err != nil {
+			return err
+		}
+		*c = CPUs(f)
+	default:
+		return fmt.Errorf("cpus must be a number, e.g. 1.5")
+	}
+	return nil
+}
+
+// ParsePidsLimit reads a step's task limit: a positive number, or 0 or -1 for none (as
+// docker's --pids-limit). None is returned as 0.
+func ParsePidsLimit(s string) (int64, error) {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("invalid pids limit %q (use a whole number such as 4096, or 0 for none)", s)
+	}
+	return checkPidsLimit(n)
+}
+
+func checkPidsLimit(n int64) (int64, error) {
+	switch {
+	case n == -1:
+		return 0, nil
+	case n < 0:
+		return 0, fmt.Errorf("invalid pids limit %d (use a positive number, or 0 for none)", n)
+	}
+	return n, nil
+}
+
+// ParseMemory reads a step's memory limit, e.g. "512m" or "2GiB" (k, m, g are binary, as
+// in docker's --memory); "0" means none.
+func ParseMemory(s string) (int64, error) {
+	n, err := ParseSize(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid memory limit %q (use e.g. 512m or 2GiB, or 0 for none)", s)
+	}
+	return n, checkMemory(n)
+}
+
+func checkMemory(n int64) error {
+	if n != 0 && n < MinMemory {
+		return fmt.Errorf("memory limit %d bytes is below the minimum of 6MiB", n)
+	}
+	return nil
+}
+
+// ParseCPUs reads a step's CPU limit, e.g. "1.5" (one and a half CPUs' worth of time per
+// period, as docker's --cpus); "0" means none.
+func ParseCPUs(s string) (float64, error) {
+	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil {
+		return 0, fmt.Errorf("invalid cpus %q (use a number of CPUs such as 0.5 or 2, or 0 for none)", s)
+	}
+	return f, checkCPUs(f)
+}
+
+func checkCPUs(f float64) error {
+	switch {
+	case f != f || f < 0: // NaN or negative
+		return fmt.Errorf("invalid cpus %v (use a number of CPUs such as 0.5 or 2, or 0 for none)", f)
+	case f != 0 && f < 0.01:
+		return fmt.Errorf("cpus %v is below the minimum of 0.01", f)
+	case f > float64(runtime.NumCPU()):
+		return fmt.Errorf("cpus %v is more than the %d CPUs of this machine", f, runtime.NumCPU())
+	}
+	return nil
+}
+
+// checkLimits validates the limits after a layer was applied, so the error names the layer
+// that introduced a bad value.
+func (c *Config) checkLimits() error {
+	n, err := checkPidsLimit(c.PidsLimit)
+	if err != nil {
+		return fmt.Errorf("pids_limit: %w", err)
+	}
+	c.PidsLimit = n
+	if err := checkMemory(int64(c.Memory)); err != nil {
+		return fmt.Errorf("memory: %w", err)
+	}
+	if err := checkCPUs(float64(c.CPUs)); err != nil {
+		return fmt.Errorf("cpus: %w", err)
+	}
+	return nil
 }
 
 // Cache configures the snapshot cache.
@@ -47,7 +158,8 @@ type Cache struct {
 func Defaults() Config {
 	return Config{
 		Backend:     "auto",
-		Network:     "host",
+		Network:     "private",
+		PidsLimit:   DefaultPidsLimit,
 		Parallelism: runtime.NumCPU(),
 		Format:      "human",
 		Images:      map[string]string{},
@@ -77,7 +189,8 @@ func (s *Size) UnmarshalText(b []byte) error {
 	return err
 }
 
-// ParseSize reads sizes like 100, 10KB, 512MiB, 2G.
+// ParseSize reads sizes like 100, 10KB, 512MiB, 2G, 512m. Units are case-insensitive; K, M,
+// G and T alone are binary (as docker's), KB, MB, GB and TB decimal.
 func ParseSize(s string) (int64, error) {
 	t := strings.TrimSpace(s)
 	units := []struct {
@@ -88,8 +201,8 @@ func ParseSize(s string) (int64, error) {
 		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1}}
 	mult := int64(1)
 	for _, u := range units {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+		if len(t) >= len(u.suffix) && strings.EqualFold(t[len(t)-len(u.suffix):], u.suffix) {
+			t, mult = strings.TrimSpace(t[:len(t)-len(u.suffix)]), u.mult
 			break
 		}
 	}
@@ -140,11 +253,15 @@ func loadFile(c *Config, path string) error {
 		return errs.New(errs.ErrUsage, "config", "remove or rename the key; see `hm run --help` for the keys",
 			"unknown key %q in %s", und[0].String(), path)
 	}
+	if err := c.checkLimits(); err != nil {
+		return errs.New(errs.ErrUsage, "config", "fix the value in "+path, "invalid config %s: %v", path, err)
+	}
 	return nil
 }
 
-// applyEnv reads HM_BACKEND, HM_PARALLELISM, HM_KEEP_GOING, HM_NO_CACHE, HM_TIMEOUT,
-// HM_FORMAT, HM_LOGS, HM_NO_COLOR, HM_CACHE_MAX_ENTRIES, HM_CACHE_MAX_SIZE.
+// applyEnv reads HM_BACKEND, HM_NETWORK, HM_PARALLELISM, HM_KEEP_GOING, HM_NO_CACHE,
+// HM_TIMEOUT, HM_FORMAT, HM_LOGS, HM_NO_COLOR, HM_CACHE_MAX_ENTRIES, HM_CACHE_MAX_SIZE,
+// HM_PIDS_LIMIT, HM_MEMORY and HM_CPUS.
 func applyEnv(c *Config, getenv func(string) string) error {
 	bad := func(name, v string, err error) error {
 		return errs.New(errs.ErrUsage, "config", fmt.Sprintf("fix or unset %s", name),
@@ -165,6 +282,9 @@ func applyEnv(c *Config, getenv func(string) string) error {
 		{"HM_NO_COLOR", func(v string) (err error) { c.NoColor, err = strconv.ParseBool(v); return }},
 		{"HM_CACHE_MAX_ENTRIES", func(v string) (err error) { c.Cache.MaxEntries, err = strconv.Atoi(v); return }},
 		{"HM_CACHE_MAX_SIZE", func(v string) error { n, err := ParseSize(v); c.Cache.MaxSize = Size(n); return err }},
+		{"HM_PIDS_LIMIT", func(v string) (err error) { c.PidsLimit, err = ParsePidsLimit(v); return }},
+		{"HM_MEMORY", func(v string) error { n, err := ParseMemory(v); c.Memory = Size(n); return err }},
+		{"HM_CPUS", func(v string) error { f, err := ParseCPUs(v); c.CPUs = CPUs(f); return err }},
 	} {
 		if v := getenv(f.name); v != "" {
 			if err := f.set(v); err != nil {

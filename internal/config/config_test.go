@@ -110,3 +110,104 @@ func TestParseSize(t *testing.T) {
 		t.Error("ParseSize accepted garbage")
 	}
 }
+
+func TestLimits(t *testing.T) {
+	type limits struct {
+		Pids   int64
+		Memory Size
+		CPUs   CPUs
+	}
+	tests := []struct {
+		name, file string
+		env        map[string]string
+		want       limits
+	}{
+		{"defaults", "", nil, limits{Pids: DefaultPidsLimit}},
+		{"file", "pids_limit = 100\nmemory = \"512m\"\ncpus = 1.5", nil, limits{100, 512 << 20, 1.5}},
+		{"file integer cpus", "cpus = 1", nil, limits{DefaultPidsLimit, 0, 1}},
+		{"file string cpus", `cpus = "0.5"`, nil, limits{DefaultPidsLimit, 0, 0.5}},
+		{"file no pids limit", "pids_limit = 0", nil, limits{}},
+		{"file docker's unlimited", "pids_limit = -1", nil, limits{}},
+		{"env over file", "pids_limit = 100\nmemory = \"1g\"",
+			map[string]string{"HM_PIDS_LIMIT": "20", "HM_MEMORY": "2GiB", "HM_CPUS": "0.25"}, limits{20, 2 << 30, 0.25}},
+		{"env none", "memory = \"1g\"", map[string]string{"HM_PIDS_LIMIT": "-1", "HM_MEMORY": "0", "HM_CPUS": "0"}, limits{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+			dir := t.TempDir()
+			writeFile(t, filepath.Join(dir, ".hm", "config.toml"), tt.file)
+			c, err := Load(dir, func(k string) string { return tt.env[k] })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, limits{c.PidsLimit, c.Memory, c.CPUs}); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestLimitErrors(t *testing.T) {
+	tests := []struct {
+		name, file string
+		env        map[string]string
+	}{
+		{"negative pids", "pids_limit = -2", nil},
+		{"pids not a number", `pids_limit = "many"`, nil},
+		{"memory garbage", `memory = "lots"`, nil},
+		{"memory below minimum", `memory = "1m"`, nil},
+		{"negative cpus", "cpus = -1", nil},
+		{"cpus below minimum", "cpus = 0.001", nil},
+		{"more cpus than the machine", "cpus = 100000", nil},
+		{"cpus of the wrong type", "cpus = true", nil},
+		{"env pids", "", map[string]string{"HM_PIDS_LIMIT": "1.5"}},
+		{"env memory", "", map[string]string{"HM_MEMORY": "-5m"}},
+		{"env cpus", "", map[string]string{"HM_CPUS": "two"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+			dir := t.TempDir()
+			writeFile(t, filepath.Join(dir, ".hm", "config.toml"), tt.file)
+			_, err := Load(dir, func(k string) string { return tt.env[k] })
+			var e *errs.Error
+			if !errors.As(err, &e) || !errors.Is(err, errs.ErrUsage) || e.Fix == "" {
+				t.Fatalf("got %v, want a usage error with a fix", err)
+			}
+		})
+	}
+}
+
+func TestParseLimits(t *testing.T) {
+	for in, want := range map[string]int64{"512m": 512 << 20, "2GiB": 2 << 30, "6M": 6 << 20, "1g": 1 << 30, "0": 0} {
+		if got, err := ParseMemory(in); err != nil || got != want {
+			t.Errorf("ParseMemory(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"5m", "-1g", "", "1x"} {
+		if _, err := ParseMemory(in); err == nil {
+			t.Errorf("ParseMemory(%q) accepted", in)
+		}
+	}
+	for in, want := range map[string]float64{"0.5": 0.5, "1": 1, " 0.01 ": 0.01, "0": 0} {
+		if got, err := ParseCPUs(in); err != nil || got != want {
+			t.Errorf("ParseCPUs(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"-1", "NaN", "0.001", "1e9", "one"} {
+		if _, err := ParseCPUs(in); err == nil {
+			t.Errorf("ParseCPUs(%q) accepted", in)
+		}
+	}
+	for in, want := range map[string]int64{"20": 20, "0": 0, "-1": 0, "4096": 4096} {
+		if got, err := ParsePidsLimit(in); err != nil || got != want {
+			t.Errorf("ParsePidsLimit(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"-2", "1.5", "", "x"} {
+		if _, err := ParsePidsLimit(in); err == nil {
+			t.Errorf("ParsePidsLimit(%q) accepted", in)
+		}
+	}
+}

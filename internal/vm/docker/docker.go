@@ -87,6 +87,13 @@ type Options struct {
 	// only considers snapshots of the same state directory: another one's registry may
 	// reference the rest.
 	StateDir string
+	// Network is every container's network mode: "" the daemon's default (its bridge),
+	// "none" or "host".
+	Network string
+	// Limits of every step's container (HostConfig.Resources); 0: none.
+	PidsLimit int64   // tasks (--pids-limit)
+	Memory    int64   // bytes (--memory)
+	CPUs      float64 // CPUs' worth of time, fractional (--cpus)
 }
 
 // Backend is the Docker backend. It is safe for concurrent use, also by several hm processes
@@ -95,6 +102,7 @@ type Backend struct {
 	cli   *client.Client
 	host  string // hostname, for LabelHost
 	state string // Options.StateDir, for LabelState
+	opts  Options
 	// ownerOf names the hm process behind vm.Owner.PID; tests replace it to fake dead owners.
 	ownerOf func(pid int) (proc.Owner, error)
 
@@ -137,7 +145,7 @@ func New(ctx context.Context, opts Options) (*Backend, error) {
 	}
 	cli.NegotiateAPIVersionPing(ping)
 	host, _ := os.Hostname()
-	return &Backend{cli: cli, host: host, state: opts.StateDir, ownerOf: ownerOf, envs: map[string][]string{}}, nil
+	return &Backend{cli: cli, host: host, state: opts.StateDir, opts: opts, ownerOf: ownerOf, envs: map[string][]string{}}, nil
 }
 
 // Close releases the client's connections.
@@ -241,7 +249,17 @@ func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 		Labels:       b.labels(spec.Owner, owner, true),
 	}
 	// Output reaches hm through the attach stream; a log file would only cost disk writes.
-	hc := &container.HostConfig{LogConfig: container.LogConfig{Type: "none"}}
+	hc := &container.HostConfig{
+		LogConfig:   container.LogConfig{Type: "none"},
+		NetworkMode: container.NetworkMode(b.opts.Network),
+		Resources: container.Resources{
+			Memory:   b.opts.Memory,
+			NanoCPUs: int64(b.opts.CPUs * 1e9),
+		},
+	}
+	if n := b.opts.PidsLimit; n > 0 {
+		hc.Resources.PidsLimit = &n
+	}
 	resp, err := b.cli.ContainerCreate(ctx, cfg, hc, nil, nil, name)
 	if err != nil {
 		// A canceled request may still have created the container: remove it by name.

@@ -25,24 +25,31 @@ type cgroups struct {
 // cgroupDirName is the directory holding hm's step cgroups in each hierarchy.
 const cgroupDirName = "hm-sandbox"
 
-// detectCgroups finds the memory and pids controllers. On cgroup v2 step cgroups go under
-// the root (a cgroup with processes cannot delegate controllers, and hm's own cgroup has
-// hm in it); on v1 they nest under hm's own cgroup of each controller, so hm's limits
+// detectCgroups finds the memory, pids and cpu controllers. On cgroup v2 step cgroups go
+// under the root (a cgroup with processes cannot delegate controllers, and hm's own cgroup
+// has hm in it); on v1 they nest under hm's own cgroup of each controller, so hm's limits
 // still apply to its steps.
 func detectCgroups() cgroups {
 	var st unix.Statfs_t
 	if err := unix.Statfs("/sys/fs/cgroup", &st); err == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
 		p := filepath.Join("/sys/fs/cgroup", cgroupDirName)
-		_ = os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte("+memory +pids"), 0)
+		// One controller at a time: the kernel refuses a whole write for one controller it
+		// cannot enable (cpu, while a realtime task sits outside the root).
+		for _, ctrl := range []string{"+memory", "+pids", "+cpu"} {
+			_ = os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte(ctrl), 0)
+		}
 		if err := os.MkdirAll(p, 0o755); err != nil {
 			return cgroups{}
 		}
-		_ = os.WriteFile(filepath.Join(p, "cgroup.subtree_control"), []byte("+memory +pids"), 0)
+		for _, ctrl := range []string{"+memory", "+pids", "+cpu"} {
+			_ = os.WriteFile(filepath.Join(p, "cgroup.subtree_control"), []byte(ctrl), 0)
+		}
 		return cgroups{v2: true, parents: []string{p}}
 	}
 	own := ownCgroupsV1()
 	var c cgroups
-	for _, ctrl := range []string{"memory", "pids"} {
+	for _, ctrl := range []string{"memory", "pids", "cpu"} {
+		// /sys/fs/cgroup/cpu is usually a symlink to the cpu,cpuacct hierarchy.
 		mnt := filepath.Join("/sys/fs/cgroup", ctrl)
 		rel, ok := own[ctrl]
 		if !ok {
@@ -81,8 +88,17 @@ func ownCgroupsV1() map[string]string {
 	return m
 }
 
+// cpuPeriod is the CPU bandwidth period of step cgroups, in microseconds (the kernel's
+// default, as docker's --cpus uses).
+const cpuPeriod = 100000
+
 // create makes the step's cgroups with the configured limits and returns their directories.
+// A v1 hierarchy is told by its files, whatever its mount point is called.
 func (c cgroups) create(cookie string, opts Options) []string {
+	quota := int64(opts.CPUs * cpuPeriod)
+	if opts.CPUs > 0 && quota < 1000 {
+		quota = 1000 // the kernel's minimum quota, 1ms
+	}
 	var dirs []string
 	for _, p := range c.parents {
 		d := filepath.Join(p, cookie)
@@ -90,18 +106,30 @@ func (c cgroups) create(cookie string, opts Options) []string {
 			continue
 		}
 		dirs = append(dirs, d)
-		limits := map[string]int64{}
-		switch {
-		case c.v2:
-			limits["memory.max"], limits["pids.max"] = opts.MemoryMax, opts.PidsMax
-		case strings.Contains(p, "/memory/"):
-			limits["memory.limit_in_bytes"] = opts.MemoryMax
-		case strings.Contains(p, "/pids/"):
-			limits["pids.max"] = opts.PidsMax
+		limits := map[string]string{}
+		set := func(file string, v int64, s string) {
+			if v <= 0 {
+				return
+			}
+			if _, err := os.Stat(filepath.Join(d, file)); err == nil {
+				limits[file] = s
+			}
 		}
-		for file, v := range limits {
-			if v > 0 {
-				_ = os.WriteFile(filepath.Join(d, file), []byte(strconv.FormatInt(v, 10)), 0)
+		num := func(v int64) string { return strconv.FormatInt(v, 10) }
+		if c.v2 {
+			set("memory.max", opts.MemoryMax, num(opts.MemoryMax))
+			set("pids.max", opts.PidsMax, num(opts.PidsMax))
+			set("cpu.max", quota, num(quota)+" "+num(cpuPeriod))
+		} else {
+			set("memory.limit_in_bytes", opts.MemoryMax, num(opts.MemoryMax))
+			set("pids.max", opts.PidsMax, num(opts.PidsMax))
+			// The period first: a quota is checked against the current period.
+			set("cpu.cfs_period_us", quota, num(cpuPeriod))
+			set("cpu.cfs_quota_us", quota, num(quota))
+		}
+		for _, file := range []string{"memory.max", "memory.limit_in_bytes", "pids.max", "cpu.max", "cpu.cfs_period_us", "cpu.cfs_quota_us"} {
+			if v, ok := limits[file]; ok {
+				_ = os.WriteFile(filepath.Join(d, file), []byte(v), 0)
 			}
 		}
 	}

@@ -100,15 +100,33 @@ func Unavailable(format string, args ...any) error {
 	return errs.New(errs.ErrUnavailable, "sandbox_unavailable", Fix, format, args...)
 }
 
+// NetworkMode is a step's network.
+type NetworkMode string
+
+const (
+	// NetworkPrivate (the default, also "") is a network namespace of the step's own with
+	// outbound access.
+	NetworkPrivate NetworkMode = "private"
+	// NetworkNone is a network namespace of the step's own with only loopback up.
+	NetworkNone NetworkMode = "none"
+	// NetworkHost shares the host's network namespace: an explicit opt-in.
+	NetworkHost NetworkMode = "host"
+)
+
 // Options tune the backend.
 type Options struct {
+	// Network is every step's network; "" means NetworkPrivate.
+	Network NetworkMode
 	// NetworkNone gives every step a network namespace of its own with only loopback up;
-	// by default steps share the host's network.
+	// by default steps share the host's network. Deprecated: set Network to NetworkNone.
 	NetworkNone bool
 	// MemoryMax limits each step's memory, in bytes (cgroup memory.max); 0: no limit.
 	MemoryMax int64
 	// PidsMax limits each step's number of tasks (cgroup pids.max); 0: no limit.
 	PidsMax int64
+	// CPUs limits each step's CPU time to this many CPUs' worth per period, fractional
+	// (cgroup cpu.max, or cpu.cfs_quota_us on v1); 0: no limit.
+	CPUs float64
 	// MaxChain is how many snapshot layers a chain may stack before a commit flattens it;
 	// 0 means DefaultMaxChain.
 	MaxChain int
