@@ -263,7 +263,9 @@ func TestLogOrderPerStep(t *testing.T) {
 		}
 		done <- lines
 	}()
-	Run(context.Background(), pl, newFakeVM(), Options{Publish: q.Publish, Parallelism: 8})
+	guard(t, func() Result {
+		return Run(context.Background(), pl, newFakeVM(), Options{Publish: q.Publish, Parallelism: 8})
+	})
 	q.Close()
 	lines := <-done
 	var want []string

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -115,8 +116,37 @@ func runPlan(t *testing.T, ctx context.Context, pl *plan.Plan, f *fakeVM, opts O
 	if opts.Parallelism == 0 {
 		opts.Parallelism = 4
 	}
-	res := Run(ctx, pl, f, opts)
+	res := guard(t, func() Result { return Run(ctx, pl, f, opts) })
 	return res, rec
+}
+
+// hangLimit bounds one build in these tests. The fake backend does no work, so a build still
+// running after it is deadlocked (a step never released, a completion never received, a slot
+// never freed): failing here, with every goroutine's stack, names the test and the stuck
+// goroutines in seconds instead of at go test's 10-minute timeout.
+const hangLimit = 10 * time.Second
+
+// guard runs build and fails the test with a goroutine dump if it does not return within
+// hangLimit (or before the test binary's own deadline, if that is sooner).
+func guard(t *testing.T, build func() Result) Result {
+	t.Helper()
+	limit := hangLimit
+	if d, ok := t.Deadline(); ok {
+		limit = min(limit, time.Until(d)*9/10)
+	}
+	done := make(chan Result, 1)
+	go func() { done <- build() }()
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	select {
+	case res := <-done:
+		return res
+	case <-timer.C:
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		t.Fatalf("build did not end within %s: deadlocked? goroutines:\n%s", limit, buf)
+		return Result{}
+	}
 }
 
 func statuses(pl *plan.Plan, res Result) map[string]Status {
