@@ -1,0 +1,5 @@
+# Syscalls Docker's default profile (seccomp and capabilities) refuses.
+PROBE=syscalls
+. /workspace/probes/lib.sh
+helper syscalls
+finish
