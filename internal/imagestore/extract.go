@@ -123,7 +123,7 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		}
 		u.dirs = append(u.dirs, dirMeta{name: p, hdr: hdr})
 		return u.xattrs(p, hdr)
-	case tar.TypeReg, tar.TypeRegA:
+	case tar.TypeReg: // archive/tar reads the legacy TypeRegA as TypeReg (or TypeDir)
 		if err := u.clear(p); err != nil {
 			return err
 		}

@@ -7,7 +7,6 @@ package scheduler
 import (
 	"context"
 	"errors"
-	"fmt"
 	"runtime"
 	"sync"
 	"time"
@@ -368,8 +367,4 @@ func (r *run) removeSnapshot(id string) {
 		// Best effort: reconcile at the next start removes what this could not.
 		_ = r.backend.RemoveSnapshot(ctx, id)
 	}()
-}
-
-func stepFailedMessage(key string, format string, args ...any) string {
-	return fmt.Sprintf("step '%s' ", key) + fmt.Sprintf(format, args...)
 }

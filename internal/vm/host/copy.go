@@ -47,7 +47,6 @@ type copier struct {
 	root  bool            // running as root: owners can be kept
 	links map[fileID]string
 	dirs  []dirMeta
-	buf   []byte
 }
 
 func (c *copier) walk(src, dst string) error {
