@@ -38,7 +38,7 @@ func Main(ctx context.Context, args []string, stdio IO) int {
 	if strings.HasPrefix(err.Error(), "unknown command") {
 		err = errs.New(errs.ErrUsage, "usage", "see `hm --help` for the commands", "%v", err)
 	}
-	errs.Print(stdio.Err, err)
+	printError(stdio.Err, err)
 	return errs.ExitCode(err)
 }
 

@@ -72,10 +72,20 @@ func ExitCode(err error) int {
 	return ExitFailed
 }
 
-// Print writes err in the user-facing form. Errors that are not *Error get code "internal".
+// Print writes err in the user-facing form. A typed error (ImageError, ...) gets its own code
+// and no fix; other errors that are not *Error get their class's code, or "internal".
 func Print(w io.Writer, err error) {
 	var e *Error
-	if !errors.As(err, &e) {
+	var typed interface {
+		error
+		Code() string
+	}
+	if !errors.As(err, &e) && errors.As(err, &typed) {
+		// A typed error nobody turned into advice: its message, without a fix.
+		fmt.Fprintf(w, "error[%s]: %s\n", typed.Code(), typed.Error())
+		return
+	}
+	if e == nil {
 		code := "internal"
 		switch {
 		case errors.Is(err, ErrUsage):

@@ -90,10 +90,8 @@ func hostImage() Image {
 
 // notFound is the error for a reference the store does not hold.
 func notFound(ref string) error {
-	return errs.New(errs.ErrImageNotFound, "image_not_found",
-		"import it with `hm image import FILE "+ref+"`, pull it with `hm image pull "+ref+
-			"` when a registry answers, or run on the host's filesystem with the image `host`",
-		"image %q is not in the image store", ref)
+	return &errs.ImageError{Ref: ref, Where: errs.InStore, Class: errs.ErrImageNotFound,
+		Msg: fmt.Sprintf("image %q is not in the image store", ref)}
 }
 
 // Resolve maps a reference (a name, an image id "sha256:HEX", a unique prefix of at least 12
@@ -344,6 +342,11 @@ func (s *Store) writeRecord(img Image) error {
 
 // lock takes the store's lock, creating the store's directories on first use.
 func (s *Store) lock() (unlock func(), err error) {
+	// Root's alone: image layers hold setuid binaries and device nodes, which must be out
+	// of reach of the host's other users.
+	if err := os.MkdirAll(s.dir, 0o700); err == nil {
+		err = os.Chmod(s.dir, 0o700)
+	}
 	for _, d := range []string{"layers", "meta", "tmp", "trash"} {
 		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("imagestore: state dir: %w: %w", errs.ErrInfra, err)

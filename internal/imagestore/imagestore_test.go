@@ -383,9 +383,11 @@ func TestResolveListRemove(t *testing.T) {
 		t.Errorf("Resolve(host) = %+v, %v", r, err)
 	}
 	_, err := s.Resolve(ctx, "nope")
-	var e *errs.Error
-	if !errors.Is(err, errs.ErrImageNotFound) || !errors.As(err, &e) || e.Code != "image_not_found" {
-		t.Errorf("Resolve(nope) = %v, want image_not_found", err)
+	var e *errs.ImageError
+	if !errors.Is(err, errs.ErrImageNotFound) || !errors.As(err, &e) || e.Ref != "nope" || e.Where != errs.InStore {
+		t.Errorf("Resolve(nope) = %#v, want an *errs.ImageError for nope in the store", err)
+	} else if strings.Contains(e.Msg, "hm image") {
+		t.Errorf("Resolve(nope) = %q: CLI advice in the image store's error", e.Msg)
 	}
 	a, err := s.Import(ctx, writeFile(t, tarOf(t, []entry{{name: "a", typ: tar.TypeReg, body: "a"}}), "a.tar"), "alpha")
 	if err != nil {
@@ -469,8 +471,10 @@ func TestPull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Pull(t.Context(), host+"/team/app:missing"); !errors.Is(err, errs.ErrImageNotFound) {
-		t.Errorf("Pull of a missing tag = %v, want ErrImageNotFound", err)
+	var ie *errs.ImageError
+	if _, err := s.Pull(t.Context(), host+"/team/app:missing"); !errors.Is(err, errs.ErrImageNotFound) ||
+		!errors.As(err, &ie) || ie.Where != errs.InRegistry || ie.Ref != host+"/team/app:missing" {
+		t.Errorf("Pull of a missing tag = %v, want an ImageError of class ErrImageNotFound from the registry", err)
 	}
 	srv.Close()
 	// Offline now: the pulled image still resolves.
@@ -478,8 +482,9 @@ func TestPull(t *testing.T) {
 	if got.Source != "registry" {
 		t.Errorf("Pull = %+v", got)
 	}
-	if _, err := s.Pull(t.Context(), host+"/team/app:v1"); !errors.Is(err, errs.ErrUnavailable) {
-		t.Errorf("Pull with the registry gone = %v, want ErrUnavailable", err)
+	if _, err := s.Pull(t.Context(), host+"/team/app:v1"); !errors.Is(err, errs.ErrUnavailable) ||
+		!errors.As(err, &ie) || ie.Where != errs.InRegistry {
+		t.Errorf("Pull with the registry gone = %v, want an ImageError of class ErrUnavailable from the registry", err)
 	}
 }
 

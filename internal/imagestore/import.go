@@ -100,13 +100,11 @@ func (s *Store) Pull(ctx context.Context, ref string) (Image, error) {
 func pullError(ref string, err error) error {
 	var terr *transport.Error
 	if errors.As(err, &terr) && (terr.StatusCode == http.StatusNotFound || terr.StatusCode == http.StatusUnauthorized) {
-		return errs.New(errs.ErrImageNotFound, "image_not_found",
-			"check the reference and your registry login, or import the image with `hm image import FILE "+ref+"`",
-			"the registry does not have image %q: %v", ref, err)
+		return &errs.ImageError{Ref: ref, Where: errs.InRegistry, Class: errs.ErrImageNotFound, Err: err,
+			Msg: fmt.Sprintf("the registry does not have image %q: %v", ref, err)}
 	}
-	return errs.New(errs.ErrUnavailable, "registry_unavailable",
-		"import the image with `hm image import FILE "+ref+"` (docker save or OCI layout tarball), or use the image `host`",
-		"pulling image %q: %v", ref, err)
+	return &errs.ImageError{Ref: ref, Where: errs.InRegistry, Class: errs.ErrUnavailable, Err: err,
+		Msg: fmt.Sprintf("pulling image %q: %v", ref, err)}
 }
 
 func isNetError(err error) bool {

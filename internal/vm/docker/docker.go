@@ -115,7 +115,7 @@ type Backend struct {
 var _ vm.Backend = (*Backend)(nil)
 
 // New connects to the Docker daemon and negotiates the API version. When no daemon answers
-// it returns an *errs.Error of class errs.ErrUnavailable (code docker_unavailable).
+// it returns an *errs.UnavailableError (class errs.ErrUnavailable) naming the address it tried.
 func New(ctx context.Context, opts Options) (*Backend, error) {
 	copts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
 	if opts.Host != "" {
@@ -123,9 +123,8 @@ func New(ctx context.Context, opts Options) (*Backend, error) {
 	}
 	cli, err := client.NewClientWithOpts(copts...)
 	if err != nil {
-		return nil, errs.New(errs.ErrUnavailable, "docker_unavailable",
-			"check DOCKER_HOST and the DOCKER_* variables, or use --backend sandbox/host",
-			"cannot set up a Docker client: %v", err)
+		return nil, &errs.UnavailableError{Backend: "docker", Err: err,
+			Msg: fmt.Sprintf("cannot set up a Docker client: %v", err)}
 	}
 	timeout := opts.PingTimeout
 	if timeout == 0 {
@@ -139,9 +138,8 @@ func New(ctx context.Context, opts Options) (*Backend, error) {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("docker: connect: %w", ctx.Err())
 		}
-		return nil, errs.New(errs.ErrUnavailable, "docker_unavailable",
-			"start dockerd (or Docker Desktop), check DOCKER_HOST and that you may use its socket, or use --backend sandbox/host",
-			"no Docker daemon answers at %s: %v", cli.DaemonHost(), err)
+		return nil, &errs.UnavailableError{Backend: "docker", Address: cli.DaemonHost(), Err: err,
+			Msg: fmt.Sprintf("no Docker daemon answers at %s: %v", cli.DaemonHost(), err)}
 	}
 	cli.NegotiateAPIVersionPing(ping)
 	host, _ := os.Hostname()
@@ -189,10 +187,9 @@ func (b *Backend) ResolveImage(ctx context.Context, ref string) (string, error) 
 	if client.IsErrConnectionFailed(pullErr) {
 		return "", apiErr(ctx, "pull "+ref, pullErr)
 	}
-	return "", errs.New(errs.ErrImageNotFound, "image_not_found",
-		fmt.Sprintf("make it available to the Docker daemon (`docker load -i FILE.tar`, or `docker import ROOTFS.tar %s`), "+
-			"or substitute a local image with --map-image %s=LOCAL_IMAGE", ref, ref),
-		"image %q is not in the Docker daemon and could not be pulled: %v", ref, pullErr)
+	return "", &errs.ImageError{Ref: ref, Backend: "docker", Where: errs.InDocker,
+		Class: errs.ErrImageNotFound, Err: pullErr,
+		Msg: fmt.Sprintf("image %q is not in the Docker daemon and could not be pulled: %v", ref, pullErr)}
 }
 
 // pull pulls ref, reading the progress stream to its end: the daemon reports failures in it.

@@ -269,9 +269,32 @@ func TestUnavailableWithoutRoot(t *testing.T) {
 		t.Skip("runs as root: the check cannot fail here")
 	}
 	_, err := New(t.TempDir(), imagestore.Open(t.TempDir()), Options{})
-	var e *errs.Error
-	if !errors.As(err, &e) || e.Code != "sandbox_unavailable" || e.Fix != Fix || !errors.Is(err, errs.ErrUnavailable) {
-		t.Errorf("New as non-root = %v, want sandbox_unavailable", err)
+	var e *errs.UnavailableError
+	if !errors.As(err, &e) || e.Backend != "sandbox" || !errors.Is(err, errs.ErrUnavailable) {
+		t.Errorf("New as non-root = %v, want an UnavailableError of the sandbox", err)
+	}
+}
+
+// An image neither in the store nor pullable is an *errs.ImageError with its fields and the
+// pull's cause, and no CLI advice: the CLI writes the fix line.
+func TestResolveImageMissing(t *testing.T) {
+	needSandbox(t)
+	state := t.TempDir()
+	b, err := New(state, imagestore.Open(state), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ref = "127.0.0.1:1/hm-test/nope:v1" // nothing listens on port 1: the pull fails at once
+	_, err = b.ResolveImage(t.Context(), ref)
+	var e *errs.ImageError
+	if !errors.As(err, &e) || !errors.Is(err, errs.ErrImageNotFound) {
+		t.Fatalf("ResolveImage(%s) = %v, want an *errs.ImageError of class ErrImageNotFound", ref, err)
+	}
+	if e.Ref != ref || e.Backend != "sandbox" || e.Where != errs.InStore || e.Err == nil {
+		t.Errorf("error = %+v; want ref, backend sandbox, looked for in the store, with the pull's cause", e)
+	}
+	if strings.Contains(err.Error(), "hm image") || strings.Contains(err.Error(), "--") {
+		t.Errorf("error %q gives CLI advice", err)
 	}
 }
 
@@ -289,8 +312,8 @@ func TestSetupErrorClassification(t *testing.T) {
 			t.Fatal(err)
 		}
 		err := setupError(r.Failure)
-		var e *errs.Error
-		got := errors.As(err, &e) && e.Code == "sandbox_unavailable" && errors.Is(err, errs.ErrUnavailable)
+		var e *errs.UnavailableError
+		got := errors.As(err, &e) && e.Backend == "sandbox" && errors.Is(err, errs.ErrUnavailable)
 		if got != tc.unavailable {
 			t.Errorf("setupError(%s) = %v; sandbox_unavailable %v, want %v", tc.status, err, got, tc.unavailable)
 		}

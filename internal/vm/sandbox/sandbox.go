@@ -92,12 +92,10 @@ const (
 	ephemeralPrefix = "e-"
 )
 
-// Fix is the fix line of sandbox_unavailable errors.
-const Fix = "run as root, or use --backend docker / host"
-
-// Unavailable is the error for a host where the sandbox cannot work.
+// Unavailable is the error for a host where the sandbox cannot work: an
+// *errs.UnavailableError of backend "sandbox" (the front end says what to do).
 func Unavailable(format string, args ...any) error {
-	return errs.New(errs.ErrUnavailable, "sandbox_unavailable", Fix, format, args...)
+	return &errs.UnavailableError{Backend: "sandbox", Msg: fmt.Sprintf(format, args...)}
 }
 
 // NetworkMode is a step's network.
@@ -218,9 +216,9 @@ func (b *Backend) ResolveImage(ctx context.Context, ref string) (string, error) 
 		if ctx.Err() != nil {
 			return "", fmt.Errorf("sandbox: resolve image %q: %w", ref, ctx.Err())
 		}
-		return "", errs.New(errs.ErrImageNotFound, "image_not_found",
-			"import it with `hm image import FILE "+ref+"` (rootfs, docker save or OCI layout tarball), or run on the host's filesystem with the image `host`",
-			"image %q is not in the image store and could not be pulled: %v", ref, perr)
+		return "", &errs.ImageError{Ref: ref, Backend: "sandbox", Where: errs.InStore,
+			Class: errs.ErrImageNotFound, Err: perr,
+			Msg: fmt.Sprintf("image %q is not in the image store and could not be pulled: %v", ref, perr)}
 	}
 	return img.ID, nil
 }

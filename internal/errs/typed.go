@@ -1,0 +1,63 @@
+package errs
+
+// Typed errors of the engine: a class plus the fields a front end needs to say what to do.
+// Backends and the image store return these instead of advice: only the front end knows its
+// own flags and commands (hm's CLI writes `--map-image …`; a remote agent's user has no such
+// flag). internal/cli turns them into the `  fix    …` line.
+
+// Where an image was looked for (ImageError.Where).
+const (
+	InDocker   = "docker"   // the Docker daemon's images
+	InStore    = "store"    // hm's image store, the sandbox backend's images
+	InRegistry = "registry" // the image's registry, pulled from
+)
+
+// ImageError is an image that could not be provided. errors.Is(err, Class) holds, and so does
+// errors.Is for the cause.
+type ImageError struct {
+	Ref     string // the reference asked for
+	Backend string // "docker", "sandbox"; "" from the image store itself
+	Where   string // InDocker, InStore or InRegistry
+	// Class is ErrImageNotFound, or ErrUnavailable when the registry could not be reached.
+	Class error
+	Msg   string // what happened, for a person, without advice
+	Err   error  // the cause (a failed pull), or nil
+}
+
+func (e *ImageError) Error() string   { return e.Msg }
+func (e *ImageError) Unwrap() []error { return nonNil(e.Class, e.Err) }
+
+// UnavailableError is a backend that cannot work on this machine.
+type UnavailableError struct {
+	Backend string // "docker", "sandbox"
+	// Address is the daemon address that did not answer; "" when the client could not even
+	// be set up (a malformed DOCKER_HOST) or the backend has no daemon.
+	Address string
+	Msg     string // what is missing, for a person, without advice
+	Err     error  // the cause, or nil
+}
+
+func (e *UnavailableError) Error() string   { return e.Msg }
+func (e *UnavailableError) Unwrap() []error { return nonNil(ErrUnavailable, e.Err) }
+
+// nonNil drops nil errors: errors.As does not accept a nil in an Unwrap list.
+func nonNil(errs ...error) []error {
+	out := errs[:0]
+	for _, e := range errs {
+		if e != nil {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Code is the stable code of the error line: image_not_found or registry_unavailable.
+func (e *ImageError) Code() string {
+	if e.Class == ErrUnavailable {
+		return "registry_unavailable"
+	}
+	return "image_not_found"
+}
+
+// Code is the stable code of the error line, e.g. docker_unavailable.
+func (e *UnavailableError) Code() string { return e.Backend + "_unavailable" }
