@@ -265,7 +265,7 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 		Pipeline: p, Slug: slug, SourceDir: dir,
 		Options: execution.Options{
 			Parallelism: s.parallelism, KeepGoing: s.KeepGoing, NoCache: s.NoCache,
-			Timeout: s.timeout, Env: s.env, MapImage: s.Images, Verbose: f.verbose,
+			Timeout: s.timeout, Env: s.env, MapImage: s.Images,
 		},
 	})
 	if err != nil {
@@ -309,7 +309,9 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	}
 	out := h.Wait()
 	if out.Err != nil {
-		errs.Print(stdio.Err, out.Err)
+		// After the build's own report: why the first step that could not run failed, and
+		// what to do about it. The exit code stays the build's.
+		printError(stdio.Err, out.Err)
 	}
 	_ = outErr // a closed pipe must not change the build's exit code
 	return exitCode(out.ExitCode).orNil()

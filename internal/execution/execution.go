@@ -35,7 +35,8 @@ type Options struct {
 	Timeout     time.Duration // overrides the pipeline's timeout_seconds when > 0
 	Env         []string      // -e K=V
 	MapImage    map[string]string
-	Verbose     bool
+	// No verbosity here: a backend streams every event, and how much of it to show is the
+	// front end's choice (render.Options.Verbose).
 }
 
 // Handle is a running build.
@@ -54,6 +55,9 @@ type Handle interface {
 type Outcome struct {
 	// ExitCode is hm's process exit code for the build (0, 1, 124, 130).
 	ExitCode int
-	// Err is an engine error that ended the build abnormally, if any.
+	// Err is the infrastructure error of the first step that could not run (daemon gone,
+	// image missing), if any. It keeps its class and fields (errs.ImageError, ...) so the
+	// front end can say what to do. It does not change ExitCode: such a step fails the build
+	// like any failure (spec/semantics.md).
 	Err error
 }

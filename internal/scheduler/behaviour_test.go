@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"strconv"
 	"testing"
@@ -73,6 +74,9 @@ func TestContinueOnFailureBarrier(t *testing.T) {
 		}
 		if res.Status != BuildFailed {
 			t.Errorf("keepGoing=%v: build %s, want failed", keepGoing, res.Status)
+		}
+		if res.Err != nil {
+			t.Errorf("keepGoing=%v: Result.Err = %v; a step's exit code is not an infrastructure error", keepGoing, res.Err)
 		}
 		checkBuildEvents(t, rec, res)
 	}
@@ -193,6 +197,9 @@ func TestImages(t *testing.T) {
 	}
 	if res.Steps[1] != Failed || res.Status != BuildFailed {
 		t.Errorf("missing image: step %s build %s", res.Steps[1], res.Status)
+	}
+	if !errors.Is(res.Err, errNoImage) {
+		t.Errorf("Result.Err = %v, want the backend's error for the missing image", res.Err)
 	}
 	var msg string
 	var images []string

@@ -50,6 +50,8 @@ func (f *fakeVM) signal(name string) chan struct{} {
 
 func (f *fakeVM) Name() string { return "fake" }
 
+var errNoImage = errors.New("no such image")
+
 // fire closes signal name unless it is closed already.
 func (f *fakeVM) fire(name string) {
 	ch := f.signal(name)
@@ -66,7 +68,7 @@ func (f *fakeVM) ResolveImage(ctx context.Context, ref string) (string, error) {
 	slow := ref == f.slowImage
 	f.mu.Unlock()
 	if ref == f.missImage {
-		return "", fmt.Errorf("no such image %q", ref)
+		return "", fmt.Errorf("%w %q", errNoImage, ref)
 	}
 	if slow {
 		// A slow pull: says it has started, then lasts until signal REF-release.

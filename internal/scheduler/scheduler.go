@@ -114,6 +114,10 @@ type Result struct {
 	Status   BuildStatus
 	Steps    []Status
 	Duration time.Duration
+	// Err is the infrastructure error (daemon gone, image missing, ...) of the first step that
+	// could not run, if any. It keeps the backend's class and fields so the front end can say
+	// what to do; Status already counts that step a failure.
+	Err error
 }
 
 // Run executes pl on backend and returns when every step has ended and every ephemeral
@@ -142,6 +146,7 @@ type completion struct {
 	snapshot string
 	eph      bool
 	base     string
+	err      error // the infrastructure error that failed the step
 }
 
 type run struct {
@@ -156,6 +161,7 @@ type run struct {
 	// only after protected steps.
 	protected []bool
 	nDone     int
+	infraErr  error // the first completion's err
 	images    imageCache
 	pid       int
 	wg        sync.WaitGroup // ephemeral snapshot removals
@@ -240,7 +246,7 @@ func (r *run) run(userCtx context.Context) Result {
 	r.wg.Wait()
 	r.images.wg.Wait()
 
-	res := Result{Steps: make([]Status, len(r.steps)), Duration: time.Since(start)}
+	res := Result{Steps: make([]Status, len(r.steps)), Duration: time.Since(start), Err: r.infraErr}
 	failed := false
 	for i, s := range r.steps {
 		res.Steps[i] = s.status
@@ -343,6 +349,9 @@ func (r *run) complete(buildCtx context.Context, c completion) {
 	st.done = true
 	r.nDone++
 	st.cancel()
+	if c.err != nil && r.infraErr == nil {
+		r.infraErr = c.err
+	}
 	if (c.status == Failed || c.status == TimedOut) && !r.opts.KeepGoing && !r.halted {
 		r.halted = true
 		for j := range r.steps {

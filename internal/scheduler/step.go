@@ -188,7 +188,7 @@ func (r *run) fail(ctx context.Context, i int, c completion, start time.Time, er
 		c.status = Canceled
 		r.end(id, ExitStepCanceled, start, nil)
 	default:
-		c.status = Failed
+		c.status, c.err = Failed, err
 		msg := fmt.Sprintf("step '%s' could not run: %v", ps.Key, err)
 		r.log(id, events.Stderr, "hm: "+msg)
 		r.end(id, ExitInfra, start, nil)

@@ -99,7 +99,7 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 			Workspace:   tree,
 			Publish:     h.q.Publish,
 		})
-		h.out = execution.Outcome{ExitCode: res.Status.ExitCode()}
+		h.out = execution.Outcome{ExitCode: res.Status.ExitCode(), Err: res.Err}
 		if reg != nil {
 			cctx := context.WithoutCancel(ctx)
 			cache.sizeAdded(cctx)
