@@ -32,3 +32,21 @@ func TestMissingImageFix(t *testing.T) {
 		})
 	}
 }
+
+// A step's runner selects its executor: a local build runs every step on one backend, so a
+// step naming another is refused before anything runs; naming the build's backend (with
+// runner_args, which no local backend takes) runs.
+func TestRunnerSelection(t *testing.T) {
+	e := newEnv(t)
+	doc := graph(0, []string{stepJSON("a", "true", `"runner":"docker"`)}, "")
+	r := e.run("run", "--file", e.writeIR("p.json", doc), "--backend", "host")
+	want := "error[runner_mismatch]: step 'a' names runner \"docker\", but this build runs every step on the host backend\n" +
+		"  fix    run it with --backend docker, or remove the step's runner\n"
+	if r.code != 2 || !strings.HasSuffix(r.stderr, want) {
+		t.Errorf("exit %d, want 2 and stderr ending in\n%s\ngot:\n%s", r.code, want, r.stderr)
+	}
+	doc = graph(0, []string{stepJSON("a", "true", `"runner":"host","runner_args":{"x":1}`)}, "")
+	if r := e.run("run", "--file", e.writeIR("p.json", doc), "--backend", "host"); r.code != 0 {
+		t.Errorf("runner host on the host backend: exit %d\n%s", r.code, r.stderr)
+	}
+}

@@ -27,6 +27,11 @@ func withFix(err error) error {
 	if errors.As(err, &ie) {
 		return &errs.Error{Code: ie.Code(), Msg: ie.Msg, Fix: imageFix(ie), Exit: errs.ExitCode(err), Err: err}
 	}
+	var re *errs.RunnerError
+	if errors.As(err, &re) {
+		return &errs.Error{Code: re.Code(), Msg: re.Error(), Exit: errs.ExitCode(err), Err: err,
+			Fix: fmt.Sprintf("run it with --backend %s, or remove the step's runner", re.Runner)}
+	}
 	var ue *errs.UnavailableError
 	if errors.As(err, &ue) {
 		return &errs.Error{Code: ue.Code(), Msg: ue.Msg, Fix: unavailableFix(ue), Exit: errs.ExitCode(err), Err: err}

@@ -52,6 +52,10 @@ func TestPrintErrorFix(t *testing.T) {
 			fmt.Errorf("reconcile sandbox backend: %w", &errs.UnavailableError{Backend: "sandbox", Msg: "the sandbox backend needs root"}),
 			"error[sandbox_unavailable]: the sandbox backend needs root\n" +
 				"  fix    run as root, or use --backend docker / host\n"},
+		{"runner",
+			&errs.RunnerError{Step: "a", Runner: "docker", Backend: "sandbox"},
+			"error[runner_mismatch]: step 'a' names runner \"docker\", but this build runs every step on the sandbox backend\n" +
+				"  fix    run it with --backend docker, or remove the step's runner\n"},
 		{"already for a person",
 			errs.New(errs.ErrUsage, "usage", "write -e KEY=VALUE", "invalid -e %q", "x"),
 			"error[usage]: invalid -e \"x\"\n  fix    write -e KEY=VALUE\n"},

@@ -1,5 +1,7 @@
 package errs
 
+import "fmt"
+
 // Typed errors of the engine: a class plus the fields a front end needs to say what to do.
 // Backends and the image store return these instead of advice: only the front end knows its
 // own flags and commands (hm's CLI writes `--map-image …`; a remote agent's user has no such
@@ -61,3 +63,19 @@ func (e *ImageError) Code() string {
 
 // Code is the stable code of the error line, e.g. docker_unavailable.
 func (e *UnavailableError) Code() string { return e.Backend + "_unavailable" }
+
+// RunnerError is a step that names a runner the executor cannot give it (the local executor
+// runs a whole build on one VM backend). Class ErrUsage: the choice of backend is the user's.
+type RunnerError struct {
+	Step    string // the step's key
+	Runner  string // the runner it names
+	Backend string // the backend the build runs on
+}
+
+func (e *RunnerError) Error() string {
+	return fmt.Sprintf("step '%s' names runner %q, but this build runs every step on the %s backend", e.Step, e.Runner, e.Backend)
+}
+func (e *RunnerError) Unwrap() error { return ErrUsage }
+
+// Code is the stable code of the error line.
+func (e *RunnerError) Code() string { return "runner_mismatch" }

@@ -12,8 +12,9 @@ import (
 	"github.com/hmci/hm/internal/errs"
 )
 
-// Known runners. A step's runner is a hint for the executor; hm runs every step on the backend
-// chosen for the build, but rejects a runner it does not know (spec: a plan error).
+// Known runners. A step's runner selects its executor: the plan carries it (and runner_args)
+// to the executor, which refuses a step it cannot run there (the local one runs a build on one
+// VM backend); a runner hm does not know is a plan error (spec).
 var knownRunners = map[string]bool{"": true, "default": true, "docker": true, "sandbox": true, "host": true}
 
 type rawGraphIR struct {

@@ -4,6 +4,7 @@
 package plan
 
 import (
+	"encoding/json"
 	"sort"
 	"time"
 	"unicode/utf8"
@@ -34,8 +35,13 @@ type Step struct {
 	Env     []string
 	Timeout time.Duration // 0: none
 	Cache   *ir.Cache
-	Preds   []Pred
-	Succs   []int
+	// Runner is the executor the step asks for ("" or "default": any); RunnerArgs are that
+	// runner's arguments, opaque here. The local executor runs a build on one VM backend and
+	// refuses a step that names another; its backends take no arguments (ir-v0.md §1).
+	Runner     string
+	RunnerArgs json.RawMessage
+	Preds      []Pred
+	Succs      []int
 	// Children are the builds_in children.
 	Children []int
 	// Chain is the chain's number; ChainIdx the step's position in it.
@@ -71,6 +77,8 @@ func New(p *ir.Pipeline) *Plan {
 			Parent:      -1,
 			Env:         envList(n.Env),
 			Cache:       n.Step.Cache,
+			Runner:      n.Step.Runner,
+			RunnerArgs:  n.Step.RunnerArgs,
 		}
 		if n.Step.TimeoutSeconds > 0 {
 			s.Timeout = time.Duration(n.Step.TimeoutSeconds) * time.Second

@@ -110,3 +110,21 @@ func TestBarrierAndEdges(t *testing.T) {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 }
+
+// runner and runner_args reach the plan: the executor decides what to do with them.
+func TestRunnerCarried(t *testing.T) {
+	pl := New(mustParse(t, `{"version":"0","default_image":"img","steps":[
+		{"type":"command","key":"a","cmd":"x","runner":"docker","runner_args":{"cpus":2}},
+		{"type":"command","key":"b","cmd":"x"}]}`))
+	type view struct {
+		Runner, Args string
+	}
+	var got []view
+	for _, s := range pl.Steps {
+		got = append(got, view{s.Runner, string(s.RunnerArgs)})
+	}
+	want := []view{{"docker", `{"cpus":2}`}, {"", ""}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/hmci/hm/internal/cachekey"
+	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/events"
 	"github.com/hmci/hm/internal/execution"
 	"github.com/hmci/hm/internal/plan"
@@ -46,6 +47,10 @@ func RegistryPath(stateDir string) string { return filepath.Join(stateDir, "regi
 
 // Start packs the source, computes keys and starts the build.
 func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.Handle, error) {
+	pl := plan.New(req.Pipeline)
+	if err := checkRunners(pl, b.VM.Name()); err != nil {
+		return nil, err
+	}
 	if err := b.reconcile(ctx); err != nil {
 		return nil, err
 	}
@@ -53,7 +58,6 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 	if err != nil {
 		return nil, err
 	}
-	pl := plan.New(req.Pipeline)
 	keys := make([]string, len(pl.Steps))
 	var inputs []cachekey.Inputs
 	if hasCache(pl) {
@@ -109,6 +113,18 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 		h.q.Close()
 	}()
 	return h, nil
+}
+
+// checkRunners refuses a build with a step whose runner is not the VM backend's: every step
+// of a local build runs on that one backend, and running a step somewhere it did not ask for
+// would ignore its selection silently. runner_args go unused: no local backend takes any.
+func checkRunners(pl *plan.Plan, backend string) error {
+	for _, s := range pl.Steps {
+		if s.Runner != "" && s.Runner != "default" && s.Runner != backend {
+			return &errs.RunnerError{Step: s.Key, Runner: s.Runner, Backend: backend}
+		}
+	}
+	return nil
 }
 
 func hasCache(pl *plan.Plan) bool {
