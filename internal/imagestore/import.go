@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"net/http"
@@ -44,7 +43,9 @@ const (
 // tarball, an OCI image layout tarball, or else a root filesystem tarball. Any of them may be
 // gzip-compressed. The image is named name; with name empty, the archive's own tags are used
 // (docker), its ref.name annotation (OCI), or the file's base name (rootfs). A name taken by
-// another image moves to this one.
+// another image moves to this one. A docker or OCI archive whose content does not match the
+// digests naming it (see verify.go) is refused with a usage error (code
+// image_digest_mismatch) before anything is stored.
 func (s *Store) Import(ctx context.Context, file, name string) (Image, error) {
 	if name != "" {
 		n, err := normalizeName(name)
@@ -86,7 +87,7 @@ func (s *Store) Pull(ctx context.Context, ref string) (Image, error) {
 	if _, ok := r.(name.Tag); ok {
 		n, _ = normalizeName(ref)
 	}
-	out, err := s.importImage(ctx, img, []string{n}, "registry")
+	out, err := s.importImage(ctx, img, []string{n}, "registry", "")
 	if err != nil {
 		var terr *transport.Error
 		if errors.As(err, &terr) || isNetError(err) {
@@ -166,6 +167,9 @@ type readCloser struct {
 }
 
 func (s *Store) importDocker(ctx context.Context, file, want string) (Image, error) {
+	if err := verifyBlobs(ctx, file); err != nil {
+		return Image{}, err
+	}
 	opener := func() (io.ReadCloser, error) { return openMaybeGzip(file) }
 	m, err := tarball.LoadManifest(opener)
 	if err != nil || len(m) == 0 {
@@ -195,14 +199,20 @@ func (s *Store) importDocker(ctx context.Context, file, want string) (Image, err
 	if err != nil {
 		return Image{}, errs.New(errs.ErrUsage, "image_archive_invalid", "", "%s: %v", file, err)
 	}
+	if err := verifyDockerConfig(file, d.Config, img); err != nil {
+		return Image{}, err
+	}
 	names := []string{want}
 	if want == "" {
 		names = d.RepoTags
 	}
-	return s.importImage(ctx, img, names, FormatDocker)
+	return s.importImage(ctx, img, names, FormatDocker, file)
 }
 
 func (s *Store) importOCI(ctx context.Context, file, want string) (Image, error) {
+	if err := verifyBlobs(ctx, file); err != nil {
+		return Image{}, err
+	}
 	tmp, cleanup, err := s.tmpDir()
 	if err != nil {
 		return Image{}, err
@@ -229,7 +239,7 @@ func (s *Store) importOCI(ctx context.Context, file, want string) (Image, error)
 	if want == "" && refName != "" {
 		names = []string{refName}
 	}
-	return s.importImage(ctx, img, names, FormatOCI)
+	return s.importImage(ctx, img, names, FormatOCI, file)
 }
 
 // Annotations naming an image in an OCI index.
@@ -336,15 +346,33 @@ func defaultName(file string) string {
 	return n
 }
 
-// importImage unpacks the layers of img the store does not have yet and records it.
-func (s *Store) importImage(ctx context.Context, img v1.Image, names []string, source string) (Image, error) {
+// importImage unpacks the layers of img the store does not have yet and records it. Each
+// unpacked layer's content is checked against its diff id; with archive (the file imported)
+// set, so are the layers the store has already, and a mismatch is a usage error naming it.
+func (s *Store) importImage(ctx context.Context, img v1.Image, names []string, source, archive string) (Image, error) {
+	invalid := func(what string, err error) error {
+		if archive != "" {
+			return errs.New(errs.ErrUsage, "image_archive_invalid", "", "%s: %s: %v", archive, what, err)
+		}
+		return fmt.Errorf("imagestore: %s: %w: %w", what, errs.ErrInfra, err)
+	}
 	id, err := img.ConfigName()
 	if err != nil {
-		return Image{}, fmt.Errorf("imagestore: image config: %w: %w", errs.ErrInfra, err)
+		return Image{}, invalid("image config", err)
 	}
 	layers, err := img.Layers()
 	if err != nil {
-		return Image{}, fmt.Errorf("imagestore: image layers: %w: %w", errs.ErrInfra, err)
+		return Image{}, invalid("image layers", err)
+	}
+	// The layers' diff ids come from the config, which its digest pins: a layer's own
+	// DiffID may be computed from its content (go-containerregistry does, for compressed
+	// layers in a docker tarball), which would make any content match.
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return Image{}, invalid("image config", err)
+	}
+	if len(cfg.RootFS.DiffIDs) != len(layers) {
+		return Image{}, invalid("image config", fmt.Errorf("%d layers, but %d rootfs.diff_ids", len(layers), len(cfg.RootFS.DiffIDs)))
 	}
 	tmp, cleanup, err := s.tmpDir()
 	if err != nil {
@@ -355,10 +383,7 @@ func (s *Store) importImage(ctx context.Context, img v1.Image, names []string, s
 		Source: source, Created: time.Now().UTC()}
 	fresh := map[string]string{}
 	for i, l := range layers {
-		diff, err := l.DiffID()
-		if err != nil {
-			return Image{}, fmt.Errorf("imagestore: layer %d: %w: %w", i, errs.ErrInfra, err)
-		}
+		diff := cfg.RootFS.DiffIDs[i]
 		out.Layers = append(out.Layers, diff.String())
 		if sz, err := l.Size(); err == nil {
 			out.Size += sz
@@ -367,15 +392,32 @@ func (s *Store) importImage(ctx context.Context, img v1.Image, names []string, s
 			continue
 		}
 		if _, err := os.Stat(s.layerDir(diff.String())); err == nil {
+			// The store's copy is used, but the archive must still hold what it claims.
+			if archive != "" {
+				if err := checkLayer(l, diff); err != nil {
+					return Image{}, layerError(ctx, archive, i, diff, err)
+				}
+			}
 			continue
 		}
 		dir := filepath.Join(tmp, fmt.Sprint(i))
 		if err := unpackLayer(ctx, l, diff, dir); err != nil {
-			return Image{}, unpackError(ctx, "layer "+diff.String(), err)
+			return Image{}, layerError(ctx, archive, i, diff, err)
 		}
 		fresh[diff.String()] = dir
 	}
 	return out, s.commit(out, fresh)
+}
+
+// layerError reports a failure with layer i: a digest mismatch in an archive is a usage
+// error, any other an unpack error.
+func layerError(ctx context.Context, archive string, i int, diff v1.Hash, err error) error {
+	var de *digestError
+	var re *readError
+	if archive != "" && (errors.As(err, &de) || errors.As(err, &re)) && ctx.Err() == nil {
+		return tamperedArchive(archive, fmt.Errorf("layer %d: %w", i+1, err))
+	}
+	return unpackError(ctx, "layer "+diff.String(), err)
 }
 
 func unpackError(ctx context.Context, what string, err error) error {
@@ -393,31 +435,34 @@ func unpackError(ctx context.Context, what string, err error) error {
 func unpackLayer(ctx context.Context, l v1.Layer, diff v1.Hash, dir string) error {
 	rc, err := l.Uncompressed()
 	if err != nil {
-		return err
+		return &readError{err}
 	}
 	defer rc.Close()
-	h, err := newHash(diff)
+	h, err := digester(diff.Algorithm)
 	if err != nil {
 		return err
 	}
-	if err := unpack(ctx, io.TeeReader(rc, h), dir); err != nil {
+	src := sourceReader{rc}
+	if err := unpack(ctx, io.TeeReader(src, h), dir); err != nil {
+		// Changed bytes may break the tar before the digest can tell: say which it is.
+		if ctx.Err() == nil {
+			var re *readError
+			if _, cerr := io.Copy(h, src); errors.As(cerr, &re) {
+				return cerr
+			} else if got := hex.EncodeToString(h.Sum(nil)); cerr == nil && got != diff.Hex {
+				return layerMismatch(got, diff)
+			}
+		}
 		return err
 	}
 	// The tar reader stops at the end-of-archive marker; hash the padding after it too.
-	if _, err := io.Copy(h, rc); err != nil {
+	if _, err := io.Copy(h, src); err != nil {
 		return err
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != diff.Hex {
-		return fmt.Errorf("content digest sha256:%s does not match diff id %s", got, diff)
+		return layerMismatch(got, diff)
 	}
 	return nil
-}
-
-func newHash(h v1.Hash) (hash.Hash, error) {
-	if h.Algorithm != "sha256" {
-		return nil, fmt.Errorf("unsupported digest algorithm %q", h.Algorithm)
-	}
-	return sha256.New(), nil
 }
 
 // commit moves freshly unpacked layers into place and writes the image's record, taking its
