@@ -102,7 +102,11 @@ func newBackend(t testing.TB, opts Options) *Backend {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
+	untrack := track(b)
+	t.Cleanup(func() {
+		b.Close()
+		untrack()
+	})
 	return b
 }
 
@@ -110,7 +114,8 @@ func TestConformance(t *testing.T) {
 	needSandbox(t)
 	for _, image := range []string{"busybox", imagestore.HostID} {
 		t.Run(image, func(t *testing.T) {
-			vmtest.Run(t, func(t *testing.T) vmtest.Fixture {
+			// In parallel: every case gets a backend (a state dir) of its own.
+			vmtest.RunParallel(t, func(t *testing.T) vmtest.Fixture {
 				b := newBackend(t, Options{})
 				return vmtest.Fixture{Backend: b, Image: image, IsolatedFS: true,
 					Leftovers: func() []string { return leftovers(b, proc.Self()) }}
@@ -125,9 +130,11 @@ func leftovers(b *Backend, owner proc.Owner) []string {
 	b.waitBackground() // what Destroy left to delete in the background is not left over
 	b.waitRefill()     // a spare on its way is not left over either
 	var out []string
-	spare, spareCookie := b.sparePID(), b.spareCookie()
+	// Idle spare inits hold nothing: this backend's, and those of other backends open in
+	// this process (parallel conformance cases).
+	sparePIDs, spareCookies := spares(b)
 	for c, pids := range proc.Cookies() {
-		if len(pids) == 1 && pids[0] == spare {
+		if len(pids) == 1 && sparePIDs[pids[0]] {
 			continue // the spare init, waiting for the next step, holds nothing
 		}
 		if o, ok := proc.CookieOwner(c); ok && o == owner {
@@ -146,7 +153,7 @@ func leftovers(b *Backend, owner proc.Owner) []string {
 			out = append(out, filepath.Join(sub, n))
 		}
 	}
-	for _, cg := range b.cg.list(func(c string) bool { o, _ := proc.CookieOwner(c); return o == owner && c != spareCookie }) {
+	for _, cg := range b.cg.list(func(c string) bool { o, _ := proc.CookieOwner(c); return o == owner && !spareCookies[c] }) {
 		out = append(out, "cgroup "+cg)
 	}
 	return out

@@ -47,14 +47,34 @@ type Factory func(t *testing.T) Fixture
 // a timing assertion: every call the suite guards returns in well under a second normally.
 const hangGuard = 2 * time.Minute
 
-// Run runs the conformance suite against the backend f makes.
+// Run runs the conformance suite against the backend f makes, one case after another.
 func Run(t *testing.T, f Factory) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			c.fn(t, newEnv(t, f))
+			c.fn(t, newEnv(t, f, nil))
 		})
 	}
 }
+
+// RunParallel is Run with the cases in parallel (t.Parallel), for a Factory whose every
+// Fixture is a backend of its own (its own state dir). Only the cases run in parallel: each
+// leftovers check, and the Fixture's teardown after it, runs alone, once every other case
+// that has started has destroyed its machines and let its backend settle (one Leftovers call
+// each). So a check never sees another case's machines at work, and Leftovers need only
+// tell its own backend's idle resources (its spare, say) from another backend's.
+func RunParallel(t *testing.T, f Factory) {
+	g := &gate{}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			c.fn(t, newEnv(t, f, g))
+		})
+	}
+}
+
+// gate orders parallel cases: a case holds it shared while its machines exist and
+// exclusively for its leftovers check and teardown.
+type gate struct{ mu sync.RWMutex }
 
 // env is one subtest's backend with helpers that fail the test on infrastructure errors.
 type env struct {
@@ -63,14 +83,36 @@ type env struct {
 	image string
 }
 
-func newEnv(t *testing.T, f Factory) *env {
+func newEnv(t *testing.T, f Factory, g *gate) *env {
 	t.Helper()
+	exclusive := false
+	if g != nil {
+		g.mu.RLock()
+		// Registered before the Factory's cleanups, so it runs after them: the teardown of
+		// this case's backend is part of its exclusive turn.
+		t.Cleanup(func() {
+			if exclusive {
+				g.mu.Unlock()
+			} else {
+				g.mu.RUnlock()
+			}
+		})
+	}
 	fx := f(t)
 	if fx.Backend == nil || fx.Leftovers == nil {
 		t.Fatal("vmtest: Fixture.Backend and Fixture.Leftovers are required")
 	}
-	// Registered first, so it runs last: after every Destroy and RemoveSnapshot below.
+	// Registered before the case's own cleanups, so it runs after them: after every Destroy
+	// and RemoveSnapshot below.
 	t.Cleanup(func() {
+		if g != nil {
+			// Settle this backend (Leftovers waits for its background work) before letting
+			// another case's check look, then wait for every started case to do the same.
+			fx.Leftovers()
+			g.mu.RUnlock()
+			g.mu.Lock()
+			exclusive = true
+		}
 		if left := fx.Leftovers(); len(left) > 0 {
 			t.Errorf("left behind after the subtest:\n  %s", strings.Join(left, "\n  "))
 		}

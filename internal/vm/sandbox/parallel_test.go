@@ -1,0 +1,48 @@
+package sandbox
+
+import "sync"
+
+// testBackends are the sandbox backends newBackend opened and that are not closed yet. The
+// conformance cases run in parallel, each with a backend of its own, and a leftovers check
+// must not count another backend's idle spare init (and its cgroups): that backend holds it,
+// legitimately, until it closes.
+var testBackends struct {
+	sync.Mutex
+	open map[*Backend]bool
+}
+
+// track records b as open until the returned func is called (after b.Close).
+func track(b *Backend) (untrack func()) {
+	testBackends.Lock()
+	defer testBackends.Unlock()
+	if testBackends.open == nil {
+		testBackends.open = map[*Backend]bool{}
+	}
+	testBackends.open[b] = true
+	return func() {
+		testBackends.Lock()
+		defer testBackends.Unlock()
+		delete(testBackends.open, b)
+	}
+}
+
+// spares returns the PIDs and cookies of the idle spare inits of b and of every open test
+// backend.
+func spares(b *Backend) (pids map[int]bool, cookies map[string]bool) {
+	testBackends.Lock()
+	all := []*Backend{b}
+	for o := range testBackends.open {
+		all = append(all, o)
+	}
+	testBackends.Unlock()
+	pids, cookies = map[int]bool{}, map[string]bool{}
+	for _, o := range all {
+		if pid := o.sparePID(); pid > 0 {
+			pids[pid] = true
+		}
+		if c := o.spareCookie(); c != "" {
+			cookies[c] = true
+		}
+	}
+	return pids, cookies
+}
