@@ -344,8 +344,12 @@ func (s *Store) writeRecord(img Image) error {
 func (s *Store) lock() (unlock func(), err error) {
 	// Root's alone: image layers hold setuid binaries and device nodes, which must be out
 	// of reach of the host's other users.
-	if err := os.MkdirAll(s.dir, 0o700); err == nil {
-		err = os.Chmod(s.dir, 0o700)
+	// Chmod too: MkdirAll leaves an existing directory's mode alone and applies the umask.
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("imagestore: state dir: %w: %w", errs.ErrInfra, err)
+	}
+	if err := os.Chmod(s.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("imagestore: state dir: %w: %w", errs.ErrInfra, err)
 	}
 	for _, d := range []string{"layers", "meta", "tmp", "trash"} {
 		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o755); err != nil {
