@@ -41,6 +41,9 @@
 // Errors from a backend are infrastructure errors (daemon gone, image missing, disk full); a
 // command that exits non-zero is not an error, it is an exit code. Errors wrap the errs
 // sentinels (errs.ErrImageNotFound, errs.ErrUnavailable, ...) so callers can classify them.
+// They say what happened, never what to do: a missing image is an *errs.ImageError (the
+// reference, where it was looked for, the pull's cause), a backend that cannot work here an
+// *errs.UnavailableError; the front end (internal/cli) knows its own flags and writes the fix.
 package vm
 
 import (
