@@ -5,9 +5,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/hmci/hm/internal/proc"
 )
@@ -127,12 +132,69 @@ func sandboxLeftovers(t *testing.T, stateDir string) []string {
 			}
 		}
 	}
-	for c, pids := range proc.Cookies() {
-		if o, ok := proc.CookieOwner(c); ok && !o.Alive() {
-			out = append(out, fmt.Sprintf("processes %v of a dead hm", pids))
+	for _, p := range sandboxHelpers(t) {
+		if p.initCookie != "" {
+			if o, ok := proc.CookieOwner(p.initCookie); ok && !o.Alive() {
+				out = append(out, fmt.Sprintf("sandbox init %d of a dead hm", p.pid))
+			}
+			continue
+		}
+		// A network helper exits on its own once its init is gone: give it a moment, waiting
+		// on a pidfd.
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", p.slirpTarget)); err != nil && !exitsWithin(p.pid, 10*time.Second) {
+			out = append(out, fmt.Sprintf("slirp4netns %d for the gone init %d", p.pid, p.slirpTarget))
 		}
 	}
 	return out
+}
+
+// sandboxProc is a sandbox init (initCookie set) or a slirp4netns network helper.
+type sandboxProc struct {
+	pid         int
+	initCookie  string
+	slirpTarget int
+}
+
+// sandboxHelpers lists the sandbox inits (told by their command line and marker memfd,
+// "hm-sandbox-init TAG COOKIE") and slirp4netns helpers running on this machine.
+func sandboxHelpers(t *testing.T) []sandboxProc {
+	t.Helper()
+	var out []sandboxProc
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		args, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		words := strings.Split(strings.TrimSuffix(string(args), "\x00"), "\x00")
+		switch {
+		case string(args) == "hm-sandbox-init\x00":
+			link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/5", pid))
+			if f := strings.Fields(strings.TrimPrefix(link, "/memfd:")); err == nil && len(f) >= 3 {
+				out = append(out, sandboxProc{pid: pid, initCookie: f[2]})
+			}
+		case len(words) > 2 && filepath.Base(words[0]) == "slirp4netns":
+			if target, err := strconv.Atoi(words[len(words)-2]); err == nil {
+				out = append(out, sandboxProc{pid: pid, slirpTarget: target})
+			}
+		}
+	}
+	return out
+}
+
+// exitsWithin reports whether pid exits within d, waiting on a pidfd.
+func exitsWithin(pid int, d time.Duration) bool {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return true // gone already
+	}
+	defer unix.Close(fd)
+	n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(d.Milliseconds()))
+	return err == nil && n == 1
 }
 
 // Not root: the sandbox backend refuses with sandbox_unavailable (exit 4) and says what to do;
@@ -179,25 +241,37 @@ func TestSandboxNotRoot(t *testing.T) {
 	}
 }
 
-// --network none cuts the sandbox off: only the loopback interface exists inside.
-func TestSandboxNetworkNone(t *testing.T) {
+// The sandbox's networks: by default a namespace of the step's own whose only interfaces
+// are loopback and slirp4netns' tap0 (outbound access, nothing of the host's); --network
+// none leaves only loopback; --network host is the host's own namespace.
+func TestSandboxNetwork(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the sandbox backend needs root")
 	}
 	e := newEnv(t)
 	doc := graph(0, []string{stepJSON("net", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort", `"image":"host"`)}, "")
 	ir := e.writeIR("p.json", doc)
+	hostIfaces := stable(hostInterfaces(t))
 	for _, tt := range []struct {
-		network string
-		onlyLo  bool
-	}{{"none", true}, {"host", false}} {
-		r := e.run("run", "--file", ir, "--backend", "sandbox", "--network", tt.network, "--format", "json")
+		args []string
+		want []string
+	}{
+		{nil, []string{"lo", "tap0"}},
+		{[]string{"--network", "private"}, []string{"lo", "tap0"}},
+		{[]string{"--network", "none"}, []string{"lo"}},
+		{[]string{"--network", "host"}, hostIfaces},
+	} {
+		args := append([]string{"run", "--file", ir, "--backend", "sandbox", "--format", "json"}, tt.args...)
+		r := e.run(args...)
 		if r.code != 0 {
-			t.Fatalf("--network %s: exit %d\n%s", tt.network, r.code, r.stderr)
+			t.Fatalf("%v: exit %d\n%s", tt.args, r.code, r.stderr)
 		}
-		ifaces := view(t, parseEvents(t, r.stdout)).lines("net")
-		if got := len(ifaces) == 1 && ifaces[0] == "lo"; got != tt.onlyLo {
-			t.Errorf("--network %s: interfaces %v", tt.network, ifaces)
+		// Docker's veth pairs come and go with concurrent containers: they are left out.
+		if diff := cmp.Diff(tt.want, stable(view(t, parseEvents(t, r.stdout)).lines("net"))); diff != "" {
+			t.Errorf("%v: interfaces (-want +got):\n%s", tt.args, diff)
 		}
+	}
+	if left := sandboxLeftovers(t, e.stateDir); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
 	}
 }

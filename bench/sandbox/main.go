@@ -114,6 +114,10 @@ func run(n, files, reps int, image, state string) error {
 	if err != nil {
 		return err
 	}
+	conf, err := confinementBench(ctx, state, img, n)
+	if err != nil {
+		return err
+	}
 
 	fmt.Println("| measurement | sandbox | baseline | baseline value | sandbox / baseline | target |")
 	fmt.Println("|---|---|---|---|---|---|")
@@ -130,7 +134,66 @@ func run(n, files, reps int, image, state string) error {
 		"fork+exec `/bin/true`", trueT, "")
 	row(fmt.Sprintf("commit of a step that wrote %s files, median of %d", thousands(files), reps), commitT,
 		"`cp -a` of the same tree", copyT, "≤ 5 ms")
+	fmt.Println()
+	fmt.Println("| trivial step `true` incl. commit, median of", n, "| spaced (spare ready) | back to back | spaced − unconfined | `unshare -mpui -f true` |")
+	fmt.Println("|---|---|---|---|---|")
+	for _, c := range conf {
+		fmt.Printf("| %s | %s | %s | %+.2f ms | %s |\n", c.name, ms(c.spaced), ms(c.packed),
+			float64(c.spaced-conf[0].spaced)/1e6, ms(median(base)))
+	}
 	return nil
+}
+
+// confined is one configuration of the confinement benchmark.
+type confined struct {
+	name           string
+	spaced, packed time.Duration
+}
+
+// confinementBench measures a trivial step without confinement (as the sandbox was before
+// spec § Isolation) and with it, on each network, interleaved round by round so that the
+// machine's load falls on all alike.
+func confinementBench(ctx context.Context, state, img string, n int) ([]confined, error) {
+	configs := []struct {
+		name string
+		opts sandbox.Options
+	}{
+		{"unconfined, host network", sandbox.Options{NoPull: true, Unconfined: true, Network: sandbox.NetworkHost}},
+		{"confined, host network", sandbox.Options{NoPull: true, Network: sandbox.NetworkHost}},
+		{"confined, --network none", sandbox.Options{NoPull: true, Network: sandbox.NetworkNone}},
+		{"confined, private network (default)", sandbox.Options{NoPull: true}},
+	}
+	backends := make([]*sandbox.Backend, len(configs))
+	for i, c := range configs {
+		b, err := sandbox.New(state, imagestore.Open(state), c.opts)
+		if err != nil {
+			return nil, err
+		}
+		defer b.Close()
+		backends[i] = b
+	}
+	spec := vm.Spec{Image: img, Cmd: "true", Env: vm.BaseEnv, Owner: vm.Owner{RunID: "bench", PID: os.Getpid()}}
+	spaced := make([][]time.Duration, len(configs))
+	packed := make([][]time.Duration, len(configs))
+	const round = 10
+	for done := 0; done < n; done += round {
+		for i, b := range backends {
+			s, _, err := steps(ctx, b, spec, round, spacing)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", configs[i].name, err)
+			}
+			p, _, err := steps(ctx, b, spec, round, 0)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", configs[i].name, err)
+			}
+			spaced[i], packed[i] = append(spaced[i], s...), append(packed[i], p...)
+		}
+	}
+	out := make([]confined, len(configs))
+	for i, c := range configs {
+		out[i] = confined{name: c.name, spaced: median(spaced[i]), packed: median(packed[i])}
+	}
+	return out, nil
 }
 
 // spacing separates the spaced-out steps: more than re-executing hm takes, even on a
@@ -141,7 +204,7 @@ const spacing = 100 * time.Millisecond
 // status 125 as soon as it runs.
 func initCmd() *exec.Cmd {
 	cmd := exec.Command("/proc/self/exe")
-	cmd.Env = []string{sandboxinit.Env + "=1"}
+	cmd.Args = []string{sandboxinit.Arg0}
 	return cmd
 }
 
@@ -151,7 +214,7 @@ func timeCmd(n int, cmd *exec.Cmd) (time.Duration, error) {
 	var d []time.Duration
 	for range n {
 		c := exec.Command(cmd.Path, cmd.Args[1:]...)
-		c.Env = cmd.Env
+		c.Args, c.Env = cmd.Args, cmd.Env
 		start := time.Now()
 		out, err := c.CombinedOutput()
 		d = append(d, time.Since(start))

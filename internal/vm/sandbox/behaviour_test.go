@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/imagestore"
@@ -248,19 +252,65 @@ func TestHostImage(t *testing.T) {
 	}
 }
 
-func TestNetworkNone(t *testing.T) {
-	for _, none := range []bool{false, true} {
-		t.Run("none="+strconv.FormatBool(none), func(t *testing.T) {
-			b := newBackend(t, Options{NetworkNone: none})
-			_, out := mustRun(t, b, spec(`tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\n' ' '`))
-			ifaces := strings.Fields(out)
-			if none && (len(ifaces) != 1 || ifaces[0] != "lo") {
-				t.Errorf("interfaces %v, want only lo", ifaces)
-			}
-			if !none && len(ifaces) < 2 {
-				t.Skipf("host has only %v: cannot tell its network from a fresh one", ifaces)
+// Each network mode's interfaces: the private default has loopback and slirp4netns' tap0
+// with its route out, none only loopback, host the host's own.
+func TestNetworkModes(t *testing.T) {
+	for _, tc := range []struct {
+		mode Options
+		want string
+	}{
+		{Options{}, "lo tap0 default via 10.0.2.2"},
+		{Options{Network: NetworkPrivate}, "lo tap0 default via 10.0.2.2"},
+		{Options{Network: NetworkNone}, "lo"},
+		{Options{NetworkNone: true}, "lo"},
+	} {
+		t.Run(fmt.Sprintf("%+v", tc.mode), func(t *testing.T) {
+			b := newBackend(t, tc.mode)
+			_, out := mustRun(t, b, spec(`tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\n' ' '; ip route | grep default | cut -d' ' -f1-3`))
+			if got := strings.Join(strings.Fields(out), " "); got != tc.want {
+				t.Errorf("interfaces and route %q, want %q", got, tc.want)
 			}
 		})
+	}
+	t.Run("host", func(t *testing.T) {
+		b := newBackend(t, Options{Network: NetworkHost})
+		_, out := mustRun(t, b, spec(`readlink /proc/self/ns/net`))
+		own, err := os.Readlink("/proc/self/ns/net")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(out); got != own {
+			t.Errorf("the step's network namespace is %s, the host's %s", got, own)
+		}
+	})
+}
+
+// Without slirp4netns the private network cannot work: the step fails as unavailable,
+// saying why, rather than running without a network or on the host's.
+func TestPrivateNetworkWithoutSlirp(t *testing.T) {
+	b := newBackend(t, Options{})
+	b.slirp = ""
+	b.Close() // the spare, if any, was started with slirp4netns
+	m := create(t, b, spec("true"))
+	_, err := m.Run(t.Context(), io.Discard, io.Discard)
+	if !errors.Is(err, errs.ErrUnavailable) || !strings.Contains(err.Error(), "slirp4netns") {
+		t.Errorf("Run without slirp4netns = %v, want an unavailable error naming slirp4netns", err)
+	}
+}
+
+// The step runs with Docker's default capabilities (nothing inheritable or ambient), under
+// seccomp, and cannot read its init's environment, marker or config pipe.
+func TestConfinedStep(t *testing.T) {
+	b := newBackend(t, Options{})
+	_, out := mustRun(t, b, spec(`grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|Seccomp):' /proc/self/status | tr -s '\t ' ' '
+cat /proc/1/environ >/dev/null 2>&1 && echo environ readable
+readlink /proc/1/fd/5 && echo marker readable
+cat /proc/1/fd/3 </dev/null >/dev/null 2>&1 && echo config pipe open
+true`))
+	want := "CapInh: 0000000000000000\nCapPrm: 00000000a80425fb\nCapEff: 00000000a80425fb\n" +
+		"CapBnd: 00000000a80425fb\nCapAmb: 0000000000000000\nSeccomp: 2\n"
+	if diff := cmp.Diff(want, out); diff != "" {
+		t.Errorf("step's view (-want +got):\n%s", diff)
 	}
 }
 

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hmci/hm/internal/confine"
 	"github.com/hmci/hm/internal/proc"
 	"github.com/hmci/hm/internal/statedir"
 )
@@ -21,6 +23,9 @@ type cgroups struct {
 	v2      bool
 	parents []string // STEP cgroups are parents[i]/COOKIE
 }
+
+// cgroupRoot is where the cgroup hierarchies are mounted.
+const cgroupRoot = "/sys/fs/cgroup"
 
 // cgroupDirName is the directory holding hm's step cgroups in each hierarchy.
 const cgroupDirName = "hm-sandbox"
@@ -48,7 +53,7 @@ func detectCgroups() cgroups {
 	}
 	own := ownCgroupsV1()
 	var c cgroups
-	for _, ctrl := range []string{"memory", "pids", "cpu"} {
+	for _, ctrl := range []string{"memory", "pids", "cpu", "devices"} {
 		// /sys/fs/cgroup/cpu is usually a symlink to the cpu,cpuacct hierarchy.
 		mnt := filepath.Join("/sys/fs/cgroup", ctrl)
 		rel, ok := own[ctrl]
@@ -127,6 +132,9 @@ func (c cgroups) create(cookie string, opts Options) []string {
 			set("cpu.cfs_period_us", quota, num(cpuPeriod))
 			set("cpu.cfs_quota_us", quota, num(quota))
 		}
+		if !c.v2 && strings.Contains(p, "/devices/") {
+			restrictDevices(d)
+		}
 		for _, file := range []string{"memory.max", "memory.limit_in_bytes", "pids.max", "cpu.max", "cpu.cfs_period_us", "cpu.cfs_quota_us"} {
 			if v, ok := limits[file]; ok {
 				_ = os.WriteFile(filepath.Join(d, file), []byte(v), 0)
@@ -169,4 +177,40 @@ func (c cgroups) list(owned func(cookie string) bool) []string {
 		}
 	}
 	return out
+}
+
+// restrictDevices writes the device allow-list into a v1 devices cgroup: the step can open
+// only the standard devices, whatever nodes it creates. Best effort: devicesRestricted
+// tells whether it took.
+func restrictDevices(dir string) {
+	for _, rule := range confine.DeviceRules() {
+		file := "devices.allow"
+		if rule == "a" {
+			file = "devices.deny"
+		}
+		if err := os.WriteFile(filepath.Join(dir, file), []byte(rule), 0); err != nil {
+			return
+		}
+	}
+}
+
+// devicesRestricted reports whether pid sits in one of dirs that is a devices cgroup
+// denying what the allow-list does not name. cgroup v2 has no devices files (its device
+// control is a BPF program): there the init makes mounts nodev instead (Config.NoDev).
+func devicesRestricted(dirs []string, pid int) bool {
+	for _, d := range dirs {
+		list, err := os.ReadFile(filepath.Join(d, "devices.list"))
+		if err != nil {
+			continue
+		}
+		if strings.Contains(string(list), "a *:* rwm") {
+			return false // the deny-all did not take
+		}
+		procs, err := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		if err != nil {
+			return false
+		}
+		return slices.Contains(strings.Fields(string(procs)), strconv.Itoa(pid))
+	}
+	return false
 }

@@ -62,7 +62,7 @@ func TestReconcileAfterCrash(t *testing.T) {
 	marker := randomHex()
 	m := create(t, crashed, spec(stubborn+"sleep 1000", "HM_TEST_MARK="+marker))
 	done, _ := startRun(t, context.Background(), m, "ready")
-	if len(markedProcesses(marker)) == 0 || len(proc.FindCookie(m.cookie)) == 0 {
+	if len(markedProcesses(marker)) == 0 || len(b.inits()[m.cookie]) == 0 {
 		t.Fatal("the running step is not visible: the checks below would prove nothing")
 	}
 
@@ -191,7 +191,7 @@ func TestOwnerKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	var inits []int
-	for c, pids := range proc.Cookies() {
+	for c, pids := range b.inits() {
 		if o, ok := proc.CookieOwner(c); ok && o == owner {
 			inits = append(inits, pids...)
 		}

@@ -123,10 +123,14 @@ func (m *machine) run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	waitOutput := ip.copyOutput(stdout, stderr)
 	cfg := sandboxinit.Config{
 		Dir: m.dir, Lowers: m.lowers, Cmd: m.spec.Cmd, Env: m.spec.Env, Hostname: "hm",
-		NetworkNone: m.b.opts.NetworkNone,
+		Loopback: m.b.network() != NetworkHost,
 	}
-	if m.hostRoot {
-		cfg.Hide = []string{m.b.state}
+	if m.b.network() == NetworkPrivate {
+		cfg.ResolvConf = privateResolvConf()
+	}
+	if err := m.b.confine(&cfg, ip); err != nil {
+		ip.kill()
+		return -1, err
 	}
 	sandboxinit.Trace(ip.cookie, "run: sending config")
 	_ = json.NewEncoder(ip.cfgW).Encode(cfg) // a failure means the init died; its status tells
@@ -162,6 +166,7 @@ func (m *machine) run(ctx context.Context, stdout, stderr io.Writer) (int, error
 		m.b.bg.Go(func() {
 			<-ip.exited
 			sandboxinit.Trace(ip.cookie, "run: init reaped")
+			ip.waitHelpers()
 			removeCgroups(ip.cgroups)
 			ip.close()
 		})
@@ -172,6 +177,7 @@ func (m *machine) run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	}
 	<-ip.exited
 	sandboxinit.Trace(ip.cookie, "run: init reaped")
+	ip.waitHelpers()
 	defer ip.close()
 	removeCgroups(ip.cgroups) // its processes are gone with the init
 	outErr := waitOutput()

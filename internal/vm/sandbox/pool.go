@@ -1,12 +1,15 @@
 package sandbox
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -34,9 +37,16 @@ type initProc struct {
 	// could read its config, hence before the step starts; made with the init, so that a
 	// spare's are ready too.
 	cgroups []string
+	// slirp is the init's network helper (the private network), nil if none; it exits
+	// with the init (its exit-fd is the init's lifeline pipe).
+	slirp     *exec.Cmd
+	slirpDone chan struct{} // closed once slirp is reaped; nil without slirp
+	// devices: a devices cgroup restricts the init (see devicesRestricted).
+	devices bool
 }
 
-// startInit starts an init carrying cookie.
+// startInit starts an init carrying cookie: in its namespaces, in its cgroups, with its
+// network configured, waiting for its config.
 func (b *Backend) startInit(cookie string) (*initProc, error) {
 	var files []*os.File // the child's ends, closed once it has them
 	closeAll := func(fs ...*os.File) {
@@ -47,12 +57,15 @@ func (b *Backend) startInit(cookie string) (*initProc, error) {
 		}
 	}
 	ip := &initProc{cookie: cookie, exited: make(chan struct{})}
+	fail := func(err error) (*initProc, error) {
+		closeAll(files...)
+		ip.close()
+		return nil, fmt.Errorf("sandbox: start init: %w: %w", errs.ErrInfra, err)
+	}
 	for _, p := range []struct{ ours **os.File }{{&ip.cfgW}, {&ip.statR}, {&ip.outR}, {&ip.errR}} {
 		r, w, err := os.Pipe()
 		if err != nil {
-			closeAll(files...)
-			ip.close()
-			return nil, fmt.Errorf("sandbox: start init: %w: %w", errs.ErrInfra, err)
+			return fail(err)
 		}
 		if p.ours == &ip.cfgW {
 			*p.ours, files = w, append(files, r)
@@ -60,18 +73,39 @@ func (b *Backend) startInit(cookie string) (*initProc, error) {
 			*p.ours, files = r, append(files, w)
 		}
 	}
+	marker, err := newMarker(b.tag, cookie)
+	if err != nil {
+		return fail(err)
+	}
+	files = append(files, marker)
+	extra := []*os.File{files[0], files[1], marker} // ConfigFD, StatusFD, MarkerFD
+	net := b.network()
+	var lifeR *os.File // the read end of the init's lifeline, for slirp4netns
+	if net == NetworkPrivate {
+		if b.slirp == "" {
+			closeAll(files...)
+			ip.close()
+			return nil, Unavailable("the sandbox's private network needs slirp4netns, which is not installed")
+		}
+		r, w, err := os.Pipe()
+		if err != nil {
+			return fail(err)
+		}
+		lifeR, files, extra = r, append(files, w), append(extra, w) // LifelineFD
+		defer lifeR.Close()
+	}
 	cmd := &exec.Cmd{
 		Path:       "/proc/self/exe",
-		Args:       []string{"hm-sandbox-init"},
-		Env:        initEnv(cookie, b.dir),
+		Args:       []string{sandboxinit.Arg0},
+		Env:        initEnv(cookie),
 		Stdout:     files[2],
 		Stderr:     files[3],
-		ExtraFiles: []*os.File{files[0], files[1]},
+		ExtraFiles: extra,
 		SysProcAttr: &syscall.SysProcAttr{
 			Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC,
 		},
 	}
-	if b.opts.NetworkNone {
+	if net != NetworkHost {
 		cmd.SysProcAttr.Cloneflags |= unix.CLONE_NEWNET
 	}
 	// PR_SET_PDEATHSIG fires when the thread that forked the init exits, not the process:
@@ -89,7 +123,7 @@ func (b *Backend) startInit(cookie string) (*initProc, error) {
 		ip.state = cmd.ProcessState
 		close(ip.exited)
 	}()
-	err := <-started
+	err = <-started
 	closeAll(files...)
 	if err != nil {
 		ip.close()
@@ -98,7 +132,75 @@ func (b *Backend) startInit(cookie string) (*initProc, error) {
 	ip.proc = cmd.Process
 	ip.cgroups = b.cg.create(cookie, b.opts)
 	joinCgroups(ip.cgroups, ip.proc.Pid)
+	ip.devices = devicesRestricted(ip.cgroups, ip.proc.Pid)
+	if lifeR != nil {
+		if err := ip.startSlirp(b.slirp, lifeR); err != nil {
+			ip.kill()
+			return nil, err
+		}
+	}
 	return ip, nil
+}
+
+// network is the steps' network mode.
+func (b *Backend) network() NetworkMode {
+	switch {
+	case b.opts.NetworkNone:
+		return NetworkNone
+	case b.opts.Network == "":
+		return NetworkPrivate
+	}
+	return b.opts.Network
+}
+
+// startSlirp gives the init's network namespace outbound access through slirp4netns, a
+// user-space TCP/IP stack (what rootless Docker and Podman use): nothing changes on the
+// host, no interface, route or firewall rule, and nothing is left if hm dies, since it
+// exits when the init's lifeline (lifeR's write end, held by the init alone) closes. Its
+// own sandbox and seccomp filter confine it; it refuses connections to the host's
+// loopback. It returns once the namespace is configured (tap0 10.0.2.100/24, default route
+// and DNS forwarder at 10.0.2.2/10.0.2.3).
+func (ip *initProc) startSlirp(path string, lifeR *os.File) error {
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("sandbox: network: %w: %w", errs.ErrInfra, err)
+	}
+	defer readyR.Close()
+	var stderr bytes.Buffer
+	cmd := exec.Command(path, "--configure", "--mtu=65520", "--disable-host-loopback",
+		"--enable-sandbox", "--enable-seccomp", "--exit-fd=3", "--ready-fd=4",
+		strconv.Itoa(ip.proc.Pid), "tap0")
+	cmd.ExtraFiles = []*os.File{lifeR, readyW}
+	cmd.Stderr = &stderr
+	// A mount namespace of its own, made recursively private before the exec: its sandbox
+	// makes only "/" private and then detaches the old root, which unmounted every shared
+	// mount below on the host too (dockerd's overlays: e2e TestSandboxLeavesDockerMounts).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Unshareflags: unix.CLONE_NEWNS}
+	err = cmd.Start()
+	readyW.Close()
+	if err != nil {
+		return fmt.Errorf("sandbox: network: %w: starting slirp4netns: %w", errs.ErrInfra, err)
+	}
+	ip.slirp = cmd
+	var b [1]byte
+	if n, _ := readyR.Read(b[:]); n != 1 {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return fmt.Errorf("sandbox: network: %w: slirp4netns failed: %s", errs.ErrInfra, strings.TrimSpace(stderr.String()))
+	}
+	ip.slirpDone = make(chan struct{})
+	go func() { _ = cmd.Wait(); close(ip.slirpDone) }() // it exits with the init
+	return nil
+}
+
+// newMarker makes the init's marker (sandboxinit.MarkerFD): an empty memfd whose name
+// carries the state dir's tag and the cookie.
+func newMarker(tag, cookie string) (*os.File, error) {
+	fd, err := unix.MemfdCreate(markerPrefix+tag+" "+cookie, unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), "marker"), nil
 }
 
 // close closes the parent's pipe ends.
@@ -125,8 +227,16 @@ func (ip *initProc) dead() bool {
 func (ip *initProc) kill() {
 	_ = ip.proc.Kill() // through a pidfd: never another process that got the number
 	<-ip.exited
+	ip.waitHelpers()
 	ip.close()
 	removeCgroups(ip.cgroups)
+}
+
+// waitHelpers waits, once the init has exited, for its network helper to be gone too.
+func (ip *initProc) waitHelpers() {
+	if ip.slirpDone != nil {
+		<-ip.slirpDone
+	}
 }
 
 // drainIdle bounds how long the step's output is read after its init has exited. Every
@@ -302,13 +412,12 @@ func (b *Backend) Close() error {
 	return nil
 }
 
-// initEnv is the init's environment.
-func initEnv(cookie, stateDir string) []string {
-	// stateEnv lets reconcile tell this state dir's inits from another's (another user, a
-	// concurrent test suite); the step's shell gets its own environment, not this one.
-	env := []string{sandboxinit.Env + "=1", proc.CookieVar + "=" + cookie, stateEnv + "=" + stateDir, "GOMAXPROCS=1", "GOGC=off"}
+// initEnv is the init's environment: nothing of hm's (the init's environment is the one
+// thing of it a step could hope to read), unless tracing is on.
+func initEnv(cookie string) []string {
+	env := []string{"GOMAXPROCS=1", "GOGC=off"}
 	if t := os.Getenv(sandboxinit.TraceEnv); t != "" {
-		env = append(env, sandboxinit.TraceEnv+"="+t)
+		env = append(env, sandboxinit.TraceEnv+"="+t, proc.CookieVar+"="+cookie)
 	}
 	return env
 }

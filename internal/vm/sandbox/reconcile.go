@@ -3,11 +3,14 @@ package sandbox
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -28,9 +31,11 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 		o, ok := proc.CookieOwner(cookie)
 		return ok && !o.Alive()
 	}
-	for c, pids := range proc.Cookies() {
-		if dead(c) && slices.ContainsFunc(pids, b.isOwnInit) {
-			proc.KillCookie(c)
+	for c, pids := range b.inits() {
+		if dead(c) {
+			for _, pid := range pids {
+				killInit(pid, b.tag, c)
+			}
 		}
 	}
 	var errList []error
@@ -100,33 +105,60 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 	return nil
 }
 
-// isOwnInit reports whether pid is a sandbox init of this backend's state dir. Another state
-// dir's hm (another user, a concurrent test suite) judges its own inits.
-func (b *Backend) isOwnInit(pid int) bool {
-	st, ok := initState(pid)
-	return ok && (st == "" || st == b.dir)
+// markerPrefix starts the name of an init's marker memfd: "hm-sandbox-init TAG COOKIE".
+const markerPrefix = sandboxinit.Arg0 + " "
+
+// stateTag names a state dir in init markers: short, and not the path itself.
+func stateTag(dir string) string {
+	sum := sha256.Sum256([]byte(dir))
+	return hex.EncodeToString(sum[:8])
 }
 
-// stateEnv carries the state dir in an init's environment.
-const stateEnv = "HM_SANDBOX_STATE"
+// inits lists the running sandbox inits of this backend's state dir by cookie. An init is
+// known by its command line and its marker (sandboxinit.MarkerFD), which only a process
+// allowed to ptrace it (hm, root on the host; never the step) can read; another state
+// dir's hm (another user, a concurrent test suite) judges its own inits.
+func (b *Backend) inits() map[string][]int {
+	out := map[string][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if cookie, ok := initMarker(pid, b.tag); ok {
+			out[cookie] = append(out[cookie], pid)
+		}
+	}
+	return out
+}
 
-// initState reports whether pid is a sandbox init, and the state dir it belongs to ("" for
-// an init that does not say).
-func initState(pid int) (string, bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+// initMarker returns the cookie of pid when it is a sandbox init of the state dir tagged tag.
+func initMarker(pid int, tag string) (string, bool) {
+	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil || string(cmdline) != sandboxinit.Arg0+"\x00" {
+		return "", false
+	}
+	link, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/fd/" + strconv.Itoa(sandboxinit.MarkerFD))
 	if err != nil {
 		return "", false
 	}
-	vars := strings.Split(string(b), "\x00")
-	if !slices.Contains(vars, sandboxinit.Env+"=1") {
-		return "", false
+	name, _ := strings.CutSuffix(strings.TrimPrefix(link, "/memfd:"), " (deleted)")
+	rest, ok := strings.CutPrefix(name, markerPrefix+tag+" ")
+	return rest, ok && rest != ""
+}
+
+// killInit SIGKILLs pid through a pidfd, after checking again that the pidfd names that
+// init: never another process that got the number. The kernel then kills its namespace.
+func killInit(pid int, tag, cookie string) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return
 	}
-	for _, v := range vars {
-		if st, ok := strings.CutPrefix(v, stateEnv+"="); ok {
-			return st, true
-		}
+	defer unix.Close(fd)
+	if c, ok := initMarker(pid, tag); ok && c == cookie {
+		_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
 	}
-	return "", true
 }
 
 // machineCookie returns the cookie of the machine directory a path under dir belongs to.

@@ -1,5 +1,6 @@
-// Package sandbox is the `sandbox` VM backend: every step runs in new mount, PID, UTS and IPC
-// namespaces (and a network namespace with Options.NetworkNone) on an overlayfs root, with no
+// Package sandbox is the `sandbox` VM backend: every step runs in new mount, PID, UTS, IPC,
+// cgroup and (unless Options.Network is NetworkHost) network namespaces on an overlayfs root,
+// confined at least as tightly as Docker's default profile (see Confinement below), with no
 // daemon: the hm binary re-executes itself (/proc/self/exe) as the sandbox's init (package
 // sandboxinit), which is why main must call MaybeInit first. The backend keeps one init
 // started ahead of need (Options.NoPrestart), in its namespaces with / made private, its
@@ -18,7 +19,7 @@
 // layers are merged into one new layer by hard links), keeping mounts well inside overlayfs'
 // lower-layer limits.
 //
-// The init mounts the overlay, /proc, a minimal /dev, a tmpfs /tmp and the host's
+// The init mounts the overlay, /proc, a minimal /dev, a tmpfs /tmp, /sys and the host's
 // /etc/resolv.conf and /etc/hosts (read-only) inside the step's own mount namespace, then
 // pivot_roots into it. Nothing is ever mounted in hm's namespace: when the step's last
 // process exits the kernel unmounts everything. When the step's shell exits, the init
@@ -28,6 +29,35 @@
 // machine's directory after Destroy, wait for that). On timeout, cancel or Destroy the
 // init is killed and the kernel kills every process left in the PID namespace. The init
 // dies with hm too (PR_SET_PDEATHSIG).
+//
+// # Confinement
+//
+// A step is someone else's code running as root inside its machine (spec/semantics.md §
+// Isolation). Before the step's shell starts, the init (on the one thread that forks the
+// shell) loads Docker's default seccomp profile and cuts the capability sets to Docker's
+// default 14 (package confine computes both); it is itself not dumpable, so the step cannot
+// ptrace it or read its /proc entries. Docker's masked paths (/proc/kcore, /proc/keys, ...)
+// are covered, its read-only paths (/proc/sys, /proc/sysrq-trigger, ...) and /sys are
+// read-only, the step's own cgroups are mounted read-only at /sys/fs/cgroup, the host's
+// resolver files are read-only binds, all of which the step, lacking CAP_SYS_ADMIN and
+// refused mount(2) by seccomp, cannot undo. Devices: a cgroup v1 devices controller allows
+// only the standard devices (mknod works and the node stays useless, as with Docker); where
+// there is none (cgroup v2 would need a BPF program), every mount the step can write to is
+// nodev and /dev is read-only instead.
+//
+// Nothing of hm is named inside: the init is known by its command line (sandboxinit.Arg0)
+// and an anonymous memfd marker naming the state dir's tag and the cookie
+// (sandboxinit.MarkerFD), readable only by what may ptrace the init; its environment holds
+// nothing of hm's. On the `host` pseudo-image the state dir is hidden by an overlayfs
+// whiteout in the step's upper layer (not a mount, which the mount table would name and
+// root could unmount). The state dir's sandbox/ and the image store are root's alone (0700):
+// the device nodes and setuid binaries steps leave in layers are out of other users' reach.
+//
+// The default network is a namespace of the step's own with outbound access through
+// slirp4netns (a user-space TCP/IP stack, itself sandboxed): nothing changes on the host, and
+// it exits with the init, whose lifeline pipe it watches. A spare init gets its network when
+// it is started, ahead of need. NetworkNone leaves loopback only; NetworkHost is the host's
+// namespace, an explicit opt-in.
 //
 // # State
 //
@@ -45,9 +75,9 @@
 //	trash/COOKIE      something being deleted
 //	lock              flock(2) serialising snapshot and layer changes across hm processes
 //
-// COOKIE (proc.NewCookie) names the owning hm process; the init carries it in its
-// environment (HM_STEP_COOKIE) and step cgroups are named by it, so Reconcile can find and
-// remove what dead hm processes left. Layers no snapshot and no machine uses are deleted.
+// COOKIE (proc.NewCookie) names the owning hm process; the init carries it in its marker
+// and step cgroups are named by it, so Reconcile can find and remove what dead hm processes
+// left. Layers no snapshot and no machine uses are deleted.
 package sandbox
 
 import (
@@ -58,6 +88,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -125,6 +156,10 @@ type Options struct {
 	// CPUs limits each step's CPU time to this many CPUs' worth per period, fractional
 	// (cgroup cpu.max, or cpu.cfs_quota_us on v1); 0: no limit.
 	CPUs float64
+	// Unconfined runs steps without the confinement of spec § Isolation (capabilities,
+	// seccomp, masked paths, device rules): for benchmarks measuring what it costs, never
+	// for running pipelines. Nothing outside bench/ sets it.
+	Unconfined bool
 	// MaxChain is how many snapshot layers a chain may stack before a commit flattens it;
 	// 0 means DefaultMaxChain.
 	MaxChain int
@@ -150,6 +185,8 @@ type Backend struct {
 	// ownerOf names the hm process behind vm.Owner.PID; tests replace it to fake dead owners.
 	ownerOf func(pid int) (proc.Owner, error)
 	busy    busyLayers
+	tag     string // names the state dir in init markers (stateTag)
+	slirp   string // the slirp4netns binary, "" if not installed
 }
 
 var _ vm.Backend = (*Backend)(nil)
@@ -175,6 +212,9 @@ func New(stateDir string, store *imagestore.Store, opts Options) (*Backend, erro
 		return nil, fmt.Errorf("sandbox: state dir: %w: %w", errs.ErrInfra, err)
 	}
 	b := &Backend{state: abs, dir: filepath.Join(abs, "sandbox"), store: store, opts: opts, ownerOf: ownerOf}
+	b.tag = stateTag(b.dir)
+	b.slirp, _ = exec.LookPath("slirp4netns") // needed by the private network; its absence is reported by the first step
+
 	if err := b.mkdirs(); err != nil {
 		return nil, err
 	}
@@ -190,6 +230,14 @@ func ownerOf(pid int) (proc.Owner, error) {
 }
 
 func (b *Backend) mkdirs() error {
+	// Root's alone: layers and machines hold what steps made, device nodes and setuid
+	// binaries included, which must be out of reach of the host's other users.
+	if err := os.MkdirAll(b.dir, 0o700); err != nil {
+		return fmt.Errorf("sandbox: state dir: %w: %w", errs.ErrInfra, err)
+	}
+	if err := os.Chmod(b.dir, 0o700); err != nil {
+		return fmt.Errorf("sandbox: state dir: %w: %w", errs.ErrInfra, err)
+	}
 	for _, d := range []string{"machines", "layers", "snaps", "trash"} {
 		if err := os.MkdirAll(filepath.Join(b.dir, d), 0o755); err != nil {
 			return fmt.Errorf("sandbox: state dir: %w: %w", errs.ErrInfra, err)
@@ -307,6 +355,11 @@ func (m *machine) prepare(lowers []string) error {
 	}
 	m.lowers = len(lowers)
 	m.hostRoot = slices.Contains(lowers, "/")
+	if m.hostRoot {
+		if err := whiteOut(filepath.Join(m.dir, "upper"), m.b.state); err != nil {
+			return fail(err)
+		}
+	}
 	return nil
 }
 

@@ -8,8 +8,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/hmci/hm/internal/imagestore"
 	"github.com/hmci/hm/internal/proc"
@@ -133,12 +136,26 @@ func leftovers(b *Backend, owner proc.Owner) []string {
 	// Idle spare inits hold nothing: this backend's, and those of other backends open in
 	// this process (parallel conformance cases).
 	sparePIDs, spareCookies := spares(b)
-	for c, pids := range proc.Cookies() {
+	live := map[int]bool{}
+	for c, pids := range b.inits() {
+		for _, pid := range pids {
+			live[pid] = true
+		}
 		if len(pids) == 1 && sparePIDs[pids[0]] {
 			continue // the spare init, waiting for the next step, holds nothing
 		}
 		if o, ok := proc.CookieOwner(c); ok && o == owner {
-			out = append(out, fmt.Sprintf("processes %v carrying cookie %s", pids, c))
+			out = append(out, fmt.Sprintf("sandbox inits %v of cookie %s", pids, c))
+		}
+	}
+	// A network helper outlives nothing: it serves a live init, or it exits, which it does
+	// on its own once the init is gone (its lifeline closes), perhaps a moment later.
+	for helper, target := range slirpHelpers() {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", target)); err == nil && !live[target] {
+			continue // another state dir's init, in this test process (another backend's spare)
+		}
+		if !live[target] && !exitsSoon(helper) {
+			out = append(out, fmt.Sprintf("slirp4netns %d for the gone init %d", helper, target))
 		}
 	}
 	for _, mp := range mountsUnder(b.state) {
@@ -219,4 +236,44 @@ func commit(t testing.TB, b *Backend, m *machine, ephemeral bool) string {
 	}
 	t.Cleanup(func() { b.RemoveSnapshot(context.Background(), id) })
 	return id
+}
+
+// slirpHelpers maps this process's slirp4netns helpers to the init PIDs they serve.
+func slirpHelpers() map[int]int {
+	out := map[int]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		args, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		words := strings.Split(strings.TrimSuffix(string(args), "\x00"), "\x00")
+		if len(words) < 3 || filepath.Base(words[0]) != "slirp4netns" {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:])); len(f) < 2 || f[1] != strconv.Itoa(os.Getpid()) {
+			continue // another process's helper
+		}
+		helper, err1 := strconv.Atoi(e.Name())
+		target, err2 := strconv.Atoi(words[len(words)-2])
+		if err1 == nil && err2 == nil {
+			out[helper] = target
+		}
+	}
+	return out
+}
+
+// exitsSoon reports whether pid exits within hangGuard, waiting on a pidfd.
+func exitsSoon(pid int) bool {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return true // gone already
+	}
+	defer unix.Close(fd)
+	n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(hangGuard.Milliseconds()))
+	return err == nil && n == 1
 }

@@ -1,6 +1,6 @@
 # Nothing names hm's state: no HM_ variables of the sandbox or the state dir's path in any
-# process's environment or command line, nor in the step's cgroup path or (except on the host
-# image, where the hiding mount is at the state dir's path: a note there) its mount table.
+# process's environment or command line, nor in the step's cgroup path or its mount table (on
+# the host image too: the state dir is hidden by a whiteout, not a mount).
 # The patterns come from a file, so no grep's command line carries them.
 PROBE=environ
 . /workspace/probes/lib.sh
@@ -14,7 +14,7 @@ for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline /proc/self/cgroup /proc/1/cgr
 done
 for f in /proc/self/mountinfo /proc/1/mountinfo; do
   if m=$(found "$f"); then
-    if [ "$HOST_IMAGE" = 1 ]; then note "$f names: $(echo "$m" | bb head -n 3)"; else escaped "$f: $(echo "$m" | bb head -n 3)"; fi
+    escaped "$f: $(echo "$m" | bb head -n 3)"
   fi
 done
 [ -r /proc/1/environ ] || note "/proc/1/environ unreadable"

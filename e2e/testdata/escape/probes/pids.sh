@@ -27,6 +27,7 @@ elif [ "$limit" -gt 4096 ]; then
   escaped "pids.max $limit: too high to bound a fork bomb"
 else
   # A failed fork ends the subshell (ash raises "can't fork"); the count is what it reached.
+  # Until the sleeps are killed nothing more can fork, so what follows uses builtins only.
   (
     i=0
     while [ $i -lt 5000 ]; do
@@ -36,8 +37,9 @@ else
       echo $i >/tmp/hm-escape-count
     done
   ) 2>/dev/null
-  i=$(bb cat /tmp/hm-escape-count 2>/dev/null || echo 0)
-  bb kill $(bb cat /tmp/hm-escape-pids) 2>/dev/null
-  if [ $i -ge 5000 ]; then escaped "forked 5000 processes under pids.max $limit"; else denied "fork failed after $i processes (pids.max $limit)"; fi
+  while read -r p; do kill "$p" 2>/dev/null; done </tmp/hm-escape-pids
+  i=0
+  read -r i </tmp/hm-escape-count
+  if [ "$i" -ge 5000 ]; then escaped "forked 5000 processes under pids.max $limit"; else denied "fork failed after $i processes (pids.max $limit)"; fi
 fi
 finish

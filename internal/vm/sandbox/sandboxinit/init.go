@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,13 +22,32 @@ import (
 
 // Config is what the backend sends the init over its config pipe (ConfigFD).
 type Config struct {
-	Dir         string   // the machine directory: upper, work, merged, l/N
-	Lowers      int      // number of l/N links, top first
-	Cmd         string   // run as `sh -c Cmd`
-	Env         []string // the step's complete environment
-	Hostname    string
-	NetworkNone bool
-	Hide        []string // host directories to cover with an empty tmpfs inside the root
+	Dir      string   // the machine directory: upper, work, merged, l/N
+	Lowers   int      // number of l/N links, top first
+	Cmd      string   // run as `sh -c Cmd`
+	Env      []string // the step's complete environment
+	Hostname string
+	// Loopback brings lo up: the init has a network namespace of its own (Network
+	// "none"; with the private network the backend's slirp4netns configures it).
+	Loopback bool
+
+	// ResolvConf is the host file bound read-only at /etc/resolv.conf; "" is the host's own.
+	ResolvConf string
+
+	// Confinement, applied after the root is set up and before the step's shell starts
+	// (see confine.go).
+	Seccomp  []byte   // the seccomp filter: struct sock_filter array, native layout
+	CapMask  uint64   // the capabilities the step keeps
+	Masked   []string // paths the step sees empty
+	Readonly []string // paths the step sees read-only
+	// NoDev: no device cgroup restricts the step, so every mount it can write to is
+	// nodev and /dev is read-only, which makes a node it creates useless all the same.
+	NoDev   bool
+	Cgroup2 bool // mount the step's cgroup2 hierarchy, read-only, at /sys/fs/cgroup
+	// Cgroup1 are the cgroup v1 hierarchies (their mount options: "pids", "cpu,cpuacct")
+	// in which the step has a cgroup of its own, mounted read-only under a read-only
+	// tmpfs at /sys/fs/cgroup.
+	Cgroup1 []string
 }
 
 // Failure is what the init reports on its status pipe (StatusFD) when setup fails.
@@ -51,10 +71,19 @@ type Report struct {
 const (
 	ConfigFD = 3
 	StatusFD = 4
+	// MarkerFD is a memfd whose name says which state dir and machine cookie the init
+	// belongs to (see package sandbox's reconcile): readable only through /proc/PID/fd,
+	// which a step cannot read of the init, unlike its environment and command line.
+	MarkerFD = 5
+	// LifelineFD, when the backend passes one, is the write end of a pipe whose read end
+	// a helper of the step (slirp4netns) watches: it ends with the init.
+	LifelineFD = 6
 )
 
-// Env marks the re-executed hm binary as a sandbox init: Env=1.
-const Env = "HM_SANDBOX_INIT"
+// Arg0 is the command line (its only word) that makes the re-executed hm binary a
+// sandbox init. Not an environment variable: nothing of hm's may be named in what a step
+// can read of its init.
+const Arg0 = "hm-sandbox-init"
 
 // ExitSetup is the init's exit code when it could not set the sandbox up; its status pipe
 // then says why.
@@ -68,7 +97,7 @@ func init() { Maybe() }
 // then; otherwise it returns at once. The package's init function calls it, so linking the
 // package is enough; sandbox.MaybeInit calls it too, for clarity in main.
 func Maybe() {
-	if os.Getenv(Env) != "1" {
+	if len(os.Args) != 1 || os.Args[0] != Arg0 {
 		return
 	}
 	Trace("", "init: main")
@@ -80,11 +109,19 @@ func Maybe() {
 // namespace, reports the shell's status and exits with it. Should the init die early, its
 // exit makes the kernel kill whatever else still runs in the namespace.
 func runInit() int {
+	// Credentials, the seccomp filter and the cgroup namespace are per thread: everything
+	// the init does happens on this one, which also forks the step's shell. (Package
+	// initialisation runs locked to the main thread already; this says so.)
+	runtime.LockOSThread()
 	// Die with the hm process. The config pipe checks below close the window between the
 	// fork and this call.
 	_ = unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0)
-	unix.CloseOnExec(ConfigFD)
-	unix.CloseOnExec(StatusFD)
+	// Not dumpable: the step, which runs with fewer capabilities than the init and as
+	// the same user, cannot ptrace it or read its /proc entries (environ, fd, mem).
+	_ = unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
+	for _, fd := range []int{ConfigFD, StatusFD, MarkerFD, LifelineFD} {
+		unix.CloseOnExec(fd) // EBADF for descriptors not passed: harmless
+	}
 	status := os.NewFile(StatusFD, "status")
 	fail := func(stage string, err error) int {
 		f := Failure{Stage: stage, Msg: stage + ": " + err.Error()}
@@ -127,6 +164,10 @@ func runInit() int {
 		return fail(stage, err)
 	}
 	Trace("", "init: root set up")
+	if stage, err := confine(&cfg); err != nil {
+		return fail(stage, err)
+	}
+	Trace("", "init: confined")
 	sh, err := os.StartProcess("/bin/sh", []string{"sh", "-c", cfg.Cmd}, &os.ProcAttr{
 		Dir:   "/workspace",
 		Env:   cfg.Env,
@@ -187,6 +228,12 @@ const overlayOptions = ",index=off,redirect_dir=off,metacopy=off,volatile"
 
 // setupRoot mounts the step's root and pivots into it. It returns the failing stage.
 func setupRoot(cfg *Config) (string, error) {
+	// The backend moved the init into the step's cgroups before sending the config: a
+	// cgroup namespace now makes them the step's root, so that /proc/self/cgroup and the
+	// cgroupfs show neither the host's hierarchy nor the cookie naming the step's cgroups.
+	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+		return "cgroup namespace", err
+	}
 	if err := unix.Chdir(cfg.Dir); err != nil {
 		return "machine dir", err
 	}
@@ -205,8 +252,12 @@ func setupRoot(cfg *Config) (string, error) {
 		}
 	}
 	opts := "lowerdir=" + strings.Join(lower, ":") + ",upperdir=upper,workdir=work"
-	if err := unix.Mount("overlay", "merged", "overlay", 0, opts+overlayOptions); err != nil {
-		if err2 := unix.Mount("overlay", "merged", "overlay", 0, opts); err2 != nil {
+	var rootFlags uintptr
+	if cfg.NoDev {
+		rootFlags = unix.MS_NODEV
+	}
+	if err := unix.Mount("overlay", "merged", "overlay", rootFlags, opts+overlayOptions); err != nil {
+		if err2 := unix.Mount("overlay", "merged", "overlay", rootFlags, opts); err2 != nil {
 			return "overlay", fmt.Errorf("mount overlay: %w", err)
 		}
 	}
@@ -236,7 +287,7 @@ func setupRoot(cfg *Config) (string, error) {
 	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
 		return "hostname", err
 	}
-	if cfg.NetworkNone {
+	if cfg.Loopback {
 		if err := loopbackUp(); err != nil {
 			return "network", err
 		}

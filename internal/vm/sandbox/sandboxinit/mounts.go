@@ -99,8 +99,8 @@ const (
 	noexec = unix.MS_NOEXEC
 )
 
-// mountAll mounts /proc, /dev, /tmp, /sys (read-only, when the image has it), the host's
-// resolver files and the hidden directories inside the root. It returns the failing stage.
+// mountAll mounts /proc, /dev, /tmp, /sys (read-only) and the host's resolver files inside
+// the root, and masks or makes read-only what cfg names. It returns the failing stage.
 func (r *rootfs) mountAll(cfg *Config) (string, error) {
 	fd, err := r.dir("/proc")
 	if err == nil {
@@ -109,7 +109,7 @@ func (r *rootfs) mountAll(cfg *Config) (string, error) {
 	if err != nil {
 		return "mount /proc", err
 	}
-	if err := r.mountDev(); err != nil {
+	if err := r.mountDev(cfg.NoDev); err != nil {
 		return "mount /dev", err
 	}
 	fd, err = r.dir("/tmp")
@@ -119,25 +119,27 @@ func (r *rootfs) mountAll(cfg *Config) (string, error) {
 	if err != nil {
 		return "mount /tmp", err
 	}
-	if fd, err := r.open("/sys", unix.O_DIRECTORY); err == nil {
+	if fd, err := r.dir("/sys"); err == nil {
 		// Best effort: some hosts refuse sysfs in a new namespace, and few steps need it.
-		_ = mountAt(fd, "sysfs", "sysfs", unix.MS_RDONLY|nosuid|nodev|noexec, "")
+		if mountAt(fd, "sysfs", "sysfs", unix.MS_RDONLY|nosuid|nodev|noexec, "") == nil {
+			if err := r.mountCgroups(cfg); err != nil {
+				return "mount /sys/fs/cgroup", err
+			}
+		}
 	}
-	for _, f := range []string{"/etc/resolv.conf", "/etc/hosts"} {
-		if _, err := os.Stat(f); err != nil {
+	if stage, err := r.confinePaths(cfg); err != nil {
+		return stage, err
+	}
+	resolv := cfg.ResolvConf
+	if resolv == "" {
+		resolv = "/etc/resolv.conf"
+	}
+	for _, f := range [][2]string{{resolv, "/etc/resolv.conf"}, {"/etc/hosts", "/etc/hosts"}} {
+		if _, err := os.Stat(f[0]); err != nil {
 			continue
 		}
-		if err := r.bindReadOnly(f, f); err != nil {
-			return "mount " + f, err
-		}
-	}
-	for _, h := range cfg.Hide {
-		fd, err := r.open(h, unix.O_DIRECTORY)
-		if err != nil {
-			continue // not visible in this root
-		}
-		if err := mountAt(fd, "tmpfs", "tmpfs", unix.MS_RDONLY|nosuid|nodev|noexec, "size=4k,mode=755"); err != nil {
-			return "hide " + h, err
+		if err := r.bindReadOnly(f[0], f[1]); err != nil {
+			return "mount " + f[1], err
 		}
 	}
 	if fd, err := r.dir("/workspace"); err != nil {
@@ -146,6 +148,102 @@ func (r *rootfs) mountAll(cfg *Config) (string, error) {
 		unix.Close(fd)
 	}
 	return "", nil
+}
+
+// mountCgroups mounts the step's own cgroups (the cgroup namespace's root) read-only at
+// /sys/fs/cgroup: what a runtime reads to size itself to its limits, and what shows a
+// step its pids, memory and CPU limits.
+func (r *rootfs) mountCgroups(cfg *Config) error {
+	const ro = unix.MS_RDONLY | nosuid | nodev | noexec
+	if !cfg.Cgroup2 && len(cfg.Cgroup1) == 0 {
+		return nil
+	}
+	fd, err := r.open("/sys/fs/cgroup", unix.O_DIRECTORY)
+	if err != nil {
+		return nil // a sysfs without it
+	}
+	if cfg.Cgroup2 {
+		return mountAt(fd, "cgroup2", "cgroup2", ro, "")
+	}
+	if err := mountAt(fd, "tmpfs", "tmpfs", nosuid|nodev|noexec, "size=4k,mode=755"); err != nil {
+		return err
+	}
+	dir, err := r.open("/sys/fs/cgroup", unix.O_DIRECTORY) // the tmpfs now
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dir)
+	for _, h := range cfg.Cgroup1 {
+		if err := unix.Mkdirat(dir, h, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount("cgroup", fdPath(dir)+"/"+h, "cgroup", ro, h); err != nil {
+			return fmt.Errorf("cgroup %s: %w", h, err)
+		}
+	}
+	return unix.Mount("", fdPath(dir), "", unix.MS_REMOUNT|ro, "size=4k,mode=755")
+}
+
+// confinePaths masks cfg.Masked and makes cfg.Readonly read-only, as Docker does. The step
+// has no CAP_SYS_ADMIN (and seccomp refuses mount and umount), so it cannot undo either.
+func (r *rootfs) confinePaths(cfg *Config) (string, error) {
+	null, err := r.open("/dev/null", 0)
+	if err != nil {
+		return "mask", err
+	}
+	defer unix.Close(null)
+	for _, p := range cfg.Masked {
+		if err := r.mask(p, null); err != nil {
+			return "mask " + p, err
+		}
+	}
+	for _, p := range cfg.Readonly {
+		if err := r.readonly(p); err != nil {
+			return "read-only " + p, err
+		}
+	}
+	return "", nil
+}
+
+// mask covers p: an empty read-only tmpfs on a directory, the null device on anything else.
+// A path the root lacks is skipped.
+func (r *rootfs) mask(p string, null int) error {
+	fd, err := r.open(p, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return mountAt(fd, "tmpfs", "tmpfs", unix.MS_RDONLY|nosuid|nodev|noexec, "size=4k,mode=555")
+	}
+	return mountAt(fd, fdPath(null), "", unix.MS_BIND, "")
+}
+
+// readonly bind-mounts p onto itself, read-only. A path the root lacks is skipped.
+func (r *rootfs) readonly(p string) error {
+	fd, err := r.open(p, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := mountAt(fd, fdPath(fd), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return err
+	}
+	// Remounting needs the new mount itself: resolve the path again, which now crosses it.
+	fd, err = r.open(p, 0)
+	if err != nil {
+		return err
+	}
+	return mountAt(fd, "", "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|nosuid|nodev|noexec, "")
 }
 
 // bindReadOnly bind-mounts the host file src onto dst inside the root, read-only.
@@ -170,8 +268,9 @@ func (r *rootfs) bindReadOnly(src, dst string) error {
 var devices = []string{"null", "zero", "full", "random", "urandom", "tty"}
 
 // mountDev puts a fresh tmpfs on /dev with the usual devices, /dev/pts, /dev/shm and the
-// standard symlinks.
-func (r *rootfs) mountDev() error {
+// standard symlinks; readOnly then makes the tmpfs read-only, so that no node can be
+// created there (with no device cgroup, the only place a node could work).
+func (r *rootfs) mountDev(readOnly bool) error {
 	fd, err := r.dir("/dev")
 	if err != nil {
 		return err
@@ -219,6 +318,9 @@ func (r *rootfs) mountDev() error {
 		if err := unix.Symlinkat(target, dev, name); err != nil {
 			return err
 		}
+	}
+	if readOnly {
+		return unix.Mount("", fdPath(dev), "", unix.MS_REMOUNT|unix.MS_RDONLY|nosuid|noexec, "mode=755,size=65536k")
 	}
 	return nil
 }
