@@ -82,7 +82,10 @@ func openVM(ctx context.Context, name, stateDir string, o vmOptions) (vm.Backend
 		if err == nil {
 			return b, nil
 		}
-		if !errors.Is(err, errs.ErrUnavailable) {
+		// Falling back to no isolation is for a machine where the sandbox cannot work (not
+		// root), never because a program it needs is not installed: that is said instead.
+		var ue *errs.UnavailableError
+		if !errors.Is(err, errs.ErrUnavailable) || (errors.As(err, &ue) && ue.Missing != "") {
 			return nil, err
 		}
 		return host.New(stateDir), nil

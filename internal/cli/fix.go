@@ -65,6 +65,9 @@ func unavailableFix(e *errs.UnavailableError) string {
 		return "check DOCKER_HOST and the DOCKER_* variables, or use --backend sandbox/host"
 	case e.Backend == "docker":
 		return "start dockerd (or Docker Desktop), check DOCKER_HOST and that you may use its socket, or use --backend sandbox/host"
+	case e.Backend == "sandbox" && e.Missing == "slirp4netns":
+		return "install slirp4netns (Debian: apt-get install slirp4netns) for the sandbox's private network, " +
+			"or choose --network none (loopback only) or --network host"
 	case e.Backend == "sandbox":
 		return "run as root, or use --backend docker / host"
 	}

@@ -52,6 +52,10 @@ func TestPrintErrorFix(t *testing.T) {
 			fmt.Errorf("reconcile sandbox backend: %w", &errs.UnavailableError{Backend: "sandbox", Msg: "the sandbox backend needs root"}),
 			"error[sandbox_unavailable]: the sandbox backend needs root\n" +
 				"  fix    run as root, or use --backend docker / host\n"},
+		{"no slirp4netns",
+			fmt.Errorf("step 'a' could not run: %w", &errs.UnavailableError{Backend: "sandbox", Missing: "slirp4netns", Msg: "the sandbox's private network needs slirp4netns, which is not installed"}),
+			"error[sandbox_unavailable]: the sandbox's private network needs slirp4netns, which is not installed\n" +
+				"  fix    install slirp4netns (Debian: apt-get install slirp4netns) for the sandbox's private network, or choose --network none (loopback only) or --network host\n"},
 		{"runner",
 			&errs.RunnerError{Step: "a", Runner: "docker", Backend: "sandbox"},
 			"error[runner_mismatch]: step 'a' names runner \"docker\", but this build runs every step on the sandbox backend\n" +

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -285,16 +284,25 @@ func TestNetworkModes(t *testing.T) {
 	})
 }
 
-// Without slirp4netns the private network cannot work: the step fails as unavailable,
-// saying why, rather than running without a network or on the host's.
+// Without slirp4netns the private network cannot work: the backend refuses as unavailable,
+// naming what is missing, rather than running steps without a network or on the host's;
+// the other networks do not need it.
 func TestPrivateNetworkWithoutSlirp(t *testing.T) {
-	b := newBackend(t, Options{})
-	b.slirp = ""
-	b.Close() // the spare, if any, was started with slirp4netns
-	m := create(t, b, spec("true"))
-	_, err := m.Run(t.Context(), io.Discard, io.Discard)
-	if !errors.Is(err, errs.ErrUnavailable) || !strings.Contains(err.Error(), "slirp4netns") {
-		t.Errorf("Run without slirp4netns = %v, want an unavailable error naming slirp4netns", err)
+	needSandbox(t)
+	t.Setenv("PATH", "/nonexistent")
+	state := t.TempDir()
+	_, err := New(state, imagestore.Open(state), Options{})
+	var ue *errs.UnavailableError
+	if !errors.As(err, &ue) || ue.Missing != "slirp4netns" {
+		t.Errorf("New without slirp4netns = %v, want an UnavailableError missing slirp4netns", err)
+	}
+	for _, n := range []NetworkMode{NetworkNone, NetworkHost} {
+		b, err := New(state, imagestore.Open(state), Options{Network: n, NoPrestart: true})
+		if err != nil {
+			t.Errorf("New with network %s without slirp4netns: %v", n, err)
+			continue
+		}
+		b.Close()
 	}
 }
 

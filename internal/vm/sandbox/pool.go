@@ -85,7 +85,7 @@ func (b *Backend) startInit(cookie string) (*initProc, error) {
 		if b.slirp == "" {
 			closeAll(files...)
 			ip.close()
-			return nil, Unavailable("the sandbox's private network needs slirp4netns, which is not installed")
+			return nil, errNoSlirp
 		}
 		r, w, err := os.Pipe()
 		if err != nil {
@@ -141,6 +141,10 @@ func (b *Backend) startInit(cookie string) (*initProc, error) {
 	}
 	return ip, nil
 }
+
+// errNoSlirp is the sandbox without the program its default network needs.
+var errNoSlirp = &errs.UnavailableError{Backend: "sandbox", Missing: "slirp4netns",
+	Msg: "the sandbox's private network needs slirp4netns, which is not installed"}
 
 // network is the steps' network mode.
 func (b *Backend) network() NetworkMode {

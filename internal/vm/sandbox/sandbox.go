@@ -213,7 +213,10 @@ func New(stateDir string, store *imagestore.Store, opts Options) (*Backend, erro
 	}
 	b := &Backend{state: abs, dir: filepath.Join(abs, "sandbox"), store: store, opts: opts, ownerOf: ownerOf}
 	b.tag = stateTag(b.dir)
-	b.slirp, _ = exec.LookPath("slirp4netns") // needed by the private network; its absence is reported by the first step
+	b.slirp, _ = exec.LookPath("slirp4netns")
+	if b.slirp == "" && b.network() == NetworkPrivate {
+		return nil, errNoSlirp
+	}
 
 	if err := b.mkdirs(); err != nil {
 		return nil, err
