@@ -17,7 +17,7 @@ const (
 // ImageError is an image that could not be provided. errors.Is(err, Class) holds, and so does
 // errors.Is for the cause.
 type ImageError struct {
-	Ref     string // the reference asked for
+	Ref string // the reference asked for
 	// "docker", "sandbox"; "" from the image store itself; "auto" when every backend auto
 	// could use was asked.
 	Backend string
