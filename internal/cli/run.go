@@ -218,6 +218,11 @@ func loadPipeline(c *cobra.Command, stdio IO, f *runFlags, args []string) (*ir.P
 }
 
 func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
+	// Before anything is written (the backend notice included). A closed output (`hm run | head`) stops the output, not the build: without this, Go's
+	// runtime kills hm at the first write to a broken stdout or stderr, mid-build, leaving
+	// containers and ephemeral snapshots behind. With SIGPIPE caught, writes fail with EPIPE,
+	// the renderers keep draining events, and the build ends as it would have.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	getenv := getenvOr(stdio)
 	s, err := resolveSettings(c.Flags(), f, getenv)
 	if err != nil {
@@ -262,11 +267,6 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	// A closed output (`hm run | head`) stops the output, not the build: without this, Go's
-	// runtime kills hm at the first write to a broken stdout or stderr, mid-build, leaving
-	// containers and ephemeral snapshots behind. With SIGPIPE caught, writes fail with EPIPE,
-	// the renderers keep draining events, and the build ends as it would have.
-	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 
 	h, err := exec.Start(c.Context(), execution.Request{
 		Pipeline: p, Slug: slug, SourceDir: dir,
