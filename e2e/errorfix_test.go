@@ -5,9 +5,9 @@ import (
 	"testing"
 )
 
-// A step whose image cannot be found fails the build (exit 1, like any failure) and hm ends
-// with the error's class and the fix this CLI knows: the sandbox backend only reports what it
-// looked for and where (internal/cli writes the advice).
+// An image that cannot be found is refused before the build starts (exit 4, infrastructure
+// unavailable), once, with the error's class and the fix this CLI knows: the sandbox backend
+// only reports what it looked for and where (internal/cli writes the advice).
 func TestMissingImageFix(t *testing.T) {
 	if !sandboxAvailable(t) {
 		t.Skip()
@@ -18,15 +18,15 @@ func TestMissingImageFix(t *testing.T) {
 			e := newEnv(t)
 			doc := graph(0, []string{stepJSON("a", "true", `"image":"`+ref+`"`)}, "")
 			r := e.run("run", "--file", e.writeIR("p.json", doc), "--backend", "sandbox", "--format", format)
-			if r.code != 1 {
-				t.Fatalf("exit %d, want 1; stderr:\n%s", r.code, r.stderr)
+			if r.code != 4 || r.stdout != "" {
+				t.Fatalf("exit %d, want 4 and no events; stdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 			}
 			for _, want := range []string{
-				"\nerror[image_not_found]: image \"" + ref + "\" is not in the image store and could not be pulled: ",
+				"error[image_not_found]: image \"" + ref + "\" is not in the image store and could not be pulled: ",
 				"\n  fix    import it with `hm image import FILE " + ref + "` (rootfs, docker save or OCI layout tarball), ",
 			} {
-				if !strings.Contains(r.stderr, want) {
-					t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+				if strings.Count(r.stderr, want) != 1 {
+					t.Errorf("stderr has %q not once:\n%s", want, r.stderr)
 				}
 			}
 		})

@@ -52,7 +52,7 @@ func TestHostBackendWarning(t *testing.T) {
 }
 
 // --backend auto falls back to the host backend when there is no Docker daemon and the
-// sandbox may not run (not root): it warns then too.
+// sandbox may not run (not root): it warns then too, and says why in the same line.
 func TestAutoFallbackWarning(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("runs hm as an unprivileged user, which needs root")
@@ -87,7 +87,9 @@ func TestAutoFallbackWarning(t *testing.T) {
 	if err := c.Run(); err != nil {
 		t.Fatalf("hm run --backend auto as nobody: %v\n%s", err, stderr.String())
 	}
-	if got := strings.Count(stderr.String(), hostWarning); got != 1 {
-		t.Errorf("the warning %d times, want 1; stderr:\n%s", got, stderr.String())
+	// One line says both: no isolation, and why auto chose it.
+	want := hostWarning + " (--backend auto: docker cannot run the `host` image; not root, so no sandbox)\n"
+	if got := strings.Count(stderr.String(), want); got != 1 || strings.Count(stderr.String(), "warning") != 1 {
+		t.Errorf("the warning %d times, want once %q; stderr:\n%s", got, want, stderr.String())
 	}
 }

@@ -2,9 +2,7 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"path/filepath"
-	"time"
 
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/imagestore"
@@ -19,17 +17,14 @@ const HostImage = imagestore.HostID
 
 // vmOptions are the backend settings that come from flags and config.
 type vmOptions struct {
-	// hostImageOnly: every root step starts from the `host` pseudo-image, which docker
-	// cannot run.
-	hostImageOnly bool
-	network       string // "private", "none" or "host"
+	network string // "private", "none" or "host"
 	// Limits of every step; 0: none. The host backend has no way to apply them.
 	pidsLimit, memory int64
 	cpus              float64
 }
 
 // hostWarning is printed once per build that runs on the host backend, whichever way it was
-// chosen (spec/semantics.md § Isolation).
+// chosen (spec/semantics.md § Isolation); when auto chose it, the same line says why.
 const hostWarning = "hm: warning: the host backend runs steps on this machine with no isolation"
 
 func (o vmOptions) sandbox() sandbox.Options {
@@ -51,44 +46,16 @@ func (o vmOptions) docker(stateDir string) docker.Options {
 	}
 }
 
-// openVM returns the VM backend for --backend. auto picks docker when a daemon answers (unless
-// the pipeline only uses the `host` image), else the sandbox when this process may create
-// namespaces, else the host backend.
+// openVM returns the VM backend named docker, sandbox or host; chooseVM also takes auto.
 func openVM(ctx context.Context, name, stateDir string, o vmOptions) (vm.Backend, error) {
 	stateDir = filepath.Clean(stateDir)
-	newSandbox := func() (vm.Backend, error) {
-		return sandbox.New(stateDir, imagestore.Open(stateDir), o.sandbox())
-	}
 	switch name {
 	case "host":
 		return host.New(stateDir), nil
 	case "docker":
 		return docker.New(ctx, o.docker(stateDir))
 	case "sandbox":
-		return newSandbox()
-	case "auto":
-		if !o.hostImageOnly {
-			do := o.docker(stateDir)
-			do.PingTimeout = 2 * time.Second
-			b, err := docker.New(ctx, do)
-			if err == nil {
-				return b, nil
-			}
-			if !errors.Is(err, errs.ErrUnavailable) {
-				return nil, err
-			}
-		}
-		b, err := newSandbox()
-		if err == nil {
-			return b, nil
-		}
-		// Falling back to no isolation is for a machine where the sandbox cannot work (not
-		// root), never because a program it needs is not installed: that is said instead.
-		var ue *errs.UnavailableError
-		if !errors.Is(err, errs.ErrUnavailable) || (errors.As(err, &ue) && ue.Missing != "") {
-			return nil, err
-		}
-		return host.New(stateDir), nil
+		return sandbox.New(stateDir, imagestore.Open(stateDir), o.sandbox())
 	case "remote":
 		return nil, errs.New(errs.ErrUnavailable, "backend_unavailable",
 			"use --backend docker, sandbox or host (or auto)", "the remote backend is not available in this build of hm")

@@ -28,7 +28,7 @@ func newCacheCmd(stdio IO) *cobra.Command {
 		Short: "List cache entries, most recently used first",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			reg, _, err := openRegistry(c.Context(), stdio)
+			reg, _, err := openRegistry(c.Context(), stdio, registry.OpenReadOnly)
 			if err != nil || reg == nil {
 				return err
 			}
@@ -83,8 +83,10 @@ func newCacheCmd(stdio IO) *cobra.Command {
 	return cmd
 }
 
-// openRegistry opens the state dir's registry; nil (no error) when there is none yet.
-func openRegistry(ctx context.Context, stdio IO) (*registry.Registry, string, error) {
+// openRegistry opens the state dir's registry with open (registry.OpenReadOnly where nothing
+// is written: a full disk or a read-only state dir must not stop `hm cache ls`); nil (no
+// error) when there is none yet.
+func openRegistry(ctx context.Context, stdio IO, open func(context.Context, string) (*registry.Registry, error)) (*registry.Registry, string, error) {
 	stateDir, err := config.StateDir(getenvOr(stdio))
 	if err != nil {
 		return nil, "", err
@@ -94,14 +96,14 @@ func openRegistry(ctx context.Context, stdio IO) (*registry.Registry, string, er
 		fmt.Fprintln(stdio.Err, "the cache is empty")
 		return nil, stateDir, nil
 	}
-	reg, err := registry.Open(ctx, path)
+	reg, err := open(ctx, path)
 	return reg, stateDir, err
 }
 
 // removeEntries deletes registry rows with del, then their snapshots. A snapshot whose backend
 // cannot be opened now stays until that backend's next reconcile (it is unreferenced).
 func removeEntries(ctx context.Context, stdio IO, del func(*registry.Registry) ([]registry.Entry, error)) error {
-	reg, stateDir, err := openRegistry(ctx, stdio)
+	reg, stateDir, err := openRegistry(ctx, stdio, registry.Open)
 	if err != nil || reg == nil {
 		return err
 	}

@@ -42,6 +42,11 @@ func withFix(err error) error {
 func imageFix(e *errs.ImageError) string {
 	ref := e.Ref
 	switch {
+	case e.Backend == "docker" && ref == HostImage:
+		return "run it with --backend sandbox (as root) or --backend host, or give docker an image with --map-image host=IMAGE"
+	case e.Backend == "auto": // looked for in every backend auto could use
+		return "import it with `hm image import FILE " + ref + "` (sandbox) or `docker load -i FILE.tar` (docker), " +
+			"or substitute an image you have with --map-image " + ref + "=IMAGE"
 	case e.Where == errs.InDocker:
 		return fmt.Sprintf("make it available to the Docker daemon (`docker load -i FILE.tar`, or `docker import ROOTFS.tar %s`), "+
 			"or substitute a local image with --map-image %s=LOCAL_IMAGE", ref, ref)

@@ -32,6 +32,14 @@ func TestPrintErrorFix(t *testing.T) {
 			&errs.ImageError{Ref: "app:1", Where: errs.InStore, Class: errs.ErrImageNotFound, Msg: "image \"app:1\" is not in the image store"},
 			"error[image_not_found]: image \"app:1\" is not in the image store\n" +
 				"  fix    import it with `hm image import FILE app:1`, pull it with `hm image pull app:1` when a registry answers, or run on the host's filesystem with the image `host`\n"},
+		{"nowhere auto looked",
+			&errs.ImageError{Ref: "app:1", Backend: "auto", Where: errs.InDocker + "," + errs.InStore, Class: errs.ErrImageNotFound, Err: pullErr, Msg: "image \"app:1\" is in neither the Docker daemon nor the sandbox's image store and could not be pulled"},
+			"error[image_not_found]: image \"app:1\" is in neither the Docker daemon nor the sandbox's image store and could not be pulled\n" +
+				"  fix    import it with `hm image import FILE app:1` (sandbox) or `docker load -i FILE.tar` (docker), or substitute an image you have with --map-image app:1=IMAGE\n"},
+		{"host image on docker",
+			&errs.ImageError{Ref: "host", Backend: "docker", Where: errs.InDocker, Class: errs.ErrInvalid, Msg: "the image `host` is the host's root filesystem, which the docker backend cannot run"},
+			"error[image_not_found]: the image `host` is the host's root filesystem, which the docker backend cannot run\n" +
+				"  fix    run it with --backend sandbox (as root) or --backend host, or give docker an image with --map-image host=IMAGE\n"},
 		{"registry lacks it",
 			&errs.ImageError{Ref: "app:1", Where: errs.InRegistry, Class: errs.ErrImageNotFound, Err: pullErr, Msg: "the registry does not have image \"app:1\""},
 			"error[image_not_found]: the registry does not have image \"app:1\"\n" +

@@ -218,6 +218,11 @@ func loadPipeline(c *cobra.Command, stdio IO, f *runFlags, args []string) (*ir.P
 }
 
 func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
+	// Before anything is written (the backend notice included). A closed output (`hm run | head`) stops the output, not the build: without this, Go's
+	// runtime kills hm at the first write to a broken stdout or stderr, mid-build, leaving
+	// containers and ephemeral snapshots behind. With SIGPIPE caught, writes fail with EPIPE,
+	// the renderers keep draining events, and the build ends as it would have.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	getenv := getenvOr(stdio)
 	s, err := resolveSettings(c.Flags(), f, getenv)
 	if err != nil {
@@ -238,16 +243,18 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	vmb, err := openVM(c.Context(), s.Backend, stateDir, vmOptions{
-		hostImageOnly: onlyHostImage(p, s.Images), network: s.Network,
-		pidsLimit: s.PidsLimit, memory: int64(s.Memory), cpus: float64(s.CPUs),
-	})
+	if err := checkStateDir(stateDir); err != nil {
+		return err
+	}
+	vmb, notice, err := chooseVM(c.Context(), s.Backend, stateDir, vmOptions{
+		network: s.Network, pidsLimit: s.PidsLimit, memory: int64(s.Memory), cpus: float64(s.CPUs),
+	}, rootImages(p, s.Images))
 	if err != nil {
 		return err
 	}
 	defer closeVM(vmb)
-	if vmb.Name() == "host" {
-		fmt.Fprintln(stdio.Err, hostWarning)
+	if notice != "" {
+		fmt.Fprintln(stdio.Err, notice)
 	}
 	exec := &local.Backend{
 		VM: vmb, StateDir: stateDir,
@@ -315,32 +322,6 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	}
 	_ = outErr // a closed pipe must not change the build's exit code
 	return exitCode(out.ExitCode).orNil()
-}
-
-// onlyHostImage reports whether every root step starts from the `host` pseudo-image, after
-// --map-image.
-func onlyHostImage(p *ir.Pipeline, mapImage map[string]string) bool {
-	child := make([]bool, len(p.Nodes))
-	for _, e := range p.Edges {
-		if e.Kind == ir.BuildsIn {
-			child[e.To] = true
-		}
-	}
-	roots := 0
-	for i := range p.Nodes {
-		if child[i] {
-			continue
-		}
-		roots++
-		img := p.Image(i)
-		if to, ok := mapImage[img]; ok {
-			img = to
-		}
-		if img != HostImage {
-			return false
-		}
-	}
-	return roots > 0
 }
 
 func (e exitCode) orNil() error {

@@ -17,9 +17,11 @@ const (
 // ImageError is an image that could not be provided. errors.Is(err, Class) holds, and so does
 // errors.Is for the cause.
 type ImageError struct {
-	Ref     string // the reference asked for
-	Backend string // "docker", "sandbox"; "" from the image store itself
-	Where   string // InDocker, InStore or InRegistry
+	Ref string // the reference asked for
+	// "docker", "sandbox"; "" from the image store itself; "auto" when every backend auto
+	// could use was asked.
+	Backend string
+	Where   string // InDocker, InStore or InRegistry; under "auto" each place, comma-separated
 	// Class is ErrImageNotFound, or ErrUnavailable when the registry could not be reached.
 	Class error
 	Msg   string // what happened, for a person, without advice

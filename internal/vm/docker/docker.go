@@ -165,15 +165,12 @@ func (b *Backend) Name() string { return "docker" }
 // ResolveImage implements vm.Backend: the local image's id, pulling the image first when it
 // is absent and a registry answers.
 func (b *Backend) ResolveImage(ctx context.Context, ref string) (string, error) {
-	ins, err := b.cli.ImageInspect(ctx, ref)
-	if err == nil {
-		b.cacheEnv(ins.ID, inspectEnv(ins))
-		return ins.ID, nil
-	}
-	if !cerrdefs.IsNotFound(err) {
-		return "", apiErr(ctx, "inspect image "+ref, err)
+	id, err := b.ResolveLocal(ctx, ref)
+	if !errors.Is(err, errs.ErrImageNotFound) {
+		return id, err
 	}
 	pullErr := b.pull(ctx, ref)
+	var ins image.InspectResponse
 	if pullErr == nil {
 		if ins, err = b.cli.ImageInspect(ctx, ref); err == nil {
 			b.cacheEnv(ins.ID, inspectEnv(ins))
@@ -190,6 +187,22 @@ func (b *Backend) ResolveImage(ctx context.Context, ref string) (string, error) 
 	return "", &errs.ImageError{Ref: ref, Backend: "docker", Where: errs.InDocker,
 		Class: errs.ErrImageNotFound, Err: pullErr,
 		Msg: fmt.Sprintf("image %q is not in the Docker daemon and could not be pulled: %v", ref, pullErr)}
+}
+
+// ResolveLocal is ResolveImage without the pull: the id of the image the daemon has now, or
+// an *errs.ImageError (errs.ErrImageNotFound). --backend auto asks it of every candidate
+// before it pulls anything.
+func (b *Backend) ResolveLocal(ctx context.Context, ref string) (string, error) {
+	ins, err := b.cli.ImageInspect(ctx, ref)
+	if err == nil {
+		b.cacheEnv(ins.ID, inspectEnv(ins))
+		return ins.ID, nil
+	}
+	if !cerrdefs.IsNotFound(err) {
+		return "", apiErr(ctx, "inspect image "+ref, err)
+	}
+	return "", &errs.ImageError{Ref: ref, Backend: "docker", Where: errs.InDocker, Class: errs.ErrImageNotFound,
+		Msg: fmt.Sprintf("image %q is not in the Docker daemon", ref)}
 }
 
 // pull pulls ref, reading the progress stream to its end: the daemon reports failures in it.

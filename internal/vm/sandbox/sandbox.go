@@ -274,6 +274,17 @@ func (b *Backend) ResolveImage(ctx context.Context, ref string) (string, error) 
 	return img.ID, nil
 }
 
+// ResolveLocal is ResolveImage without the pull: the id of the image the store holds now, or
+// an *errs.ImageError (errs.ErrImageNotFound). --backend auto asks it of every candidate
+// before it pulls anything.
+func (b *Backend) ResolveLocal(ctx context.Context, ref string) (string, error) {
+	r, err := b.store.Resolve(ctx, ref)
+	if err != nil {
+		return "", err
+	}
+	return r.ID, nil
+}
+
 // Create implements vm.Backend: it prepares the machine's directory; nothing is mounted
 // until Run.
 func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) {

@@ -1,0 +1,46 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/execution/local"
+)
+
+// checkStateDir makes sure a build can write its state: machines, snapshots and the registry
+// live there, and a state dir that cannot take them otherwise surfaces as a failed step or an
+// internal error far from its cause (an unwritable HOME, a read-only registry, HM_STATE_DIR
+// on a read-only filesystem).
+func checkStateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return stateDirError(dir, err)
+	}
+	f, err := os.CreateTemp(dir, ".hm-write-check-*")
+	if err != nil {
+		return stateDirError(dir, err)
+	}
+	f.Close()
+	os.Remove(f.Name())
+	// The directory may be writable while the registry is not (a file copied in, or chmod-ed):
+	// SQLite would only fail at the first write, after steps ran.
+	reg := local.RegistryPath(dir)
+	for _, p := range []string{reg, reg + "-wal", reg + "-shm", reg + ".lock"} {
+		if err := unix.Access(p, unix.W_OK); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return stateDirError(dir, &fs.PathError{Op: "write", Path: p, Err: err})
+		}
+	}
+	return nil
+}
+
+// stateDirError is a state dir hm cannot write: exit 4, the machine's setup is at fault.
+func stateDirError(dir string, err error) error {
+	return &errs.Error{Code: "state_dir", Exit: errs.ExitUnavailable,
+		Msg: fmt.Sprintf("hm cannot write its state directory %s: %v", dir, err),
+		Fix: "set HM_STATE_DIR to a writable directory (hm keeps snapshots and the cache there)",
+		Err: fmt.Errorf("%w: %w", errs.ErrUnavailable, err)}
+}
