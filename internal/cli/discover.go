@@ -26,22 +26,29 @@ func discoverDir(c *cobra.Command) error {
 // nearest parent that has .hm/. The search stops at a repository's top, a directory holding
 // .git, so that a repository nested in another (a submodule, a checkout under a monorepo
 // with its own pipelines) never runs its parent's pipelines over the parent's tree; and at
-// the filesystem root. With no .hm/ found dir is returned as given, so that "no pipeline
-// under DIR/.hm" names the directory the user meant.
+// the filesystem root. With no .hm/ found it returns dir, so that "no pipeline under
+// DIR/.hm" names the directory the user meant. A parent of a relative dir is relative too
+// ("../.."): file names in messages stay short and valid from where hm was started, as git
+// prints them.
 func findSourceDir(dir string) string {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return dir
 	}
+	up := ""
 	for d := abs; ; d = filepath.Dir(d) {
 		if st, err := os.Stat(filepath.Join(d, ".hm")); err == nil && st.IsDir() {
-			if d == abs {
+			if up == "" {
 				return dir
 			}
-			return d
+			if filepath.IsAbs(dir) {
+				return d
+			}
+			return filepath.Join(dir, up)
 		}
 		if _, err := os.Lstat(filepath.Join(d, ".git")); err == nil || d == filepath.Dir(d) {
 			return dir
 		}
+		up = filepath.Join(up, "..")
 	}
 }

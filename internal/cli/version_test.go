@@ -73,9 +73,11 @@ func TestFindSourceDir(t *testing.T) {
 			t.Errorf("findSourceDir(%s) = %s, want %s", tt.dir, got, want)
 		}
 	}
-	// A relative directory that has .hm/ itself stays as given, as the messages print it.
-	t.Chdir(filepath.Join(root, "repo"))
-	if got := findSourceDir("."); got != "." {
-		t.Errorf(`findSourceDir(".") in the repository's top = %q`, got)
+	// Relative in, relative out.
+	t.Chdir(filepath.Join(root, "repo", "src", "deep"))
+	for dir, want := range map[string]string{".": "../..", "..": "../..", "../../.": "../../.", "x/..": "../.."} {
+		if got := findSourceDir(dir); got != want {
+			t.Errorf("findSourceDir(%q) in repo/src/deep = %q, want %q", dir, got, want)
+		}
 	}
 }
