@@ -6,16 +6,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/hmci/hm/internal/errs"
 )
-
-// Version is set at build time with -ldflags "-X github.com/hmci/hm/internal/cli.Version=...".
-var Version = "dev"
 
 // IO are the process's streams; tests substitute them.
 type IO struct {
@@ -56,14 +52,19 @@ func newRoot(stdio IO) *cobra.Command {
 		CompletionOptions: cobra.CompletionOptions{
 			DisableDefaultCmd: true,
 		},
+		Version: buildVersion(),
+		PersistentPreRunE: func(c *cobra.Command, _ []string) error {
+			return discoverDir(c)
+		},
 	}
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetIn(stdio.In)
 	root.SetOut(stdio.Out)
 	root.SetErr(stdio.Err)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return errs.New(errs.ErrUsage, "usage", fmt.Sprintf("see `%s --help`", c.CommandPath()), "%v", err)
 	})
-	root.AddCommand(newRunCmd(stdio), newRenderCmd(stdio), newPipelinesCmd(stdio), newInitCmd(stdio), newCacheCmd(stdio), newImageCmd(stdio), newVersionCmd(stdio))
+	root.AddCommand(newRunCmd(stdio), newRenderCmd(stdio), newPipelinesCmd(stdio), newInitCmd(stdio), newCacheCmd(stdio), newImageCmd(stdio), newVersionCmd(stdio), newSDKCmd(stdio))
 	return root
 }
 
@@ -74,30 +75,6 @@ func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
 			return errs.New(errs.ErrUsage, "usage", fmt.Sprintf("see `%s --help`", c.CommandPath()), "%v", err)
 		}
 		return nil
-	}
-}
-
-func newVersionCmd(stdio IO) *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print hm's version",
-		Args:  usageArgs(cobra.NoArgs),
-		RunE: func(c *cobra.Command, _ []string) error {
-			v, goVersion := Version, ""
-			if bi, ok := debug.ReadBuildInfo(); ok {
-				goVersion = bi.GoVersion
-				if v == "dev" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-					v = bi.Main.Version
-				}
-				for _, s := range bi.Settings {
-					if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-						v += " (" + s.Value[:12] + ")"
-					}
-				}
-			}
-			fmt.Fprintf(stdio.Out, "hm %s %s\n", v, goVersion)
-			return nil
-		},
 	}
 }
 

@@ -213,8 +213,12 @@ func ParseSize(s string) (int64, error) {
 	return int64(n * float64(mult)), nil
 }
 
-// Paths lists the config files in increasing precedence for a source dir.
+// Paths lists the config files in increasing precedence for a source dir, absolute: the
+// errors that name them must say which file, wherever hm was started.
 func Paths(dir string) []string {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
 	var out []string
 	if base, err := os.UserConfigDir(); err == nil {
 		out = append(out, filepath.Join(base, "hm", "config.toml"))
@@ -245,6 +249,12 @@ func loadFile(c *Config, path string) error {
 		return errs.New(errs.ErrUsage, "config", "check the file's permissions", "cannot read %s: %v", path, err)
 	}
 	md, err := toml.Decode(string(data), c)
+	var pe toml.ParseError
+	if errors.As(err, &pe) {
+		// PATH:LINE:COL, as compilers write it, so that editors and terminals jump there.
+		return errs.New(errs.ErrUsage, "config", "fix the TOML syntax or the value's type",
+			"invalid config %s:%d:%d: %s", path, pe.Position.Line, pe.Position.Col, pe.Message)
+	}
 	if err != nil {
 		return errs.New(errs.ErrUsage, "config", "fix the TOML syntax or the value's type",
 			"invalid config %s: %v", path, err)

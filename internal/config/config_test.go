@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,26 +60,43 @@ max_size = "1GiB"
 	}
 }
 
+// Every config error names the file with its absolute path (the user's or the repository's),
+// or the variable.
 func TestLoadErrors(t *testing.T) {
 	tests := []struct {
-		name, file string
-		env        map[string]string
+		name      string
+		user      bool // the file is ~/.config/hm/config.toml, not .hm/config.toml
+		file      string
+		env       map[string]string
+		wantInMsg string // with FILE for the file's path
 	}{
-		{"bad toml", "backend = ", nil},
-		{"unknown key", "paralelism = 2", nil},
-		{"wrong type", `parallelism = "many"`, nil},
-		{"bad duration", `timeout = "soon"`, nil},
-		{"bad env", "", map[string]string{"HM_PARALLELISM": "x"}},
+		{"bad toml", false, "backend = ", nil, "invalid config FILE:1:"},
+		{"bad toml in the user's file", true, "parallelism = 2\nbackend = ", nil, "invalid config FILE:2:"},
+		{"unknown key", false, "paralelism = 2", nil, `unknown key "paralelism" in FILE`},
+		{"wrong type", false, `parallelism = "many"`, nil, "invalid config FILE: "},
+		{"bad duration", true, `timeout = "soon"`, nil, "invalid config FILE:1:"},
+		{"bad limit", false, `pids_limit = -3`, nil, "invalid config FILE: "},
+		{"bad env", false, "", map[string]string{"HM_PARALLELISM": "x"}, `invalid HM_PARALLELISM="x"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			t.Setenv("XDG_CONFIG_HOME", t.TempDir())
+			home := t.TempDir()
+			t.Setenv("XDG_CONFIG_HOME", home)
 			dir := t.TempDir()
-			writeFile(t, filepath.Join(dir, ".hm", "config.toml"), tt.file)
-			_, err := Load(dir, func(k string) string { return tt.env[k] })
+			path := filepath.Join(dir, ".hm", "config.toml")
+			if tt.user {
+				path = filepath.Join(home, "hm", "config.toml")
+			}
+			writeFile(t, path, tt.file)
+			// From inside dir, as `hm run` with no -d: the message still says where the file is.
+			t.Chdir(dir)
+			_, err := Load(".", func(k string) string { return tt.env[k] })
 			var e *errs.Error
 			if !errors.As(err, &e) || !errors.Is(err, errs.ErrUsage) || e.Fix == "" {
 				t.Fatalf("got %v, want a usage error with a fix", err)
+			}
+			if want := strings.ReplaceAll(tt.wantInMsg, "FILE", path); !strings.Contains(e.Msg, want) {
+				t.Errorf("message %q does not contain %q", e.Msg, want)
 			}
 		})
 	}

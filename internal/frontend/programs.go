@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/hmci/hm/internal/config"
 	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/sdk"
 	"github.com/hmci/hm/pipeline"
 )
 
@@ -62,7 +64,8 @@ func programFailed(src, what string, code int, stderr string, err error, fix str
 	return errs.New(errs.ErrInvalid, "pipeline_program_failed", fix, "%s: %s failed (exit %d):\n%s", src, what, code, detail)
 }
 
-// discoverGo runs the Go main package in .hm/ with `go run .`.
+// discoverGo runs the Go main package in .hm/ with `go run`, against the SDK embedded in hm
+// (package sdk) unless .hm/ is in hm's own module.
 func discoverGo(ctx context.Context, dir string, files []string) []Pipeline {
 	src := sourcePath(files, ".go")
 	goBin, err := exec.LookPath("go")
@@ -71,13 +74,23 @@ func discoverGo(ctx context.Context, dir string, files []string) []Pipeline {
 			"install Go (https://go.dev/dl/) and put the go command on PATH",
 			"%s is a Go pipeline, but the go command is not on PATH", src))
 	}
-	cmd := exec.CommandContext(ctx, goBin, "run", ".")
-	cmd.Dir = filepath.Join(dir, ".hm")
-	cmd.Env = programEnv(dir, pipeline.EnvelopeEnv+"=1")
+	// A state dir that cannot be found is no reason not to render: Prepare then writes the
+	// SDK for this run only.
+	stateDir, _ := config.StateDir(os.Getenv)
+	inv, err := sdk.Prepare(filepath.Join(dir, ".hm"), stateDir)
+	if err != nil {
+		return failed(dir, KindGo, files, errs.New(errs.ErrInvalid, "pipeline_program_failed",
+			"check the go.mod that .hm/ belongs to (go mod edit -json prints how go reads it)",
+			"%s: cannot prepare `go run` with hm's Go SDK: %v", src, err))
+	}
+	defer inv.Cleanup()
+	cmd := exec.CommandContext(ctx, goBin, inv.Args...)
+	cmd.Dir = inv.Dir
+	cmd.Env = programEnv(dir, append(inv.Env, pipeline.EnvelopeEnv+"=1")...)
 	out, code, stderr, err := runProgram(cmd)
 	if err != nil {
 		return failed(dir, KindGo, files, programFailed(src, "go run", code, stderr, err,
-			"run `go run .` in .hm/ to see the error; its main must call pipeline.Main"))
+			"fix the program (go prints the error above); its main must call pipeline.Main"))
 	}
 	return fromEnvelope(dir, KindGo, files, ".go", out)
 }
