@@ -2,10 +2,10 @@ package sandbox
 
 import "sync"
 
-// testBackends are the sandbox backends newBackend opened and that are not closed yet. The
-// conformance cases run in parallel, each with a backend of its own, and a leftovers check
-// must not count another backend's idle spare init (and its cgroups): that backend holds it,
-// legitimately, until it closes.
+// testBackends are the sandbox backends newBackend opened and that are not closed yet. A
+// step cgroup carries only the process's cookie, so processLeftovers cannot tell whose it is:
+// it must not count the cgroups of another open backend's idle spare init, which that backend
+// holds, legitimately, until it closes.
 var testBackends struct {
 	sync.Mutex
 	open map[*Backend]bool

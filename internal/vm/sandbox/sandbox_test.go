@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -117,45 +118,56 @@ func TestConformance(t *testing.T) {
 	needSandbox(t)
 	for _, image := range []string{"busybox", imagestore.HostID} {
 		t.Run(image, func(t *testing.T) {
-			// In parallel: every case gets a backend (a state dir) of its own.
+			// In parallel: every case gets a backend (a state dir) of its own. A case checks
+			// what its backend holds; the step cgroups and network helpers of all of them are
+			// checked once they have all closed (a cgroup is named by the process's cookie,
+			// whichever backend made it).
+			var mu sync.Mutex
+			var opened []*Backend
 			vmtest.RunParallel(t, func(t *testing.T) vmtest.Fixture {
 				b := newBackend(t, Options{})
+				mu.Lock()
+				opened = append(opened, b)
+				mu.Unlock()
 				return vmtest.Fixture{Backend: b, Image: image, IsolatedFS: true,
-					Leftovers: func() []string { return leftovers(b, proc.Self()) }}
+					Leftovers: func() []string { return backendLeftovers(b, proc.Self()) }}
+			}, func() []string {
+				seen := map[string]bool{}
+				var out []string
+				for _, b := range opened {
+					for _, l := range leftovers(b, proc.Self()) {
+						if !seen[l] {
+							seen[l] = true
+							out = append(out, l)
+						}
+					}
+				}
+				return out
 			})
 		})
 	}
 }
 
 // leftovers lists what machines of owner left behind: running inits (the backend's spare
-// excepted), mounts under the state dir, machine directories, trash and step cgroups.
+// excepted), mounts under the state dir, machine directories, trash, network helpers and
+// step cgroups.
 func leftovers(b *Backend, owner proc.Owner) []string {
+	return append(backendLeftovers(b, owner), processLeftovers(b, owner)...)
+}
+
+// backendLeftovers is what of leftovers only b can hold: inits of its state dir, mounts under
+// it, machine directories and trash. Another backend in this process never shows here.
+func backendLeftovers(b *Backend, owner proc.Owner) []string {
 	b.waitBackground() // what Destroy left to delete in the background is not left over
 	b.waitRefill()     // a spare on its way is not left over either
 	var out []string
-	// Idle spare inits hold nothing: this backend's, and those of other backends open in
-	// this process (parallel conformance cases).
-	sparePIDs, spareCookies := spares(b)
-	live := map[int]bool{}
+	spare := b.sparePID()
 	for c, pids := range b.inits() {
-		for _, pid := range pids {
-			live[pid] = true
-		}
-		if len(pids) == 1 && sparePIDs[pids[0]] {
+		if len(pids) == 1 && pids[0] == spare {
 			continue // the spare init, waiting for the next step, holds nothing
 		}
 		if o, ok := proc.CookieOwner(c); ok && o == owner {
 			out = append(out, fmt.Sprintf("sandbox inits %v of cookie %s", pids, c))
-		}
-	}
-	// A network helper outlives nothing: it serves a live init, or it exits, which it does
-	// on its own once the init is gone (its lifeline closes), perhaps a moment later.
-	for helper, target := range slirpHelpers() {
-		if _, err := os.Stat(fmt.Sprintf("/proc/%d", target)); err == nil && !live[target] {
-			continue // another state dir's init, in this test process (another backend's spare)
-		}
-		if !live[target] && !exitsSoon(helper) {
-			out = append(out, fmt.Sprintf("slirp4netns %d for the gone init %d", helper, target))
 		}
 	}
 	for _, mp := range mountsUnder(b.state) {
@@ -168,6 +180,32 @@ func leftovers(b *Backend, owner proc.Owner) []string {
 		}
 		for _, n := range names {
 			out = append(out, filepath.Join(sub, n))
+		}
+	}
+	return out
+}
+
+// processLeftovers is what of leftovers belongs to the process rather than to b: network
+// helpers and step cgroups, which carry only the cookie. The idle spares of b and of the
+// other backends open in this process (see spares) hold nothing.
+func processLeftovers(b *Backend, owner proc.Owner) []string {
+	b.waitRefill()
+	var out []string
+	_, spareCookies := spares(b)
+	live := map[int]bool{}
+	for _, pids := range b.inits() {
+		for _, pid := range pids {
+			live[pid] = true
+		}
+	}
+	// A network helper outlives nothing: it serves a live init, or it exits, which it does
+	// on its own once the init is gone (its lifeline closes), perhaps a moment later.
+	for helper, target := range slirpHelpers() {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", target)); err == nil && !live[target] {
+			continue // another state dir's init, in this test process (another backend's spare)
+		}
+		if !live[target] && !exitsSoon(helper) {
+			out = append(out, fmt.Sprintf("slirp4netns %d for the gone init %d", helper, target))
 		}
 	}
 	for _, cg := range b.cg.list(func(c string) bool { o, _ := proc.CookieOwner(c); return o == owner && !spareCookies[c] }) {

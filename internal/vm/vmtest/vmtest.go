@@ -51,30 +51,30 @@ const hangGuard = 2 * time.Minute
 func Run(t *testing.T, f Factory) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			c.fn(t, newEnv(t, f, nil))
+			c.fn(t, newEnv(t, f))
 		})
 	}
 }
 
 // RunParallel is Run with the cases in parallel (t.Parallel), for a Factory whose every
-// Fixture is a backend of its own (its own state dir). Only the cases run in parallel: each
-// leftovers check, and the Fixture's teardown after it, runs alone, once every other case
-// that has started has destroyed its machines and let its backend settle (one Leftovers call
-// each). So a check never sees another case's machines at work, and Leftovers need only
-// tell its own backend's idle resources (its spare, say) from another backend's.
-func RunParallel(t *testing.T, f Factory) {
-	g := &gate{}
+// Fixture is a backend of its own (its own state dir). Each case's Leftovers must then list
+// only what its own backend holds, since other cases run beside it. What a backend cannot
+// tell apart from another's (the sandbox's step cgroups, named by the process's cookies) is
+// for after: it lists what the cases left behind together, and runs once every case has
+// ended and its Fixture has been torn down, so nothing of theirs is legitimately alive.
+func RunParallel(t *testing.T, f Factory, after func() []string) {
+	t.Cleanup(func() { // a parent's cleanups run once its parallel subtests have ended
+		if left := after(); len(left) > 0 {
+			t.Errorf("left behind by the cases together:\n  %s", strings.Join(left, "\n  "))
+		}
+	})
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			c.fn(t, newEnv(t, f, g))
+			c.fn(t, newEnv(t, f))
 		})
 	}
 }
-
-// gate orders parallel cases: a case holds it shared while its machines exist and
-// exclusively for its leftovers check and teardown.
-type gate struct{ mu sync.RWMutex }
 
 // env is one subtest's backend with helpers that fail the test on infrastructure errors.
 type env struct {
@@ -83,36 +83,14 @@ type env struct {
 	image string
 }
 
-func newEnv(t *testing.T, f Factory, g *gate) *env {
+func newEnv(t *testing.T, f Factory) *env {
 	t.Helper()
-	exclusive := false
-	if g != nil {
-		g.mu.RLock()
-		// Registered before the Factory's cleanups, so it runs after them: the teardown of
-		// this case's backend is part of its exclusive turn.
-		t.Cleanup(func() {
-			if exclusive {
-				g.mu.Unlock()
-			} else {
-				g.mu.RUnlock()
-			}
-		})
-	}
 	fx := f(t)
 	if fx.Backend == nil || fx.Leftovers == nil {
 		t.Fatal("vmtest: Fixture.Backend and Fixture.Leftovers are required")
 	}
-	// Registered before the case's own cleanups, so it runs after them: after every Destroy
-	// and RemoveSnapshot below.
+	// Registered first, so it runs last: after every Destroy and RemoveSnapshot below.
 	t.Cleanup(func() {
-		if g != nil {
-			// Settle this backend (Leftovers waits for its background work) before letting
-			// another case's check look, then wait for every started case to do the same.
-			fx.Leftovers()
-			g.mu.RUnlock()
-			g.mu.Lock()
-			exclusive = true
-		}
 		if left := fx.Leftovers(); len(left) > 0 {
 			t.Errorf("left behind after the subtest:\n  %s", strings.Join(left, "\n  "))
 		}
