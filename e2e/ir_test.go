@@ -47,7 +47,7 @@ func TestForkJoinFixture(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("event sequences (-want +got):\n%s", diff)
 	}
-	if got := v.lines("setup"); len(got) != 1 || !strings.HasPrefix(got[0], "hm: cache miss: no entry for key ") {
+	if got := v.lines("setup"); len(got) != 1 || !strings.HasPrefix(got[0], "hm: cache miss: no entry ") {
 		t.Errorf("setup's miss is not explained: %q", got)
 	}
 	if diff := cmp.Diff([]string{"1.0"}, v.lines("build")); diff != "" {

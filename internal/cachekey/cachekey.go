@@ -39,6 +39,12 @@ type Context struct {
 type Result struct {
 	Key    string // "" when the step is not cached
 	Inputs Inputs
+	// Fingerprint is what the key leaves out (see Fingerprint), set for every node: the
+	// registry scopes entries by it, so editing a cached step's command is a miss.
+	Fingerprint string
+	// Warnings are for the step's log: on_change paths that match nothing, which the key
+	// skips as the spec says, but which are most often a typo (go.summ).
+	Warnings []string
 }
 
 // Compute returns one Result per node of p, index-aligned with p.Nodes. A key present in the IR
@@ -64,6 +70,13 @@ func Compute(c Context, p *ir.Pipeline) ([]Result, error) {
 	res := make([]Result, len(p.Nodes))
 	for _, i := range order {
 		st := p.Nodes[i].Step
+		image, parentFP := "", scratch
+		if pi := parents[i]; pi >= 0 {
+			parentFP = res[pi].Fingerprint
+		} else {
+			image = p.Image(i)
+		}
+		res[i].Fingerprint = Fingerprint(st.Cmd, p.Nodes[i].Env, image, parentFP)
 		if st.Cache == nil || st.Cache.Policy == ir.PolicyNone {
 			continue
 		}
@@ -80,23 +93,30 @@ func Compute(c Context, p *ir.Pipeline) ([]Result, error) {
 			}
 		}
 		in := Inputs{
-			Policy:    describePolicy(*st.Cache),
-			FromIR:    fromIR,
-			Org:       c.Org,
-			Slug:      c.Slug,
-			ParentKey: parent,
+			Policy:            describePolicy(*st.Cache),
+			FromIR:            fromIR,
+			Org:               c.Org,
+			Slug:              c.Slug,
+			CmdHash:           hashStrings(st.Cmd),
+			NodeEnv:           envHashes(p.Nodes[i].Env),
+			Image:             image,
+			ParentKey:         parent,
+			ParentFingerprint: parentFP,
+			Fingerprint:       res[i].Fingerprint,
 		}
+		k.warnings = nil
 		part, err := k.policyPart(st.Key, st.Cmd, *st.Cache, &in)
+		res[i].Inputs, res[i].Warnings = in, k.warnings
 		if fromIR {
 			// The front end already decided the key; what we could not recompute only weakens
 			// the explanation of a miss, it must not fail the build.
-			res[i] = Result{Key: st.Cache.Key, Inputs: in}
+			res[i].Key = st.Cache.Key
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
-		res[i] = Result{Key: hashStrings(c.Org, c.Slug, st.Key, parent, part), Inputs: in}
+		res[i].Key = hashStrings(c.Org, c.Slug, st.Key, parent, part)
 	}
 	return res, nil
 }
@@ -143,8 +163,9 @@ func lineageOrder(p *ir.Pipeline) ([]int, []int, error) {
 }
 
 type keyer struct {
-	ctx   Context
-	files *fileHasher
+	ctx      Context
+	files    *fileHasher
+	warnings []string // of the node being keyed
 }
 
 // policyPart returns the policy_part of the key and records its inputs in in. On error it
@@ -165,9 +186,12 @@ func (k *keyer) policyPart(step, cmd string, c ir.Cache, in *Inputs) (string, er
 		in.TTLBuckets = append(in.TTLBuckets, TTLBucket{Seconds: c.DurationSeconds, Bucket: b})
 		return "ttl-" + strconv.FormatInt(b, 10) + "-" + h, nil
 	case ir.PolicyOnChange:
-		paths, err := k.files.resolve(c.Paths)
+		paths, unmatched, err := k.files.resolve(c.Paths)
 		if err != nil {
 			return "", fmt.Errorf("cache key of step %q: %w", step, err)
+		}
+		for _, u := range unmatched {
+			k.warnings = append(k.warnings, fmt.Sprintf("cache on_change path %q matches nothing in the source directory, so it does not affect the key", u))
 		}
 		h := sha256.New()
 		for _, rel := range paths {
@@ -219,8 +243,40 @@ func (k *keyer) cmdEnvHash(cmd string, envKeys []string, in *Inputs) string {
 		}
 		in.EnvValues[name] = v
 	}
-	in.CmdHash = hashStrings(cmd)
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Fingerprint is sha256hex(sha256hex(cmd) \0 sha256hex(envsub) \0 image \0 parent), envsub
+// being the node env as sorted `K=V\0`, image the root's image as written ("" for a builds_in
+// child, whose base is its parent) and parent the parent's fingerprint ("scratch" for a root).
+// It covers what decides a snapshot's content and a key may leave out (an on_change key
+// ignores the command; spec/cache-keys.md § FIX). Parts are hashed first so that no command
+// or value can shift bytes into the next part.
+func Fingerprint(cmd string, env map[string]string, image, parent string) string {
+	names := make([]string, 0, len(env))
+	for n := range env {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, n := range names {
+		h.Write([]byte(n + "=" + env[n]))
+		h.Write([]byte{0})
+	}
+	return hashStrings(hashStrings(cmd), hex.EncodeToString(h.Sum(nil)), image, parent)
+}
+
+// envHashes records the node env for explanations without keeping values, which may be
+// secrets: name → the first 16 hex of sha256(value).
+func envHashes(env map[string]string) map[string]string {
+	if len(env) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(env))
+	for n, v := range env {
+		out[n] = hashStrings(v)[:16]
+	}
+	return out
 }
 
 // describePolicy names a policy for Inputs: "forever", "compose(on_change,ttl,none)".

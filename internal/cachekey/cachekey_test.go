@@ -184,8 +184,10 @@ func TestComputeCases(t *testing.T) {
 		p: chain(ir.Step{Key: "base", Cmd: "a"},
 			ir.Step{Key: "child", Cmd: "b", Cache: &ir.Cache{Policy: ir.PolicyForever, Key: irKey, EnvKeys: []string{"V"}}}),
 		check: func(t *testing.T, res []Result) {
-			want := Result{Key: irKey, Inputs: Inputs{Policy: "forever", FromIR: true, Org: "default", Slug: "ci",
-				CmdHash: hashStrings("b"), EnvValues: map[string]string{"V": "7"}}}
+			fp := Fingerprint("b", nil, "", Fingerprint("a", nil, ir.FallbackImage, "scratch"))
+			want := Result{Key: irKey, Fingerprint: fp, Inputs: Inputs{Policy: "forever", FromIR: true, Org: "default", Slug: "ci",
+				CmdHash: hashStrings("b"), EnvValues: map[string]string{"V": "7"},
+				Fingerprint: fp, ParentFingerprint: res[0].Fingerprint}}
 			if d := cmp.Diff(want, res[1]); d != "" {
 				t.Errorf("(-want +got):\n%s", d)
 			}
@@ -288,13 +290,16 @@ func TestOnChangeResolution(t *testing.T) {
 		t.Fatal(err)
 	}
 	fh := newFileHasher(dir)
-	got, err := fh.resolve([]string{"src/*.go", "missing", "a.txt", "empty", "a"})
+	got, unmatched, err := fh.resolve([]string{"src/*.go", "missing", "a.txt", "empty", "a", "*.nothing"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Patterns sorted ("a" < "a.txt" < "empty" < "missing" < "src/*.go"); dot files skipped.
 	if d := cmp.Diff([]string{"a", "a.txt", "empty", "src/x.go"}, got); d != "" {
 		t.Errorf("resolve (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff([]string{"*.nothing", "missing"}, unmatched); d != "" {
+		t.Errorf("unmatched (-want +got):\n%s", d)
 	}
 	h, err := fh.hash("empty")
 	if err != nil {
@@ -312,7 +317,7 @@ func TestOnChangeResolution(t *testing.T) {
 	if want := hashStrings(".hidden.go", "H", "sub.txt", "T", "sub/y.go", "Y", "x.go", "X", ""); h != want {
 		t.Errorf("dir hash %s, want %s", h, want)
 	}
-	if _, err := fh.resolve([]string{"src/[x"}); !errors.Is(err, errs.ErrInvalid) {
+	if _, _, err := fh.resolve([]string{"src/[x"}); !errors.Is(err, errs.ErrInvalid) {
 		t.Errorf("bad glob: err %v, want ErrInvalid", err)
 	}
 }
@@ -333,7 +338,8 @@ func TestInputsJSON(t *testing.T) {
 	in := res[0].Inputs
 	want := Inputs{Policy: "compose(on_change,ttl,none)", Org: "default", Slug: "ci", CmdHash: hashStrings("c"),
 		EnvValues: map[string]string{"E": "e"}, ParentKey: "scratch",
-		Files: map[string]string{"go.sum": hashStrings("1")}, TTLBuckets: []TTLBucket{{Seconds: 3600, Bucket: 2}}}
+		Files: map[string]string{"go.sum": hashStrings("1")}, TTLBuckets: []TTLBucket{{Seconds: 3600, Bucket: 2}},
+		Fingerprint: res[0].Fingerprint, ParentFingerprint: "scratch", Image: ir.FallbackImage}
 	if d := cmp.Diff(want, in); d != "" {
 		t.Fatalf("inputs (-want +got):\n%s", d)
 	}

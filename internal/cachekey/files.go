@@ -28,29 +28,32 @@ func newFileHasher(dir string) *fileHasher {
 
 // resolve expands on_change paths into the ordered list of existing paths they name, as slash
 // paths relative to dir: the patterns sorted, each glob replaced by its sorted matches, plain
-// paths that do not exist dropped.
-func (f *fileHasher) resolve(patterns []string) ([]string, error) {
+// paths that do not exist dropped. unmatched lists the patterns that named nothing, sorted.
+func (f *fileHasher) resolve(patterns []string) (paths, unmatched []string, err error) {
 	sorted := append([]string(nil), patterns...)
 	sort.Strings(sorted)
-	var out []string
 	for _, p := range sorted {
 		if !strings.ContainsAny(p, "*?[") {
 			if _, err := os.Stat(f.abs(p)); err != nil {
 				if errors.Is(err, fs.ErrNotExist) {
+					unmatched = append(unmatched, p)
 					continue
 				}
-				return nil, fmt.Errorf("on_change path %q: %w: %w", p, errs.ErrInfra, err)
+				return nil, nil, fmt.Errorf("on_change path %q: %w: %w", p, errs.ErrInfra, err)
 			}
-			out = append(out, p)
+			paths = append(paths, p)
 			continue
 		}
 		matches, err := f.glob(p)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		out = append(out, matches...)
+		if len(matches) == 0 {
+			unmatched = append(unmatched, p)
+		}
+		paths = append(paths, matches...)
 	}
-	return out, nil
+	return paths, unmatched, nil
 }
 
 // glob returns the sorted matches of pattern. Like the front ends' glob libraries (Python's

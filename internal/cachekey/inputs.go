@@ -14,13 +14,20 @@ type Inputs struct {
 	FromIR bool   `json:"from_ir,omitempty"`
 	Org    string `json:"org,omitempty"`
 	Slug   string `json:"slug,omitempty"`
-	// CmdHash is sha256hex(cmd), set when the policy hashes the command (forever, ttl). The
+	// CmdHash is sha256hex(cmd), whatever the policy: the fingerprint covers the command. The
 	// command itself is not kept: it may be long or carry secrets.
 	CmdHash    string            `json:"cmd_hash,omitempty"`
 	EnvValues  map[string]string `json:"env,omitempty"`        // env_keys name → value ("" when unset)
 	ParentKey  string            `json:"parent_key,omitempty"` // "scratch" for a root
 	Files      map[string]string `json:"files,omitempty"`      // resolved on_change path → pathhash
 	TTLBuckets []TTLBucket       `json:"ttl,omitempty"`        // one per ttl (sub-)policy, in order
+
+	// The fingerprint and its parts (see Fingerprint). Entries registered before fingerprints
+	// existed have none of them.
+	Fingerprint       string            `json:"fingerprint,omitempty"`
+	ParentFingerprint string            `json:"parent_fingerprint,omitempty"` // "scratch" for a root
+	NodeEnv           map[string]string `json:"node_env,omitempty"`           // name → 16 hex of sha256(value)
+	Image             string            `json:"image,omitempty"`              // as written; "" for a child
 }
 
 // TTLBucket is floor(now / Seconds) of one ttl policy.
@@ -43,7 +50,7 @@ func Diff(old, new Inputs) []string {
 		out = append(out, fmt.Sprintf("cache policy changed: %s → %s", orNone(old.Policy), orNone(new.Policy)))
 	}
 	if old.CmdHash != new.CmdHash && old.CmdHash != "" && new.CmdHash != "" {
-		out = append(out, "command changed")
+		out = append(out, "command changed since the cached snapshot")
 	}
 	for _, name := range unionKeys(old.EnvValues, new.EnvValues) {
 		ov, inOld := old.EnvValues[name]
@@ -73,6 +80,37 @@ func Diff(old, new Inputs) []string {
 		}
 	}
 	out = append(out, diffTTL(old.TTLBuckets, new.TTLBuckets)...)
+	return append(out, diffFingerprint(old, new)...)
+}
+
+// diffFingerprint explains a fingerprint that differs: the node env, the image, the parent,
+// or an entry older than fingerprints. The command is reported with the key's inputs.
+func diffFingerprint(old, new Inputs) []string {
+	if old.Fingerprint == new.Fingerprint || new.Fingerprint == "" {
+		return nil
+	}
+	if old.Fingerprint == "" {
+		return []string{"the cached snapshot was registered by an older hm that did not record the step's command and env"}
+	}
+	var out []string
+	for _, name := range unionKeys(old.NodeEnv, new.NodeEnv) {
+		oh, inOld := old.NodeEnv[name]
+		nh, inNew := new.NodeEnv[name]
+		switch {
+		case !inOld:
+			out = append(out, fmt.Sprintf("env %s added since the cached snapshot", name))
+		case !inNew:
+			out = append(out, fmt.Sprintf("env %s removed since the cached snapshot", name))
+		case oh != nh:
+			out = append(out, fmt.Sprintf("env %s changed since the cached snapshot", name))
+		}
+	}
+	if old.Image != new.Image {
+		out = append(out, fmt.Sprintf("image changed since the cached snapshot: %s → %s", orNone(old.Image), orNone(new.Image)))
+	}
+	if old.ParentFingerprint != new.ParentFingerprint && old.ParentKey == new.ParentKey {
+		out = append(out, "the builds_in parent's command, env or image changed since the cached snapshot")
+	}
 	return out
 }
 

@@ -38,7 +38,7 @@ func TestDiff(t *testing.T) {
 		want []string
 	}{
 		{"identical", with(func(*Inputs) {}), nil},
-		{"command", with(func(in *Inputs) { in.CmdHash = "c2" }), []string{"command changed"}},
+		{"command", with(func(in *Inputs) { in.CmdHash = "c2" }), []string{"command changed since the cached snapshot"}},
 		{"env value", with(func(in *Inputs) { in.EnvValues["A_VER"] = "1.3" }), []string{`env A_VER: "1.2" → "1.3"`}},
 		{"env key added and removed", with(func(in *Inputs) { delete(in.EnvValues, "B"); in.EnvValues["C"] = "y" }),
 			[]string{"env B removed from env_keys", `env C added to env_keys ("y")`}},
@@ -60,7 +60,7 @@ func TestDiff(t *testing.T) {
 			in.CmdHash = "c2"
 			in.ParentKey = "p"
 			in.EnvValues["A_VER"] = "2"
-		}), []string{"command changed", `env A_VER: "1.2" → "2"`, "parent key changed (scratch → p)"}},
+		}), []string{"command changed since the cached snapshot", `env A_VER: "1.2" → "2"`, "parent key changed (scratch → p)"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

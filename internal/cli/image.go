@@ -68,32 +68,40 @@ func newImageCmd(stdio IO) *cobra.Command {
 		Use:   "ls",
 		Short: "List images",
 		Args:  usageArgs(cobra.NoArgs),
-		RunE: func(c *cobra.Command, _ []string) error {
-			st, err := store()
-			if err != nil {
-				return err
+	}
+	asJSON := listFormat(ls)
+	ls.RunE = func(c *cobra.Command, _ []string) error {
+		jsonOut, err := asJSON()
+		if err != nil {
+			return err
+		}
+		st, err := store()
+		if err != nil {
+			return err
+		}
+		imgs, err := st.List(c.Context())
+		if err != nil {
+			return err
+		}
+		if jsonOut {
+			return writeJSONList(stdio.Out, imagesJSON(imgs))
+		}
+		tw := tabwriter.NewWriter(stdio.Out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAMES\tID\tSOURCE\tLAYERS\tSIZE\tCREATED")
+		now := time.Now()
+		fmt.Fprintf(tw, "%s\t-\tthe host's root filesystem, read-only (built in)\t\t\t\n", HostImage)
+		for _, img := range imgs {
+			if img.ID == HostImage {
+				continue
 			}
-			imgs, err := st.List(c.Context())
-			if err != nil {
-				return err
+			created := "-"
+			if !img.Created.IsZero() {
+				created = ago(now.Sub(img.Created))
 			}
-			tw := tabwriter.NewWriter(stdio.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAMES\tID\tSOURCE\tLAYERS\tSIZE\tCREATED")
-			now := time.Now()
-			fmt.Fprintf(tw, "%s\t-\tthe host's root filesystem, read-only (built in)\t\t\t\n", HostImage)
-			for _, img := range imgs {
-				if img.ID == HostImage {
-					continue
-				}
-				created := "-"
-				if !img.Created.IsZero() {
-					created = ago(now.Sub(img.Created))
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", strings.Join(img.Names, ","), shortKey(strings.TrimPrefix(img.ID, "sha256:")),
-					img.Source, len(img.Layers), humanSize(img.Size), created)
-			}
-			return tw.Flush()
-		},
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", strings.Join(img.Names, ","), shortKey(strings.TrimPrefix(img.ID, "sha256:")),
+				img.Source, len(img.Layers), humanSize(img.Size), created)
+		}
+		return tw.Flush()
 	}
 	rm := &cobra.Command{
 		Use:   "rm REF...",
@@ -115,4 +123,34 @@ func newImageCmd(stdio IO) *cobra.Command {
 	}
 	cmd.AddCommand(importCmd, pull, ls, rm)
 	return cmd
+}
+
+// imageJSON is an image in hm image ls --format json. Field names are stable.
+type imageJSON struct {
+	ID        string     `json:"id"` // "sha256:HEX", or "host"
+	Names     []string   `json:"names"`
+	Source    string     `json:"source"` // rootfs, docker-archive, oci-layout, registry, host
+	Layers    int        `json:"layers"`
+	SizeBytes int64      `json:"size_bytes"`
+	Created   *time.Time `json:"created"` // null when unknown (the host pseudo-image)
+}
+
+// imagesJSON lists the host pseudo-image first, as the table does.
+func imagesJSON(imgs []imagestore.Image) []imageJSON {
+	out := []imageJSON{{ID: HostImage, Names: []string{HostImage}, Source: "host"}}
+	for _, img := range imgs {
+		if img.ID == HostImage {
+			continue
+		}
+		j := imageJSON{ID: img.ID, Names: img.Names, Source: img.Source, Layers: len(img.Layers), SizeBytes: img.Size}
+		if j.Names == nil {
+			j.Names = []string{}
+		}
+		if !img.Created.IsZero() {
+			t := img.Created.UTC()
+			j.Created = &t
+		}
+		out = append(out, j)
+	}
+	return out
 }

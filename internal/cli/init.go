@@ -20,7 +20,8 @@ func newInitCmd(stdio IO) *cobra.Command {
 		Long: fmt.Sprintf(`Write a starter pipeline to <dir>/.hm/pipeline.yaml, ready for hm run.
 Templates: %s. Without --template, hm picks one from the files present (go.mod: go,
 package.json: node, Cargo.toml: rust, pyproject.toml/setup.py/requirements.txt: python), else
-minimal. An existing .hm/pipeline.yaml is never overwritten.`, strings.Join(frontend.Templates(), ", ")),
+minimal. The pipeline is named (slug:) after the directory. An existing .hm/pipeline.yaml is
+never overwritten.`, strings.Join(frontend.Templates(), ", ")),
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if !c.Flags().Changed("template") {
@@ -33,6 +34,8 @@ minimal. An existing .hm/pipeline.yaml is never overwritten.`, strings.Join(fron
 			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 				return usage("point -d/--dir at an existing directory", "directory %s does not exist", dir)
 			}
+			slug := frontend.SlugFor(dir)
+			data = frontend.WithSlug(data, slug)
 			path := filepath.Join(dir, ".hm", "pipeline.yaml")
 			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 				return usage("check that the directory is writable", "cannot create %s: %v", filepath.Dir(path), err)
@@ -54,7 +57,7 @@ minimal. An existing .hm/pipeline.yaml is never overwritten.`, strings.Join(fron
 			if err := f.Close(); err != nil {
 				return fmt.Errorf("write %s: %w: %w", path, errs.ErrInfra, err)
 			}
-			fmt.Fprintf(stdio.Out, "wrote %s (template %s)\nrun it with: hm run", path, template)
+			fmt.Fprintf(stdio.Out, "wrote %s (pipeline %s, template %s)\nrun it with: hm run", path, slug, template)
 			if dir != "." {
 				fmt.Fprintf(stdio.Out, " -d %s", dir)
 			}

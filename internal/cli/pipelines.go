@@ -45,37 +45,67 @@ func newPipelinesCmd(stdio IO) *cobra.Command {
 		Use:   "pipelines",
 		Short: "List the pipelines discovered under .hm/",
 		Args:  usageArgs(cobra.NoArgs),
-		RunE: func(c *cobra.Command, _ []string) error {
-			all, err := frontend.Discover(c.Context(), dir)
+	}
+	asJSON := listFormat(cmd)
+	cmd.RunE = func(c *cobra.Command, _ []string) error {
+		jsonOut, err := asJSON()
+		if err != nil {
+			return err
+		}
+		all, err := frontend.Discover(c.Context(), dir)
+		if err != nil {
+			return err
+		}
+		list := make([]pipelineJSON, len(all))
+		for i, p := range all {
+			list[i] = pipelineJSON{Slug: p.Slug, Name: p.Name, Source: relPath(dir, p.Path), Kind: string(p.Kind)}
+			data, err := frontend.Render(c.Context(), p)
+			if err == nil {
+				var pl *ir.Pipeline
+				if pl, err = ir.Parse(data); err == nil {
+					n := len(pl.Nodes)
+					list[i].Steps = &n
+				}
+			}
 			if err != nil {
-				return err
+				// Say why, so a broken pipeline is not a silent "?" next to working ones.
+				msg := firstLine(err.Error())
+				list[i].Error = &msg
 			}
-			if len(all) == 0 {
-				fmt.Fprintf(stdio.Err, "no pipelines under %s/.hm\n", dir)
-				return nil
+		}
+		if jsonOut {
+			return writeJSONList(stdio.Out, list)
+		}
+		if len(all) == 0 {
+			fmt.Fprintf(stdio.Err, "no pipelines under %s/.hm\n", dir)
+			return nil
+		}
+		tw := tabwriter.NewWriter(stdio.Out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SLUG\tSOURCE\tSTEPS")
+		for _, p := range list {
+			steps := "?"
+			switch {
+			case p.Error != nil:
+				steps = "error: " + *p.Error
+			case p.Steps != nil:
+				steps = fmt.Sprint(*p.Steps)
 			}
-			tw := tabwriter.NewWriter(stdio.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SLUG\tSOURCE\tSTEPS")
-			for _, p := range all {
-				steps := "?"
-				data, err := frontend.Render(c.Context(), p)
-				if err == nil {
-					var pl *ir.Pipeline
-					if pl, err = ir.Parse(data); err == nil {
-						steps = fmt.Sprint(len(pl.Nodes))
-					}
-				}
-				if err != nil {
-					// Say why, so a broken pipeline is not a silent "?" next to working ones.
-					steps = "error: " + firstLine(err.Error())
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Slug, relPath(dir, p.Path), steps)
-			}
-			return tw.Flush()
-		},
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Slug, p.Source, steps)
+		}
+		return tw.Flush()
 	}
 	cmd.Flags().StringVarP(&dir, "dir", "d", ".", "source directory")
 	return cmd
+}
+
+// pipelineJSON is a pipeline in hm pipelines --format json. Field names are stable.
+type pipelineJSON struct {
+	Slug   string  `json:"slug"`
+	Name   string  `json:"name"`   // "" when the pipeline has none
+	Source string  `json:"source"` // the file, relative to the source directory
+	Kind   string  `json:"kind"`
+	Steps  *int    `json:"steps"` // null when it does not render
+	Error  *string `json:"error"` // why it does not render, else null
 }
 
 func selectPipeline(ctx context.Context, dir string, args []string) (frontend.Pipeline, error) {

@@ -106,6 +106,9 @@ type StepCacheHit struct {
 	StepID string `json:"step_id"`
 	Key    string `json:"key"`
 	Tag    string `json:"tag"`
+	// Entry is the registry entry's id, as hm cache ls shows it (our addition; null when the
+	// cache has no ids, e.g. another backend's events).
+	Entry *string `json:"entry"`
 }
 
 type StepEnd struct {

@@ -51,3 +51,44 @@ func DetectTemplate(dir string) string {
 	}
 	return "minimal"
 }
+
+// SlugFor names the pipeline of a project directory after the directory: letters, digits and
+// '-', '_', '.' kept (other runs of characters become '-'), starting with a letter or digit;
+// "pipeline" when nothing is left. The slug is part of every cache key, so two repositories
+// initialised with `hm init` must not share one (they shared snapshots when all were called
+// "pipeline").
+func SlugFor(dir string) string {
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	var b strings.Builder
+	dash := false
+	for _, r := range filepath.Base(dir) {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.'
+		switch {
+		case ok:
+			b.WriteRune(r)
+			dash = false
+		case !dash:
+			b.WriteByte('-')
+			dash = true
+		}
+	}
+	slug := strings.TrimLeft(b.String(), "-_.")
+	slug = strings.TrimRight(slug, "-")
+	if slug == "" {
+		return "pipeline"
+	}
+	return slug
+}
+
+// WithSlug returns a template with `slug: slug` as its first field, after the header comment.
+func WithSlug(data []byte, slug string) []byte {
+	lines := strings.SplitAfter(string(data), "\n")
+	i := 0
+	for i < len(lines) && (strings.HasPrefix(lines[i], "#") || strings.TrimSpace(lines[i]) == "") {
+		i++
+	}
+	field := "# The pipeline's name (hm run NAME, hm cache ls); it scopes its cache entries.\nslug: " + slug + "\n"
+	return []byte(strings.Join(lines[:i], "") + field + strings.Join(lines[i:], ""))
+}

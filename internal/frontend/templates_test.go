@@ -59,3 +59,37 @@ func TestDetectTemplate(t *testing.T) {
 		}
 	}
 }
+
+func TestSlugFor(t *testing.T) {
+	root := t.TempDir()
+	tests := []struct{ dir, want string }{
+		{"cobra", "cobra"},
+		{"My Project (copy)", "My-Project-copy"},
+		{"..hidden", "hidden"},
+		{"émoji✓", "moji"},
+		{"✓✓", "pipeline"},
+		{"v1.2_rc", "v1.2_rc"},
+	}
+	for _, tc := range tests {
+		if got := SlugFor(filepath.Join(root, tc.dir)); got != tc.want {
+			t.Errorf("SlugFor(%q) = %q, want %q", tc.dir, got, tc.want)
+		}
+	}
+}
+
+// Every template with the slug inserted still parses, under that slug.
+func TestWithSlug(t *testing.T) {
+	for _, name := range Templates() {
+		data, err := Template(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps, err := yamlfe.Parse(".hm/pipeline.yaml", WithSlug(data, "cobra"))
+		if err != nil {
+			t.Fatalf("template %s: %v", name, err)
+		}
+		if len(ps) != 1 || ps[0].Slug != "cobra" {
+			t.Errorf("template %s: slugs %+v, want cobra", name, ps)
+		}
+	}
+}

@@ -120,18 +120,32 @@ func (r *Registry) DropMissing(ctx context.Context, backend string, exists func(
 	return dropped, nil
 }
 
+// Delete deletes the entries es (as chosen by the caller, e.g. by id) that still map to the
+// same snapshot, and returns those it deleted.
+func (r *Registry) Delete(ctx context.Context, es []Entry) ([]Entry, error) {
+	var deleted []Entry
+	err := r.write(ctx, "delete", func(tx *sql.Tx) error {
+		var err error
+		deleted, err = deleteEntries(ctx, tx, es)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return deleted, nil
+}
+
 // deleteEntries deletes each entry if it still maps to the same snapshot and returns those it
 // deleted.
 func deleteEntries(ctx context.Context, tx *sql.Tx, es []Entry) ([]Entry, error) {
-	stmt, err := tx.PrepareContext(ctx, `DELETE FROM entries
-		WHERE backend = ? AND base = ? AND key = ? AND snapshot = ?`)
+	stmt, err := tx.PrepareContext(ctx, `DELETE FROM entries WHERE `+byScope+` AND snapshot = ?`)
 	if err != nil {
 		return nil, err
 	}
 	defer stmt.Close()
 	var out []Entry
 	for _, e := range es {
-		res, err := stmt.ExecContext(ctx, e.Backend, e.Base, e.Key, e.Snapshot)
+		res, err := stmt.ExecContext(ctx, e.Backend, e.Base, e.Key, e.Fingerprint, e.Snapshot)
 		if err != nil {
 			return nil, err
 		}

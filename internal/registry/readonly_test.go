@@ -19,7 +19,7 @@ func TestOpenReadOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := rw.Register(ctx, Entry{Backend: "host", Base: "b", Key: "k", Snapshot: "s", StepKey: "a"}); err != nil {
+	if _, err := rw.Register(ctx, Entry{Backend: "host", Base: "b", Key: "k", Fingerprint: "f", Snapshot: "s", StepKey: "a"}); err != nil {
 		t.Fatal(err)
 	}
 	rw.Close()

@@ -1,11 +1,14 @@
 // Package registry is the snapshot registry shared by all backends: which committed snapshot
-// holds the result of a cache key, on which backend and on which root image. It lives in one
+// holds the result of a cache key, on which backend, on which root image and for which step
+// fingerprint (command, env, image as written: spec/cache-keys.md § FIX). It lives in one
 // SQLite file under the state dir and is safe to share between concurrent hm processes.
 package registry
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,19 +24,50 @@ import (
 	"github.com/hmci/hm/internal/statedir"
 )
 
-// Entry maps (Backend, Base, Key) to the snapshot that holds the step's result.
+// Entry maps its Scope (Backend, Base, Key, Fingerprint) to the snapshot that holds the
+// step's result.
 type Entry struct {
-	Backend  string // "docker", "sandbox", ...
-	Base     string // resolved image id or digest of the chain's root
-	Key      string // cache key
-	Snapshot string // backend snapshot id (e.g. an image id)
-	Pipeline string // pipeline slug
-	StepKey  string
-	Created  time.Time
-	LastUsed time.Time
-	Size     int64 // bytes, 0 when unknown
-	Inputs   cachekey.Inputs
+	Backend string // "docker", "sandbox", ...
+	Base    string // resolved image id or digest of the chain's root
+	Key     string // cache key
+	// Fingerprint is the step's cachekey.Fingerprint: the command, env and image the key may
+	// leave out (spec/cache-keys.md § FIX). "" for entries migrated from schema 1, which
+	// therefore never hit.
+	Fingerprint string
+	Snapshot    string // backend snapshot id (e.g. an image id)
+	Pipeline    string // pipeline slug
+	StepKey     string
+	SourceDir   string // absolute source directory of the build that registered it; "" when unknown
+	Image       string // the chain root's image as written; "" when unknown
+	Created     time.Time
+	LastUsed    time.Time
+	Size        int64 // bytes, 0 when unknown
+	Inputs      cachekey.Inputs
 }
+
+// Scope is what an entry is found by: a key never resolves to a snapshot built on another
+// backend or base image, or by another command (spec/cache-keys.md § Beyond the key).
+type Scope struct {
+	Backend, Base, Key, Fingerprint string
+}
+
+// Scope returns e's scope.
+func (e Entry) Scope() Scope { return Scope{e.Backend, e.Base, e.Key, e.Fingerprint} }
+
+// ID is the entry's identifier everywhere hm shows one (the miss and hit lines, step_cache_hit,
+// hm cache ls, rm and prune): the first 12 hex of sha256(backend \0 base \0 key \0
+// fingerprint). A cache key alone would name several entries; a snapshot id differs per
+// backend and does not exist before the step ran, when the miss line is written.
+func (s Scope) ID() string {
+	h := sha256.Sum256([]byte(s.Backend + "\x00" + s.Base + "\x00" + s.Key + "\x00" + s.Fingerprint))
+	return hex.EncodeToString(h[:])[:IDLen]
+}
+
+// ID is e.Scope().ID().
+func (e Entry) ID() string { return e.Scope().ID() }
+
+// IDLen is the length of an entry id.
+const IDLen = 12
 
 // Registry is an open registry file. Its methods are safe for concurrent use, and several
 // processes may open the same file.
@@ -105,6 +139,33 @@ var migrations = []string{
 	CREATE INDEX entries_lru ON entries (backend, last_used);
 	CREATE INDEX entries_step ON entries (backend, pipeline, step_key, created);
 	CREATE INDEX entries_snapshot ON entries (backend, snapshot);`,
+	// 2: scope entries by the step's fingerprint too, and record where they came from. SQLite
+	// cannot change a primary key in place: the table is rebuilt. Existing rows get an empty
+	// fingerprint, which no lookup asks for: they stay listed (and evictable) but never hit,
+	// as they may have been built by another command.
+	`CREATE TABLE entries_v2 (
+		backend     TEXT    NOT NULL,
+		base        TEXT    NOT NULL,
+		key         TEXT    NOT NULL,
+		fingerprint TEXT    NOT NULL DEFAULT '',
+		snapshot    TEXT    NOT NULL,
+		pipeline    TEXT    NOT NULL DEFAULT '',
+		step_key    TEXT    NOT NULL DEFAULT '',
+		source_dir  TEXT    NOT NULL DEFAULT '',
+		image       TEXT    NOT NULL DEFAULT '',
+		created     INTEGER NOT NULL, -- unix nanoseconds
+		last_used   INTEGER NOT NULL, -- unix nanoseconds
+		size        INTEGER NOT NULL DEFAULT 0,
+		inputs      TEXT    NOT NULL DEFAULT '{}',
+		PRIMARY KEY (backend, base, key, fingerprint)
+	);
+	INSERT INTO entries_v2 (backend, base, key, snapshot, pipeline, step_key, created, last_used, size, inputs)
+		SELECT backend, base, key, snapshot, pipeline, step_key, created, last_used, size, inputs FROM entries;
+	DROP TABLE entries;
+	ALTER TABLE entries_v2 RENAME TO entries;
+	CREATE INDEX entries_lru ON entries (backend, last_used);
+	CREATE INDEX entries_step ON entries (backend, pipeline, step_key, created);
+	CREATE INDEX entries_snapshot ON entries (backend, snapshot);`,
 }
 
 func (r *Registry) migrate(ctx context.Context) error {
@@ -153,7 +214,9 @@ func wrap(op string, err error) error {
 	return fmt.Errorf("registry: %s: %w: %w", op, errs.ErrInfra, err)
 }
 
-const columns = `backend, base, key, snapshot, pipeline, step_key, created, last_used, size, inputs`
+const columns = `backend, base, key, fingerprint, snapshot, pipeline, step_key, source_dir, image, created, last_used, size, inputs`
+
+const byScope = `backend = ? AND base = ? AND key = ? AND fingerprint = ?`
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -161,8 +224,8 @@ func scanEntry(s scanner) (Entry, error) {
 	var e Entry
 	var created, lastUsed int64
 	var inputs string
-	if err := s.Scan(&e.Backend, &e.Base, &e.Key, &e.Snapshot, &e.Pipeline, &e.StepKey,
-		&created, &lastUsed, &e.Size, &inputs); err != nil {
+	if err := s.Scan(&e.Backend, &e.Base, &e.Key, &e.Fingerprint, &e.Snapshot, &e.Pipeline, &e.StepKey,
+		&e.SourceDir, &e.Image, &created, &lastUsed, &e.Size, &inputs); err != nil {
 		return Entry{}, err
 	}
 	e.Created = time.Unix(0, created)
@@ -191,11 +254,15 @@ func queryEntries(ctx context.Context, q interface {
 	return out, rows.Err()
 }
 
-// Lookup returns the entry for (backend, base, key) and marks it used now.
-func (r *Registry) Lookup(ctx context.Context, backend, base, key string) (Entry, bool, error) {
+// Lookup returns the entry for s and marks it used now. An empty fingerprint finds nothing:
+// only migrated entries have one.
+func (r *Registry) Lookup(ctx context.Context, s Scope) (Entry, bool, error) {
+	if s.Fingerprint == "" {
+		return Entry{}, false, nil
+	}
 	row := r.db.QueryRowContext(ctx, `UPDATE entries SET last_used = ?
-		WHERE backend = ? AND base = ? AND key = ? RETURNING `+columns,
-		r.now().UnixNano(), backend, base, key)
+		WHERE `+byScope+` RETURNING `+columns,
+		r.now().UnixNano(), s.Backend, s.Base, s.Key, s.Fingerprint)
 	e, err := scanEntry(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Entry{}, false, nil
@@ -207,11 +274,12 @@ func (r *Registry) Lookup(ctx context.Context, backend, base, key string) (Entry
 }
 
 // Register records e atomically. Created and LastUsed default to now. When an entry for
-// (Backend, Base, Key) already exists — another hm built the same key concurrently — it is
+// e.Scope() already exists — another hm built the same key concurrently — it is
 // kept, marked used and returned: the caller must then delete its own snapshot unless
 // winner.Snapshot == e.Snapshot. So there is one registered snapshot per key and none dangles.
 func (r *Registry) Register(ctx context.Context, e Entry) (winner Entry, err error) {
-	for name, v := range map[string]string{"backend": e.Backend, "base": e.Base, "key": e.Key, "snapshot": e.Snapshot} {
+	for name, v := range map[string]string{"backend": e.Backend, "base": e.Base, "key": e.Key,
+		"fingerprint": e.Fingerprint, "snapshot": e.Snapshot} {
 		if v == "" {
 			return Entry{}, fmt.Errorf("registry: register: empty %s: %w", name, errs.ErrUsage)
 		}
@@ -229,8 +297,8 @@ func (r *Registry) Register(ctx context.Context, e Entry) (winner Entry, err err
 	}
 	err = r.write(ctx, "register", func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `INSERT INTO entries (`+columns+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
-			e.Backend, e.Base, e.Key, e.Snapshot, e.Pipeline, e.StepKey,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			e.Backend, e.Base, e.Key, e.Fingerprint, e.Snapshot, e.Pipeline, e.StepKey, e.SourceDir, e.Image,
 			e.Created.UnixNano(), e.LastUsed.UnixNano(), e.Size, string(inputs))
 		if err != nil {
 			return err
@@ -240,8 +308,8 @@ func (r *Registry) Register(ctx context.Context, e Entry) (winner Entry, err err
 			return err
 		}
 		winner, err = scanEntry(tx.QueryRowContext(ctx, `UPDATE entries SET last_used = ?
-			WHERE backend = ? AND base = ? AND key = ? RETURNING `+columns,
-			now.UnixNano(), e.Backend, e.Base, e.Key))
+			WHERE `+byScope+` RETURNING `+columns,
+			now.UnixNano(), e.Backend, e.Base, e.Key, e.Fingerprint))
 		return err
 	})
 	if err != nil {
@@ -250,18 +318,18 @@ func (r *Registry) Register(ctx context.Context, e Entry) (winner Entry, err err
 	return winner, nil
 }
 
-// Remove deletes the entry for (backend, base, key), if any. The snapshot is the caller's.
-func (r *Registry) Remove(ctx context.Context, backend, base, key string) error {
-	_, err := r.db.ExecContext(ctx, `DELETE FROM entries WHERE backend = ? AND base = ? AND key = ?`,
-		backend, base, key)
+// Remove deletes the entry for s, if any. The snapshot is the caller's.
+func (r *Registry) Remove(ctx context.Context, s Scope) error {
+	_, err := r.db.ExecContext(ctx, `DELETE FROM entries WHERE `+byScope,
+		s.Backend, s.Base, s.Key, s.Fingerprint)
 	return wrap("remove", err)
 }
 
-// SetSize records the size of the entry for (backend, base, key) once it is known; the
-// snapshot is sized after the build, off the step's critical path.
-func (r *Registry) SetSize(ctx context.Context, backend, base, key string, size int64) error {
-	_, err := r.db.ExecContext(ctx, `UPDATE entries SET size = ? WHERE backend = ? AND base = ? AND key = ?`,
-		size, backend, base, key)
+// SetSize records the size of the entry for s once it is known; the snapshot is sized after
+// the build, off the step's critical path.
+func (r *Registry) SetSize(ctx context.Context, s Scope, size int64) error {
+	_, err := r.db.ExecContext(ctx, `UPDATE entries SET size = ? WHERE `+byScope,
+		size, s.Backend, s.Base, s.Key, s.Fingerprint)
 	return wrap("set size", err)
 }
 
@@ -273,11 +341,12 @@ func (r *Registry) List(ctx context.Context, backend string) ([]Entry, error) {
 }
 
 // LastFor returns the most recently registered entry of step stepKey in pipeline on backend,
-// whatever its key: the baseline for explaining a miss.
-func (r *Registry) LastFor(ctx context.Context, backend, pipeline, stepKey string) (Entry, bool, error) {
+// whatever its key, preferring entries from sourceDir (two repositories may share a slug):
+// the baseline for explaining a miss.
+func (r *Registry) LastFor(ctx context.Context, backend, sourceDir, pipeline, stepKey string) (Entry, bool, error) {
 	es, err := queryEntries(ctx, r.db, `SELECT `+columns+` FROM entries
 		WHERE backend = ? AND pipeline = ? AND step_key = ?
-		ORDER BY created DESC, rowid DESC LIMIT 1`, backend, pipeline, stepKey)
+		ORDER BY source_dir = ? DESC, created DESC, rowid DESC LIMIT 1`, backend, pipeline, stepKey, sourceDir)
 	if err != nil || len(es) == 0 {
 		return Entry{}, false, wrap("last entry", err)
 	}

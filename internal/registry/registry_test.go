@@ -66,7 +66,7 @@ func keys(es []Entry) []string {
 }
 
 func entry(key string, size int64) Entry {
-	return Entry{Backend: "docker", Base: "sha256:base", Key: key, Snapshot: "snap-" + key,
+	return Entry{Fingerprint: "fp", Backend: "docker", Base: "sha256:base", Key: key, Snapshot: "snap-" + key,
 		Pipeline: "ci", StepKey: "step-" + key, Size: size}
 }
 
@@ -101,9 +101,9 @@ func TestEvictLRU(t *testing.T) {
 				mustRegister(t, r, entry(k, tc.sizes[k]))
 			}
 			// Another backend's entries are neither counted nor evicted.
-			mustRegister(t, r, Entry{Backend: "sandbox", Base: "b", Key: "old", Snapshot: "s", Size: 1000})
+			mustRegister(t, r, Entry{Fingerprint: "fp", Backend: "sandbox", Base: "b", Key: "old", Snapshot: "s", Size: 1000})
 			for _, k := range tc.touch {
-				if _, ok, err := r.Lookup(ctx, "docker", "sha256:base", k); err != nil || !ok {
+				if _, ok, err := r.Lookup(ctx, Scope{"docker", "sha256:base", k, "fp"}); err != nil || !ok {
 					t.Fatalf("lookup %s: %v %v", k, ok, err)
 				}
 			}
@@ -118,7 +118,7 @@ func TestEvictLRU(t *testing.T) {
 				if e.Snapshot != "snap-"+e.Key {
 					t.Errorf("evicted entry %s lost its snapshot id: %q", e.Key, e.Snapshot)
 				}
-				if _, ok, _ := r.Lookup(ctx, "docker", "sha256:base", e.Key); ok {
+				if _, ok, _ := r.Lookup(ctx, Scope{"docker", "sha256:base", e.Key, "fp"}); ok {
 					t.Errorf("evicted %s still registered", e.Key)
 				}
 			}
@@ -204,7 +204,7 @@ func TestRegisterRace(t *testing.T) {
 				for k := 0; k < nkeys; k++ {
 					key := fmt.Sprintf("key%d", k)
 					mine := fmt.Sprintf("snap-r%d-g%d-%s", ri, g, key)
-					w, err := r.Register(ctx, Entry{Backend: "docker", Base: "img", Key: key, Snapshot: mine})
+					w, err := r.Register(ctx, Entry{Fingerprint: "fp", Backend: "docker", Base: "img", Key: key, Snapshot: mine})
 					if err != nil {
 						errc <- err
 						return
@@ -262,26 +262,26 @@ func TestRegisterRace(t *testing.T) {
 func TestScopeByBackendAndBase(t *testing.T) {
 	ctx := context.Background()
 	r := openTest(t, "")
-	mustRegister(t, r, Entry{Backend: "docker", Base: "img1", Key: "k", Snapshot: "s1"})
+	mustRegister(t, r, Entry{Fingerprint: "fp", Backend: "docker", Base: "img1", Key: "k", Snapshot: "s1"})
 	for _, tc := range []struct{ backend, base string }{{"docker", "img2"}, {"sandbox", "img1"}} {
-		if _, ok, err := r.Lookup(ctx, tc.backend, tc.base, "k"); err != nil || ok {
+		if _, ok, err := r.Lookup(ctx, Scope{tc.backend, tc.base, "k", "fp"}); err != nil || ok {
 			t.Errorf("lookup %s/%s: hit=%v err=%v, want miss", tc.backend, tc.base, ok, err)
 		}
 	}
-	w := mustRegister(t, r, Entry{Backend: "docker", Base: "img2", Key: "k", Snapshot: "s2"})
+	w := mustRegister(t, r, Entry{Fingerprint: "fp", Backend: "docker", Base: "img2", Key: "k", Snapshot: "s2"})
 	if w.Snapshot != "s2" {
 		t.Errorf("register on another base returned %s", w.Snapshot)
 	}
-	if err := r.Remove(ctx, "docker", "img1", "k"); err != nil {
+	if err := r.Remove(ctx, Scope{"docker", "img1", "k", "fp"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok, _ := r.Lookup(ctx, "docker", "img1", "k"); ok {
+	if _, ok, _ := r.Lookup(ctx, Scope{"docker", "img1", "k", "fp"}); ok {
 		t.Error("removed entry still found")
 	}
-	if e, ok, _ := r.Lookup(ctx, "docker", "img2", "k"); !ok || e.Snapshot != "s2" {
+	if e, ok, _ := r.Lookup(ctx, Scope{"docker", "img2", "k", "fp"}); !ok || e.Snapshot != "s2" {
 		t.Errorf("remove deleted the wrong entry: %v %+v", ok, e)
 	}
-	if _, err := r.Register(ctx, Entry{Backend: "docker", Base: "img", Key: "k"}); !errors.Is(err, errs.ErrUsage) {
+	if _, err := r.Register(ctx, Entry{Fingerprint: "fp", Backend: "docker", Base: "img", Key: "k"}); !errors.Is(err, errs.ErrUsage) {
 		t.Errorf("register without snapshot: %v", err)
 	}
 }
@@ -293,8 +293,8 @@ func TestDropMissing(t *testing.T) {
 		mustRegister(t, r, entry(k, 1))
 	}
 	// Two entries sharing one snapshot (same image for two keys).
-	mustRegister(t, r, Entry{Backend: "docker", Base: "other", Key: "a", Snapshot: "snap-a"})
-	mustRegister(t, r, Entry{Backend: "sandbox", Base: "x", Key: "z", Snapshot: "snap-b"})
+	mustRegister(t, r, Entry{Fingerprint: "fp", Backend: "docker", Base: "other", Key: "a", Snapshot: "snap-a"})
+	mustRegister(t, r, Entry{Fingerprint: "fp", Backend: "sandbox", Base: "x", Key: "z", Snapshot: "snap-b"})
 	calls := map[string]int{}
 	gone := map[string]bool{"snap-a": true, "snap-b": true}
 	dropped, err := r.DropMissing(ctx, "docker", func(id string) (bool, error) {
@@ -357,7 +357,7 @@ func TestPruneClean(t *testing.T) {
 			for _, k := range []string{"a", "b", "c", "d", "e"} {
 				mustRegister(t, r, entry(k, 1))
 			}
-			mustRegister(t, r, Entry{Backend: "sandbox", Base: "b", Key: "s", Snapshot: "s"})
+			mustRegister(t, r, Entry{Fingerprint: "fp", Backend: "sandbox", Base: "b", Key: "s", Snapshot: "s"})
 			var got []Entry
 			var err error
 			if tc.clean {
@@ -381,7 +381,7 @@ func TestPruneClean(t *testing.T) {
 		t.Errorf("negative keep: %v", err)
 	}
 	mustRegister(t, r, entry("x", 1))
-	mustRegister(t, r, Entry{Backend: "sandbox", Base: "b", Key: "s", Snapshot: "s"})
+	mustRegister(t, r, Entry{Fingerprint: "fp", Backend: "sandbox", Base: "b", Key: "s", Snapshot: "s"})
 	if got, err := r.Clean(context.Background(), ""); err != nil || len(got) != 2 {
 		t.Errorf("clean all: %d entries, %v", len(got), err)
 	}
@@ -392,16 +392,16 @@ func TestLastFor(t *testing.T) {
 	r := openTest(t, "")
 	in1 := cachekey.Inputs{Policy: "forever", CmdHash: "c1"}
 	in2 := cachekey.Inputs{Policy: "forever", CmdHash: "c2"}
-	mustRegister(t, r, Entry{Backend: "docker", Base: "img", Key: "k1", Snapshot: "s1", Pipeline: "ci", StepKey: "build", Inputs: in1})
-	mustRegister(t, r, Entry{Backend: "docker", Base: "img", Key: "k2", Snapshot: "s2", Pipeline: "ci", StepKey: "build", Inputs: in2})
-	mustRegister(t, r, Entry{Backend: "docker", Base: "img", Key: "k3", Snapshot: "s3", Pipeline: "ci", StepKey: "test"})
-	mustRegister(t, r, Entry{Backend: "docker", Base: "img", Key: "k4", Snapshot: "s4", Pipeline: "release", StepKey: "build"})
-	mustRegister(t, r, Entry{Backend: "sandbox", Base: "img", Key: "k5", Snapshot: "s5", Pipeline: "ci", StepKey: "build"})
+	mustRegister(t, r, Entry{Fingerprint: "fp", Backend: "docker", Base: "img", Key: "k1", Snapshot: "s1", Pipeline: "ci", StepKey: "build", Inputs: in1})
+	mustRegister(t, r, Entry{Fingerprint: "fp", Backend: "docker", Base: "img", Key: "k2", Snapshot: "s2", Pipeline: "ci", StepKey: "build", Inputs: in2})
+	mustRegister(t, r, Entry{Fingerprint: "fp", Backend: "docker", Base: "img", Key: "k3", Snapshot: "s3", Pipeline: "ci", StepKey: "test"})
+	mustRegister(t, r, Entry{Fingerprint: "fp", Backend: "docker", Base: "img", Key: "k4", Snapshot: "s4", Pipeline: "release", StepKey: "build"})
+	mustRegister(t, r, Entry{Fingerprint: "fp", Backend: "sandbox", Base: "img", Key: "k5", Snapshot: "s5", Pipeline: "ci", StepKey: "build"})
 	// Using the older entry does not make it the last registered one.
-	if _, ok, _ := r.Lookup(ctx, "docker", "img", "k1"); !ok {
+	if _, ok, _ := r.Lookup(ctx, Scope{"docker", "img", "k1", "fp"}); !ok {
 		t.Fatal("k1 missing")
 	}
-	e, ok, err := r.LastFor(ctx, "docker", "ci", "build")
+	e, ok, err := r.LastFor(ctx, "docker", "", "ci", "build")
 	if err != nil || !ok {
 		t.Fatalf("LastFor: %v %v", ok, err)
 	}
@@ -411,7 +411,7 @@ func TestLastFor(t *testing.T) {
 	if d := cmp.Diff(in2, e.Inputs); d != "" {
 		t.Errorf("inputs (-want +got):\n%s", d)
 	}
-	if _, ok, err := r.LastFor(ctx, "docker", "ci", "deploy"); ok || err != nil {
+	if _, ok, err := r.LastFor(ctx, "docker", "", "ci", "deploy"); ok || err != nil {
 		t.Errorf("LastFor unknown step: %v %v", ok, err)
 	}
 }
@@ -423,7 +423,7 @@ func TestReopenPersists(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Entry{Backend: "docker", Base: "img", Key: "k", Snapshot: "s", Pipeline: "ci", StepKey: "build",
+	want := Entry{Fingerprint: "fp", Backend: "docker", Base: "img", Key: "k", Snapshot: "s", Pipeline: "ci", StepKey: "build",
 		Created: t0, LastUsed: t0, Size: 42,
 		Inputs: cachekey.Inputs{Policy: "on_change", ParentKey: "scratch", Files: map[string]string{"go.sum": "h"},
 			EnvValues: map[string]string{"A": "1"}, TTLBuckets: []cachekey.TTLBucket{{Seconds: 60, Bucket: 3}}}}
@@ -475,7 +475,7 @@ func TestSetSizeFeedsTheSizeCap(t *testing.T) {
 	}
 	defer r.Close()
 	for i, k := range []string{"old", "new"} {
-		if _, err := r.Register(ctx, Entry{Backend: "b", Base: "img", Key: k, Snapshot: "s-" + k,
+		if _, err := r.Register(ctx, Entry{Fingerprint: "fp", Backend: "b", Base: "img", Key: k, Snapshot: "s-" + k,
 			Created: time.Unix(int64(100+i), 0), LastUsed: time.Unix(int64(100+i), 0)}); err != nil {
 			t.Fatal(err)
 		}
@@ -485,7 +485,7 @@ func TestSetSizeFeedsTheSizeCap(t *testing.T) {
 		t.Fatalf("Evict before sizes: %v, %v", ev, err)
 	}
 	for _, k := range []string{"old", "new"} {
-		if err := r.SetSize(ctx, "b", "img", k, 100); err != nil {
+		if err := r.SetSize(ctx, Scope{"b", "img", k, "fp"}, 100); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -171,7 +171,12 @@ func (lw *lineWriter) write(buf *bytes.Buffer, ev events.Event) {
 		}
 	case ev.StepCacheHit != nil:
 		prefix()
-		buf.WriteString(lw.st.cached.Render("cached (" + shortTag(ev.StepCacheHit.Tag) + ")"))
+		// The entry id, when there is one, is what the miss line and hm cache ls show.
+		what := shortTag(ev.StepCacheHit.Tag)
+		if ev.StepCacheHit.Entry != nil {
+			what = "entry " + *ev.StepCacheHit.Entry
+		}
+		buf.WriteString(lw.st.cached.Render("cached (" + what + ")"))
 		buf.WriteByte('\n')
 	case ev.StepEnd != nil:
 		switch s.status {

@@ -151,6 +151,44 @@ func TestCache(t *testing.T) {
 			t.Errorf("cache hit events (-want +got):\n%s", diff)
 		}
 	})
+	t.Run("warnings on a run, the entry id on a hit", func(t *testing.T) {
+		c := &fakeCache{entries: map[string]string{}}
+		warn := [][]string{{`cache on_change path "go.summ" matches nothing`}}
+		opts := Options{Keys: keysFor(steps[:1]), Cache: c, Warnings: warn}
+		lines := func(rec *recorder) []string {
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			var out []string
+			for _, e := range rec.evs {
+				if e.StepLog != nil {
+					out = append(out, e.StepLog.Line)
+				}
+			}
+			return out
+		}
+		hitEntry := func(rec *recorder) string {
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			for _, e := range rec.evs {
+				if e.StepCacheHit != nil && e.StepCacheHit.Entry != nil {
+					return *e.StepCacheHit.Entry
+				}
+			}
+			return ""
+		}
+		_, rec := runPlan(t, context.Background(), build(t, steps[:1]), newFakeVM(), opts)
+		want := []string{"hm: cache miss: no entry", `hm: warning: cache on_change path "go.summ" matches nothing`}
+		if diff := cmp.Diff(want, lines(rec)[:2]); diff != "" {
+			t.Errorf("first run's log (-want +got):\n%s", diff)
+		}
+		_, rec = runPlan(t, context.Background(), build(t, steps[:1]), newFakeVM(), opts)
+		if got := lines(rec); len(got) != 0 {
+			t.Errorf("a hit logged %q", got)
+		}
+		if got := hitEntry(rec); got != "id-key-root" {
+			t.Errorf("step_cache_hit entry %q, want the cache's id", got)
+		}
+	})
 	t.Run("no-cache runs everything and registers nothing", func(t *testing.T) {
 		c := &fakeCache{entries: map[string]string{"id:img/key-root": "old"}}
 		f := newFakeVM()

@@ -219,12 +219,12 @@ type fakeCache struct {
 	preempt map[string]string
 }
 
-func (c *fakeCache) Lookup(_ context.Context, q CacheQuery) (string, bool, string, error) {
+func (c *fakeCache) Lookup(_ context.Context, q CacheQuery) (CacheResult, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.lookups++
 	s, ok := c.entries[q.BaseImage+"/"+q.Key]
-	return s, ok, "no entry", nil
+	return CacheResult{Hit: ok, Snapshot: s, Entry: "id-" + q.Key, Explain: "no entry"}, nil
 }
 
 func (c *fakeCache) Register(_ context.Context, q CacheQuery, snap string) (string, error) {

@@ -73,12 +73,22 @@ var ErrPipelineTimeout = errors.New("pipeline timed out")
 // Cache is the snapshot cache as the scheduler sees it. The registry implements it; a nil
 // Cache disables caching.
 type Cache interface {
-	// Lookup returns the snapshot registered for q, if any and still present. explain says,
-	// for a miss, why (shown to the user); it may be "".
-	Lookup(ctx context.Context, q CacheQuery) (snapshot string, hit bool, explain string, err error)
+	// Lookup returns the snapshot registered for q, if any and still present.
+	Lookup(ctx context.Context, q CacheQuery) (CacheResult, error)
 	// Register records snapshot for q and returns the snapshot to use: snapshot itself, or
 	// the one another run registered first (the caller then removes its own).
 	Register(ctx context.Context, q CacheQuery, snapshot string) (winner string, err error)
+}
+
+// CacheResult is a cache lookup's answer.
+type CacheResult struct {
+	Hit      bool
+	Snapshot string // of a hit
+	// Entry names the entry (hit) or the one the step will register (miss) as the user sees
+	// it everywhere; "" when the cache has no ids.
+	Entry string
+	// Explain says, for a miss, why (shown to the user); it may be "".
+	Explain string
 }
 
 // CacheQuery identifies a cache entry: the key scoped by backend and the chain's root image.
@@ -102,7 +112,11 @@ type Options struct {
 	// MapImage substitutes image references (--map-image FROM=TO).
 	MapImage map[string]string
 	// Keys are the steps' cache keys, index-aligned with the plan; "" = not cached.
-	Keys      []string
+	Keys []string
+	// Warnings are logged ("hm: warning: ...") at the start of a step that runs, index-aligned
+	// with the plan: what the keys could not use (an on_change path matching nothing). A hit
+	// logs nothing: its events are step_queued, step_cache_hit, step_end (spec/semantics.md).
+	Warnings  [][]string
 	Cache     Cache
 	Workspace *source.Tree
 	// Publish receives every event; it must not block (events.Queue.Publish).

@@ -68,19 +68,22 @@ func (r *run) execute(ctx context.Context, i int) completion {
 		missNote = "--no-cache"
 	}
 	if cached {
-		snap, hit, explain, err := r.opts.Cache.Lookup(ctx, q)
-		if err == nil && hit {
-			r.opts.Publish(events.Event{Kind: events.KindStepCacheHit, StepCacheHit: &events.StepCacheHit{
-				StepID: st.id, Key: key, Tag: snap,
-			}})
+		res, err := r.opts.Cache.Lookup(ctx, q)
+		if err == nil && res.Hit {
+			hit := &events.StepCacheHit{StepID: st.id, Key: key, Tag: res.Snapshot}
+			if res.Entry != "" {
+				hit.Entry = &res.Entry
+			}
+			r.opts.Publish(events.Event{Kind: events.KindStepCacheHit, StepCacheHit: hit})
+			snap := res.Snapshot
 			c.status, c.snapshot = CacheHit, snap
 			r.end(st.id, 0, start, &snap)
 			return c
 		}
+		missNote = res.Explain
 		if err != nil {
-			explain = fmt.Sprintf("cache lookup failed: %v", err)
+			missNote = fmt.Sprintf("cache lookup failed: %v", err)
 		}
-		missNote = explain
 	}
 
 	// Wait for a slot; fail-fast or cancel may end the wait: the step never started.
@@ -98,6 +101,11 @@ func (r *run) execute(ctx context.Context, i int) completion {
 	r.start(st.id, imageRef)
 	if missNote != "" {
 		r.log(st.id, events.Stderr, "hm: cache miss: "+missNote)
+	}
+	if i < len(r.opts.Warnings) {
+		for _, w := range r.opts.Warnings[i] {
+			r.log(st.id, events.Stderr, "hm: warning: "+w)
+		}
 	}
 
 	spec.Cmd = ps.Cmd

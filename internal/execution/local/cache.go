@@ -14,38 +14,53 @@ import (
 
 // registryCache is the scheduler's cache: registry entries whose snapshots still exist.
 type registryCache struct {
-	reg    *registry.Registry
-	vm     vm.Backend
-	slug   string
-	inputs []cachekey.Inputs
+	reg       *registry.Registry
+	vm        vm.Backend
+	slug      string
+	sourceDir string            // absolute
+	results   []cachekey.Result // index-aligned with the plan
+	images    []string          // the chain root's image as written, index-aligned
 
 	mu    sync.Mutex
 	added []registry.Entry // registered by this build, sized when it ends
 }
 
-func (c *registryCache) Lookup(ctx context.Context, q scheduler.CacheQuery) (string, bool, string, error) {
-	e, ok, err := c.reg.Lookup(ctx, c.vm.Name(), q.BaseImage, q.Key)
+// scope is the registry scope of q: the key, and the step's fingerprint beside backend and base.
+func (c *registryCache) scope(q scheduler.CacheQuery) registry.Scope {
+	s := registry.Scope{Backend: c.vm.Name(), Base: q.BaseImage, Key: q.Key}
+	if q.Step < len(c.results) {
+		s.Fingerprint = c.results[q.Step].Fingerprint
+	}
+	return s
+}
+
+func (c *registryCache) Lookup(ctx context.Context, q scheduler.CacheQuery) (scheduler.CacheResult, error) {
+	s := c.scope(q)
+	id := s.ID()
+	e, ok, err := c.reg.Lookup(ctx, s)
 	if err != nil {
-		return "", false, "", err
+		return scheduler.CacheResult{}, err
 	}
 	if ok {
 		exists, err := c.vm.SnapshotExists(ctx, e.Snapshot)
 		if err != nil {
-			return "", false, "", err
+			return scheduler.CacheResult{}, err
 		}
 		if exists {
-			return e.Snapshot, true, "", nil
+			return scheduler.CacheResult{Hit: true, Snapshot: e.Snapshot, Entry: id}, nil
 		}
-		_ = c.reg.Remove(ctx, c.vm.Name(), q.BaseImage, q.Key)
-		return "", false, fmt.Sprintf("the entry for key %s points to snapshot %s, which is gone", short(q.Key), e.Snapshot), nil
+		_ = c.reg.Remove(ctx, s)
+		return scheduler.CacheResult{Entry: id,
+			Explain: fmt.Sprintf("entry %s points to snapshot %s, which is gone", id, e.Snapshot)}, nil
 	}
-	return "", false, c.explain(ctx, q), nil
+	return scheduler.CacheResult{Entry: id, Explain: c.explain(ctx, q, id)}, nil
 }
 
-// explain says what differs from the last entry registered for the same pipeline and step.
-func (c *registryCache) explain(ctx context.Context, q scheduler.CacheQuery) string {
-	msg := fmt.Sprintf("no entry for key %s", short(q.Key))
-	last, ok, err := c.reg.LastFor(ctx, c.vm.Name(), c.slug, q.StepKey)
+// explain says what differs from the last entry registered for the same pipeline and step:
+// the cached snapshot the user expected to get.
+func (c *registryCache) explain(ctx context.Context, q scheduler.CacheQuery, id string) string {
+	msg := fmt.Sprintf("no entry %s", id)
+	last, ok, err := c.reg.LastFor(ctx, c.vm.Name(), c.sourceDir, c.slug, q.StepKey)
 	if err != nil || !ok {
 		return msg + " (first run of this step)"
 	}
@@ -53,8 +68,8 @@ func (c *registryCache) explain(ctx context.Context, q scheduler.CacheQuery) str
 	if last.Base != q.BaseImage {
 		diffs = append(diffs, fmt.Sprintf("root image changed: %s → %s", short(last.Base), short(q.BaseImage)))
 	}
-	if q.Step < len(c.inputs) {
-		diffs = append(diffs, cachekey.Diff(last.Inputs, c.inputs[q.Step])...)
+	if q.Step < len(c.results) {
+		diffs = append(diffs, cachekey.Diff(last.Inputs, c.results[q.Step].Inputs)...)
 	}
 	if len(diffs) == 0 {
 		return msg
@@ -63,12 +78,16 @@ func (c *registryCache) explain(ctx context.Context, q scheduler.CacheQuery) str
 }
 
 func (c *registryCache) Register(ctx context.Context, q scheduler.CacheQuery, snapshot string) (string, error) {
+	s := c.scope(q)
 	e := registry.Entry{
-		Backend: c.vm.Name(), Base: q.BaseImage, Key: q.Key, Snapshot: snapshot,
-		Pipeline: c.slug, StepKey: q.StepKey,
+		Backend: s.Backend, Base: s.Base, Key: s.Key, Fingerprint: s.Fingerprint, Snapshot: snapshot,
+		Pipeline: c.slug, StepKey: q.StepKey, SourceDir: c.sourceDir,
 	}
-	if q.Step < len(c.inputs) {
-		e.Inputs = c.inputs[q.Step]
+	if q.Step < len(c.results) {
+		e.Inputs = c.results[q.Step].Inputs
+	}
+	if q.Step < len(c.images) {
+		e.Image = c.images[q.Step]
 	}
 	w, err := c.reg.Register(ctx, e)
 	if err != nil {
@@ -94,7 +113,7 @@ func (c *registryCache) sizeAdded(ctx context.Context) {
 		if err != nil {
 			continue // unknown size: the entry just does not count towards the cap
 		}
-		_ = c.reg.SetSize(ctx, e.Backend, e.Base, e.Key, n)
+		_ = c.reg.SetSize(ctx, e.Scope(), n)
 	}
 }
 

@@ -59,17 +59,18 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 		return nil, err
 	}
 	keys := make([]string, len(pl.Steps))
-	var inputs []cachekey.Inputs
+	var results []cachekey.Result
+	var warnings [][]string
 	if hasCache(pl) {
-		res, err := cachekey.Compute(cachekey.Context{
+		results, err = cachekey.Compute(cachekey.Context{
 			Org: os.Getenv("HM_PIPELINE_ORG"), Slug: req.Slug, Dir: req.SourceDir,
 		}, req.Pipeline)
 		if err != nil {
 			return nil, err
 		}
-		for i, r := range res {
-			keys[i] = r.Key
-			inputs = append(inputs, r.Inputs)
+		warnings = make([][]string, len(results))
+		for i, r := range results {
+			keys[i], warnings[i] = r.Key, r.Warnings
 		}
 	}
 	var reg *registry.Registry
@@ -80,7 +81,12 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 		if err != nil {
 			return nil, err
 		}
-		cache = &registryCache{reg: reg, vm: b.VM, slug: req.Slug, inputs: inputs}
+		srcDir, err := filepath.Abs(req.SourceDir)
+		if err != nil {
+			srcDir = req.SourceDir
+		}
+		cache = &registryCache{reg: reg, vm: b.VM, slug: req.Slug, sourceDir: srcDir,
+			results: results, images: rootImages(pl)}
 		schedCache = cache
 	}
 
@@ -99,6 +105,7 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 			ExtraEnv:    opts.Env,
 			MapImage:    opts.MapImage,
 			Keys:        keys,
+			Warnings:    warnings,
 			Cache:       schedCache,
 			Workspace:   tree,
 			Publish:     h.q.Publish,
@@ -125,6 +132,19 @@ func checkRunners(pl *plan.Plan, backend string) error {
 		}
 	}
 	return nil
+}
+
+// rootImages is, per step, the image of its chain's root as written (for hm cache ls).
+func rootImages(pl *plan.Plan) []string {
+	out := make([]string, len(pl.Steps))
+	for i := range pl.Steps {
+		r := i
+		for pl.Steps[r].Parent >= 0 {
+			r = pl.Steps[r].Parent
+		}
+		out[i] = pl.Steps[r].Image
+	}
+	return out
 }
 
 func hasCache(pl *plan.Plan) bool {
