@@ -239,7 +239,7 @@ func TestReportGolden(t *testing.T) {
 				b.apply(ev)
 			}
 			var out bytes.Buffer
-			if err := writeReport(&out, b, newStyles(&out, true)); err != nil {
+			if err := writeReport(&out, b, newStyles(&out, true), nil); err != nil {
 				t.Fatal(err)
 			}
 			checkGolden(t, filepath.Join("testdata", "report", name+".golden"), out.Bytes())
@@ -272,7 +272,7 @@ func TestReplayIsBounded(t *testing.T) {
 		t.Errorf("long line kept as %d bytes ending %q", len(last), last[len(last)-8:])
 	}
 	var out bytes.Buffer
-	if err := writeReport(&out, b, newStyles(&out, true)); err != nil {
+	if err := writeReport(&out, b, newStyles(&out, true), nil); err != nil {
 		t.Fatal(err)
 	}
 	if want := fmt.Sprintf("── logs: big (exit 2) ──\n… %d earlier lines not shown\nline %d\n", n+1-LogTail, n+1-LogTail); !strings.Contains(out.String(), want) {
