@@ -134,7 +134,9 @@ func printLog(ctx context.Context, stdio IO, store *buildlog.Store, m buildlog.M
 	if !asJSON {
 		evs = make(chan events.Event)
 		rendered = make(chan error, 1)
-		go func() { rendered <- render.Run(context.WithoutCancel(ctx), stdio.Out, evs, render.Options{NoColor: noColor}) }()
+		go func() {
+			rendered <- render.Run(context.WithoutCancel(ctx), stdio.Out, evs, render.Options{NoColor: noColor})
+		}()
 	}
 	steps := map[string]bool{} // step ids kept by the STEP filter
 	found := stepRef == ""

@@ -50,7 +50,7 @@ type build struct {
 
 	steps    map[string]*step // by step_id
 	byKey    map[string]*step
-	roots    []*step   // steps without a known builds_in parent, in queue order
+	roots    []*step // steps without a known builds_in parent, in queue order
 	runID    string
 	started  time.Time // local clock at build_start; zero before it
 	planned  int       // step_count of the plan
