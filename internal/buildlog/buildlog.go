@@ -102,8 +102,9 @@ var (
 	ErrAmbiguous = errors.New("build id prefix is ambiguous")
 )
 
-// ShortLen is how many characters of an id `hm builds` shows; Find accepts any unique prefix.
-const ShortLen = 12
+// ShortLen is how many characters of an id `hm builds` shows (a run_id's first group);
+// Find accepts any unique prefix, and says when one is ambiguous.
+const ShortLen = 8
 
 // Short abbreviates an id.
 func Short(id string) string {
