@@ -293,10 +293,12 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 		}
 	}()
 
+	// The build's record (hm logs, hm builds) is written from the same stream the output shows.
+	rec := recordBuild(stdio, stateDir, s.Builds, slug, dir, vmb.Name(), h.Events())
 	var outErr error
 	if s.Format == "json" {
 		w := events.NewNDJSONWriter(stdio.Out)
-		for e := range h.Events() {
+		for e := range rec.events() {
 			if outErr == nil {
 				outErr = w.Write(e)
 			}
@@ -310,10 +312,11 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 		if fd, ok := stdio.Err.(*os.File); ok {
 			live = render.UseLive(fd, s.Logs)
 		}
-		outErr = render.Run(context.WithoutCancel(c.Context()), stdio.Err, h.Events(), render.Options{
-			NoColor: s.NoColor, Verbose: f.verbose, Live: live,
+		outErr = render.Run(context.WithoutCancel(c.Context()), stdio.Err, rec.events(), render.Options{
+			NoColor: s.NoColor, Verbose: f.verbose, Live: live, LogHint: rec.hint,
 		})
 	}
+	rec.finish()
 	out := h.Wait()
 	if out.Err != nil {
 		// After the build's own report: why the first step that could not run failed, and

@@ -33,6 +33,7 @@ type Config struct {
 	Images      map[string]string `toml:"images"` // --map-image FROM=TO
 	Env         map[string]string `toml:"env"`    // -e K=V
 	Cache       Cache             `toml:"cache"`
+	Builds      Builds            `toml:"builds"`
 	// MaxSourceSize bounds the packed workspace, e.g. "2GiB"; 0 = unlimited.
 	MaxSourceSize Size `toml:"max_source_size"`
 	// Limits of every step on the isolating backends (sandbox, docker); 0 = none.
@@ -154,6 +155,13 @@ type Cache struct {
 	MaxSize    Size `toml:"max_size"`
 }
 
+// Builds bounds the build records under STATE/builds (`hm logs`, `hm builds`): the newest
+// Keep builds (0: no count limit), none older than MaxAge (0: no age limit).
+type Builds struct {
+	Keep   int      `toml:"keep"`
+	MaxAge Duration `toml:"max_age"`
+}
+
 // Defaults are the built-in values.
 func Defaults() Config {
 	return Config{
@@ -165,6 +173,7 @@ func Defaults() Config {
 		Images:      map[string]string{},
 		Env:         map[string]string{},
 		Cache:       Cache{MaxEntries: 256},
+		Builds:      Builds{Keep: 50, MaxAge: Duration{30 * 24 * time.Hour}},
 	}
 }
 
@@ -271,7 +280,7 @@ func loadFile(c *Config, path string) error {
 
 // applyEnv reads HM_BACKEND, HM_NETWORK, HM_PARALLELISM, HM_KEEP_GOING, HM_NO_CACHE,
 // HM_TIMEOUT, HM_FORMAT, HM_LOGS, HM_NO_COLOR, HM_CACHE_MAX_ENTRIES, HM_CACHE_MAX_SIZE,
-// HM_PIDS_LIMIT, HM_MEMORY and HM_CPUS.
+// HM_BUILDS_KEEP, HM_BUILDS_MAX_AGE, HM_PIDS_LIMIT, HM_MEMORY and HM_CPUS.
 func applyEnv(c *Config, getenv func(string) string) error {
 	bad := func(name, v string, err error) error {
 		return errs.New(errs.ErrUsage, "config", fmt.Sprintf("fix or unset %s", name),
@@ -292,6 +301,8 @@ func applyEnv(c *Config, getenv func(string) string) error {
 		{"HM_NO_COLOR", func(v string) (err error) { c.NoColor, err = strconv.ParseBool(v); return }},
 		{"HM_CACHE_MAX_ENTRIES", func(v string) (err error) { c.Cache.MaxEntries, err = strconv.Atoi(v); return }},
 		{"HM_CACHE_MAX_SIZE", func(v string) error { n, err := ParseSize(v); c.Cache.MaxSize = Size(n); return err }},
+		{"HM_BUILDS_KEEP", func(v string) (err error) { c.Builds.Keep, err = strconv.Atoi(v); return }},
+		{"HM_BUILDS_MAX_AGE", func(v string) (err error) { c.Builds.MaxAge.Duration, err = time.ParseDuration(v); return }},
 		{"HM_PIDS_LIMIT", func(v string) (err error) { c.PidsLimit, err = ParsePidsLimit(v); return }},
 		{"HM_MEMORY", func(v string) error { n, err := ParseMemory(v); c.Memory = Size(n); return err }},
 		{"HM_CPUS", func(v string) error { f, err := ParseCPUs(v); c.CPUs = CPUs(f); return err }},

@@ -43,8 +43,11 @@ parallelism = 6
 "b" = "repo-b"
 [cache]
 max_size = "1GiB"
+[builds]
+keep = 5
+max_age = "24h"
 `)
-	env := map[string]string{"HM_BACKEND": "host", "HM_CACHE_MAX_ENTRIES": "7"}
+	env := map[string]string{"HM_BACKEND": "host", "HM_CACHE_MAX_ENTRIES": "7", "HM_BUILDS_KEEP": "9"}
 	c, err := Load(dir, func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
@@ -55,6 +58,7 @@ max_size = "1GiB"
 	want.Timeout = Duration{5 * time.Minute}                      // user file over default
 	want.Images = map[string]string{"a": "user-a", "b": "repo-b"} // tables merge key by key
 	want.Cache = Cache{MaxEntries: 7, MaxSize: 1 << 30}
+	want.Builds = Builds{Keep: 9, MaxAge: Duration{24 * time.Hour}}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
@@ -77,6 +81,7 @@ func TestLoadErrors(t *testing.T) {
 		{"bad duration", true, `timeout = "soon"`, nil, "invalid config FILE:1:"},
 		{"bad limit", false, `pids_limit = -3`, nil, "invalid config FILE: "},
 		{"bad env", false, "", map[string]string{"HM_PARALLELISM": "x"}, `invalid HM_PARALLELISM="x"`},
+		{"bad builds age", false, "", map[string]string{"HM_BUILDS_MAX_AGE": "a month"}, `HM_BUILDS_MAX_AGE`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

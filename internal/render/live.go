@@ -21,15 +21,22 @@ type batchMsg []events.Event
 // closedMsg says the event stream has ended.
 type closedMsg struct{}
 
-// liveModel is the Bubble Tea model of the progress area: one line per started, finished or
-// skipped step, nested under its builds_in parent, and a footer while the build runs.
+// liveModel is the Bubble Tea model of the progress area: one line per step, nested under its
+// builds_in parent, the last lines of each running step's log (as BuildKit's progress shows
+// them), and a footer while the build runs.
 type liveModel struct {
 	b      *build
 	st     styles
 	spin   spinner.Model
 	height int
 	closed bool
+	// tails is how many of a running step's last log lines are drawn under it; 0 with
+	// Verbose, where every line already scrolls above the view.
+	tails int
 }
+
+// RunningTail is how many of a running step's last log lines the live view draws under it.
+const RunningTail = 5
 
 func (m *liveModel) Init() tea.Cmd { return m.spin.Tick }
 
@@ -63,22 +70,13 @@ func (m *liveModel) View() string {
 	}
 	now := m.b.now()
 	spin := strings.TrimRight(m.spin.View(), " ") // Dot frames carry a trailing space
-	var lines []string
-	var keep []bool // lines worth keeping when the area is taller than the terminal
-	running, done := 0, 0
-	m.b.walk(func(s *step, depth int) {
-		switch s.status {
-		case statusQueued:
-			return
-		case statusRunning:
-			running++
-		default:
-			done++
-		}
-		lines = append(lines, stepLine(m.st, s, depth, false, spin, now))
-		keep = append(keep, s.status == statusRunning || s.status == statusFailed)
-	})
-	if limit := m.height - 2; limit > 0 && len(lines) > limit {
+	limit := m.height - 2
+	lines, keep, running, done := m.stepLines(spin, now, m.tails)
+	if limit > 0 && len(lines) > limit && m.tails > 0 {
+		// Steps before their logs: without the tails, the area may fit.
+		lines, keep, running, done = m.stepLines(spin, now, 0)
+	}
+	if limit > 0 && len(lines) > limit {
 		lines = elide(m.st, lines, keep, limit)
 	}
 	if !m.b.started.IsZero() && m.b.end == nil {
@@ -90,6 +88,58 @@ func (m *liveModel) View() string {
 			running, done, total, formatDuration(now.Sub(m.b.started)))))
 	}
 	return strings.Join(lines, "\n") + "\n"
+}
+
+// stepLines draws every step in tree order and, under each running one, its last tails log
+// lines. keep marks the lines worth keeping when the area is taller than the terminal.
+func (m *liveModel) stepLines(spin string, now time.Time, tails int) (lines []string, keep []bool, running, done int) {
+	m.b.walk(func(s *step, depth int) {
+		switch s.status {
+		case statusQueued:
+		case statusRunning:
+			running++
+		default:
+			done++
+		}
+		lines = append(lines, stepLine(m.st, s, depth, false, spin, now))
+		keep = append(keep, s.status == statusRunning || s.status == statusFailed)
+		if s.status != statusRunning || tails == 0 {
+			return
+		}
+		indent := strings.Repeat("  ", depth+1)
+		for _, l := range s.logs.last(tails) {
+			lines = append(lines, indent+m.st.dim.Render("│ "+printable(l)))
+			keep = append(keep, true)
+		}
+	})
+	return lines, keep, running, done
+}
+
+// printable drops what would move the cursor or restyle the view from a log line: escape
+// sequences and control characters (a tab becomes a space). Bubble Tea cuts the line to the
+// terminal's width.
+func printable(line string) string {
+	var b strings.Builder
+	for i := 0; i < len(line); i++ {
+		c := line[i]
+		switch {
+		case c == 0x1b: // ESC: skip a CSI sequence (ESC [ params final), or the one byte after
+			if i+1 < len(line) && line[i+1] == '[' {
+				i += 2
+				for i < len(line) && (line[i] < 0x40 || line[i] > 0x7e) {
+					i++
+				}
+			} else {
+				i++
+			}
+		case c == '\t':
+			b.WriteByte(' ')
+		case c < 0x20 || c == 0x7f:
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }
 
 // elide fits lines into limit rows: it keeps the running and failed steps and counts the rest.
@@ -132,15 +182,15 @@ func stepLine(st styles, s *step, depth int, canceled bool, spin string, now tim
 			st.dim.Render(formatDuration(s.duration)), st.fail.Render(fmt.Sprintf("exit %d", s.exitCode)))
 	case statusSkipped:
 		b.WriteString(st.dim.Render(fmt.Sprintf("○ %s  %s", s.key, skipText(s.skipReason))))
-	default: // queued, or still running when the stream ended
-		fmt.Fprintf(&b, "%s %s", st.dim.Render("·"), name)
+	default: // queued (waiting for a free slot), or still running when the stream ended
+		fmt.Fprintf(&b, "%s %s  %s", st.dim.Render("·"), name, st.dim.Render("queued"))
 	}
 	return b.String()
 }
 
 // writeReport writes what stays on screen after the live view: every step in tree order, the
 // kept logs of failed steps under a header each, and the summary line.
-func writeReport(w io.Writer, b *build, st styles) error {
+func writeReport(w io.Writer, b *build, st styles, hint func(runID, key string) string) error {
 	var buf bytes.Buffer
 	b.walk(func(s *step, depth int) {
 		if s.status != statusQueued {
@@ -167,6 +217,13 @@ func writeReport(w io.Writer, b *build, st styles) error {
 			buf.WriteString(st.fail.Render(msg))
 			buf.WriteByte('\n')
 		}
+		if hint == nil {
+			return
+		}
+		if cmd := hint(b.runID, s.key); cmd != "" {
+			buf.WriteString(st.dim.Render("full log: " + cmd))
+			buf.WriteByte('\n')
+		}
 	})
 	if b.end != nil {
 		buf.WriteByte('\n')
@@ -183,6 +240,9 @@ func runLive(ctx context.Context, w io.Writer, evs <-chan events.Event, opts Opt
 		b:    newBuild(true, time.Now),
 		st:   st,
 		spin: spinner.New(spinner.WithSpinner(spinner.Dot)),
+	}
+	if !opts.Verbose {
+		m.tails = RunningTail
 	}
 	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
@@ -239,5 +299,5 @@ func runLive(ctx context.Context, w io.Writer, evs <-chan events.Event, opts Opt
 		}
 		return fmt.Errorf("render: live view: %w", err)
 	}
-	return writeReport(w, m.b, st)
+	return writeReport(w, m.b, st, opts.LogHint)
 }

@@ -28,12 +28,13 @@ const helperEnv = "HM_RENDER_PTY_HELPER"
 
 func TestMain(m *testing.M) {
 	if mode := os.Getenv(helperEnv); mode != "" {
-		os.Exit(ptyHelper(mode == "verbose"))
+		os.Exit(ptyHelper(mode))
 	}
 	os.Exit(m.Run())
 }
 
-func ptyHelper(verbose bool) int {
+// ptyHelper renders in mode "live", "verbose" (Verbose) or "hint" (with a LogHint).
+func ptyHelper(mode string) int {
 	q := events.NewQueue()
 	go func() {
 		defer q.Close()
@@ -49,7 +50,11 @@ func ptyHelper(verbose bool) int {
 			q.Publish(ev)
 		}
 	}()
-	if err := Run(context.Background(), os.Stderr, q.C(), Options{Live: true, Verbose: verbose}); err != nil {
+	opts := Options{Live: true, Verbose: mode == "verbose"}
+	if mode == "hint" {
+		opts.LogHint = func(runID, key string) string { return "hm logs " + runID + " " + key }
+	}
+	if err := Run(context.Background(), os.Stderr, q.C(), opts); err != nil {
 		fmt.Println("helper:", err)
 		return 1
 	}
@@ -129,14 +134,23 @@ func TestLiveViewInPTY(t *testing.T) {
 	}
 }
 
-func testLiveView(t *testing.T, mode string, verbose bool) {
+// ptyRun is a helper process rendering live into a pseudo-terminal, and its screen.
+type ptyRun struct {
+	scr   *screen
+	send  func(evs ...events.Event)
+	stdin io.WriteCloser
+	cmd   *exec.Cmd
+	out   *bytes.Buffer
+}
+
+func startPTYHelper(t *testing.T, mode string, cols, rows int) *ptyRun {
+	t.Helper()
 	master, tty, err := pty.Open()
 	if err != nil {
 		t.Skipf("needs a pseudo-terminal: %v", err)
 	}
-	defer master.Close()
-	const cols, rows = 100, 30
-	if err := pty.Setsize(master, &pty.Winsize{Cols: cols, Rows: rows}); err != nil {
+	t.Cleanup(func() { master.Close() })
+	if err := pty.Setsize(master, &pty.Winsize{Cols: uint16(cols), Rows: uint16(rows)}); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -156,21 +170,41 @@ func testLiveView(t *testing.T, mode string, verbose bool) {
 		t.Fatal(err)
 	}
 	tty.Close()
-	defer func() {
+	t.Cleanup(func() {
 		if t.Failed() && cmd.ProcessState == nil {
 			cmd.Process.Kill()
 		}
-	}()
-	scr := newScreen(master, cols, rows)
+	})
 	enc := events.NewNDJSONWriter(stdin)
-	send := func(evs ...events.Event) {
-		t.Helper()
-		for _, ev := range evs {
-			if err := enc.Write(ev); err != nil {
-				t.Fatal(err)
+	return &ptyRun{scr: newScreen(master, cols, rows), stdin: stdin, cmd: cmd, out: &helperOut,
+		send: func(evs ...events.Event) {
+			t.Helper()
+			for _, ev := range evs {
+				if err := enc.Write(ev); err != nil {
+					t.Fatal(err)
+				}
 			}
-		}
+		}}
+}
+
+// finish ends the stream and returns the final screen once the helper has exited.
+func (p *ptyRun) finish(t *testing.T) string {
+	t.Helper()
+	p.stdin.Close()
+	final := p.scr.waitFor(t, "end of output", true, func(string) bool { return true })
+	if err := p.cmd.Wait(); err != nil {
+		t.Fatalf("helper: %v\n%s", err, p.out.String())
 	}
+	if p.out.Len() > 0 {
+		t.Errorf("helper printed on stdout: %s", p.out.String())
+	}
+	return final
+}
+
+func testLiveView(t *testing.T, mode string, verbose bool) {
+	const cols, rows = 100, 30
+	p := startPTYHelper(t, mode, cols, rows)
+	scr, send := p.scr, p.send
 
 	// A running root step: spinner, key, display name and elapsed time.
 	send(buildStart(6, 3), queued("t1", "toolchain", "", ":go: install"), started("t1"),
@@ -200,14 +234,7 @@ func testLiveView(t *testing.T, mode string, verbose bool) {
 		ended("t3", 0, 1200),
 		queued("t5", "deploy", "test", "./deploy.sh"), skipped("t5"),
 		buildEnd(1, 6400))
-	stdin.Close()
-	final := scr.waitFor(t, "end of output", true, func(string) bool { return true })
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("helper: %v\n%s", err, helperOut.String())
-	}
-	if helperOut.Len() > 0 {
-		t.Errorf("helper printed on stdout: %s", helperOut.String())
-	}
+	final := p.finish(t)
 
 	var above string
 	if verbose { // log lines scroll above the progress area, in order, as they arrive
@@ -239,7 +266,7 @@ func TestReportGolden(t *testing.T) {
 				b.apply(ev)
 			}
 			var out bytes.Buffer
-			if err := writeReport(&out, b, newStyles(&out, true)); err != nil {
+			if err := writeReport(&out, b, newStyles(&out, true), nil); err != nil {
 				t.Fatal(err)
 			}
 			checkGolden(t, filepath.Join("testdata", "report", name+".golden"), out.Bytes())
@@ -272,7 +299,7 @@ func TestReplayIsBounded(t *testing.T) {
 		t.Errorf("long line kept as %d bytes ending %q", len(last), last[len(last)-8:])
 	}
 	var out bytes.Buffer
-	if err := writeReport(&out, b, newStyles(&out, true)); err != nil {
+	if err := writeReport(&out, b, newStyles(&out, true), nil); err != nil {
 		t.Fatal(err)
 	}
 	if want := fmt.Sprintf("── logs: big (exit 2) ──\n… %d earlier lines not shown\nline %d\n", n+1-LogTail, n+1-LogTail); !strings.Contains(out.String(), want) {

@@ -27,6 +27,10 @@ type Options struct {
 	Verbose bool
 	// Live selects the live terminal view; otherwise plain lines are written. See UseLive.
 	Live bool
+	// LogHint, when set, names the command that prints a step's whole log (e.g. "hm logs
+	// 6f0c1a2b test") or returns "" when there is none; the live view's report shows it
+	// under a failed step's tail, which keeps only the last lines.
+	LogHint func(runID, stepKey string) string
 }
 
 // Run renders evs on w until the channel is closed, then returns. If ctx ends first, Run

@@ -50,7 +50,8 @@ type build struct {
 
 	steps    map[string]*step // by step_id
 	byKey    map[string]*step
-	roots    []*step   // steps without a known builds_in parent, in queue order
+	roots    []*step // steps without a known builds_in parent, in queue order
+	runID    string
 	started  time.Time // local clock at build_start; zero before it
 	planned  int       // step_count of the plan
 	accepted *events.BuildAccepted
@@ -96,6 +97,7 @@ func (b *build) apply(ev events.Event) *step {
 	switch {
 	case ev.BuildStart != nil:
 		b.started = b.now()
+		b.runID = ev.BuildStart.RunID
 		b.planned = ev.BuildStart.Plan.StepCount
 	case ev.BuildAccepted != nil:
 		b.accepted = ev.BuildAccepted
@@ -222,6 +224,15 @@ func (t *tail) add(line string) {
 	t.lines[t.next] = line
 	t.next = (t.next + 1) % t.max
 	t.dropped++
+}
+
+// last returns the newest n kept lines, oldest first.
+func (t *tail) last(n int) []string {
+	all := t.all()
+	if len(all) > n {
+		all = all[len(all)-n:]
+	}
+	return all
 }
 
 // all returns the kept lines, oldest first.
