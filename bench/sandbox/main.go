@@ -8,7 +8,9 @@
 //   - the cost of that re-execution, against fork+exec of /bin/true (which also says how
 //     loaded the machine is);
 //   - commit time of a step that wrote 100,000 files, against copying the same tree with
-//     `cp -a` (what a copying snapshot costs).
+//     `cp -a` (what a copying snapshot costs);
+//   - what confinement (spec § Isolation) and each network mode cost a trivial step, beside
+//     the same step unconfined on the host's network, interleaved round by round.
 //
 // It needs root. Run it as `go run ./bench/sandbox` (flags: -n, -files, -reps, -image,
 // -state).
@@ -110,11 +112,13 @@ func run(n, files, reps int, image, state string) error {
 		return err
 	}
 
-	commitT, copyT, err := commitBench(ctx, b, spec, state, files, reps)
+	// Before the commit benchmark, whose deletions of 100,000-file trees run on in the
+	// background and would load the machine under these steps.
+	conf, err := confinementBench(ctx, state, img, n)
 	if err != nil {
 		return err
 	}
-	conf, err := confinementBench(ctx, state, img, n)
+	commitT, copyT, err := commitBench(ctx, b, spec, state, files, reps)
 	if err != nil {
 		return err
 	}
