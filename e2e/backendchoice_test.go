@@ -139,13 +139,18 @@ func TestAutoFallbackSaysWhy(t *testing.T) {
 	}
 }
 
-// A state dir hm cannot write is error[state_dir], exit 4, with the fix, before anything
-// runs; `hm cache ls` only reads, and works on it.
+// A state dir hm cannot write serves a build whose steps are all cached (with a warning); any
+// other build is error[state_dir], exit 4, with the fix, before anything runs; `hm cache ls`
+// only reads, and works on it.
 func TestReadOnlyStateDir(t *testing.T) {
 	e, bin := nobodyEnv(t)
 	doc := graph(0, []string{stepJSON("a", "echo ran", `"image":"host","cache":{"policy":"forever","env_keys":[]}`)}, "")
 	ir := filepath.Join(e.srcDir, "p.json")
 	if err := os.WriteFile(ir, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	uncached := filepath.Join(e.srcDir, "uncached.json")
+	if err := os.WriteFile(uncached, []byte(graph(0, []string{stepJSON("u", "echo ran", `"image":"host"`)}, "")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// Root fills the cache, then the state dir is root's alone: read-only to nobody.
@@ -161,21 +166,28 @@ func TestReadOnlyStateDir(t *testing.T) {
 	tests := []struct {
 		name string
 		env  []string
+		ir   string
 		dir  string // the state dir the error names
 	}{
-		{"HM_STATE_DIR read-only", []string{"HM_STATE_DIR=" + e.stateDir, "HOME=/nonexistent"}, e.stateDir},
-		{"unwritable HOME", []string{"HOME=" + unwritableHome}, filepath.Join(unwritableHome, ".cache", "hm")},
+		{"HM_STATE_DIR read-only, a step to run", []string{"HM_STATE_DIR=" + e.stateDir, "HOME=/nonexistent"}, uncached, e.stateDir},
+		{"unwritable HOME", []string{"HOME=" + unwritableHome}, ir, filepath.Join(unwritableHome, ".cache", "hm")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := e.runAsNobody(bin, tt.env, "run", "--file", ir, "--backend", "host")
+			r := e.runAsNobody(bin, tt.env, "run", "--file", tt.ir, "--backend", "host")
 			wantErr := "error[state_dir]: hm cannot write its state directory " + tt.dir + ": "
-			wantFix := "\n  fix    set HM_STATE_DIR to a writable directory (hm keeps snapshots and the cache there)\n"
-			if r.code != 4 || !strings.HasPrefix(r.stderr, wantErr) || !strings.HasSuffix(r.stderr, wantFix) || strings.Count(r.stderr, "\n") != 2 {
-				t.Errorf("exit %d, want 4 and %q…%q; stderr:\n%s", r.code, wantErr, wantFix, r.stderr)
+			wantFix := "\n  fix    set HM_STATE_DIR to a writable directory with free space (hm keeps snapshots and the cache there)\n"
+			if r.code != 4 || !strings.Contains(r.stderr, wantErr) || !strings.HasSuffix(r.stderr, wantFix) || strings.Contains(r.stderr, "[u] ran") {
+				t.Errorf("exit %d, want 4 and %q…%q, nothing run; stderr:\n%s", r.code, wantErr, wantFix, r.stderr)
 			}
 		})
 	}
+	t.Run("HM_STATE_DIR read-only, all cached", func(t *testing.T) {
+		r := e.runAsNobody(bin, []string{"HM_STATE_DIR=" + e.stateDir, "HOME=/nonexistent"}, "run", "--file", ir, "--backend", "host")
+		if r.code != 0 || !strings.Contains(r.stderr, "[a] cached") || !strings.Contains(r.stderr, "only cached steps can be used") {
+			t.Errorf("exit %d, want 0, a hit and the warning; stderr:\n%s", r.code, r.stderr)
+		}
+	})
 	r := e.runAsNobody(bin, []string{"HM_STATE_DIR=" + e.stateDir}, "cache", "ls")
 	if lines := strings.Split(strings.TrimSpace(r.stdout), "\n"); r.code != 0 || len(lines) != 2 || !strings.Contains(lines[1], " a ") {
 		t.Errorf("hm cache ls on a read-only state dir: exit %d, want the header and step a's entry; stdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)

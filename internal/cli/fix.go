@@ -32,6 +32,11 @@ func withFix(err error) error {
 		return &errs.Error{Code: re.Code(), Msg: re.Error(), Exit: errs.ExitCode(err), Err: err,
 			Fix: fmt.Sprintf("run it with --backend %s, or remove the step's runner", re.Runner)}
 	}
+	var se *errs.StateDirError
+	if errors.As(err, &se) {
+		return &errs.Error{Code: se.Code(), Msg: se.Error(), Exit: errs.ExitUnavailable, Err: err,
+			Fix: "set HM_STATE_DIR to a writable directory with free space (hm keeps snapshots and the cache there)"}
+	}
 	var ue *errs.UnavailableError
 	if errors.As(err, &ue) {
 		return &errs.Error{Code: ue.Code(), Msg: ue.Msg, Fix: unavailableFix(ue), Exit: errs.ExitCode(err), Err: err}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -243,8 +244,16 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
+	// An unwritable state dir (full, read-only) still serves a build whose steps are all
+	// cached: local uses the registry read-only and fails a step that would have to run.
+	var unwritable error
 	if err := checkStateDir(stateDir); err != nil {
-		return err
+		var se *errs.StateDirError
+		if _, statErr := os.Stat(local.RegistryPath(stateDir)); statErr != nil || !errors.As(err, &se) {
+			return err // nothing is cached there, so nothing could run
+		}
+		unwritable = se.Err
+		fmt.Fprintf(stdio.Err, "hm: warning: %v: only cached steps can be used; a step that must run fails\n", err)
 	}
 	vmb, notice, err := chooseVM(c.Context(), s.Backend, stateDir, vmOptions{
 		network: s.Network, pidsLimit: s.PidsLimit, memory: int64(s.Memory), cpus: float64(s.CPUs),
@@ -257,7 +266,7 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 		fmt.Fprintln(stdio.Err, notice)
 	}
 	exec := &local.Backend{
-		VM: vmb, StateDir: stateDir,
+		VM: vmb, StateDir: stateDir, Unwritable: unwritable,
 		MaxEntries: s.Cache.MaxEntries, MaxBytes: int64(s.Cache.MaxSize),
 		MaxSourceBytes: int64(s.MaxSourceSize),
 	}

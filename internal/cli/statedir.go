@@ -2,7 +2,6 @@ package cli
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 
@@ -24,8 +23,16 @@ func checkStateDir(dir string) error {
 	if err != nil {
 		return stateDirError(dir, err)
 	}
+	// A few bytes, not an empty file: a full filesystem still creates empty files.
+	_, err = f.Write(make([]byte, 4096))
+	if err == nil {
+		err = f.Sync()
+	}
 	f.Close()
 	os.Remove(f.Name())
+	if err != nil {
+		return stateDirError(dir, err)
+	}
 	// The directory may be writable while the registry is not (a file copied in, or chmod-ed):
 	// SQLite would only fail at the first write, after steps ran.
 	reg := local.RegistryPath(dir)
@@ -39,8 +46,5 @@ func checkStateDir(dir string) error {
 
 // stateDirError is a state dir hm cannot write: exit 4, the machine's setup is at fault.
 func stateDirError(dir string, err error) error {
-	return &errs.Error{Code: "state_dir", Exit: errs.ExitUnavailable,
-		Msg: fmt.Sprintf("hm cannot write its state directory %s: %v", dir, err),
-		Fix: "set HM_STATE_DIR to a writable directory (hm keeps snapshots and the cache there)",
-		Err: fmt.Errorf("%w: %w", errs.ErrUnavailable, err)}
+	return &errs.StateDirError{Dir: dir, Err: err}
 }

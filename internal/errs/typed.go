@@ -83,3 +83,18 @@ func (e *RunnerError) Unwrap() error { return ErrUsage }
 
 // Code is the stable code of the error line.
 func (e *RunnerError) Code() string { return "runner_mismatch" }
+
+// StateDirError is hm's state directory that cannot be written (read-only, full, not
+// hm's to write): a machine's setup at fault, not the pipeline's.
+type StateDirError struct {
+	Dir string
+	Err error // the cause
+}
+
+func (e *StateDirError) Error() string {
+	return fmt.Sprintf("hm cannot write its state directory %s: %v", e.Dir, e.Err)
+}
+func (e *StateDirError) Unwrap() []error { return nonNil(ErrUnavailable, e.Err) }
+
+// Code is the error's code in the `error[code]` line.
+func (e *StateDirError) Code() string { return "state_dir" }

@@ -12,7 +12,8 @@ import (
 )
 
 // OpenReadOnly opens an existing registry for reading: it creates, locks and migrates
-// nothing, so that listing the cache works on a full disk or a read-only state dir. Its
+// nothing, so that listing the cache, or a build whose steps are all cached, works on a full
+// disk or a read-only state dir. Lookup then finds entries without marking them used; the
 // write methods fail.
 func OpenReadOnly(ctx context.Context, path string) (*Registry, error) {
 	if strings.ContainsRune(path, '?') {
@@ -30,7 +31,7 @@ func OpenReadOnly(ctx context.Context, path string) (*Registry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("registry: open %s: %w: %w", path, errs.ErrInfra, err)
 		}
-		r := &Registry{db: db, path: path, now: time.Now}
+		r := &Registry{db: db, path: path, now: time.Now, readOnly: true}
 		if last = r.checkVersion(ctx); last == nil {
 			return r, nil
 		}

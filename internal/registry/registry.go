@@ -72,9 +72,10 @@ const IDLen = 12
 // Registry is an open registry file. Its methods are safe for concurrent use, and several
 // processes may open the same file.
 type Registry struct {
-	db   *sql.DB
-	path string
-	now  func() time.Time // tests pin the clock to order entries deterministically
+	db       *sql.DB
+	path     string
+	now      func() time.Time // tests pin the clock to order entries deterministically
+	readOnly bool             // opened by OpenReadOnly: lookups do not mark entries used
 }
 
 // busyTimeout is how long a statement waits for another hm holding the write lock. Writes are
@@ -260,9 +261,15 @@ func (r *Registry) Lookup(ctx context.Context, s Scope) (Entry, bool, error) {
 	if s.Fingerprint == "" {
 		return Entry{}, false, nil
 	}
-	row := r.db.QueryRowContext(ctx, `UPDATE entries SET last_used = ?
+	var row *sql.Row
+	if r.readOnly {
+		row = r.db.QueryRowContext(ctx, `SELECT `+columns+` FROM entries WHERE `+byScope,
+			s.Backend, s.Base, s.Key, s.Fingerprint)
+	} else {
+		row = r.db.QueryRowContext(ctx, `UPDATE entries SET last_used = ?
 		WHERE `+byScope+` RETURNING `+columns,
-		r.now().UnixNano(), s.Backend, s.Base, s.Key, s.Fingerprint)
+			r.now().UnixNano(), s.Backend, s.Base, s.Key, s.Fingerprint)
+	}
 	e, err := scanEntry(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Entry{}, false, nil

@@ -3,12 +3,14 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sort"
 	"strconv"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/events"
 	"github.com/hmci/hm/internal/ir"
 	"github.com/hmci/hm/internal/plan"
@@ -149,6 +151,23 @@ func TestCache(t *testing.T) {
 		ev := rec.byStep()
 		if diff := cmp.Diff([]string{"step_queued", "step_cache_hit", "step_end:0"}, ev["root"]); diff != "" {
 			t.Errorf("cache hit events (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("a cache that cannot keep results fails a miss unrun, a hit still hits", func(t *testing.T) {
+		c := &fakeCache{entries: map[string]string{"id:img/key-root": "snap-root"},
+			missErr: fmt.Errorf("state dir full: %w", errs.ErrUnavailable)}
+		f := newFakeVM()
+		pl := build(t, steps[:2])
+		res, _ := runPlan(t, context.Background(), pl, f, Options{Keys: keysFor(steps[:2]), Cache: c})
+		want := map[string]Status{"root": CacheHit, "mid": Failed}
+		if diff := cmp.Diff(want, statuses(pl, res)); diff != "" {
+			t.Errorf("statuses (-want +got):\n%s", diff)
+		}
+		if len(f.created) != 0 {
+			t.Errorf("created %d machines, want none: the missed step must not run", len(f.created))
+		}
+		if !errors.Is(res.Err, errs.ErrUnavailable) {
+			t.Errorf("build error %v, want the cache's", res.Err)
 		}
 	})
 	t.Run("warnings on a run, the entry id on a hit", func(t *testing.T) {

@@ -217,6 +217,8 @@ type fakeCache struct {
 	registered []string
 	// preempt, when set, is registered by "another run" before ours.
 	preempt map[string]string
+	// missErr, when set, is Lookup's error on a miss.
+	missErr error
 }
 
 func (c *fakeCache) Lookup(_ context.Context, q CacheQuery) (CacheResult, error) {
@@ -224,6 +226,9 @@ func (c *fakeCache) Lookup(_ context.Context, q CacheQuery) (CacheResult, error)
 	defer c.mu.Unlock()
 	c.lookups++
 	s, ok := c.entries[q.BaseImage+"/"+q.Key]
+	if !ok && c.missErr != nil {
+		return CacheResult{}, c.missErr
+	}
 	return CacheResult{Hit: ok, Snapshot: s, Entry: "id-" + q.Key, Explain: "no entry"}, nil
 }
 

@@ -73,7 +73,9 @@ var ErrPipelineTimeout = errors.New("pipeline timed out")
 // Cache is the snapshot cache as the scheduler sees it. The registry implements it; a nil
 // Cache disables caching.
 type Cache interface {
-	// Lookup returns the snapshot registered for q, if any and still present.
+	// Lookup returns the snapshot registered for q, if any and still present. An error of
+	// class errs.ErrUnavailable fails the step without running it (the cache could not keep
+	// its result: an unwritable state dir); any other error is a miss.
 	Lookup(ctx context.Context, q CacheQuery) (CacheResult, error)
 	// Register records snapshot for q and returns the snapshot to use: snapshot itself, or
 	// the one another run registered first (the caller then removes its own).

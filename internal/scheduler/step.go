@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/events"
 	"github.com/hmci/hm/internal/vm"
 )
@@ -81,6 +82,12 @@ func (r *run) execute(ctx context.Context, i int) completion {
 			return c
 		}
 		missNote = res.Explain
+		if errors.Is(err, errs.ErrUnavailable) {
+			// The cache cannot take what the step would make (an unwritable state dir): the
+			// step must not run. Any other lookup failure only costs the hit.
+			r.start(st.id, imageRef)
+			return r.fail(ctx, i, c, start, err)
+		}
 		if err != nil {
 			missNote = fmt.Sprintf("cache lookup failed: %v", err)
 		}

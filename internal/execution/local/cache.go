@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/hmci/hm/internal/cachekey"
+	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/registry"
 	"github.com/hmci/hm/internal/scheduler"
 	"github.com/hmci/hm/internal/vm"
@@ -20,6 +21,9 @@ type registryCache struct {
 	sourceDir string            // absolute
 	results   []cachekey.Result // index-aligned with the plan
 	images    []string          // the chain root's image as written, index-aligned
+
+	stateDir   string
+	unwritable error // see Backend.Unwritable: a miss cannot run
 
 	mu    sync.Mutex
 	added []registry.Entry // registered by this build, sized when it ends
@@ -49,11 +53,23 @@ func (c *registryCache) Lookup(ctx context.Context, q scheduler.CacheQuery) (sch
 		if exists {
 			return scheduler.CacheResult{Hit: true, Snapshot: e.Snapshot, Entry: id}, nil
 		}
+		if c.unwritable != nil {
+			return scheduler.CacheResult{}, c.cannotRun(fmt.Sprintf("entry %s points to snapshot %s, which is gone", id, e.Snapshot))
+		}
 		_ = c.reg.Remove(ctx, s)
 		return scheduler.CacheResult{Entry: id,
 			Explain: fmt.Sprintf("entry %s points to snapshot %s, which is gone", id, e.Snapshot)}, nil
 	}
+	if c.unwritable != nil {
+		return scheduler.CacheResult{}, c.cannotRun(c.explain(ctx, q, id))
+	}
 	return scheduler.CacheResult{Entry: id, Explain: c.explain(ctx, q, id)}, nil
+}
+
+// cannotRun is a miss on an unwritable state dir: the step would have to run, and nothing
+// could keep what it makes.
+func (c *registryCache) cannotRun(why string) error {
+	return &errs.StateDirError{Dir: c.stateDir, Err: fmt.Errorf("a step must run (cache miss: %s): %w", why, c.unwritable)}
 }
 
 // explain says what differs from the last entry registered for the same pipeline and step:

@@ -35,6 +35,11 @@ type Backend struct {
 	MaxBytes   int64
 	// MaxSourceBytes bounds the packed workspace; 0 = unlimited.
 	MaxSourceBytes int64
+	// Unwritable, when set, is why the state dir cannot be written (full, read-only): the
+	// build then uses the registry read-only, so that a build whose steps are all cached
+	// still runs, and a step that would have to run fails with an *errs.StateDirError
+	// instead (nothing could keep its result).
+	Unwritable error
 
 	reconcileOnce sync.Once
 	reconcileErr  error
@@ -76,8 +81,15 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 	var reg *registry.Registry
 	var cache *registryCache
 	var schedCache scheduler.Cache // a typed nil would not disable caching
+	if b.Unwritable != nil && (!allKeyed(keys) || req.Options.NoCache) {
+		return nil, &errs.StateDirError{Dir: b.StateDir, Err: b.Unwritable}
+	}
 	if hasKey(keys) {
-		reg, err = registry.Open(ctx, RegistryPath(b.StateDir))
+		if b.Unwritable != nil {
+			reg, err = registry.OpenReadOnly(ctx, RegistryPath(b.StateDir))
+		} else {
+			reg, err = registry.Open(ctx, RegistryPath(b.StateDir))
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -86,7 +98,7 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 			srcDir = req.SourceDir
 		}
 		cache = &registryCache{reg: reg, vm: b.VM, slug: req.Slug, sourceDir: srcDir,
-			results: results, images: rootImages(pl)}
+			results: results, images: rootImages(pl), stateDir: b.StateDir, unwritable: b.Unwritable}
 		schedCache = cache
 	}
 
@@ -113,8 +125,10 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 		h.out = execution.Outcome{ExitCode: res.Status.ExitCode(), Err: res.Err}
 		if reg != nil {
 			cctx := context.WithoutCancel(ctx)
-			cache.sizeAdded(cctx)
-			b.evict(cctx, reg)
+			if b.Unwritable == nil {
+				cache.sizeAdded(cctx)
+				b.evict(cctx, reg)
+			}
 			reg.Close()
 		}
 		h.q.Close()
@@ -156,6 +170,16 @@ func hasCache(pl *plan.Plan) bool {
 	return false
 }
 
+// allKeyed reports whether every step has a cache key (could be a hit).
+func allKeyed(keys []string) bool {
+	for _, k := range keys {
+		if k == "" {
+			return false
+		}
+	}
+	return true
+}
+
 func hasKey(keys []string) bool {
 	for _, k := range keys {
 		if k != "" {
@@ -175,6 +199,10 @@ func (b *Backend) reconcile(ctx context.Context) error {
 }
 
 func (b *Backend) doReconcile(ctx context.Context) error {
+	if b.Unwritable != nil {
+		// Cleaning up writes; it waits for a build that can.
+		return nil
+	}
 	if err := b.VM.Reconcile(ctx); err != nil {
 		return fmt.Errorf("reconcile %s backend: %w", b.VM.Name(), err)
 	}
