@@ -32,6 +32,10 @@ func withFix(err error) error {
 		return &errs.Error{Code: re.Code(), Msg: re.Error(), Exit: errs.ExitCode(err), Err: err,
 			Fix: fmt.Sprintf("run it with --backend %s, or remove the step's runner", re.Runner)}
 	}
+	var le *errs.LimitError
+	if errors.As(err, &le) {
+		return &errs.Error{Code: le.Code(), Msg: le.Error(), Fix: limitFix(le), Exit: errs.ExitCode(err), Err: err}
+	}
 	var ue *errs.UnavailableError
 	if errors.As(err, &ue) {
 		return &errs.Error{Code: ue.Code(), Msg: ue.Msg, Fix: unavailableFix(ue), Exit: errs.ExitCode(err), Err: err}
@@ -77,4 +81,26 @@ func unavailableFix(e *errs.UnavailableError) string {
 		return "run as root, or use --backend docker / host"
 	}
 	return "use another --backend (auto, docker, sandbox or host)"
+}
+
+// limitFix says what to do about a pipeline beyond one of hm's bounds (fixed, documented in
+// schema/README.md).
+func limitFix(e *errs.LimitError) string {
+	what := "the pipeline"
+	if e.Format == "yaml" {
+		what = "the YAML file"
+	}
+	switch e.Limit {
+	case errs.LimitSize:
+		return fmt.Sprintf("check that %s is the pipeline you meant; split a larger one into several pipelines under .hm/ (the bounds are in schema/README.md)", what)
+	case errs.LimitDepth:
+		return fmt.Sprintf("flatten the nesting to at most %d levels: a pipeline needs only a few", e.Max)
+	case errs.LimitAliases:
+		return "use fewer aliases of large anchors, or write the repeated part out where it is needed"
+	case errs.LimitEdges:
+		return "use fewer steps on each side of a wait barrier, or `after:` / depends_on edges between the steps that need them"
+	case errs.LimitEnv:
+		return "set fewer environment variables on the pipeline and its steps"
+	}
+	return "split the pipeline into several pipelines under .hm/"
 }
