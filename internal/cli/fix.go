@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/render"
 )
 
 // printError writes err as `error[code]: message` and, where this CLI knows what to do, a
@@ -13,7 +14,12 @@ import (
 // (errs.ImageError, errs.UnavailableError), never advice: the flags and commands named here
 // exist only in this CLI.
 func printError(w io.Writer, err error) {
-	errs.Print(w, withFix(err))
+	err = withFix(err)
+	var e *errs.Error
+	if errors.As(err, &e) { // a message may quote a step key or a file name: nothing reaches the terminal raw
+		err = &errs.Error{Code: e.Code, Msg: render.EscapeText(e.Msg), Fix: render.EscapeText(e.Fix), Exit: e.Exit, Err: e.Err}
+	}
+	errs.Print(w, err)
 }
 
 // withFix returns err as an *errs.Error with this CLI's fix when err is one of the typed
