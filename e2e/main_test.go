@@ -21,6 +21,7 @@ import (
 var hmBin string
 
 func TestMain(m *testing.M) {
+	maxRSSHelper()
 	dir, err := os.MkdirTemp("", "hm-e2e-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

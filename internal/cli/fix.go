@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/render"
 )
 
 // printError writes err as `error[code]: message` and, where this CLI knows what to do, a
@@ -13,7 +14,12 @@ import (
 // (errs.ImageError, errs.UnavailableError), never advice: the flags and commands named here
 // exist only in this CLI.
 func printError(w io.Writer, err error) {
-	errs.Print(w, withFix(err))
+	err = withFix(err)
+	var e *errs.Error
+	if errors.As(err, &e) { // a message may quote a step key or a file name: nothing reaches the terminal raw
+		err = &errs.Error{Code: e.Code, Msg: render.EscapeText(e.Msg), Fix: render.EscapeText(e.Fix), Exit: e.Exit, Err: e.Err}
+	}
+	errs.Print(w, err)
 }
 
 // withFix returns err as an *errs.Error with this CLI's fix when err is one of the typed
@@ -36,6 +42,10 @@ func withFix(err error) error {
 	if errors.As(err, &se) {
 		return &errs.Error{Code: se.Code(), Msg: se.Error(), Exit: errs.ExitUnavailable, Err: err,
 			Fix: "set HM_STATE_DIR to a writable directory with free space (hm keeps snapshots and the cache there)"}
+	}
+	var le *errs.LimitError
+	if errors.As(err, &le) {
+		return &errs.Error{Code: le.Code(), Msg: le.Error(), Fix: limitFix(le), Exit: errs.ExitCode(err), Err: err}
 	}
 	var ue *errs.UnavailableError
 	if errors.As(err, &ue) {
@@ -82,4 +92,26 @@ func unavailableFix(e *errs.UnavailableError) string {
 		return "run as root, or use --backend docker / host"
 	}
 	return "use another --backend (auto, docker, sandbox or host)"
+}
+
+// limitFix says what to do about a pipeline beyond one of hm's bounds (fixed, documented in
+// schema/README.md).
+func limitFix(e *errs.LimitError) string {
+	what := "the pipeline"
+	if e.Format == "yaml" {
+		what = "the YAML file"
+	}
+	switch e.Limit {
+	case errs.LimitSize:
+		return fmt.Sprintf("check that %s is the pipeline you meant; split a larger one into several pipelines under .hm/ (the bounds are in schema/README.md)", what)
+	case errs.LimitDepth:
+		return fmt.Sprintf("flatten the nesting to at most %d levels: a pipeline needs only a few", e.Max)
+	case errs.LimitAliases:
+		return "use fewer aliases of large anchors, or write the repeated part out where it is needed"
+	case errs.LimitEdges:
+		return "use fewer steps on each side of a wait barrier, or `after:` / depends_on edges between the steps that need them"
+	case errs.LimitEnv:
+		return "set fewer environment variables on the pipeline and its steps"
+	}
+	return "split the pipeline into several pipelines under .hm/"
 }

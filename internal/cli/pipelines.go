@@ -28,7 +28,7 @@ func newRenderCmd(stdio IO) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if _, err := ir.Parse(data); err != nil {
+			if _, err := parseIR(data, p.Path); err != nil {
 				return err
 			}
 			_, err = stdio.Out.Write(data)
@@ -62,7 +62,7 @@ func newPipelinesCmd(stdio IO) *cobra.Command {
 			data, err := frontend.Render(c.Context(), p)
 			if err == nil {
 				var pl *ir.Pipeline
-				if pl, err = ir.Parse(data); err == nil {
+				if pl, err = parseIR(data, p.Path); err == nil {
 					n := len(pl.Nodes)
 					list[i].Steps = &n
 				}

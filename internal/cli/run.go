@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -184,22 +183,28 @@ func usage(fix, format string, args ...any) error {
 // loadPipeline reads and validates the IR: --file, or a discovered pipeline.
 func loadPipeline(c *cobra.Command, stdio IO, f *runFlags, args []string) (*ir.Pipeline, string, error) {
 	var data []byte
-	var slug string
+	var slug, source string
 	switch {
 	case f.file != "" && len(args) > 0:
 		return nil, "", usage("pass either PIPELINE or --file", "both a pipeline name and --file given")
 	case f.file == "-":
-		b, err := io.ReadAll(stdio.In)
+		b, err := frontend.Read(stdio.In, "stdin", "ir")
+		if _, limit := err.(*errs.LimitError); limit {
+			return nil, "", err
+		}
 		if err != nil {
 			return nil, "", usage("pipe the IR into hm run --file -", "cannot read stdin: %v", err)
 		}
-		data, slug = b, "stdin"
+		data, slug, source = b, "stdin", "stdin"
 	case f.file != "":
-		b, err := os.ReadFile(f.file)
+		b, err := frontend.ReadFile(f.file, "ir")
+		if _, limit := err.(*errs.LimitError); limit {
+			return nil, "", err
+		}
 		if err != nil {
 			return nil, "", usage("check the path given to --file", "cannot read %s: %v", f.file, err)
 		}
-		data = b
+		data, source = b, f.file
 		slug = strings.TrimSuffix(filepath.Base(f.file), filepath.Ext(f.file))
 	default:
 		p, err := selectPipeline(c.Context(), f.dir, args)
@@ -209,9 +214,9 @@ func loadPipeline(c *cobra.Command, stdio IO, f *runFlags, args []string) (*ir.P
 		if data, err = frontend.Render(c.Context(), p); err != nil {
 			return nil, "", err
 		}
-		slug = p.Slug
+		slug, source = p.Slug, p.Path
 	}
-	p, err := ir.Parse(data)
+	p, err := parseIR(data, source)
 	if err != nil {
 		return nil, "", err
 	}
@@ -341,4 +346,15 @@ func (e exitCode) orNil() error {
 		return nil
 	}
 	return e
+}
+
+// parseIR parses IR read from source (a file, "stdin"), naming it in a refusal of one of the
+// IR's bounds.
+func parseIR(data []byte, source string) (*ir.Pipeline, error) {
+	p, err := ir.Parse(data)
+	var le *errs.LimitError
+	if errors.As(err, &le) && le.File == "" {
+		le.File = source
+	}
+	return p, err
 }

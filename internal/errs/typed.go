@@ -98,3 +98,33 @@ func (e *StateDirError) Unwrap() []error { return nonNil(ErrUnavailable, e.Err) 
 
 // Code is the error's code in the `error[code]` line.
 func (e *StateDirError) Code() string { return "state_dir" }
+
+// Bounds on what hm reads (LimitError.Limit); the code of a LimitError is its Format, "_"
+// and its Limit: yaml_too_large, ir_too_deep, ...
+const (
+	LimitSize    = "too_large"       // bytes of the file
+	LimitDepth   = "too_deep"        // nesting of collections
+	LimitAliases = "alias_expansion" // YAML nodes with every alias expanded
+	LimitSteps   = "too_many_steps"
+	LimitEdges   = "too_many_edges" // including those wait barriers imply
+	LimitEnv     = "too_many_env"   // environment entries of one step
+)
+
+// LimitError is a pipeline refused because it exceeds one of hm's bounds on its input, found
+// before it could cost memory or time. Its class is ErrInvalid; internal/cli writes the fix.
+type LimitError struct {
+	Format string // "yaml" or "ir"
+	File   string // the file; "" when the reader was given bytes (the caller may set it)
+	Limit  string // LimitSize, LimitDepth, ...
+	Max    int64  // the bound
+	Msg    string // what was found, with the bound, without advice and without the file
+}
+
+func (e *LimitError) Error() string {
+	if e.File == "" {
+		return e.Msg
+	}
+	return e.File + ": " + e.Msg
+}
+func (e *LimitError) Unwrap() error { return ErrInvalid }
+func (e *LimitError) Code() string  { return e.Format + "_" + e.Limit }

@@ -117,7 +117,10 @@ func Discover(ctx context.Context, dir string) ([]Pipeline, error) {
 }
 
 func discoverYAML(dir, path, stem string) []Pipeline {
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path, "yaml")
+	if _, limit := err.(*errs.LimitError); limit {
+		return []Pipeline{{Slug: stem, Path: path, Kind: KindYAML, dir: dir, err: err}}
+	}
 	if err != nil {
 		return []Pipeline{{Slug: stem, Path: path, Kind: KindYAML, dir: dir,
 			err: errs.New(errs.ErrUsage, "pipeline_read", "check the file is readable", "cannot read %s: %v", path, err)}}
@@ -198,7 +201,10 @@ func Render(_ context.Context, p Pipeline) ([]byte, error) {
 	}
 	switch p.Kind {
 	case KindIR:
-		data, err := os.ReadFile(p.Path)
+		data, err := ReadFile(p.Path, "ir")
+		if _, limit := err.(*errs.LimitError); limit {
+			return nil, err
+		}
 		if err != nil {
 			return nil, errs.New(errs.ErrUsage, "pipeline_read", "check the file exists and is readable", "cannot read %s: %v", p.Path, err)
 		}

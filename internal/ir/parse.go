@@ -66,6 +66,9 @@ func invalid(code, fix, format string, args ...any) error {
 // Parse decodes and validates IR bytes in either encoding. Every error is an *errs.Error of
 // class errs.ErrInvalid that names the offending step or edge and says how to fix it.
 func Parse(data []byte) (*Pipeline, error) {
+	if err := precheck(data); err != nil {
+		return nil, err
+	}
 	var raw rawGraphIR
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
@@ -275,6 +278,12 @@ func parseGraph(p *Pipeline, g *rawGraph) error {
 		return invalid("ir_malformed", `set graph.edge_property to "directed"`,
 			"graph.edge_property is %q", *g.EdgeProperty)
 	}
+	if len(g.Nodes) > MaxSteps {
+		return limit(errs.LimitSteps, MaxSteps, "the pipeline has %d steps, more than %d", len(g.Nodes), MaxSteps)
+	}
+	if len(g.Edges) > MaxEdges {
+		return limit(errs.LimitEdges, MaxEdges, "the pipeline has %d edges, more than %d", len(g.Edges), MaxEdges)
+	}
 	for i, n := range g.Nodes {
 		if n.Step == nil {
 			return invalid("ir_missing_key", `every node needs a "step" object`, "node #%d has no step", i)
@@ -286,6 +295,9 @@ func parseGraph(p *Pipeline, g *rawGraph) error {
 		env := n.Env
 		if env == nil {
 			env = map[string]string{}
+		}
+		if err := checkStep(st, env); err != nil {
+			return err
 		}
 		p.Nodes = append(p.Nodes, Node{Step: st, Env: env})
 	}
@@ -323,6 +335,7 @@ func parseFlat(p *Pipeline, steps []rawStep, pipeEnv map[string]string) error {
 	var before []int    // command steps since the previous barrier
 	var barrier []int   // predecessors imposed by the last barrier
 	var barrierCOF bool // that barrier's continue_on_failure
+	envTotal := 0
 	for i := range steps {
 		s := &steps[i]
 		switch s.Type {
@@ -343,6 +356,9 @@ func parseFlat(p *Pipeline, steps []rawStep, pipeEnv map[string]string) error {
 		if err != nil {
 			return err
 		}
+		if envTotal += len(pipeEnv) + len(s.Env); envTotal > MaxEnvTotal {
+			return limit(errs.LimitEnv, MaxEnvTotal, "the pipeline's steps have more than %d environment entries in all (the pipeline's env is merged into each step's)", MaxEnvTotal)
+		}
 		env := map[string]string{}
 		for k, v := range pipeEnv {
 			env[k] = v
@@ -350,7 +366,16 @@ func parseFlat(p *Pipeline, steps []rawStep, pipeEnv map[string]string) error {
 		for k, v := range s.Env {
 			env[k] = v
 		}
+		if err := checkStep(st, env); err != nil {
+			return err
+		}
 		node := len(p.Nodes)
+		if node >= MaxSteps {
+			return limit(errs.LimitSteps, MaxSteps, "the pipeline has more than %d steps", MaxSteps)
+		}
+		if len(p.Edges)+len(barrier)+1 > MaxEdges {
+			return limit(errs.LimitEdges, MaxEdges, "the pipeline has more than %d edges (a wait barrier orders every step after it behind every step before it)", MaxEdges)
+		}
 		if _, dup := index[st.Key]; !dup {
 			index[st.Key] = node
 		}

@@ -127,7 +127,7 @@ func (lw *lineWriter) write(buf *bytes.Buffer, ev events.Event) {
 	s := lw.b.apply(ev)
 	prefix := func() {
 		buf.WriteByte('[')
-		buf.WriteString(s.key)
+		buf.WriteString(Escape(s.key))
 		buf.WriteString("] ")
 	}
 	switch {
@@ -203,7 +203,7 @@ func (lw *lineWriter) write(buf *bytes.Buffer, ev events.Event) {
 		}
 		for _, l := range strings.Split(ev.ChainFailed.Message, "\n") {
 			prefix()
-			buf.WriteString(lw.st.fail.Render(l))
+			buf.WriteString(lw.st.fail.Render(Escape(l)))
 			buf.WriteByte('\n')
 		}
 	case ev.BuildEnd != nil:

@@ -161,9 +161,10 @@ func elide(st styles, lines []string, keep []bool, limit int) []string {
 func stepLine(st styles, s *step, depth int, canceled bool, spin string, now time.Time) string {
 	var b strings.Builder
 	b.WriteString(strings.Repeat("  ", depth))
-	name := s.key
+	key := Escape(s.key)
+	name := key
 	if s.name != "" && s.name != s.key {
-		name += "  " + st.dim.Render(s.name)
+		name += "  " + st.dim.Render(Escape(s.name))
 	}
 	switch s.status {
 	case statusRunning:
@@ -175,13 +176,13 @@ func stepLine(st styles, s *step, depth int, canceled bool, spin string, now tim
 			st.cached.Render("cached")+" "+st.dim.Render(formatDuration(s.duration)))
 	case statusFailed:
 		if canceled {
-			b.WriteString(st.dim.Render(fmt.Sprintf("○ %s  canceled %s", s.key, formatDuration(s.duration))))
+			b.WriteString(st.dim.Render(fmt.Sprintf("○ %s  canceled %s", key, formatDuration(s.duration))))
 			break
 		}
 		fmt.Fprintf(&b, "%s %s  %s %s", st.fail.Render("✗"), name,
 			st.dim.Render(formatDuration(s.duration)), st.fail.Render(fmt.Sprintf("exit %d", s.exitCode)))
 	case statusSkipped:
-		b.WriteString(st.dim.Render(fmt.Sprintf("○ %s  %s", s.key, skipText(s.skipReason))))
+		b.WriteString(st.dim.Render(fmt.Sprintf("○ %s  %s", key, skipText(s.skipReason))))
 	default: // queued (waiting for a free slot), or still running when the stream ended
 		fmt.Fprintf(&b, "%s %s  %s", st.dim.Render("·"), name, st.dim.Render("queued"))
 	}
@@ -203,7 +204,7 @@ func writeReport(w io.Writer, b *build, st styles, hint func(runID, key string) 
 			return
 		}
 		buf.WriteByte('\n')
-		buf.WriteString(st.bold.Render(fmt.Sprintf("── logs: %s (exit %d) ──", s.key, s.exitCode)))
+		buf.WriteString(st.bold.Render(fmt.Sprintf("── logs: %s (exit %d) ──", Escape(s.key), s.exitCode)))
 		buf.WriteByte('\n')
 		if s.logs != nil && s.logs.dropped > 0 {
 			buf.WriteString(st.dim.Render(fmt.Sprintf("… %s not shown", plural(s.logs.dropped, "earlier line"))))
@@ -214,14 +215,14 @@ func writeReport(w io.Writer, b *build, st styles, hint func(runID, key string) 
 			buf.WriteByte('\n')
 		}
 		for _, msg := range s.messages {
-			buf.WriteString(st.fail.Render(msg))
+			buf.WriteString(st.fail.Render(EscapeText(msg)))
 			buf.WriteByte('\n')
 		}
 		if hint == nil {
 			return
 		}
 		if cmd := hint(b.runID, s.key); cmd != "" {
-			buf.WriteString(st.dim.Render("full log: " + cmd))
+			buf.WriteString(st.dim.Render("full log: " + Escape(cmd)))
 			buf.WriteByte('\n')
 		}
 	})

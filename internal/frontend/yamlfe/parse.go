@@ -96,6 +96,9 @@ func (ps *parser) pipeline(doc *yaml.Node, stem string, needSlug bool) (Pipeline
 	if d.items, err = ps.items(stepsNode); err != nil {
 		return Pipeline{}, nil, err
 	}
+	if err := ps.countEdges(&d); err != nil {
+		return Pipeline{}, nil, err
+	}
 	if err := ps.check(&d); err != nil {
 		return Pipeline{}, nil, err
 	}

@@ -52,6 +52,9 @@ type Pipeline struct {
 // without extension is the slug of a single pipeline that gives none.
 func Parse(file string, data []byte) ([]Pipeline, error) {
 	ps := &parser{file: file}
+	if err := ps.precheck(data); err != nil {
+		return nil, err
+	}
 	var docs []*yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	for {
@@ -66,6 +69,9 @@ func Parse(file string, data []byte) ([]Pipeline, error) {
 		if len(doc.Content) > 0 {
 			docs = append(docs, doc.Content[0])
 		}
+	}
+	if err := ps.measure(docs); err != nil {
+		return nil, err
 	}
 	if len(docs) == 0 {
 		return nil, errs.New(errs.ErrInvalid, "yaml_invalid", "add a `steps:` list (run `hm init` for a starter)",
@@ -116,6 +122,9 @@ func (ps *parser) errorf(n *yaml.Node, fix, format string, args ...any) error {
 // agrees that the file is malformed.
 func (ps *parser) syntaxError(data []byte, v3err error) error {
 	const fix = "fix the YAML syntax at that position (indentation, quotes, a missing ':')"
+	if strings.Contains(v3err.Error(), "exceeded max depth") { // the scan estimated low
+		return ps.limit(errs.LimitDepth, MaxDepth, "the file nests collections more than %d deep", MaxDepth)
+	}
 	if _, err := goccyparser.ParseBytes(data, 0); err != nil {
 		var ye goccy.Error
 		if errors.As(err, &ye) && ye.GetToken() != nil {
