@@ -164,7 +164,8 @@ const claimQuery = `UPDATE jobs SET state = 'assigned', attempt = attempt + 1, a
 		        AND NOT EXISTS (SELECT 1 FROM agent_labels al WHERE al.agent_id = ? AND al.label = l.label))
 		  -- a builds_in child runs where its parent's snapshot is
 		  AND (j.parent_id = '' OR EXISTS (SELECT 1 FROM jobs p WHERE p.id = j.parent_id AND p.snapshot_agent = ?))
-		ORDER BY j.ready_at, j.id
+		-- oldest ready first; within a build, in plan order
+		ORDER BY j.ready_at, j.created_at, j.build_id, j.ordinal
 		LIMIT 1
 	) AND state = 'scheduled'
 	RETURNING ` + jobCols

@@ -92,7 +92,7 @@ CREATE TABLE jobs (
 );
 -- The claim scans the queue in order; the reaper scans leases. Partial indexes keep both
 -- small however many finished jobs there are.
-CREATE INDEX jobs_queue ON jobs (ready_at, id) WHERE state = 'scheduled';
+CREATE INDEX jobs_queue ON jobs (ready_at, created_at, build_id, ordinal) WHERE state = 'scheduled';
 CREATE INDEX jobs_leases ON jobs (lease_expires) WHERE state IN ('assigned', 'running', 'canceling', 'timing_out');
 
 -- Labels a job needs, one row each, so that the claim's subset test is plain SQL on both
