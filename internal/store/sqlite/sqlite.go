@@ -1,0 +1,230 @@
+// Package sqlite is the SQLite driver of the server's store (internal/store), on the pure-Go
+// modernc.org/sqlite: one file, DATA/store.db, in WAL mode, shared safely by the connections of
+// one server and by several processes. It is the one-command default; PostgreSQL is the
+// driver for several replicas. The queries are written to be the PostgreSQL driver's too
+// (placeholders aside): ON CONFLICT, RETURNING, counters on parent rows, no JSON functions;
+// where the two must differ (the claim's FOR UPDATE SKIP LOCKED) the comment says so.
+//
+// Every write runs in one BEGIN IMMEDIATE transaction (_txlock=immediate): SQLite has one
+// writer at a time, and taking the lock up front means a transaction never fails half-way with
+// SQLITE_BUSY because another connection wrote after it read; busy_timeout makes the others
+// wait instead. Schema: numbered migrations embedded from migrations/, applied in order on
+// Open under PRAGMA user_version.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/statedir"
+	"github.com/hmci/hm/internal/store"
+)
+
+// FileName is the database file under the data dir.
+const FileName = "store.db"
+
+// busyTimeout is how long a write waits for another holding the lock. Writes are single short
+// transactions, so this is reached only when something is badly stuck.
+const busyTimeout = 30 * time.Second
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// DB is an open store.
+type DB struct {
+	db   *sql.DB
+	path string
+}
+
+var _ store.Store = (*DB)(nil)
+
+// Open opens (creating and migrating) the store in dataDir.
+func Open(ctx context.Context, dataDir string) (*DB, error) {
+	return OpenFile(ctx, filepath.Join(dataDir, FileName))
+}
+
+// OpenFile opens (creating and migrating) the store file at path.
+func OpenFile(ctx context.Context, path string) (*DB, error) {
+	if strings.ContainsRune(path, '?') {
+		return nil, fmt.Errorf("store: path %q contains '?': %w", path, errs.ErrUsage)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("store: %w: %w", errs.ErrInfra, err)
+	}
+	// As in internal/registry: converting a fresh file to WAL can answer SQLITE_BUSY to a
+	// second process without calling the busy handler, so creating and migrating happen
+	// under a lock file beside the database.
+	unlock, err := statedir.Lock(path + ".lock")
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	defer unlock()
+	dsn := path + fmt.Sprintf("?_pragma=busy_timeout(%d)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_txlock=immediate",
+		busyTimeout.Milliseconds())
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w: %w", path, errs.ErrInfra, err)
+	}
+	s := &DB{db: db, path: path}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	// The file holds token hashes and build sources' metadata: not for other users.
+	os.Chmod(path, 0o600)
+	return s, nil
+}
+
+// Close closes the database.
+func (s *DB) Close() error { return s.db.Close() }
+
+// Path is the database file.
+func (s *DB) Path() string { return s.path }
+
+func migrations() ([]string, error) {
+	names, err := fs.Glob(migrationFS, "migrations/*.sql")
+	if err != nil {
+		return nil, err
+	}
+	// Numbered 0001_…: lexical order is application order.
+	sort.Strings(names)
+	var out []string
+	for _, n := range names {
+		b, err := migrationFS.ReadFile(n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, string(b))
+	}
+	return out, nil
+}
+
+func (s *DB) migrate(ctx context.Context) error {
+	ms, err := migrations()
+	if err != nil {
+		return fmt.Errorf("store: migrations: %w", err)
+	}
+	return s.write(ctx, "migrate", func(tx *sql.Tx) error {
+		var v int
+		if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+			return err
+		}
+		if v > len(ms) {
+			return errs.New(errs.ErrInfra, "store_too_new", "upgrade hm, or point the server at another data dir",
+				"store %s has schema version %d; this hm knows up to %d", s.path, v, len(ms))
+		}
+		for ; v < len(ms); v++ {
+			if _, err := tx.ExecContext(ctx, ms[v]); err != nil {
+				return fmt.Errorf("schema %d→%d: %w", v, v+1, err)
+			}
+		}
+		// PRAGMA takes no bound parameters; v is an int we control.
+		_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v))
+		return err
+	})
+}
+
+// write runs fn in one BEGIN IMMEDIATE transaction.
+func (s *DB) write(ctx context.Context, op string, fn func(tx *sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return wrap(op, err)
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return wrap(op, err)
+	}
+	return wrap(op, tx.Commit())
+}
+
+// wrap classes a driver error; store and hm errors pass through.
+func wrap(op string, err error) error {
+	var e *errs.Error
+	if err == nil || errors.As(err, &e) || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrConflict) {
+		return err
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("store: %s: %w: %w", op, errs.ErrCanceled, err)
+	}
+	return fmt.Errorf("store: %s: %w: %w", op, errs.ErrInfra, err)
+}
+
+// isUnique says err is a unique or primary key violation.
+func isUnique(err error) bool {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	c := se.Code()
+	return c == sqlite3.SQLITE_CONSTRAINT_UNIQUE || c == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+}
+
+// ns is a time as stored: unix nanoseconds, 0 for the zero time.
+func ns(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// tm is the inverse of ns, in UTC.
+func tm(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func nowOr(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Now()
+	}
+	return t
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+type querier interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}
+
+// list runs a query and scans each row with scan.
+func list[T any](ctx context.Context, q querier, op string, scan func(scanner) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, wrap(op, err)
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, wrap(op, err)
+		}
+		out = append(out, v)
+	}
+	return out, wrap(op, rows.Err())
+}
+
+// one scans a single row, turning no row into a NotFoundError of kind/key.
+func one[T any](row scanner, scan func(scanner) (T, error), kind, key string) (T, error) {
+	v, err := scan(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return v, &store.NotFoundError{Kind: kind, Key: key}
+	}
+	return v, err
+}

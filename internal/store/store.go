@@ -1,0 +1,236 @@
+// Package store is the server's durable state: every piece of a remote build (organizations,
+// tokens, pipelines, builds, jobs, events, log chunks, source blobs, agents and the cache
+// registry) lives behind the interfaces here, never only in a server process's memory, so a
+// replica that restarts or dies mid-build loses nothing. It is a plugin boundary: the SQLite
+// driver (internal/store/sqlite) is the one-command default, a PostgreSQL driver is a second
+// implementation of the same interfaces and queries, and internal/store/storetest is the one
+// conformance suite both run. It is not the HTTP API, the scheduler or the agent protocol: it
+// holds their state and makes every transition of it atomic.
+//
+// # Data model
+//
+//	Org ─┬─ Token (user | agent; sha256 of the secret only)
+//	     ├─ Pipeline (slug unique per org) ── Build (number sequential per pipeline)
+//	     │                                      ├─ Job (one per IR step; id a UUID)
+//	     │                                      │    └─ LogChunk (job, attempt, seq)
+//	     │                                      └─ Event (build, seq): NDJSON of spec/events.md
+//	     └─ CacheEntry (org, key, scope) → snapshot on an agent
+//	Agent (id, labels, backend, last seen)      Blob (digest, size); bytes in a blobdir.Dir
+//
+// # Build lifecycle
+//
+// A build is created scheduled with all its jobs in one transaction, so a reader never sees a
+// build without jobs. The server's scheduler moves it:
+//
+//	scheduled → running → passed | failing → failed
+//	scheduled → failed                          (rejected or timed out before any step ran)
+//	scheduled | running | failing → canceling → canceled   (CancelBuild; Canceled flag set)
+//	running | failing | canceling → failed      (pipeline timeout: error_code pipeline_timeout)
+//
+// passed, failed and canceled are terminal: CancelBuild on a terminal build changes nothing
+// and returns it as it is (remote.md). TransitionBuild refuses edges not in this graph with
+// ErrInvalidTransition before touching the store, and refuses a build that is no longer in the
+// expected state with a *ConflictError.
+//
+// # Job lifecycle
+//
+//	pending ──Release──► scheduled ──ClaimJob──► assigned ──StartJob──► running
+//	   │                    │                       │                      │
+//	   │                    │                       └────────FinishJob─────┴──► passed | failed
+//	   ├──PassCached────────┴──► passed (a cache hit: no agent, no attempt)
+//	   └──SkipJob───────────┴──► skipped (dependency failed, or canceled before it started)
+//	assigned | running ──CancelJob──► canceling ──FinishJob | lease lapse──► canceled
+//	assigned | running ──TimeOutJob─► timing_out ─FinishJob | lease lapse──► timed_out
+//	assigned | running ──lease lapse (ReapExpiredLeases)──► scheduled (attempt kept, retried)
+//	                                                   └──► failed, error_code agent_lost
+//	                                                        (after the retry budget)
+//
+// passed, failed, skipped, canceled and timed_out are terminal. pending→scheduled is the
+// scheduler's decision (dependencies done, a parallelism slot free); the store only makes the
+// transition atomic.
+//
+// # Fencing and idempotency
+//
+// Every claim increments the job's attempt and the agent must present (job, attempt) on every
+// later write: StartJob, Heartbeat, AppendLogs and FinishJob are refused with a *ConflictError
+// (a server answers 409; the agent drops the work) when the attempt is no longer the job's
+// current one. Each transition is one statement of the form UPDATE … WHERE id = ? AND state IN
+// (…) AND attempt = ? RETURNING …, so two replicas racing on one job cannot both win and no
+// decision is taken on a value read earlier in Go. Repeating a write of the current attempt is
+// harmless: StartJob and FinishJob with the outcome already recorded return the job, log
+// chunks are keyed by (job, attempt, seq) and inserted with ON CONFLICT DO NOTHING, blobs and
+// cache entries are upserts. Creates that collide on a unique name (org slug, pipeline slug,
+// token) answer a *ConflictError.
+//
+// Heartbeat extends the lease only of the current attempt and reports whether the step must
+// stop (canceling or timing_out), which is how cancel reaches an agent. ClaimJob hands out at
+// most one ready job to one agent in one statement (UPDATE … WHERE id = (SELECT … LIMIT 1)
+// RETURNING; PostgreSQL adds FOR UPDATE SKIP LOCKED to the subquery). A job whose builds_in
+// parent committed a snapshot is claimable only by the agent holding that snapshot.
+//
+// # Sequences
+//
+// Build numbers and event sequence numbers are counters on the parent row (pipelines.build_seq,
+// builds.event_seq) incremented in the same transaction as the insert: unique, gap-free and
+// monotonic under concurrent writers on both drivers (the counter row serializes them).
+//
+// # Errors
+//
+// A missing entity is a *NotFoundError (errors.Is ErrNotFound; a server answers 404, which is
+// also the tenancy answer). A refused transition or a duplicate is a *ConflictError (errors.Is
+// ErrConflict; 409). A database failure wraps errs.ErrInfra and its cause; a canceled context
+// wraps errs.ErrCanceled. Drivers never return advice for a person.
+//
+// All methods are safe for concurrent use, also from several processes (SQLite) or replicas
+// (PostgreSQL) on one database.
+package store
+
+import (
+	"context"
+	"time"
+)
+
+// Store is one open database. Close releases it; the data stays.
+type Store interface {
+	Orgs
+	Tokens
+	Pipelines
+	Builds
+	Jobs
+	Claims
+	Events
+	Logs
+	Blobs
+	Agents
+	Cache
+	Close() error
+}
+
+// Orgs are tenants: every other entity but agents and blobs belongs to one.
+type Orgs interface {
+	CreateOrg(ctx context.Context, slug, name string) (Org, error)
+	GetOrg(ctx context.Context, id string) (Org, error)
+	GetOrgBySlug(ctx context.Context, slug string) (Org, error)
+}
+
+// Tokens are bearer tokens. The store sees only their sha256 (HashToken): the secret is shown
+// once by whoever called NewToken and is never written anywhere.
+type Tokens interface {
+	// CreateToken stores t (OrgID, Kind, Name, Hash); ID and CreatedAt are assigned.
+	CreateToken(ctx context.Context, t Token) (Token, error)
+	// LookupToken finds the token whose hash is h and records now as its last use.
+	LookupToken(ctx context.Context, h TokenHash, now time.Time) (Token, error)
+	ListTokens(ctx context.Context, orgID string) ([]Token, error)
+	DeleteToken(ctx context.Context, id string) error
+}
+
+// Pipelines are named per org.
+type Pipelines interface {
+	CreatePipeline(ctx context.Context, p Pipeline) (Pipeline, error)
+	GetPipeline(ctx context.Context, orgID, slug string) (Pipeline, error)
+	ListPipelines(ctx context.Context, orgID string) ([]Pipeline, error)
+}
+
+// Builds hold a submitted build and its rolled-up state.
+type Builds interface {
+	// CreateBuild inserts the build (state scheduled, the next number of its pipeline) and
+	// its jobs (state pending) in one transaction.
+	CreateBuild(ctx context.Context, b NewBuild) (Build, []Job, error)
+	GetBuild(ctx context.Context, id string) (Build, error)
+	GetBuildByNumber(ctx context.Context, pipelineID string, number int64) (Build, error)
+	// ListBuilds lists a pipeline's builds newest first, those numbered below before
+	// (0: from the newest), at most limit.
+	ListBuilds(ctx context.Context, pipelineID string, before int64, limit int) ([]Build, error)
+	// ListUnfinishedBuilds lists builds not yet terminal, oldest first: what a server
+	// starting (or taking over) must carry on.
+	ListUnfinishedBuilds(ctx context.Context) ([]Build, error)
+	// TransitionBuild moves the build from one of from to to; see the package doc.
+	TransitionBuild(ctx context.Context, id string, from []BuildState, to BuildState, u BuildUpdate) (Build, error)
+	// CancelBuild sets the canceled flag and moves a non-terminal build to canceling; a
+	// terminal build is returned unchanged.
+	CancelBuild(ctx context.Context, id string, now time.Time) (Build, error)
+}
+
+// Jobs are the steps of builds and the scheduler's transitions of them.
+type Jobs interface {
+	GetJob(ctx context.Context, id string) (Job, error)
+	// ListJobs lists a build's jobs in creation (topological) order.
+	ListJobs(ctx context.Context, buildID string) ([]Job, error)
+	// ReleaseJob moves a pending job to scheduled: claimable from now on.
+	ReleaseJob(ctx context.Context, id string, now time.Time) (Job, error)
+	// PassCached ends a pending or scheduled job passed from a cache hit: snapshot on agent.
+	PassCached(ctx context.Context, id, snapshot, agentID string, now time.Time) (Job, error)
+	// SkipJob ends a pending or scheduled job skipped; reason is its error_code
+	// ("dependency_failed", "canceled").
+	SkipJob(ctx context.Context, id, reason string, now time.Time) (Job, error)
+	// CancelJob asks an assigned or running job to stop (canceling); the agent learns it
+	// from its next heartbeat.
+	CancelJob(ctx context.Context, id string, now time.Time) (Job, error)
+	// TimeOutJob asks an assigned or running job to stop because of its step timeout.
+	TimeOutJob(ctx context.Context, id string, now time.Time) (Job, error)
+}
+
+// Claims are the agent side of jobs: claim, start, heartbeat, finish, and the reaper.
+type Claims interface {
+	// ClaimJob hands at most one scheduled job the agent can run (backend, labels,
+	// placement) to it, attempt incremented and leased until now+c.LeaseTTL. ok is false
+	// when there is none.
+	ClaimJob(ctx context.Context, c Claim) (j Job, ok bool, err error)
+	// StartJob records that the current attempt started running (assigned → running).
+	StartJob(ctx context.Context, id string, attempt int, now time.Time) (Job, error)
+	// Heartbeat extends the lease of the current attempt to now+ttl. The job returned says
+	// whether to stop: State canceling or timing_out.
+	Heartbeat(ctx context.Context, id string, attempt int, now time.Time, ttl time.Duration) (Job, error)
+	// FinishJob records the current attempt's outcome; see the package doc.
+	FinishJob(ctx context.Context, id string, attempt int, f Finish) (Job, error)
+	// ReapExpiredLeases requeues every job whose lease lapsed before now (agent lost), or
+	// fails it agent_lost once it was requeued maxRetries times; a job that was asked to
+	// stop ends canceled or timed_out. It returns the jobs it changed.
+	ReapExpiredLeases(ctx context.Context, now time.Time, maxRetries int) ([]Job, error)
+}
+
+// Events are a build's NDJSON event stream.
+type Events interface {
+	// AppendEvents appends payloads (one NDJSON event each, without newline) in order and
+	// returns their sequence numbers, which continue the build's gap-free sequence from 1.
+	AppendEvents(ctx context.Context, buildID string, payloads ...[]byte) ([]int64, error)
+	// ListEvents lists events with seq > after (Last-Event-ID), at most limit.
+	ListEvents(ctx context.Context, buildID string, after int64, limit int) ([]Event, error)
+}
+
+// Logs are a job's output chunks, per attempt.
+type Logs interface {
+	// AppendLogs inserts chunks of (job, attempt) idempotently and returns the highest seq
+	// such that every chunk from 1 to it is stored: the agent resends from there.
+	AppendLogs(ctx context.Context, jobID string, attempt int, chunks []LogChunk) (contiguous int64, err error)
+	// ListLogs lists chunks with seq > after, at most limit, of one attempt.
+	ListLogs(ctx context.Context, jobID string, attempt int, after int64, limit int) ([]LogChunk, error)
+}
+
+// Blobs are metadata of content-addressed source archives (the bytes: blobdir.Dir).
+type Blobs interface {
+	// PutBlob records a blob; recording one already known is a no-op.
+	PutBlob(ctx context.Context, b Blob) (Blob, error)
+	GetBlob(ctx context.Context, digest string) (Blob, error)
+}
+
+// Agents are the machines that claim jobs.
+type Agents interface {
+	// UpsertAgent registers an agent or replaces its name, labels and backend; last seen now.
+	UpsertAgent(ctx context.Context, a Agent, now time.Time) (Agent, error)
+	GetAgent(ctx context.Context, id string) (Agent, error)
+	ListAgents(ctx context.Context) ([]Agent, error)
+	// TouchAgent records that the agent was seen at now.
+	TouchAgent(ctx context.Context, id string, now time.Time) error
+}
+
+// Cache is the server's cache registry: which agent holds the snapshot of a cache key.
+type Cache interface {
+	// PutCacheEntry registers (or replaces) the entry of (OrgID, Key, Scope).
+	PutCacheEntry(ctx context.Context, e CacheEntry) (CacheEntry, error)
+	// LookupCache finds the entry and records now as its last use.
+	LookupCache(ctx context.Context, orgID, key, scope string, now time.Time) (CacheEntry, error)
+	DeleteCacheEntry(ctx context.Context, orgID, key, scope string) error
+	// DeleteAgentCache forgets every entry whose snapshot is on agentID (the agent is gone).
+	DeleteAgentCache(ctx context.Context, agentID string) (int, error)
+}

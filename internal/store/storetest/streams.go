@@ -1,0 +1,136 @@
+package storetest
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hmci/hm/internal/store"
+)
+
+var streamCases = []testCase{
+	{"EventsResume", func(t *testing.T, e *env) {
+		o, p := e.org(t, "acme")
+		b, _ := e.build(t, o, p)
+		seqs := get(e.s.AppendEvents(e.ctx, b.ID, []byte(`{"kind":"build_start"}`), []byte(`{"kind":"step_queued"}`)))(t)
+		if !slices.Equal(seqs, []int64{1, 2}) {
+			t.Errorf("seqs = %v, want [1 2]", seqs)
+		}
+		get(e.s.AppendEvents(e.ctx, b.ID, []byte(`{"kind":"build_end"}`)))(t)
+		evs := get(e.s.ListEvents(e.ctx, b.ID, 1, 100))(t) // Last-Event-ID: 1
+		if len(evs) != 2 || evs[0].Seq != 2 || string(evs[1].Payload) != `{"kind":"build_end"}` {
+			t.Errorf("events after 1 = %+v", evs)
+		}
+		if evs := get(e.s.ListEvents(e.ctx, b.ID, 0, 1))(t); len(evs) != 1 || evs[0].Seq != 1 {
+			t.Errorf("limit 1 = %+v", evs)
+		}
+		_, err := e.s.AppendEvents(e.ctx, "nope", []byte(`{}`))
+		isNotFound(t, err, "events of an unknown build")
+	}},
+	{"EventsConcurrentGapFree", func(t *testing.T, e *env) {
+		o, p := e.org(t, "acme")
+		b, _ := e.build(t, o, p)
+		const writers, each = 8, 25
+		var mu sync.Mutex
+		var all []int64
+		parallel(t, writers, func(w int) {
+			last := int64(0)
+			for i := range each {
+				s, err := e.s.AppendEvents(e.ctx, b.ID, fmt.Appendf(nil, `{"w":%d,"i":%d}`, w, i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if s[0] <= last {
+					t.Errorf("writer %d: seq %d after %d", w, s[0], last)
+				}
+				last = s[0]
+				mu.Lock()
+				all = append(all, s[0])
+				mu.Unlock()
+			}
+		})
+		evs := get(e.s.ListEvents(e.ctx, b.ID, 0, writers*each+10))(t)
+		if len(evs) != writers*each {
+			t.Fatalf("%d events stored, want %d", len(evs), writers*each)
+		}
+		for i, ev := range evs {
+			if ev.Seq != int64(i+1) {
+				t.Fatalf("event %d has seq %d: want 1…N without gaps", i, ev.Seq)
+			}
+		}
+	}},
+	{"LogChunksIdempotentContiguous", func(t *testing.T, e *env) {
+		e.ready(t, "acme", 1)
+		e.agent(t, "a1", "sandbox")
+		j, _ := e.claim(t, "a1", e.t0)
+		chunk := func(seqs ...int64) []store.LogChunk {
+			var cs []store.LogChunk
+			for _, s := range seqs {
+				cs = append(cs, store.LogChunk{Seq: s, Stream: store.StreamStdout, Content: fmt.Sprintf("line %d", s), TS: e.at(time.Duration(s))})
+			}
+			return cs
+		}
+		for _, c := range []struct {
+			name string
+			seqs []int64
+			want int64
+		}{
+			{"first batch", []int64{1, 2, 3}, 3},
+			{"a resend", []int64{2, 3}, 3},
+			{"after a gap", []int64{5, 6}, 3},
+			{"the gap filled", []int64{4}, 6},
+			{"an empty batch", nil, 6},
+			{"out of order", []int64{9, 8, 7}, 9},
+		} {
+			if got := get(e.s.AppendLogs(e.ctx, j.ID, 1, chunk(c.seqs...)))(t); got != c.want {
+				t.Errorf("%s: contiguous = %d, want %d", c.name, got, c.want)
+			}
+		}
+		get(e.s.AppendLogs(e.ctx, j.ID, 1, []store.LogChunk{{Seq: 2, Content: "a different resend"}}))(t)
+		cs := get(e.s.ListLogs(e.ctx, j.ID, 1, 0, 100))(t)
+		if len(cs) != 9 || cs[1].Content != "line 2" || !cs[1].TS.Equal(e.at(2)) {
+			t.Fatalf("logs = %+v: want 9 chunks, the first write of each seq kept", cs)
+		}
+		if cs := get(e.s.ListLogs(e.ctx, j.ID, 1, 7, 100))(t); len(cs) != 2 || cs[0].Seq != 8 {
+			t.Errorf("logs after 7 = %+v", cs)
+		}
+		_, err := e.s.AppendLogs(e.ctx, j.ID, 2, chunk(1))
+		isConflict(t, err, "chunks of an attempt not yet claimed")
+		_, err = e.s.AppendLogs(e.ctx, "nope", 1, chunk(1))
+		isNotFound(t, err, "chunks of an unknown job")
+		// Late chunks of the current attempt still land after the job finished: the agent
+		// flushes what it buffered, then finishes, in either order.
+		get(e.s.FinishJob(e.ctx, j.ID, 1, store.Finish{}))(t)
+		if got := get(e.s.AppendLogs(e.ctx, j.ID, 1, chunk(10)))(t); got != 10 {
+			t.Errorf("after finish: contiguous = %d, want 10", got)
+		}
+	}},
+	{"LogChunksConcurrentResends", func(t *testing.T, e *env) {
+		e.ready(t, "acme", 1)
+		e.agent(t, "a1", "sandbox")
+		j, _ := e.claim(t, "a1", e.t0)
+		const n = 200
+		// Four senders each send every chunk, in different orders: each seq is stored once.
+		parallel(t, 4, func(w int) {
+			for i := range n {
+				s := int64(i + 1)
+				if w%2 == 1 {
+					s = int64(n - i)
+				}
+				if _, err := e.s.AppendLogs(e.ctx, j.ID, 1, []store.LogChunk{{Seq: s, Content: "x"}}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+		if got := get(e.s.AppendLogs(e.ctx, j.ID, 1, nil))(t); got != n {
+			t.Errorf("contiguous = %d, want %d", got, n)
+		}
+		if cs := get(e.s.ListLogs(e.ctx, j.ID, 1, 0, 2*n))(t); len(cs) != n {
+			t.Errorf("%d chunks stored, want %d", len(cs), n)
+		}
+	}},
+}

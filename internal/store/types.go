@@ -1,0 +1,269 @@
+package store
+
+import (
+	"encoding/json"
+	"slices"
+	"time"
+)
+
+// BuildState is the closed enum of remote.md: a client fails on any other string.
+type BuildState string
+
+const (
+	BuildScheduled BuildState = "scheduled"
+	BuildRunning   BuildState = "running"
+	BuildFailing   BuildState = "failing"
+	BuildPassed    BuildState = "passed"
+	BuildFailed    BuildState = "failed"
+	BuildCanceling BuildState = "canceling"
+	BuildCanceled  BuildState = "canceled"
+)
+
+// BuildStates lists every build state.
+var BuildStates = []BuildState{BuildScheduled, BuildRunning, BuildFailing, BuildPassed, BuildFailed, BuildCanceling, BuildCanceled}
+
+// Terminal says the build will not change any more.
+func (s BuildState) Terminal() bool {
+	return s == BuildPassed || s == BuildFailed || s == BuildCanceled
+}
+
+// buildEdges is the build state machine of the package doc.
+var buildEdges = map[BuildState][]BuildState{
+	BuildScheduled: {BuildRunning, BuildFailed, BuildCanceling},
+	BuildRunning:   {BuildPassed, BuildFailing, BuildFailed, BuildCanceling},
+	BuildFailing:   {BuildFailed, BuildCanceling},
+	BuildCanceling: {BuildCanceled, BuildFailed},
+}
+
+// CanTransition says from → to is an edge of the build state machine.
+func (from BuildState) CanTransition(to BuildState) bool {
+	return slices.Contains(buildEdges[from], to)
+}
+
+// JobState is the closed enum of remote.md.
+type JobState string
+
+const (
+	JobPending   JobState = "pending"
+	JobScheduled JobState = "scheduled"
+	JobAssigned  JobState = "assigned"
+	JobRunning   JobState = "running"
+	JobPassed    JobState = "passed"
+	JobFailed    JobState = "failed"
+	JobSkipped   JobState = "skipped"
+	JobCanceling JobState = "canceling"
+	JobCanceled  JobState = "canceled"
+	JobTimingOut JobState = "timing_out"
+	JobTimedOut  JobState = "timed_out"
+)
+
+// JobStates lists every job state.
+var JobStates = []JobState{JobPending, JobScheduled, JobAssigned, JobRunning, JobPassed, JobFailed,
+	JobSkipped, JobCanceling, JobCanceled, JobTimingOut, JobTimedOut}
+
+// Terminal says the job will not change any more.
+func (s JobState) Terminal() bool {
+	switch s {
+	case JobPassed, JobFailed, JobSkipped, JobCanceled, JobTimedOut:
+		return true
+	}
+	return false
+}
+
+// Leased says an agent holds the job (its lease can lapse).
+func (s JobState) Leased() bool {
+	switch s {
+	case JobAssigned, JobRunning, JobCanceling, JobTimingOut:
+		return true
+	}
+	return false
+}
+
+// Stopping says the agent holding the job must stop it (a heartbeat's cancel).
+func (s JobState) Stopping() bool { return s == JobCanceling || s == JobTimingOut }
+
+// Error codes the store itself sets.
+const (
+	CodeAgentLost = "agent_lost"
+)
+
+// TokenKind separates people's tokens from agents': user routes refuse agent tokens and the
+// reverse.
+type TokenKind string
+
+const (
+	TokenUser  TokenKind = "user"
+	TokenAgent TokenKind = "agent"
+)
+
+// Org is a tenant.
+type Org struct {
+	ID        string
+	Slug      string
+	Name      string
+	CreatedAt time.Time
+}
+
+// Token is an API token as stored: its hash, never its secret.
+type Token struct {
+	ID        string
+	OrgID     string
+	Kind      TokenKind
+	Name      string
+	Hash      TokenHash
+	CreatedAt time.Time
+	LastUsed  time.Time // zero: never used
+}
+
+// Pipeline is a named workflow of an org.
+type Pipeline struct {
+	ID            string
+	OrgID         string
+	Slug          string
+	Name          string
+	Repository    string
+	DefaultBranch string
+	Description   string
+	CreatedAt     time.Time
+}
+
+// NewBuild is what CreateBuild inserts.
+type NewBuild struct {
+	OrgID, PipelineID       string
+	Branch, Commit, Message string
+	Source                  string // "api" when empty
+	IR                      string // pipeline_ir verbatim
+	Env                     map[string]string
+	Options                 json.RawMessage // hm_options verbatim; null when empty
+	SourceDigest            string          // the source blob, "" for none
+	Jobs                    []NewJob        // in topological order
+	Now                     time.Time
+}
+
+// NewJob is one job of a NewBuild. DependsOn and ParentID name other jobs of the same build
+// by ID, so IDs are the caller's (a UUID per step; generated when empty).
+type NewJob struct {
+	ID        string
+	StepKey   string
+	Name      string
+	Command   string
+	DependsOn []string // every in-edge, builds_in included (the Job schema's depends_on)
+	ParentID  string   // the builds_in parent, "" for a root step
+	Backend   string   // the backend the job needs, "" for any
+	Labels    []string // labels the claiming agent must all have
+}
+
+// Build is a stored build.
+type Build struct {
+	ID, OrgID, PipelineID   string
+	Number                  int64
+	Branch, Commit, Message string
+	Source                  string
+	IR                      string
+	Env                     map[string]string
+	Options                 json.RawMessage
+	SourceDigest            string
+	State                   BuildState
+	ErrorCode, ErrorMessage string
+	Canceled                bool // the user asked to cancel (a pipeline timeout is not this)
+	CreatedAt               time.Time
+	StartedAt, FinishedAt   time.Time // zero until then
+}
+
+// BuildUpdate goes with a transition: error fields are set when not empty, StartedAt on the
+// first move to running, FinishedAt on a terminal state.
+type BuildUpdate struct {
+	ErrorCode, ErrorMessage string
+	Now                     time.Time
+}
+
+// Job is a stored job.
+type Job struct {
+	ID, BuildID   string
+	Ordinal       int
+	StepKey, Name string
+	Command       string
+	DependsOn     []string
+	ParentID      string
+	Backend       string
+	Labels        []string
+	State         JobState
+	Attempt       int // claims so far; the fencing token of every agent write
+	AgentID       string
+	LeaseExpires  time.Time
+	ExitCode      *int
+	Snapshot      string
+	SnapshotAgent string // the agent holding Snapshot, where builds_in children must run
+	ErrorCode     string
+	ErrorMessage  string
+	InfraRetries  int // requeues after a lost lease
+	CreatedAt     time.Time
+	ReadyAt       time.Time // when it became scheduled: the claim order
+	StartedAt     time.Time
+	FinishedAt    time.Time
+}
+
+// Claim is an agent's request for work.
+type Claim struct {
+	AgentID  string // a registered agent: its backend and labels decide what it can run
+	Now      time.Time
+	LeaseTTL time.Duration
+}
+
+// Finish is an attempt's outcome. The end state follows from it and the job's state:
+// canceling → canceled, timing_out → timed_out, else exit 0 → passed, other → failed.
+type Finish struct {
+	ExitCode     int
+	Snapshot     string // committed snapshot id on the finishing agent, "" for none
+	ErrorCode    string // an infrastructure failure's code, "" for none
+	ErrorMessage string
+	Now          time.Time
+}
+
+// Event is one stored build event.
+type Event struct {
+	Seq       int64
+	Payload   []byte
+	CreatedAt time.Time
+}
+
+// Log chunk streams (remote.md stream_kind).
+const (
+	StreamStdout = 0
+	StreamStderr = 1
+	StreamSystem = 2
+)
+
+// LogChunk is one line of a job's output.
+type LogChunk struct {
+	Seq     int64
+	Stream  int
+	Content string
+	TS      time.Time
+}
+
+// Blob is a stored source archive.
+type Blob struct {
+	Digest    string // "sha256:<hex>"
+	Size      int64
+	CreatedAt time.Time
+}
+
+// Agent is a registered agent.
+type Agent struct {
+	ID       string
+	Name     string
+	Labels   []string
+	Backend  string
+	LastSeen time.Time
+}
+
+// CacheEntry maps a cache key, in a scope (the step's fingerprint, backend, base), to the
+// snapshot an agent holds.
+type CacheEntry struct {
+	OrgID, Key, Scope string
+	Snapshot          string
+	AgentID           string
+	CreatedAt         time.Time
+	LastUsed          time.Time
+}
