@@ -21,7 +21,7 @@ import (
 	"github.com/hmci/hm/internal/execution"
 	"github.com/hmci/hm/internal/execution/local"
 	"github.com/hmci/hm/internal/frontend"
-	"github.com/hmci/hm/internal/ir"
+	"github.com/hmci/hm/internal/prepare"
 	"github.com/hmci/hm/internal/render"
 	"github.com/hmci/hm/internal/scheduler"
 )
@@ -180,8 +180,9 @@ func usage(fix, format string, args ...any) error {
 	return errs.New(errs.ErrUsage, "usage", fix, format, args...)
 }
 
-// loadPipeline reads and validates the IR: --file, or a discovered pipeline.
-func loadPipeline(c *cobra.Command, stdio IO, f *runFlags, args []string) (*ir.Pipeline, string, error) {
+// loadPipeline reads the IR, verbatim: --file, or a discovered pipeline rendered. It is
+// parsed and validated with the rest of the build (prepare.New).
+func loadPipeline(c *cobra.Command, stdio IO, f *runFlags, args []string) ([]byte, string, error) {
 	var data []byte
 	var slug string
 	switch {
@@ -210,11 +211,7 @@ func loadPipeline(c *cobra.Command, stdio IO, f *runFlags, args []string) (*ir.P
 		}
 		slug = p.Slug
 	}
-	p, err := ir.Parse(data)
-	if err != nil {
-		return nil, "", err
-	}
-	return p, slug, nil
+	return data, slug, nil
 }
 
 func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
@@ -228,7 +225,7 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	p, slug, err := loadPipeline(c, stdio, f, args)
+	irData, slug, err := loadPipeline(c, stdio, f, args)
 	if err != nil {
 		return err
 	}
@@ -239,6 +236,19 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return usage("point -d/--dir at an existing directory", "source directory %s does not exist", dir)
 	}
+	// Everything that does not depend on where the build runs, once, for either backend.
+	build, err := prepare.New(c.Context(), prepare.Input{
+		IR: irData, Slug: slug, Dir: dir, Org: getenv("HM_PIPELINE_ORG"), Getenv: getenv,
+		MaxSourceBytes: int64(s.MaxSourceSize),
+		Options: prepare.Options{
+			Parallelism: s.parallelism, KeepGoing: s.KeepGoing, NoCache: s.NoCache,
+			Timeout: s.timeout, Env: s.env, MapImage: s.Images,
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer build.Close()
 	stateDir, err := config.StateDir(getenv)
 	if err != nil {
 		return err
@@ -248,7 +258,7 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	}
 	vmb, notice, err := chooseVM(c.Context(), s.Backend, stateDir, vmOptions{
 		network: s.Network, pidsLimit: s.PidsLimit, memory: int64(s.Memory), cpus: float64(s.CPUs),
-	}, rootImages(p, s.Images))
+	}, rootImages(build.Pipeline, s.Images))
 	if err != nil {
 		return err
 	}
@@ -259,7 +269,6 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	exec := &local.Backend{
 		VM: vmb, StateDir: stateDir,
 		MaxEntries: s.Cache.MaxEntries, MaxBytes: int64(s.Cache.MaxSize),
-		MaxSourceBytes: int64(s.MaxSourceSize),
 	}
 
 	// Signals: the first SIGINT/SIGTERM cancels the build (cleanup runs, exit 130); a second
@@ -268,13 +277,7 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
-	h, err := exec.Start(c.Context(), execution.Request{
-		Pipeline: p, Slug: slug, SourceDir: dir,
-		Options: execution.Options{
-			Parallelism: s.parallelism, KeepGoing: s.KeepGoing, NoCache: s.NoCache,
-			Timeout: s.timeout, Env: s.env, MapImage: s.Images,
-		},
-	})
+	h, err := exec.Start(c.Context(), execution.Request{Build: build})
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
-// Package local is the execution backend that runs builds on this machine: it packs the
-// source, computes cache keys, reconciles leftovers of crashed runs, and runs the scheduler over
-// a VM backend, with the snapshot registry as its cache.
+// Package local is the execution backend that runs prepared builds (package prepare) on this
+// machine: it reconciles leftovers of crashed runs and runs the scheduler over a VM backend,
+// with the snapshot registry as its cache and the build's walked source tree as every
+// executing step's workspace.
 package local
 
 import (
@@ -12,14 +13,12 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/hmci/hm/internal/cachekey"
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/events"
 	"github.com/hmci/hm/internal/execution"
 	"github.com/hmci/hm/internal/plan"
 	"github.com/hmci/hm/internal/registry"
 	"github.com/hmci/hm/internal/scheduler"
-	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/vm"
 )
 
@@ -33,8 +32,6 @@ type Backend struct {
 	// MaxEntries and MaxBytes bound the cache per backend (LRU); 0 = default / unlimited.
 	MaxEntries int
 	MaxBytes   int64
-	// MaxSourceBytes bounds the packed workspace; 0 = unlimited.
-	MaxSourceBytes int64
 
 	reconcileOnce sync.Once
 	reconcileErr  error
@@ -45,54 +42,33 @@ var _ execution.Backend = (*Backend)(nil)
 // RegistryPath is where the snapshot registry of a state dir lives.
 func RegistryPath(stateDir string) string { return filepath.Join(stateDir, "registry.db") }
 
-// Start packs the source, computes keys and starts the build.
+// Start runs a prepared build on VM. It overlays the Build's walked tree directly: a local
+// build never packs an archive.
 func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.Handle, error) {
-	pl := plan.New(req.Pipeline)
+	pb := req.Build
+	pl := pb.Plan
 	if err := checkRunners(pl, b.VM.Name()); err != nil {
 		return nil, err
 	}
 	if err := b.reconcile(ctx); err != nil {
 		return nil, err
 	}
-	tree, err := source.Pack(ctx, req.SourceDir, source.Options{MaxBytes: b.MaxSourceBytes})
-	if err != nil {
-		return nil, err
-	}
-	keys := make([]string, len(pl.Steps))
-	var results []cachekey.Result
-	var warnings [][]string
-	if hasCache(pl) {
-		results, err = cachekey.Compute(cachekey.Context{
-			Org: os.Getenv("HM_PIPELINE_ORG"), Slug: req.Slug, Dir: req.SourceDir,
-		}, req.Pipeline)
-		if err != nil {
-			return nil, err
-		}
-		warnings = make([][]string, len(results))
-		for i, r := range results {
-			keys[i], warnings[i] = r.Key, r.Warnings
-		}
-	}
 	var reg *registry.Registry
 	var cache *registryCache
 	var schedCache scheduler.Cache // a typed nil would not disable caching
-	if hasKey(keys) {
-		reg, err = registry.Open(ctx, RegistryPath(b.StateDir))
-		if err != nil {
+	if pb.Cached() {
+		var err error
+		if reg, err = registry.Open(ctx, RegistryPath(b.StateDir)); err != nil {
 			return nil, err
 		}
-		srcDir, err := filepath.Abs(req.SourceDir)
-		if err != nil {
-			srcDir = req.SourceDir
-		}
-		cache = &registryCache{reg: reg, vm: b.VM, slug: req.Slug, sourceDir: srcDir,
-			results: results, images: rootImages(pl)}
+		cache = &registryCache{reg: reg, vm: b.VM, slug: pb.Slug, sourceDir: pb.Source.Dir,
+			results: pb.Steps, images: rootImages(pl)}
 		schedCache = cache
 	}
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	h := &handle{q: events.NewQueue(), cancel: cancel, done: make(chan struct{})}
-	opts := req.Options
+	opts := pb.Options
 	go func() {
 		defer close(h.done)
 		defer cancel()
@@ -104,10 +80,10 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 			Timeout:     opts.Timeout,
 			ExtraEnv:    opts.Env,
 			MapImage:    opts.MapImage,
-			Keys:        keys,
-			Warnings:    warnings,
+			Keys:        pb.Keys(),
+			Warnings:    pb.Warnings(),
 			Cache:       schedCache,
-			Workspace:   tree,
+			Workspace:   pb.Source.Tree,
 			Publish:     h.q.Publish,
 		})
 		h.out = execution.Outcome{ExitCode: res.Status.ExitCode(), Err: res.Err}
@@ -145,24 +121,6 @@ func rootImages(pl *plan.Plan) []string {
 		out[i] = pl.Steps[r].Image
 	}
 	return out
-}
-
-func hasCache(pl *plan.Plan) bool {
-	for _, s := range pl.Steps {
-		if s.Cache != nil && s.Cache.Policy != "" && s.Cache.Policy != "none" {
-			return true
-		}
-	}
-	return false
-}
-
-func hasKey(keys []string) bool {
-	for _, k := range keys {
-		if k != "" {
-			return true
-		}
-	}
-	return false
 }
 
 // reconcile cleans what crashed runs left, once per process: the backend's leftovers, registry
