@@ -22,6 +22,7 @@ import (
 	"github.com/hmci/hm/internal/execution/local"
 	"github.com/hmci/hm/internal/frontend"
 	"github.com/hmci/hm/internal/ir"
+	"github.com/hmci/hm/internal/prepare"
 	"github.com/hmci/hm/internal/render"
 	"github.com/hmci/hm/internal/scheduler"
 )
@@ -180,47 +181,43 @@ func usage(fix, format string, args ...any) error {
 	return errs.New(errs.ErrUsage, "usage", fix, format, args...)
 }
 
-// loadPipeline reads and validates the IR: --file, or a discovered pipeline.
-func loadPipeline(c *cobra.Command, stdio IO, f *runFlags, args []string) (*ir.Pipeline, string, error) {
-	var data []byte
-	var slug, source string
+// loadPipeline reads the IR, verbatim: --file, or a discovered pipeline rendered, and says
+// where it came from (for errors). It is parsed and validated with the rest of the build
+// (prepare.New).
+func loadPipeline(c *cobra.Command, stdio IO, f *runFlags, args []string) (data []byte, slug, source string, err error) {
 	switch {
 	case f.file != "" && len(args) > 0:
-		return nil, "", usage("pass either PIPELINE or --file", "both a pipeline name and --file given")
+		return nil, "", "", usage("pass either PIPELINE or --file", "both a pipeline name and --file given")
 	case f.file == "-":
 		b, err := frontend.Read(stdio.In, "stdin", "ir")
 		if _, limit := err.(*errs.LimitError); limit {
-			return nil, "", err
+			return nil, "", "", err
 		}
 		if err != nil {
-			return nil, "", usage("pipe the IR into hm run --file -", "cannot read stdin: %v", err)
+			return nil, "", "", usage("pipe the IR into hm run --file -", "cannot read stdin: %v", err)
 		}
 		data, slug, source = b, "stdin", "stdin"
 	case f.file != "":
 		b, err := frontend.ReadFile(f.file, "ir")
 		if _, limit := err.(*errs.LimitError); limit {
-			return nil, "", err
+			return nil, "", "", err
 		}
 		if err != nil {
-			return nil, "", usage("check the path given to --file", "cannot read %s: %v", f.file, err)
+			return nil, "", "", usage("check the path given to --file", "cannot read %s: %v", f.file, err)
 		}
 		data, source = b, f.file
 		slug = strings.TrimSuffix(filepath.Base(f.file), filepath.Ext(f.file))
 	default:
 		p, err := selectPipeline(c.Context(), f.dir, args)
 		if err != nil {
-			return nil, "", err
+			return nil, "", "", err
 		}
 		if data, err = frontend.Render(c.Context(), p); err != nil {
-			return nil, "", err
+			return nil, "", "", err
 		}
 		slug, source = p.Slug, p.Path
 	}
-	p, err := parseIR(data, source)
-	if err != nil {
-		return nil, "", err
-	}
-	return p, slug, nil
+	return data, slug, source, nil
 }
 
 func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
@@ -234,7 +231,7 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	p, slug, err := loadPipeline(c, stdio, f, args)
+	irData, slug, source, err := loadPipeline(c, stdio, f, args)
 	if err != nil {
 		return err
 	}
@@ -245,6 +242,19 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return usage("point -d/--dir at an existing directory", "source directory %s does not exist", dir)
 	}
+	// Everything that does not depend on where the build runs, once, for either backend.
+	build, err := prepare.New(c.Context(), prepare.Input{
+		IR: irData, Slug: slug, Dir: dir, Org: getenv("HM_PIPELINE_ORG"), Getenv: getenv,
+		MaxSourceBytes: int64(s.MaxSourceSize),
+		Options: prepare.Options{
+			Parallelism: s.parallelism, KeepGoing: s.KeepGoing, NoCache: s.NoCache,
+			Timeout: s.timeout, Env: s.env, MapImage: s.Images,
+		},
+	})
+	if err != nil {
+		return nameLimitFile(err, source)
+	}
+	defer build.Close()
 	stateDir, err := config.StateDir(getenv)
 	if err != nil {
 		return err
@@ -262,7 +272,7 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	}
 	vmb, notice, err := chooseVM(c.Context(), s.Backend, stateDir, vmOptions{
 		network: s.Network, pidsLimit: s.PidsLimit, memory: int64(s.Memory), cpus: float64(s.CPUs),
-	}, rootImages(p, s.Images))
+	}, rootImages(build.Pipeline, s.Images))
 	if err != nil {
 		return err
 	}
@@ -273,7 +283,6 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	exec := &local.Backend{
 		VM: vmb, StateDir: stateDir, Unwritable: unwritable,
 		MaxEntries: s.Cache.MaxEntries, MaxBytes: int64(s.Cache.MaxSize),
-		MaxSourceBytes: int64(s.MaxSourceSize),
 	}
 
 	// Signals: the first SIGINT/SIGTERM cancels the build (cleanup runs, exit 130); a second
@@ -282,13 +291,7 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
-	h, err := exec.Start(c.Context(), execution.Request{
-		Pipeline: p, Slug: slug, SourceDir: dir,
-		Options: execution.Options{
-			Parallelism: s.parallelism, KeepGoing: s.KeepGoing, NoCache: s.NoCache,
-			Timeout: s.timeout, Env: s.env, MapImage: s.Images,
-		},
-	})
+	h, err := exec.Start(c.Context(), execution.Request{Build: build})
 	if err != nil {
 		return err
 	}
@@ -349,12 +352,17 @@ func (e exitCode) orNil() error {
 }
 
 // parseIR parses IR read from source (a file, "stdin"), naming it in a refusal of one of the
-// IR's bounds.
+// input limits.
 func parseIR(data []byte, source string) (*ir.Pipeline, error) {
 	p, err := ir.Parse(data)
+	return p, nameLimitFile(err, source)
+}
+
+// nameLimitFile names the IR's source in a limit error about it.
+func nameLimitFile(err error, source string) error {
 	var le *errs.LimitError
 	if errors.As(err, &le) && le.File == "" {
 		le.File = source
 	}
-	return p, err
+	return err
 }

@@ -5,38 +5,25 @@ package execution
 
 import (
 	"context"
-	"time"
 
 	"github.com/hmci/hm/internal/events"
-	"github.com/hmci/hm/internal/ir"
+	"github.com/hmci/hm/internal/prepare"
 )
 
 // Backend starts builds. Implementations are safe for concurrent use.
 type Backend interface {
-	// Start validates what it needs (source packing, cache keys, the VM backend) and starts
-	// the build. An error means nothing ran and no build_start was emitted. ctx bounds only
-	// the start; use Handle.Cancel to cancel the build.
+	// Start checks what it needs (the VM backend, the steps' runners; a server) and starts
+	// the build, prepared before (package prepare: plan, cache keys, source). An error means
+	// nothing ran and no build_start was emitted. ctx bounds only the start; use
+	// Handle.Cancel to cancel the build. The Request's Build must outlive the Handle's Wait.
 	Start(ctx context.Context, req Request) (Handle, error)
 }
 
-// Request is one build.
+// Request is one build: a prepared build and nothing local to this machine but what the
+// Build itself holds (its source tree is read from Build.Source.Dir by a local backend; a
+// remote one sends Build.IR verbatim, Build.Source.Archive and Build.Options instead).
 type Request struct {
-	Pipeline  *ir.Pipeline
-	Slug      string // pipeline slug, part of computed cache keys
-	SourceDir string
-	Options   Options
-}
-
-// Options mirror the flags of `hm run`.
-type Options struct {
-	Parallelism int // >= 1
-	KeepGoing   bool
-	NoCache     bool
-	Timeout     time.Duration // overrides the pipeline's timeout_seconds when > 0
-	Env         []string      // -e K=V
-	MapImage    map[string]string
-	// No verbosity here: a backend streams every event, and how much of it to show is the
-	// front end's choice (render.Options.Verbose).
+	Build *prepare.Build
 }
 
 // Handle is a running build.

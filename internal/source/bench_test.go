@@ -59,3 +59,21 @@ func BenchmarkWriteTar(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkWriteArchive is what a remote build pays once, and a local one never does.
+func BenchmarkWriteArchive(b *testing.B) {
+	b.Setenv("HOME", b.TempDir())
+	b.Setenv("GIT_CONFIG_NOSYSTEM", "1")
+	tree, err := Pack(context.Background(), genTree(b), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	for b.Loop() {
+		a, err := tree.WriteArchive(context.Background(), dir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_ = a.Remove()
+	}
+}

@@ -2,6 +2,7 @@ package source
 
 import (
 	"archive/tar"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,11 @@ import (
 // archive/tar picks USTAR, PAX or GNU headers per entry as long names require. Owners are
 // root (uid/gid 0), which is who runs steps; mtimes are truncated to seconds.
 func (t *Tree) WriteTar(w io.Writer, prefix string) error {
+	return t.writeTar(context.Background(), w, prefix, tarTime)
+}
+
+// writeTar is WriteTar with the entries' mtimes mapped by stamp, stopping when ctx ends.
+func (t *Tree) writeTar(ctx context.Context, w io.Writer, prefix string, stamp func(time.Time) time.Time) error {
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
@@ -26,7 +32,12 @@ func (t *Tree) WriteTar(w io.Writer, prefix string) error {
 	src := &sourceFiles{root: t.Root}
 	defer src.close()
 	buf := make([]byte, copyBufSize)
-	for _, e := range t.Entries {
+	for i, e := range t.Entries {
+		if i%256 == 0 {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("source: tar: %w: %w", errs.ErrCanceled, err)
+			}
+		}
 		p, err := cleanPath(e.Path)
 		if err == nil && p == "" {
 			err = errors.New("path is the root itself")
@@ -34,7 +45,7 @@ func (t *Tree) WriteTar(w io.Writer, prefix string) error {
 		if err != nil {
 			return refused(e.Path, err.Error())
 		}
-		hdr := &tar.Header{Name: prefix + p, Mode: int64(e.Mode.Perm()), ModTime: tarTime(e.ModTime)}
+		hdr := &tar.Header{Name: prefix + p, Mode: int64(e.Mode.Perm()), ModTime: stamp(e.ModTime)}
 		var f *os.File
 		switch e.Type {
 		case TypeDir:
@@ -82,6 +93,11 @@ func tarTime(t time.Time) time.Time {
 // and device/fifo entries are refused with an error wrapping errs.ErrInvalid that names the
 // entry; I/O failures wrap errs.ErrInfra.
 func ExtractTar(r io.Reader, dir string) error {
+	return extractTar(r, dir, nil)
+}
+
+// extractTar is ExtractTar with every entry's mtime replaced by stamp's when stamp is set.
+func extractTar(r io.Reader, dir string, stamp func() time.Time) error {
 	a, err := newApplier(dir)
 	if err != nil {
 		return err
@@ -99,6 +115,9 @@ func ExtractTar(r io.Reader, dir string) error {
 		}
 		// A non-nil header with an error is tar.ErrInsecurePath (GODEBUG=tarinsecurepath=0);
 		// cleanPath below refuses the same names, so the entry is named either way.
+		if stamp != nil {
+			hdr.ModTime = stamp()
+		}
 		if err := extractEntry(a, tr, hdr, buf); err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
-// Package local is the execution backend that runs builds on this machine: it packs the
-// source, computes cache keys, reconciles leftovers of crashed runs, and runs the scheduler over
-// a VM backend, with the snapshot registry as its cache.
+// Package local is the execution backend that runs prepared builds (package prepare) on this
+// machine: it reconciles leftovers of crashed runs and runs the scheduler over a VM backend,
+// with the snapshot registry as its cache and the build's walked source tree as every
+// executing step's workspace.
 package local
 
 import (
@@ -12,14 +13,12 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/hmci/hm/internal/cachekey"
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/events"
 	"github.com/hmci/hm/internal/execution"
 	"github.com/hmci/hm/internal/plan"
 	"github.com/hmci/hm/internal/registry"
 	"github.com/hmci/hm/internal/scheduler"
-	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/vm"
 )
 
@@ -33,8 +32,6 @@ type Backend struct {
 	// MaxEntries and MaxBytes bound the cache per backend (LRU); 0 = default / unlimited.
 	MaxEntries int
 	MaxBytes   int64
-	// MaxSourceBytes bounds the packed workspace; 0 = unlimited.
-	MaxSourceBytes int64
 	// Unwritable, when set, is why the state dir cannot be written (full, read-only): the
 	// build then uses the registry read-only, so that a build whose steps are all cached
 	// still runs, and a step that would have to run fails with an *errs.StateDirError
@@ -50,61 +47,40 @@ var _ execution.Backend = (*Backend)(nil)
 // RegistryPath is where the snapshot registry of a state dir lives.
 func RegistryPath(stateDir string) string { return filepath.Join(stateDir, "registry.db") }
 
-// Start packs the source, computes keys and starts the build.
+// Start runs a prepared build on VM. It overlays the Build's walked tree directly: a local
+// build never packs an archive.
 func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.Handle, error) {
-	pl := plan.New(req.Pipeline)
+	pb := req.Build
+	pl := pb.Plan
 	if err := checkRunners(pl, b.VM.Name()); err != nil {
 		return nil, err
 	}
 	if err := b.reconcile(ctx); err != nil {
 		return nil, err
 	}
-	tree, err := source.Pack(ctx, req.SourceDir, source.Options{MaxBytes: b.MaxSourceBytes})
-	if err != nil {
-		return nil, err
-	}
-	keys := make([]string, len(pl.Steps))
-	var results []cachekey.Result
-	var warnings [][]string
-	if hasCache(pl) {
-		results, err = cachekey.Compute(cachekey.Context{
-			Org: os.Getenv("HM_PIPELINE_ORG"), Slug: req.Slug, Dir: req.SourceDir,
-		}, req.Pipeline)
-		if err != nil {
-			return nil, err
-		}
-		warnings = make([][]string, len(results))
-		for i, r := range results {
-			keys[i], warnings[i] = r.Key, r.Warnings
-		}
-	}
 	var reg *registry.Registry
 	var cache *registryCache
 	var schedCache scheduler.Cache // a typed nil would not disable caching
-	if b.Unwritable != nil && (!allKeyed(keys) || req.Options.NoCache) {
+	if b.Unwritable != nil && (!allKeyed(pb.Keys()) || pb.Options.NoCache) {
 		return nil, &errs.StateDirError{Dir: b.StateDir, Err: b.Unwritable}
 	}
-	if hasKey(keys) {
+	if pb.Cached() {
+		var err error
+		open := registry.Open
 		if b.Unwritable != nil {
-			reg, err = registry.OpenReadOnly(ctx, RegistryPath(b.StateDir))
-		} else {
-			reg, err = registry.Open(ctx, RegistryPath(b.StateDir))
+			open = registry.OpenReadOnly
 		}
-		if err != nil {
+		if reg, err = open(ctx, RegistryPath(b.StateDir)); err != nil {
 			return nil, err
 		}
-		srcDir, err := filepath.Abs(req.SourceDir)
-		if err != nil {
-			srcDir = req.SourceDir
-		}
-		cache = &registryCache{reg: reg, vm: b.VM, slug: req.Slug, sourceDir: srcDir,
-			results: results, images: rootImages(pl), stateDir: b.StateDir, unwritable: b.Unwritable}
+		cache = &registryCache{reg: reg, vm: b.VM, slug: pb.Slug, sourceDir: pb.Source.Dir,
+			results: pb.Steps, images: rootImages(pl), stateDir: b.StateDir, unwritable: b.Unwritable}
 		schedCache = cache
 	}
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	h := &handle{q: events.NewQueue(), cancel: cancel, done: make(chan struct{})}
-	opts := req.Options
+	opts := pb.Options
 	go func() {
 		defer close(h.done)
 		defer cancel()
@@ -116,10 +92,10 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 			Timeout:     opts.Timeout,
 			ExtraEnv:    opts.Env,
 			MapImage:    opts.MapImage,
-			Keys:        keys,
-			Warnings:    warnings,
+			Keys:        pb.Keys(),
+			Warnings:    pb.Warnings(),
 			Cache:       schedCache,
-			Workspace:   tree,
+			Workspace:   pb.Source.Tree,
 			Publish:     h.q.Publish,
 		})
 		h.out = execution.Outcome{ExitCode: res.Status.ExitCode(), Err: res.Err}
@@ -161,15 +137,6 @@ func rootImages(pl *plan.Plan) []string {
 	return out
 }
 
-func hasCache(pl *plan.Plan) bool {
-	for _, s := range pl.Steps {
-		if s.Cache != nil && s.Cache.Policy != "" && s.Cache.Policy != "none" {
-			return true
-		}
-	}
-	return false
-}
-
 // allKeyed reports whether every step has a cache key (could be a hit).
 func allKeyed(keys []string) bool {
 	for _, k := range keys {
@@ -178,15 +145,6 @@ func allKeyed(keys []string) bool {
 		}
 	}
 	return true
-}
-
-func hasKey(keys []string) bool {
-	for _, k := range keys {
-		if k != "" {
-			return true
-		}
-	}
-	return false
 }
 
 // reconcile cleans what crashed runs left, once per process: the backend's leftovers, registry
