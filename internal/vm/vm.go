@@ -124,6 +124,14 @@ type Continuer interface {
 	Continue(ctx context.Context, spec Spec) (Machine, error)
 }
 
+// SnapshotLister is an optional ability of a Backend: one call lists the live kept snapshots
+// (those PruneSnapshots considers), so that checking many cache entries at start costs one
+// round trip instead of one SnapshotExists each. An id it does not list may still exist
+// (another state dir's snapshot); callers ask SnapshotExists for those.
+type SnapshotLister interface {
+	ListSnapshots(ctx context.Context) ([]string, error)
+}
+
 // Owner identifies the hm run and step a machine or snapshot belongs to.
 type Owner struct {
 	RunID   string

@@ -112,7 +112,10 @@ type Backend struct {
 	envs map[string][]string
 }
 
-var _ vm.Backend = (*Backend)(nil)
+var (
+	_ vm.Backend        = (*Backend)(nil)
+	_ vm.SnapshotLister = (*Backend)(nil)
+)
 
 // New connects to the Docker daemon and negotiates the API version. When no daemon answers
 // it returns an *errs.UnavailableError (class errs.ErrUnavailable) naming the address it tried.

@@ -37,6 +37,7 @@ var cases = []struct {
 	{"PruneSnapshotsSparesLiveOwners", testPruneLive},
 	{"SnapshotSize", testSnapshotSize},
 	{"Continue", testContinue},
+	{"ListSnapshots", testListSnapshots},
 }
 
 // SnapshotSize counts what the step wrote: a 256 KiB file makes the snapshot at least that

@@ -1,6 +1,7 @@
 package vmtest
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -66,5 +67,35 @@ func testContinue(t *testing.T, e *env) {
 	}
 	if _, err := failed.(vm.Continuer).Continue(t.Context(), e.spec("true")); err == nil {
 		t.Error("Continue after a failed step succeeded")
+	}
+}
+
+// testListSnapshots checks vm.SnapshotLister where a backend has it: a kept snapshot is
+// listed while it lives, and not once removed.
+func testListSnapshots(t *testing.T, e *env) {
+	l, ok := e.fx.Backend.(vm.SnapshotLister)
+	if !ok {
+		t.Skip("the backend does not implement vm.SnapshotLister")
+	}
+	m, _ := e.rootRun(nil, `echo x > x.txt`)
+	snap, err := m.Commit(t.Context(), false)
+	if err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	listed := func() bool {
+		ids, err := l.ListSnapshots(t.Context())
+		if err != nil {
+			t.Fatalf("ListSnapshots: %v", err)
+		}
+		return slices.Contains(ids, snap)
+	}
+	if !listed() {
+		t.Errorf("kept snapshot %s not listed", snap)
+	}
+	if err := e.fx.Backend.RemoveSnapshot(t.Context(), snap); err != nil {
+		t.Fatalf("RemoveSnapshot: %v", err)
+	}
+	if listed() {
+		t.Errorf("removed snapshot %s still listed", snap)
 	}
 }
