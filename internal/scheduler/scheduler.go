@@ -154,6 +154,9 @@ type stepState struct {
 	liveKids  int // builds_in children not yet ended, for early ephemeral removal
 	baseImage string
 	cancel    context.CancelFunc
+	// handoff is the passed step's machine its one builds_in child continues on
+	// (vm.Continuer), until the child's worker takes it or the child is skipped.
+	handoff vm.Machine
 }
 
 type completion struct {
@@ -162,7 +165,8 @@ type completion struct {
 	snapshot string
 	eph      bool
 	base     string
-	err      error // the infrastructure error that failed the step
+	err      error      // the infrastructure error that failed the step
+	handoff  vm.Machine // see stepState.handoff
 }
 
 type run struct {
@@ -259,6 +263,9 @@ func (r *run) run(userCtx context.Context) Result {
 			}
 		}
 	}
+	for i := range r.steps {
+		r.dropHandoff(i) // none is left normally: every child took or dropped its parent's
+	}
 	r.wg.Wait()
 	r.images.wg.Wait()
 
@@ -306,7 +313,11 @@ func (r *run) release(buildCtx context.Context, i int) {
 	r.queue(i)
 	ctx, cancel := context.WithCancel(buildCtx)
 	st.cancel = cancel
-	go r.work(ctx, i)
+	var h vm.Machine
+	if ps.Parent >= 0 {
+		h, r.steps[ps.Parent].handoff = r.steps[ps.Parent].handoff, nil
+	}
+	go r.work(ctx, i, h)
 }
 
 func (r *run) queue(i int) {
@@ -332,6 +343,9 @@ func (r *run) skip(buildCtx context.Context, i int, reason string) {
 	st := &r.steps[i]
 	st.status = Skipped
 	st.done = true
+	if p := r.pl.Steps[i].Parent; p >= 0 {
+		r.dropHandoff(p)
+	}
 	r.nDone++
 	r.opts.Publish(events.Event{Kind: events.KindStepSkipped, StepSkipped: &events.StepSkipped{
 		StepID: st.id, Reason: reason, TS: time.Now().UTC(),
@@ -362,6 +376,7 @@ func (r *run) ended(buildCtx context.Context, i int) {
 func (r *run) complete(buildCtx context.Context, c completion) {
 	st := &r.steps[c.step]
 	st.status, st.snapshot, st.ephemeral, st.baseImage = c.status, c.snapshot, c.eph, c.base
+	st.handoff = c.handoff
 	st.done = true
 	r.nDone++
 	st.cancel()
@@ -381,6 +396,25 @@ func (r *run) complete(buildCtx context.Context, c completion) {
 		st.snapshot = ""
 	}
 	r.ended(buildCtx, c.step)
+}
+
+// dropHandoff destroys step i's machine kept for a child that will not take it.
+func (r *run) dropHandoff(i int) {
+	if m := r.steps[i].handoff; m != nil {
+		r.steps[i].handoff = nil
+		r.destroyLater(m)
+	}
+}
+
+// destroyLater destroys a machine off the caller's path; Run waits for it.
+func (r *run) destroyLater(m vm.Machine) {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		defer cancel()
+		_ = m.Destroy(ctx)
+	}()
 }
 
 func (r *run) removeSnapshot(id string) {

@@ -21,12 +21,16 @@ func osPID() int { return os.Getpid() }
 
 // work runs step i in its own goroutine and reports a completion. Events of the step are
 // published from here, in order.
-func (r *run) work(ctx context.Context, i int) {
-	c := r.execute(ctx, i)
+// h is the parent's machine to continue on (vm.Continuer), or nil; the worker owns it.
+func (r *run) work(ctx context.Context, i int, h vm.Machine) {
+	c := r.execute(ctx, i, &h)
+	if h != nil { // not continued on: a cache hit, a step that did not start
+		r.destroyLater(h)
+	}
 	r.done <- c
 }
 
-func (r *run) execute(ctx context.Context, i int) completion {
+func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completion {
 	ps := &r.pl.Steps[i]
 	st := &r.steps[i] // only id is read here; the main loop owns the rest
 	c := completion{step: i}
@@ -118,13 +122,19 @@ func (r *run) execute(ctx context.Context, i int) completion {
 	spec.Cmd = ps.Cmd
 	spec.Env = append(append(append([]string{}, vm.BaseEnv...), ps.Env...), r.opts.ExtraEnv...)
 	spec.Owner = vm.Owner{RunID: r.opts.RunID, StepKey: ps.Key, PID: r.pid}
+	// One builds_in child: it may continue on this machine rather than on a snapshot.
+	spec.Continuable = len(ps.Children) == 1
 
 	cleanup := context.WithoutCancel(ctx)
-	m, err := r.backend.Create(ctx, spec)
+	m, err := r.create(ctx, spec, handoff)
 	if err != nil {
 		return r.fail(ctx, i, c, start, err)
 	}
+	keep := false // handed on to the child
 	defer func() {
+		if keep {
+			return
+		}
 		dctx, cancel := context.WithTimeout(cleanup, cleanupTimeout)
 		defer cancel()
 		_ = m.Destroy(dctx)
@@ -156,8 +166,11 @@ func (r *run) execute(ctx context.Context, i int) completion {
 		return c
 	}
 
-	// Commit only what is needed: a cached snapshot, or an ephemeral one for children.
-	needEphemeral := len(ps.Children) > 0
+	// Commit only what is needed: a cached snapshot, or an ephemeral one for children; a
+	// child that continues on this machine needs none.
+	_, continuable := m.(vm.Continuer)
+	continuable = continuable && spec.Continuable
+	needEphemeral := len(ps.Children) > 0 && !continuable
 	if cached || needEphemeral {
 		snap, err := m.Commit(ctx, !cached)
 		if err != nil {
@@ -178,6 +191,9 @@ func (r *run) execute(ctx context.Context, i int) completion {
 		}
 	}
 	c.status = Passed
+	if continuable {
+		c.handoff, keep = m, true
+	}
 	var snapPtr *string
 	if c.snapshot != "" {
 		s := c.snapshot
@@ -188,6 +204,21 @@ func (r *run) execute(ctx context.Context, i int) completion {
 }
 
 var errStepTimeout = errors.New("step timed out")
+
+// create makes the step's machine: a continuation of the parent's machine when there is one
+// (taking it from *handoff), else a fresh one. A parent that also committed a snapshot is
+// the fallback when continuing fails.
+func (r *run) create(ctx context.Context, spec vm.Spec, handoff *vm.Machine) (vm.Machine, error) {
+	if h := *handoff; h != nil {
+		if m, err := h.(vm.Continuer).Continue(ctx, spec); err == nil {
+			*handoff = nil
+			return m, nil
+		} else if spec.Parent == "" {
+			return nil, fmt.Errorf("continue on the parent's machine: %w", err)
+		}
+	}
+	return r.backend.Create(ctx, spec)
+}
 
 // fail ends a step whose execution failed without an exit code of its own: timeout, cancel,
 // or an infrastructure error.

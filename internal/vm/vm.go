@@ -104,6 +104,32 @@ type Spec struct {
 	Env []string
 	// Owner labels everything the machine creates, for reconcile and for `docker ps` users.
 	Owner Owner
+	// Continuable hints that a builds_in child will likely Continue on this machine (see
+	// Continuer): the step has exactly one. Backends without the ability ignore it.
+	Continuable bool
+}
+
+// Continuer is an optional ability of a Machine: its one builds_in child runs on it in place
+// instead of on a fresh machine made from a committed snapshot, which spares a commit and a
+// machine start where no snapshot is needed (a linear chain without cache).
+//
+// Continue is called after Run returned exit code 0 (and after Commit, if the parent needed a
+// snapshot). It returns a machine in the created state for spec (spec.Parent and spec.Image
+// are ignored) whose filesystem is exactly this machine's as its command left it, with none
+// of this step's processes left running: what a machine created from a snapshot committed now
+// would hold. The returned machine owns everything this one held; this machine's Destroy
+// then releases nothing. When Continue fails, this machine is unchanged and still needs its
+// Destroy. The scheduler type-asserts; a backend that does not implement it makes a snapshot.
+type Continuer interface {
+	Continue(ctx context.Context, spec Spec) (Machine, error)
+}
+
+// SnapshotLister is an optional ability of a Backend: one call lists the live kept snapshots
+// (those PruneSnapshots considers), so that checking many cache entries at start costs one
+// round trip instead of one SnapshotExists each. An id it does not list may still exist
+// (another state dir's snapshot); callers ask SnapshotExists for those.
+type SnapshotLister interface {
+	ListSnapshots(ctx context.Context) ([]string, error)
 }
 
 // Owner identifies the hm run and step a machine or snapshot belongs to.

@@ -171,7 +171,20 @@ func (b *Backend) doReconcile(ctx context.Context) error {
 			return err
 		}
 		defer reg.Close()
+		listed := map[string]bool{}
+		if l, ok := b.VM.(vm.SnapshotLister); ok {
+			ids, err := l.ListSnapshots(ctx)
+			if err != nil {
+				return fmt.Errorf("reconcile %s snapshots: %w", b.VM.Name(), err)
+			}
+			for _, id := range ids {
+				listed[id] = true
+			}
+		}
 		if _, err := reg.DropMissing(ctx, b.VM.Name(), func(id string) (bool, error) {
+			if listed[id] {
+				return true, nil // one listing instead of an inspect per entry
+			}
 			return b.VM.SnapshotExists(ctx, id)
 		}); err != nil {
 			return err

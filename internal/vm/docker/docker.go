@@ -112,7 +112,10 @@ type Backend struct {
 	envs map[string][]string
 }
 
-var _ vm.Backend = (*Backend)(nil)
+var (
+	_ vm.Backend        = (*Backend)(nil)
+	_ vm.SnapshotLister = (*Backend)(nil)
+)
 
 // New connects to the Docker daemon and negotiates the API version. When no daemon answers
 // it returns an *errs.UnavailableError (class errs.ErrUnavailable) naming the address it tried.
@@ -270,6 +273,9 @@ func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 	if n := b.opts.PidsLimit; n > 0 {
 		hc.Resources.PidsLimit = &n
 	}
+	if spec.Continuable {
+		idleConfig(cfg)
+	}
 	resp, err := b.cli.ContainerCreate(ctx, cfg, hc, nil, nil, name)
 	if err != nil {
 		// A canceled request may still have created the container: remove it by name.
@@ -281,7 +287,14 @@ func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 		}
 		return nil, apiErr(ctx, "create container", err)
 	}
-	return &machine{b: b, id: resp.ID, spec: spec, owner: owner, baseEnv: baseEnv}, nil
+	m := &machine{b: b, id: resp.ID, spec: spec, owner: owner, baseEnv: baseEnv, exec: spec.Continuable}
+	if spec.Continuable {
+		if err := b.cli.ContainerStart(context.WithoutCancel(ctx), resp.ID, container.StartOptions{}); err != nil {
+			_ = b.removeContainer(context.WithoutCancel(ctx), resp.ID)
+			return nil, apiErr(ctx, "start container", err)
+		}
+	}
+	return m, nil
 }
 
 // baseEnv returns the environment stored in image id. A snapshot must still carry its tag.

@@ -24,11 +24,14 @@ type machine struct {
 	spec    vm.Spec
 	owner   proc.Owner
 	baseEnv []string // Env of the image the container was created from
+	// exec: the container idles and the step runs in it by exec, so that a child can
+	// Continue in it (exec.go); otherwise the step's command is the container's own.
+	exec bool
 
 	mu      sync.Mutex
 	started bool // Run was called
 	vm.Lifecycle
-	removed bool // the container is gone
+	removed bool // the container is gone, or handed on to a continuing child
 }
 
 // Inject implements vm.Machine: the tree is streamed as a tar rooted at / into the created
@@ -76,6 +79,9 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	m.mu.Unlock()
 	if ctx.Err() != nil {
 		return -1, vm.RunAborted(ctx, "docker")
+	}
+	if m.exec {
+		return m.runExec(ctx, stdout, stderr)
 	}
 
 	hj, err := m.b.cli.ContainerAttach(ctx, m.id, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})

@@ -36,6 +36,8 @@ var cases = []struct {
 	{"Reconcile", testReconcile},
 	{"PruneSnapshotsSparesLiveOwners", testPruneLive},
 	{"SnapshotSize", testSnapshotSize},
+	{"Continue", testContinue},
+	{"ListSnapshots", testListSnapshots},
 }
 
 // SnapshotSize counts what the step wrote: a 256 KiB file makes the snapshot at least that

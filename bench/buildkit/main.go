@@ -1,0 +1,277 @@
+// Command buildkit compares hm's Docker backend with the daemon's embedded BuildKit on the
+// same daemon and base image, as issue #14 asks, interleaved round by round in one process so
+// that load from other users of the machine hits both alike:
+//
+//   - chain: 30 trivial steps, each a builds_in child of the one before with a `forever`
+//     cache policy; for BuildKit the same 30 commands as RUN lines of one Dockerfile;
+//   - fanout: one root and 8 leaves building in it; for BuildKit a multi-stage Dockerfile
+//     (a root stage, 8 leaf stages FROM it, and a final stage copying one file of each leaf,
+//     since BuildKit builds only the stages the target needs).
+//
+// Cold is `hm run --no-cache` against `docker build --no-cache`; fully cached is a re-run of
+// each with its cache populated. Times are the wall time of the processes (hm's build_end
+// duration is shown beside it). After every hm run the daemon is checked for containers and
+// ephemeral snapshots the run left behind (scoped to this bench's state dir: colleagues may
+// share the daemon); any leftover fails the bench.
+//
+//	bash scripts/test-image.sh && go run ./bench/buildkit [-rounds 5] [-docker /usr/bin/docker]
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/client"
+)
+
+func main() {
+	rounds := flag.Int("rounds", 5, "measured rounds (each runs every variant once)")
+	img := flag.String("image", "hm-test-busybox:latest", "base image, local (scripts/test-image.sh)")
+	dockerBin := flag.String("docker", "/usr/bin/docker", "docker CLI (the 20.10 client drives the embedded BuildKit)")
+	only := flag.String("only", "", "run one workload only: chain or fanout")
+	flag.Parse()
+	if err := run(*rounds, *img, *dockerBin, *only); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/buildkit:", err)
+		os.Exit(1)
+	}
+}
+
+type workload struct {
+	name       string
+	ir         []byte
+	dockerfile string
+}
+
+func workloads(img string) []workload {
+	const n = 30
+	var chain []string
+	var df strings.Builder
+	fmt.Fprintf(&df, "FROM %s\nWORKDIR /workspace\nCOPY . .\n", img)
+	for i := range n {
+		cmd := fmt.Sprintf("echo %d >> chain.txt", i)
+		chain = append(chain, cmd)
+		fmt.Fprintf(&df, "RUN %s\n", cmd)
+	}
+	var fan strings.Builder
+	fmt.Fprintf(&fan, "FROM %s AS root\nWORKDIR /workspace\nCOPY . .\nRUN echo root > root.txt\n", img)
+	leaves := []string{"echo root > root.txt"}
+	for i := range 8 {
+		cmd := fmt.Sprintf("echo %d > leaf.txt", i)
+		leaves = append(leaves, cmd)
+		fmt.Fprintf(&fan, "FROM root AS leaf%d\nRUN %s\n", i, cmd)
+	}
+	fan.WriteString("FROM scratch\n")
+	for i := range 8 {
+		fmt.Fprintf(&fan, "COPY --from=leaf%d /workspace/leaf.txt /leaf%d.txt\n", i, i)
+	}
+	return []workload{
+		{name: fmt.Sprintf("%d-step builds_in chain", n), ir: ir(chain, true), dockerfile: df.String()},
+		{name: "fan-out: 1 root + 8 leaves", ir: ir(leaves, false), dockerfile: fan.String()},
+	}
+}
+
+// ir renders the steps as pipeline IR: a chain (each builds in the one before) or a fan-out
+// (every step after the first builds in the first). Every step is cached forever.
+func ir(cmds []string, chain bool) []byte {
+	var nodes, edges []string
+	for i, c := range cmds {
+		nodes = append(nodes, fmt.Sprintf(`{"step":{"key":"s%02d","cmd":%q,"image":"ubuntu:24.04","cache":{"policy":"forever","env_keys":[]}},"env":{}}`, i, c))
+		switch {
+		case i == 0:
+		case chain:
+			edges = append(edges, fmt.Sprintf(`[%d,%d,"builds_in"]`, i-1, i))
+		default:
+			edges = append(edges, fmt.Sprintf(`[0,%d,"builds_in"]`, i))
+		}
+	}
+	return []byte(`{"version":"0","graph":{"nodes":[` + strings.Join(nodes, ",") + `],"edges":[` + strings.Join(edges, ",") + `]}}`)
+}
+
+type variant struct {
+	name string
+	fn   func() (wall, engine time.Duration, err error)
+	wall []time.Duration
+	eng  []time.Duration
+}
+
+func run(rounds int, img, dockerBin, only string) error {
+	ctx := context.Background()
+	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	work, err := os.MkdirTemp("", "hm-bench-buildkit")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	bin := filepath.Join(work, "hm")
+	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/hm").CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	state := filepath.Join(work, "state")
+	env := append(os.Environ(), "HM_STATE_DIR="+state, "CI=true", "DOCKER_BUILDKIT=1")
+	var tags []string
+	defer func() {
+		// The bench's own images: BuildKit's tagged results and hm's kept snapshots.
+		for _, t := range tags {
+			_, _ = cli.ImageRemove(ctx, t, image.RemoveOptions{Force: true})
+		}
+		c := exec.Command(bin, "cache", "clean", "--backend", "docker")
+		c.Env = env
+		_ = c.Run()
+	}()
+
+	var rows []string
+	for wi, w := range workloads(img) {
+		if only != "" && !strings.HasPrefix(w.name, map[string]string{"chain": "30", "fanout": "fan"}[only]) {
+			continue
+		}
+		dir := filepath.Join(work, fmt.Sprint("w", wi))
+		src, bctx := filepath.Join(dir, "src"), filepath.Join(dir, "ctx")
+		for _, d := range []string{filepath.Join(src, ".hm"), bctx} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return err
+			}
+		}
+		files := map[string][]byte{
+			filepath.Join(src, ".hm", "bench.json"): w.ir,
+			filepath.Join(src, "README"):            []byte("bench\n"),
+			filepath.Join(bctx, "README"):           []byte("bench\n"),
+			filepath.Join(dir, "Dockerfile"):        []byte(w.dockerfile),
+		}
+		for p, b := range files {
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				return err
+			}
+		}
+		tag := fmt.Sprintf("hm-bench-buildkit:%d-%d", os.Getpid(), wi)
+		tags = append(tags, tag)
+		hm := func(extra ...string) func() (time.Duration, time.Duration, error) {
+			return func() (time.Duration, time.Duration, error) {
+				args := append([]string{"run", "-d", src, "--format", "json", "--backend", "docker",
+					"--map-image", "ubuntu:24.04=" + img}, extra...)
+				wall, eng, err := hmRun(bin, env, args)
+				if err == nil {
+					err = leftovers(ctx, cli, state)
+				}
+				return wall, eng, err
+			}
+		}
+		bk := func(extra ...string) func() (time.Duration, time.Duration, error) {
+			return func() (time.Duration, time.Duration, error) {
+				args := append([]string{"build", "-q", "-t", tag, "-f", filepath.Join(dir, "Dockerfile")}, extra...)
+				c := exec.Command(dockerBin, append(args, bctx)...)
+				c.Env = env
+				var out bytes.Buffer
+				c.Stdout, c.Stderr = &out, &out
+				t0 := time.Now()
+				if err := c.Run(); err != nil {
+					return 0, 0, fmt.Errorf("docker build: %v\n%s", err, out.String())
+				}
+				return time.Since(t0), 0, nil
+			}
+		}
+		// Populate both caches once, unmeasured; --no-cache runs leave them as they are.
+		for _, f := range []func() (time.Duration, time.Duration, error){hm(), bk()} {
+			if _, _, err := f(); err != nil {
+				return err
+			}
+		}
+		vs := []*variant{
+			{name: "hm cold (--no-cache)", fn: hm("--no-cache")},
+			{name: "BuildKit cold (--no-cache)", fn: bk("--no-cache")},
+			{name: "hm fully cached", fn: hm()},
+			{name: "BuildKit fully cached", fn: bk()},
+		}
+		for range rounds {
+			for _, v := range vs {
+				wall, eng, err := v.fn()
+				if err != nil {
+					return fmt.Errorf("%s, %s: %w", w.name, v.name, err)
+				}
+				v.wall, v.eng = append(v.wall, wall), append(v.eng, eng)
+			}
+		}
+		for i := 0; i < len(vs); i += 2 {
+			h, b := vs[i], vs[i+1]
+			kind := strings.TrimPrefix(h.name, "hm ")
+			rows = append(rows, fmt.Sprintf("| %s | %s | %s (engine %s) | %s | %.2f× |", w.name, kind,
+				ms(median(h.wall)), ms(median(h.eng)), ms(median(b.wall)), float64(median(h.wall))/float64(median(b.wall))))
+		}
+	}
+	ver, _ := cli.ServerVersion(ctx)
+	fmt.Printf("<!-- go run ./bench/buildkit -rounds %d: dockerd %s, image %s, medians of %d interleaved rounds -->\n",
+		rounds, ver.Version, img, rounds)
+	fmt.Println("| workload | run | hm docker (wall) | BuildKit (wall) | hm / BuildKit |")
+	fmt.Println("|---|---|---:|---:|---:|")
+	for _, r := range rows {
+		fmt.Println(r)
+	}
+	return nil
+}
+
+// hmRun runs hm and returns its wall time and build_end's duration.
+func hmRun(bin string, env, args []string) (wall, engine time.Duration, err error) {
+	c := exec.Command(bin, args...)
+	c.Env = env
+	var out, stderr bytes.Buffer
+	c.Stdout, c.Stderr = &out, &stderr
+	t0 := time.Now()
+	if err := c.Run(); err != nil {
+		return 0, 0, fmt.Errorf("hm: %v\n%s", err, stderr.String())
+	}
+	wall = time.Since(t0)
+	sc := bufio.NewScanner(&out)
+	sc.Buffer(nil, 16<<20)
+	for sc.Scan() {
+		var ev struct {
+			Kind       string `json:"kind"`
+			DurationMS int64  `json:"duration_ms"`
+		}
+		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Kind == "build_end" {
+			engine = time.Duration(ev.DurationMS) * time.Millisecond
+		}
+	}
+	return wall, engine, nil
+}
+
+// leftovers fails when containers or ephemeral snapshots of this state dir outlived a run.
+func leftovers(ctx context.Context, cli *client.Client, state string) error {
+	f := filters.NewArgs(filters.Arg("label", "dev.hm.state="+state))
+	cs, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	if err != nil {
+		return err
+	}
+	f.Add("label", "dev.hm.ephemeral=true")
+	imgs, err := cli.ImageList(ctx, image.ListOptions{All: true, Filters: f})
+	if err != nil {
+		return err
+	}
+	if len(cs)+len(imgs) > 0 {
+		return fmt.Errorf("left behind: %d containers, %d ephemeral images", len(cs), len(imgs))
+	}
+	return nil
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000) }
