@@ -103,6 +103,7 @@ type Store interface {
 	Blobs
 	Agents
 	Cache
+	BuildLeases
 	Close() error
 }
 
@@ -187,6 +188,24 @@ type Claims interface {
 	// fails it agent_lost once it was requeued maxRetries times; a job that was asked to
 	// stop ends canceled or timed_out. It returns the jobs it changed.
 	ReapExpiredLeases(ctx context.Context, now time.Time, maxRetries int) ([]Job, error)
+}
+
+// BuildLeases fence the driver of a build: the one server replica that runs its scheduler.
+// A lease is (owner, expiry, epoch) on the build row, taken and renewed by one atomic UPDATE.
+// The epoch grows whenever the build changes hands, and every write of the driver that must
+// not happen twice (its events) carries it: the store refuses a write of an older epoch, so
+// a replica that stalled past its lease cannot append after its successor took over.
+type BuildLeases interface {
+	// AcquireBuildLease takes the build's driver lease for owner until now+ttl, or renews
+	// it. It succeeds when the lease is free, lapsed (expiry before now) or owner's, and
+	// returns the epoch: unchanged on a renewal of a live lease, incremented otherwise. A
+	// lease another owner holds answers a *ConflictError.
+	AcquireBuildLease(ctx context.Context, buildID, owner string, now time.Time, ttl time.Duration) (epoch int64, err error)
+	// ReleaseBuildLease frees the lease when owner still holds it at epoch; else a no-op.
+	ReleaseBuildLease(ctx context.Context, buildID, owner string, epoch int64) error
+	// AppendEventsFenced is AppendEvents refused with a *ConflictError unless epoch is the
+	// build's current lease epoch (checked in the statement that takes the sequence).
+	AppendEventsFenced(ctx context.Context, buildID string, epoch int64, payloads ...[]byte) ([]int64, error)
 }
 
 // Events are a build's NDJSON event stream.

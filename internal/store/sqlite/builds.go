@@ -237,3 +237,38 @@ func (s *DB) CancelBuild(ctx context.Context, id string, now time.Time) (store.B
 	})
 	return b, err
 }
+
+func (s *DB) AcquireBuildLease(ctx context.Context, buildID, owner string, now time.Time, ttl time.Duration) (int64, error) {
+	var epoch int64
+	err := s.write(ctx, "acquire build lease", func(tx *sql.Tx) error {
+		// One statement decides: free, lapsed or ours. The epoch is kept only when the
+		// owner renews a lease that is still live; any other take is a change of hands.
+		err := tx.QueryRowContext(ctx, `UPDATE builds SET
+				driver_epoch = CASE WHEN driver_owner = ? AND driver_expires >= ? THEN driver_epoch ELSE driver_epoch + 1 END,
+				driver_owner = ?, driver_expires = ?
+			WHERE id = ? AND (driver_owner = ? OR driver_expires < ?) RETURNING driver_epoch`,
+			owner, ns(now), owner, ns(now.Add(ttl)), buildID, owner, ns(now)).Scan(&epoch)
+		if errors.Is(err, sql.ErrNoRows) {
+			var cur string
+			var cepoch int64
+			if err := tx.QueryRowContext(ctx, `SELECT driver_owner, driver_epoch FROM builds WHERE id = ?`, buildID).Scan(&cur, &cepoch); err != nil {
+				if errors.Is(err, sql.ErrNoRows) {
+					return &store.NotFoundError{Kind: "build", Key: buildID}
+				}
+				return err
+			}
+			return &store.ConflictError{Kind: "build", Key: buildID,
+				Reason: fmt.Sprintf("driver lease held by %s (epoch %d)", cur, cepoch)}
+		}
+		return err
+	})
+	return epoch, err
+}
+
+func (s *DB) ReleaseBuildLease(ctx context.Context, buildID, owner string, epoch int64) error {
+	return s.write(ctx, "release build lease", func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `UPDATE builds SET driver_expires = 0 WHERE id = ? AND driver_owner = ? AND driver_epoch = ?`,
+			buildID, owner, epoch)
+		return err
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/hmci/hm/internal/store"
@@ -12,6 +13,15 @@ import (
 // Build events and log chunks: the two append-only streams.
 
 func (s *DB) AppendEvents(ctx context.Context, buildID string, payloads ...[]byte) ([]int64, error) {
+	return s.appendEvents(ctx, buildID, -1, payloads)
+}
+
+func (s *DB) AppendEventsFenced(ctx context.Context, buildID string, epoch int64, payloads ...[]byte) ([]int64, error) {
+	return s.appendEvents(ctx, buildID, epoch, payloads)
+}
+
+// appendEvents appends; epoch >= 0 fences the append by the build's driver lease epoch.
+func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payloads [][]byte) ([]int64, error) {
 	if len(payloads) == 0 {
 		return nil, nil
 	}
@@ -21,10 +31,18 @@ func (s *DB) AppendEvents(ctx context.Context, buildID string, payloads ...[]byt
 		// The build row is the counter, taken for the whole batch in the same transaction as
 		// the inserts: gap-free, and a rolled-back append gives its numbers back.
 		var last int64
-		err := tx.QueryRowContext(ctx, `UPDATE builds SET event_seq = event_seq + ? WHERE id = ? RETURNING event_seq`,
-			len(payloads), buildID).Scan(&last)
+		err := tx.QueryRowContext(ctx, `UPDATE builds SET event_seq = event_seq + ? WHERE id = ? AND (? < 0 OR driver_epoch = ?)
+			RETURNING event_seq`, len(payloads), buildID, epoch, epoch).Scan(&last)
 		if errors.Is(err, sql.ErrNoRows) {
-			return &store.NotFoundError{Kind: "build", Key: buildID}
+			var cur int64
+			if err := tx.QueryRowContext(ctx, `SELECT driver_epoch FROM builds WHERE id = ?`, buildID).Scan(&cur); err != nil {
+				if errors.Is(err, sql.ErrNoRows) {
+					return &store.NotFoundError{Kind: "build", Key: buildID}
+				}
+				return err
+			}
+			return &store.ConflictError{Kind: "build", Key: buildID,
+				Reason: fmt.Sprintf("driver lease epoch %d is not the current one (%d)", epoch, cur)}
 		}
 		if err != nil {
 			return err

@@ -1,0 +1,169 @@
+package driver
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/hmci/hm/internal/store"
+)
+
+// TestSameAsLocal runs each build locally on a fake VM and remotely through the store with a
+// fake agent: the per-step event sequences and the build's exit code must be the same.
+func TestSameAsLocal(t *testing.T) {
+	cases := []struct {
+		name    string
+		steps   []step
+		o       Options
+		timeout time.Duration
+		state   store.BuildState
+		code    string
+	}{
+		{name: "chain", steps: []step{{key: "a", cmd: "print hello; print world"}, {key: "b", cmd: "print b", parent: "a"},
+			{key: "c", cmd: "print c", parent: "b"}}, state: store.BuildPassed},
+		{name: "fan-out", steps: []step{{key: "root", cmd: "print r"}, {key: "x", cmd: "print x", after: []string{"root"}},
+			{key: "y", cmd: "print y", after: []string{"root"}}, {key: "z", cmd: "print z", after: []string{"x", "y"}}},
+			state: store.BuildPassed},
+		{name: "fail-fast", steps: []step{{key: "bad", cmd: "sleep 200ms; exit 3"}, {key: "slow", cmd: "block"},
+			{key: "after", cmd: "print no", after: []string{"bad"}}}, state: store.BuildFailed},
+		{name: "keep-going", o: Options{KeepGoing: true}, steps: []step{{key: "bad", cmd: "exit 3"},
+			{key: "ok", cmd: "sleep 50ms; print yes"}, {key: "dep", cmd: "print no", after: []string{"bad"}}}, state: store.BuildFailed},
+		{name: "step timeout", steps: []step{{key: "t", cmd: "block", timeout: 200 * time.Millisecond}}, state: store.BuildFailed},
+		{name: "pipeline timeout", timeout: 2 * time.Second, steps: []step{{key: "a", cmd: "print a"},
+			{key: "b", cmd: "block", after: []string{"a"}}}, state: store.BuildFailed, code: "pipeline_timeout"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := hang(t)
+			want, wantExit := byStep(local(ctx, c.steps, c.o, c.timeout))
+			f := newFixture(t, ctx, c.steps, c.o, c.timeout)
+			actx, stop := context.WithCancel(ctx)
+			defer stop()
+			go f.agent.run(actx, t)
+			if _, err := Drive(ctx, f.cfg("r1", c.steps, c.o, c.timeout), f.build.ID); err != nil {
+				t.Fatal(err)
+			}
+			got, gotExit := byStep(f.stored(t, ctx))
+			if d := cmp.Diff(want, got); d != "" || gotExit != wantExit {
+				t.Errorf("events differ from local (-local +remote), exit %d vs %d:\n%s", wantExit, gotExit, d)
+			}
+			b, _ := f.st.GetBuild(ctx, f.build.ID)
+			if b.State != c.state || b.ErrorCode != c.code {
+				t.Errorf("build %s/%q, want %s/%q", b.State, b.ErrorCode, c.state, c.code)
+			}
+		})
+	}
+}
+
+func TestCancel(t *testing.T) {
+	ctx := hang(t)
+	steps := []step{{key: "a", cmd: "block"}, {key: "b", cmd: "print b", after: []string{"a"}}}
+	f := newFixture(t, ctx, steps, Options{}, 0)
+	go f.agent.run(ctx, t)
+	go func() {
+		for {
+			j, _ := f.st.ListJobs(ctx, f.build.ID)
+			if len(j) > 0 && j[0].State == store.JobRunning {
+				f.st.CancelBuild(ctx, f.build.ID, time.Now())
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	if _, err := Drive(ctx, f.cfg("r1", steps, Options{}, 0), f.build.ID); err != nil {
+		t.Fatal(err)
+	}
+	got, exit := byStep(f.stored(t, ctx))
+	want := map[string][]string{"a": {"step_queued", "step_start", "step_end:130"}, "b": {"step_queued", "step_skipped:dependency_failed"}}
+	if d := cmp.Diff(want, got); d != "" || exit != 130 {
+		t.Errorf("exit %d, events (-want +got):\n%s", exit, d)
+	}
+	b, _ := f.st.GetBuild(ctx, f.build.ID)
+	js, _ := f.st.ListJobs(ctx, f.build.ID)
+	if b.State != store.BuildCanceled || js[0].State != store.JobCanceled || js[1].State != store.JobSkipped {
+		t.Errorf("build %s, jobs %s %s", b.State, js[0].State, js[1].State)
+	}
+}
+
+func TestCacheHitWithoutAgent(t *testing.T) {
+	ctx := hang(t)
+	steps := []step{{key: "a", cmd: "print a", cache: true}, {key: "b", cmd: "print b", parent: "a"}}
+	o := Options{CacheKeys: map[string]string{"a": "k1"}}
+	f := newFixture(t, ctx, steps, o, 0)
+	if _, err := f.st.PutCacheEntry(ctx, store.CacheEntry{OrgID: f.build.OrgID, Key: "k1", Scope: "img", Snapshot: "snap-old",
+		AgentID: "agent-1", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	go f.agent.run(ctx, t)
+	if _, err := Drive(ctx, f.cfg("r1", steps, o, 0), f.build.ID); err != nil {
+		t.Fatal(err)
+	}
+	got, exit := byStep(f.stored(t, ctx))
+	want := map[string][]string{"a": {"step_queued", "step_cache_hit", "step_end:0"},
+		"b": {"step_queued", "step_start", "step_log:b", "step_end:0"}}
+	if d := cmp.Diff(want, got); d != "" || exit != 0 {
+		t.Errorf("exit %d, events (-want +got):\n%s", exit, d)
+	}
+	f.agent.mu.Lock()
+	defer f.agent.mu.Unlock()
+	if f.agent.runs["a"] != 0 || f.agent.runs["b"] != 1 {
+		t.Errorf("agent ran %v", f.agent.runs)
+	}
+}
+
+// TestDurability stops the driver mid-build and starts another on the same store: the build
+// completes, each step ran once, and the stored stream is the uninterrupted one.
+func TestDurability(t *testing.T) {
+	ctx := hang(t)
+	steps := []step{{key: "a", cmd: "print a1; print a2"}, {key: "b", cmd: "print b1; sleep 300ms; print b2", parent: "a"},
+		{key: "c", cmd: "print c", after: []string{"a"}}, {key: "d", cmd: "print d", parent: "b"}}
+	want, wantExit := byStep(local(ctx, steps, Options{}, 0))
+	f := newFixture(t, ctx, steps, Options{}, 0)
+	go f.agent.run(ctx, t)
+	d1, stop := context.WithCancel(ctx)
+	go func() {
+		for {
+			evs, _ := f.st.ListEvents(ctx, f.build.ID, 0, 1000)
+			for _, e := range evs {
+				if bytes.HasPrefix(e.Payload, []byte(`{"kind":"step_log"`)) && bytes.Contains(e.Payload, []byte(`"b1"`)) {
+					stop()
+					return
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	if _, err := Drive(d1, f.cfg("r1", steps, Options{}, 0), f.build.ID); err == nil {
+		t.Fatal("the first driver was not stopped")
+	}
+	// r1's lease is still live: r2 takes over once it lapses (3 s), as a replica would.
+	var err error
+	for {
+		_, err = Drive(ctx, f.cfg("r2", steps, Options{}, 0), f.build.ID)
+		if !store.IsConflict(err) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, gotExit := byStep(f.stored(t, ctx))
+	if d := cmp.Diff(want, got); d != "" || gotExit != wantExit {
+		t.Errorf("stored stream differs (-local +remote), exit %d vs %d:\n%s", wantExit, gotExit, d)
+	}
+	f.agent.mu.Lock()
+	for _, s := range steps {
+		if f.agent.runs[s.key] != 1 {
+			t.Errorf("step %s ran %d times", s.key, f.agent.runs[s.key])
+		}
+	}
+	f.agent.mu.Unlock()
+	if b, _ := f.st.GetBuild(ctx, f.build.ID); b.State != store.BuildPassed {
+		t.Errorf("build %s", b.State)
+	}
+}

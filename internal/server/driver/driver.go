@@ -1,0 +1,292 @@
+// Package driver runs a stored build: it drives the build's jobs in the store with the
+// unchanged local scheduler (internal/scheduler), so a remote build has exactly the semantics
+// of a local one (spec/semantics.md). It is not the HTTP layer, the agent or a second
+// scheduler.
+//
+// # How
+//
+// scheduler.Run executes the build's plan over a vm.Backend whose machines are store jobs
+// (backend.go). Create releases the job (pending → scheduled: claimable by an agent); Run
+// waits until the store says an agent finished it, streaming its stored log chunks into the
+// step's stdout and stderr in seq order, and returns its exit code; Commit returns the
+// snapshot the agent reported; Destroy is a no-op. A step the scheduler cancels (fail-fast,
+// a step or pipeline timeout, the build's cancel) is asked to stop with TimeOutJob or
+// CancelJob, and Run returns once the agent acknowledged (FinishJob) or the lease lapsed
+// (the reaper); a job not yet claimed is skipped. Every event the scheduler publishes goes to
+// the store (AppendEventsFenced) in publish order from one writer goroutine; the scheduler's
+// own step ids are rewritten to the job ids, and the run id is the build id. Cache lookups go
+// to the store's cache registry (cache.go): a hit is a job that goes to passed with no agent
+// (PassCached). Skips the scheduler decides are mirrored to the store (SkipJob), a failure
+// moves the build to failing, and the result rolls the build up to passed, failed (with
+// error_code pipeline_timeout for a pipeline timeout) or canceled.
+//
+// # Durability
+//
+// The driver can stop at any time (a server restart, a replica dying) and another Drive of
+// the same build, here or on another replica, carries it on: it rebuilds the scheduler's
+// view from the store, because each step's truth is its job. A job already finished resolves
+// at once with its stored result (its logs are replayed from the store, in order); a running
+// one is waited for, not released again; a passed job with no attempt was a cache hit and is
+// a hit again. The events the new run publishes are then deduplicated against the stored
+// stream by a deterministic identity: (step, n), the step's n-th event (build_start and
+// build_end once per build). The scheduler publishes a step's events in a fixed order from
+// its outcome, so the events already stored are the first ones of the replay and are dropped;
+// the store side effects of an event (a skip) are idempotent and redone whether or not the
+// event was stored. Why not resume from the last seq: the stream interleaves steps, and
+// concurrent steps interleave differently on a replay.
+//
+// # Ownership
+//
+// A driver takes the build under the store's driver lease (store.BuildLeases) and renews it at
+// a third of its TTL; the lease's epoch fences every event append, so a replica that lost the
+// lease (stalled past it, or partitioned) cannot write after its successor started. A lost
+// lease stops the driver without touching the jobs: the new owner continues them.
+// Stopping the driver (ctx canceled) is not a cancel of the build: nothing more is written.
+package driver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hmci/hm/internal/ir"
+	"github.com/hmci/hm/internal/plan"
+	"github.com/hmci/hm/internal/scheduler"
+	"github.com/hmci/hm/internal/store"
+)
+
+// Config configures a driver.
+type Config struct {
+	Store store.Store
+	// Owner names this driver in the build lease (a replica id); unique per process.
+	Owner string
+	// LeaseTTL is the build lease's lifetime; renewed at a third of it. Default 15 s.
+	LeaseTTL time.Duration
+	// Poll is how often jobs and the build are read back while waiting. Default 50 ms.
+	Poll time.Duration
+	// Backend is the runner name of step_start events and build_start's default_runner.
+	// Default "remote".
+	Backend string
+	// Load turns a stored build into what the scheduler runs. Default: DefaultLoad.
+	Load func(b store.Build) (*plan.Plan, scheduler.Options, error)
+	// Now is the clock of store writes. Default time.Now.
+	Now func() time.Time
+}
+
+// Options is the hm_options of a build (remote.md) plus the cache keys the client computed.
+type Options struct {
+	Parallelism    int               `json:"parallelism"`
+	KeepGoing      bool              `json:"keep_going"`
+	NoCache        bool              `json:"no_cache"`
+	TimeoutSeconds int               `json:"timeout_seconds"`
+	MapImage       map[string]string `json:"map_image"`
+	// CacheKeys maps a step key to its cache key (cache-keys.md); absent: not cached.
+	CacheKeys map[string]string `json:"cache_keys"`
+}
+
+// DefaultLoad parses the build's IR and hm_options.
+func DefaultLoad(b store.Build) (*plan.Plan, scheduler.Options, error) {
+	p, err := ir.Parse([]byte(b.IR))
+	if err != nil {
+		return nil, scheduler.Options{}, err
+	}
+	pl := plan.New(p)
+	var o Options
+	if len(b.Options) > 0 {
+		if err := json.Unmarshal(b.Options, &o); err != nil {
+			return nil, scheduler.Options{}, fmt.Errorf("hm_options: %w", err)
+		}
+	}
+	so := scheduler.Options{Parallelism: o.Parallelism, KeepGoing: o.KeepGoing, NoCache: o.NoCache,
+		Timeout: time.Duration(o.TimeoutSeconds) * time.Second, MapImage: o.MapImage}
+	for k, v := range b.Env {
+		so.ExtraEnv = append(so.ExtraEnv, k+"="+v)
+	}
+	so.Keys = make([]string, len(pl.Steps))
+	for i, s := range pl.Steps {
+		so.Keys[i] = o.CacheKeys[s.Key]
+	}
+	return pl, so, nil
+}
+
+func (c *Config) defaults() {
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = 15 * time.Second
+	}
+	if c.Poll <= 0 {
+		c.Poll = 50 * time.Millisecond
+	}
+	if c.Backend == "" {
+		c.Backend = "remote"
+	}
+	if c.Load == nil {
+		c.Load = DefaultLoad
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// ErrLeaseLost says another driver owns the build now.
+var ErrLeaseLost = errors.New("driver: build lease lost")
+
+// Drive runs build id to its end, or until ctx is done (the driver stops; the build goes on
+// with the next Drive). It returns the scheduler's result when the build ended here.
+func Drive(ctx context.Context, cfg Config, id string) (scheduler.Result, error) {
+	cfg.defaults()
+	st := cfg.Store
+	epoch, err := st.AcquireBuildLease(ctx, id, cfg.Owner, cfg.Now(), cfg.LeaseTTL)
+	if err != nil {
+		return scheduler.Result{}, err
+	}
+	life, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	b, err := st.GetBuild(life, id)
+	if err != nil {
+		return scheduler.Result{}, err
+	}
+	if b.State.Terminal() {
+		return scheduler.Result{}, st.ReleaseBuildLease(ctx, id, cfg.Owner, epoch)
+	}
+	jobs, err := st.ListJobs(life, id)
+	if err != nil {
+		return scheduler.Result{}, err
+	}
+	pl, opts, err := cfg.Load(b)
+	if err != nil {
+		// The server validated the IR at submit; one that does not load now fails the build.
+		_, terr := st.TransitionBuild(life, id, []store.BuildState{b.State}, store.BuildFailed,
+			store.BuildUpdate{ErrorCode: "build_plan_rejected", ErrorMessage: err.Error(), Now: cfg.Now()})
+		return scheduler.Result{}, errors.Join(err, terr)
+	}
+	if b.State == store.BuildScheduled {
+		if b, err = st.TransitionBuild(life, id, []store.BuildState{store.BuildScheduled}, store.BuildRunning,
+			store.BuildUpdate{Now: cfg.Now()}); err != nil {
+			return scheduler.Result{}, err
+		}
+	}
+	pub, err := newPublisher(life, st, b, epoch, jobs, cfg.Now)
+	if err != nil {
+		return scheduler.Result{}, err
+	}
+	d := &driver{cfg: cfg, life: life, build: b, byKey: map[string]store.Job{}}
+	for _, j := range jobs {
+		d.byKey[j.StepKey] = j
+	}
+
+	// The pipeline timeout counts from the build's start, not this driver's.
+	timeout := pl.Timeout
+	if opts.Timeout > 0 {
+		timeout = opts.Timeout
+	}
+	if timeout > 0 {
+		opts.Timeout = max(timeout-cfg.Now().Sub(b.StartedAt), time.Nanosecond)
+	}
+	opts.RunID = b.ID
+	opts.Publish = pub.publish
+	opts.Cache = &cache{d: d}
+
+	// The scheduler's ctx is the user's cancel only: stopping this driver must not cancel
+	// steps, it only makes everything return and write nothing.
+	schedCtx, cancelBuild := context.WithCancel(context.Background())
+	defer cancelBuild()
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		d.watch(schedCtx, epoch, stop, cancelBuild)
+	}()
+	go func() {
+		<-life.Done()
+		cancelBuild()
+	}()
+
+	res := scheduler.Run(schedCtx, pl, &backend{d: d}, opts)
+	werr := pub.close()
+	cancelBuild()
+	<-watchDone
+	if life.Err() != nil {
+		return res, errors.Join(context.Cause(life), werr)
+	}
+	if werr != nil {
+		return res, werr
+	}
+	if err := d.rollUp(res); err != nil {
+		return res, err
+	}
+	return res, st.ReleaseBuildLease(context.WithoutCancel(ctx), id, cfg.Owner, epoch)
+}
+
+type driver struct {
+	cfg   Config
+	life  context.Context
+	build store.Build
+	byKey map[string]store.Job // read-only after Drive starts the scheduler
+}
+
+// watch renews the lease and turns the build's cancel flag into the scheduler's cancel.
+func (d *driver) watch(ctx context.Context, epoch int64, stop context.CancelCauseFunc, cancelBuild context.CancelFunc) {
+	renew := time.NewTicker(d.cfg.LeaseTTL / 3)
+	defer renew.Stop()
+	poll := time.NewTicker(d.cfg.Poll)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-renew.C:
+			e, err := d.cfg.Store.AcquireBuildLease(d.life, d.build.ID, d.cfg.Owner, d.cfg.Now(), d.cfg.LeaseTTL)
+			if err == nil && e != epoch {
+				err = fmt.Errorf("epoch %d, was %d", e, epoch)
+			}
+			if err != nil && (store.IsConflict(err) || e != epoch) {
+				stop(fmt.Errorf("%w: %w", ErrLeaseLost, err))
+				return
+			}
+		case <-poll.C:
+			if b, err := d.cfg.Store.GetBuild(d.life, d.build.ID); err == nil && b.Canceled {
+				cancelBuild()
+			}
+		}
+	}
+}
+
+// rollUp moves the build to its terminal state from the scheduler's result.
+func (d *driver) rollUp(res scheduler.Result) error {
+	live := []store.BuildState{store.BuildScheduled, store.BuildRunning, store.BuildFailing, store.BuildCanceling}
+	u := store.BuildUpdate{Now: d.cfg.Now()}
+	to := store.BuildPassed
+	switch res.Status {
+	case scheduler.BuildFailed:
+		to = store.BuildFailed
+	case scheduler.BuildTimedOut:
+		to, u.ErrorCode, u.ErrorMessage = store.BuildFailed, "pipeline_timeout", "the pipeline timed out"
+	case scheduler.BuildCanceled:
+		to = store.BuildCanceled
+	}
+	b, err := d.cfg.Store.GetBuild(d.life, d.build.ID)
+	if err != nil {
+		return err
+	}
+	if b.State.Terminal() {
+		return nil
+	}
+	if to == store.BuildCanceled && b.State != store.BuildCanceling {
+		if b, err = d.cfg.Store.CancelBuild(d.life, b.ID, u.Now); err != nil {
+			return err
+		}
+	}
+	var from []store.BuildState
+	for _, s := range live {
+		if s.CanTransition(to) {
+			from = append(from, s)
+		}
+	}
+	if !b.State.CanTransition(to) {
+		// passed from failing/canceling cannot be: a cancel came after the last step ended.
+		return nil
+	}
+	_, err = d.cfg.Store.TransitionBuild(d.life, b.ID, from, to, u)
+	return err
+}
