@@ -344,3 +344,25 @@ func hangGuard(t *testing.T, d time.Duration) context.Context {
 func storeUpdate(code string) store.BuildUpdate {
 	return store.BuildUpdate{ErrorCode: code, ErrorMessage: "timed out", Now: time.Now()}
 }
+
+// TestSchemaCheckerRejects keeps the checker honest: a Build without its required fields, a
+// null where the schema has no nullable, an unknown state all fail.
+func TestSchemaCheckerRejects(t *testing.T) {
+	s := loadSpec(t)
+	sch, err := s.c.Compile("file:///openapi.json#/components/schemas/Build")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{`{"number":1}`, `{"number":1,"state":"queued","pipeline_slug":"p","created_at":"2026-01-01T00:00:00Z"}`,
+		`{"number":1,"state":"passed","pipeline_slug":null,"created_at":"2026-01-01T00:00:00Z"}`,
+		`{"number":1,"state":"passed","pipeline_slug":"p","created_at":"yesterday"}`} {
+		inst, _ := jsonschema.UnmarshalJSON(strings.NewReader(bad))
+		if sch.Validate(inst) == nil {
+			t.Errorf("%s validates", bad)
+		}
+	}
+	inst, _ := jsonschema.UnmarshalJSON(strings.NewReader(`{"number":1,"state":"passed","pipeline_slug":"p","created_at":"2026-01-01T00:00:00Z","branch":null}`))
+	if err := sch.Validate(inst); err != nil {
+		t.Errorf("a null nullable field: %v", err)
+	}
+}
