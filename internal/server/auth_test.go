@@ -136,4 +136,3 @@ func TestSecretsNotStored(t *testing.T) {
 		}
 	}
 }
-
