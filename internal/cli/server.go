@@ -1,0 +1,142 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hmci/hm/internal/config"
+	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/server"
+	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/blobdir"
+	"github.com/hmci/hm/internal/store/sqlite"
+)
+
+// drainTimeout bounds how long SIGTERM waits for in-flight requests.
+const drainTimeout = 30 * time.Second
+
+func newServerCmd(stdio IO) *cobra.Command {
+	var listen, data, maxSource string
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Serve the Harmont API v0 subset and hm's event stream over a store in --data",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			var max config.Size
+			if err := max.UnmarshalText([]byte(maxSource)); err != nil {
+				return errs.New(errs.ErrUsage, "usage", "give a size such as 256MiB", "--max-source-size %q: %v", maxSource, err)
+			}
+			return runServer(c.Context(), stdio, listen, data, int64(max))
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to listen on")
+	cmd.Flags().StringVar(&data, "data", "", "data directory: the SQLite store, blobs and the log token key")
+	cmd.Flags().StringVar(&maxSource, "max-source-size", "256MiB", "largest source archive a build may submit")
+	cmd.MarkFlagRequired("data")
+	cmd.AddCommand(newServerTokenCmd(stdio))
+	return cmd
+}
+
+func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int64) error {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	st, err := sqlite.Open(ctx, data)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	blobs, err := blobdir.Open(filepath.Join(data, "blobs"))
+	if err != nil {
+		return err
+	}
+	key, err := server.LoadLogKey(filepath.Join(data, "log-token.key"))
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(stdio.Err, nil))
+	srv, err := server.New(server.Config{Store: st, Blobs: blobs, LogKey: key, MaxSourceBytes: maxSource, Logger: logger})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return errs.New(errs.ErrUnavailable, "listen", "choose a free address with --listen", "cannot listen on %s: %v", listen, err)
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	logger.Info("hm server listening", "addr", ln.Addr().String(), "data", data)
+	done := make(chan error, 1)
+	go func() { done <- hs.Serve(ln) }()
+	select {
+	case err := <-done:
+		return fmt.Errorf("server: %w: %w", errs.ErrInfra, err)
+	case <-ctx.Done():
+	}
+	logger.Info("hm server draining")
+	srv.Drain()
+	sctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		return fmt.Errorf("server: drain: %w: %w", errs.ErrInfra, err)
+	}
+	if err := <-done; !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("server: %w: %w", errs.ErrInfra, err)
+	}
+	logger.Info("hm server stopped")
+	return nil
+}
+
+func newServerTokenCmd(stdio IO) *cobra.Command {
+	tok := &cobra.Command{Use: "token", Short: "Manage the server's API tokens"}
+	var data, org, name string
+	var agent bool
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create a token for --org (created when new) and print it once; only its hash is stored",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			st, err := sqlite.Open(c.Context(), data)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			o, err := st.GetOrgBySlug(c.Context(), org)
+			if store.IsNotFound(err) {
+				o, err = st.CreateOrg(c.Context(), org, org)
+				if store.IsConflict(err) {
+					o, err = st.GetOrgBySlug(c.Context(), org)
+				}
+			}
+			if err != nil {
+				return err
+			}
+			kind := store.TokenUser
+			if agent {
+				kind = store.TokenAgent
+			}
+			secret, h := store.NewToken(kind)
+			if _, err := st.CreateToken(c.Context(), store.Token{OrgID: o.ID, Kind: kind, Name: name, Hash: h}); err != nil {
+				return err
+			}
+			fmt.Fprintln(stdio.Out, secret)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&data, "data", "", "the server's data directory")
+	create.Flags().StringVar(&org, "org", "", "organization slug (created when it does not exist)")
+	create.Flags().StringVar(&name, "name", "", "a name to recognize the token by")
+	create.Flags().BoolVar(&agent, "agent", false, "an agent token (agent routes only) instead of a user token")
+	create.MarkFlagRequired("data")
+	create.MarkFlagRequired("org")
+	tok.AddCommand(create)
+	return tok
+}

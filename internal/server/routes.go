@@ -1,0 +1,55 @@
+package server
+
+import (
+	"net/http"
+)
+
+const (
+	orgPath   = "/api/v0/organizations/{org}"
+	pipePath  = orgPath + "/pipelines/{pipeline}"
+	buildPath = pipePath + "/builds/{number}"
+	// AgentPrefix is where the agent protocol lives: agent tokens only.
+	AgentPrefix = "/api/v0/agent"
+)
+
+// routes is the whole API, one handler per operation (operationIds of cli-subset.openapi.json).
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	small := func() int64 { return maxSmallBody }
+
+	mux.HandleFunc("GET /api/v0/ping", s.ping)
+	mux.Handle("POST "+orgPath+"/pipelines", s.user(body(s, small, s.createPipeline)))
+	mux.Handle("GET "+pipePath, s.user(s.getPipeline))
+	mux.Handle("POST "+pipePath+"/builds", s.user(body(s, s.maxBuildBody, s.createBuild)))
+	mux.Handle("GET "+pipePath+"/builds", s.user(s.listBuilds))
+	mux.Handle("POST "+orgPath+"/builds", s.user(body(s, s.maxBuildBody, s.createBuildBySource)))
+	mux.Handle("GET "+buildPath, s.user(s.getBuild))
+	mux.Handle("PUT "+buildPath+"/cancel", s.user(s.cancelBuild))
+	mux.Handle("GET "+buildPath+"/jobs", s.user(s.listJobs))
+	mux.Handle("GET "+buildPath+"/jobs/{job_id}", s.user(s.getJob))
+	mux.Handle("GET "+buildPath+"/log-token", s.user(s.getBuildLogToken))
+	mux.Handle("GET "+buildPath+"/events", s.user(s.buildEvents))
+	// The log stream authenticates by its build-scoped token, not by a bearer token.
+	mux.HandleFunc("GET /v0/jobs/{job_id}/logs", s.jobLogs)
+
+	// The agent protocol's handlers arrive with the agent; its auth is here already, so no
+	// route under the prefix can be added without it.
+	mux.Handle("GET "+AgentPrefix+"/ping", s.agent(s.agentPing))
+	mux.Handle(AgentPrefix+"/{rest...}", s.agent(s.notFound))
+
+	mux.HandleFunc("/", s.notFound)
+	return s.outer(mux)
+}
+
+func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// agentPing answers an agent that its token works: the first call an agent makes.
+func (s *Server) agentPing(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "org": authOf(r).Org.Slug})
+}
+
+func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
+	s.writeError(w, r, notFound("route_not_found", "no route "+r.Method+" "+r.URL.Path))
+}
