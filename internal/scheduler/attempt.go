@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 
 	"github.com/hmci/hm/internal/events"
 	"github.com/hmci/hm/internal/ir"
@@ -74,6 +75,8 @@ func retryAgain(p *ir.Retry, n, code int) (again bool, most int) {
 func (r *run) attempt(ctx context.Context, i, n int, spec vm.Spec, handoff *vm.Machine, cached bool, q CacheQuery) outcome {
 	ps := &r.pl.Steps[i]
 	id := r.steps[i].id
+	// HM_ATTEMPT tells the command which attempt it is, from 1.
+	spec.Env = append(slices.Clip(spec.Env), "HM_ATTEMPT="+strconv.Itoa(n))
 	cleanup := context.WithoutCancel(ctx)
 	failed := func(runCtx context.Context, err error) outcome {
 		return outcome{end: classify(ctx, runCtx), err: err}
