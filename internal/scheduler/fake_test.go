@@ -32,7 +32,7 @@ type fakeVM struct {
 	gen       *gate
 	nextSnap  int
 	missImage string
-	slowImage string // ResolveImage fires REF-resolving, then waits for REF-release
+	slowImage string         // ResolveImage fires REF-resolving, then waits for REF-release
 	runs      map[string]int // runs of each command, for flaky
 }
 

@@ -169,6 +169,7 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 		}
 	}
 }
+
 var errStepTimeout = errors.New("step timed out")
 
 // create makes the step's machine: a continuation of the parent's machine when there is one
