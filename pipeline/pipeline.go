@@ -4,6 +4,8 @@ import (
 	"maps"
 	"slices"
 	"time"
+
+	"github.com/hmci/hm/internal/ir"
 )
 
 // Pipeline is a named set of steps with pipeline-wide settings.
@@ -12,6 +14,7 @@ type Pipeline struct {
 	defaultImage string
 	env          map[string]string // replaced, never written, on change
 	timeout      time.Duration
+	git          bool
 	items        []Item
 }
 
@@ -46,3 +49,14 @@ func (p Pipeline) DefaultImage(image string) Pipeline { p.defaultImage = image; 
 
 // Timeout sets the whole-build budget, a whole number of seconds >= 1.
 func (p Pipeline) Timeout(d time.Duration) Pipeline { p.timeout = d; return p }
+
+// SourceGit puts the repository's .git directory into every step's /workspace, so that `git
+// describe` works in a step (IR `"source": {"git": true}`, an hm extension). Off by default.
+func (p Pipeline) SourceGit() Pipeline { p.git = true; return p }
+
+func (p Pipeline) source() *ir.Source {
+	if !p.git {
+		return nil
+	}
+	return &ir.Source{Git: true}
+}

@@ -251,10 +251,11 @@ func seconds(d time.Duration) (int, error) {
 
 // IR documents. Field order is the output order.
 type graphDoc struct {
-	Version        string    `json:"version"`
-	DefaultImage   string    `json:"default_image,omitempty"`
-	TimeoutSeconds int       `json:"timeout_seconds,omitempty"`
-	Graph          graphBody `json:"graph"`
+	Version        string     `json:"version"`
+	DefaultImage   string     `json:"default_image,omitempty"`
+	TimeoutSeconds int        `json:"timeout_seconds,omitempty"`
+	Source         *ir.Source `json:"source,omitempty"`
+	Graph          graphBody  `json:"graph"`
 }
 
 type graphBody struct {
@@ -277,6 +278,7 @@ type commandStep struct {
 	Image          string            `json:"image,omitempty"`
 	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`
 	Cache          *ir.Cache         `json:"cache,omitempty"`
+	Retry          *ir.Retry         `json:"retry,omitempty"`
 	BuildsIn       *string           `json:"builds_in,omitempty"` // flat form only
 	Env            map[string]string `json:"env,omitempty"`       // flat form only
 }
@@ -290,6 +292,7 @@ type flatDoc struct {
 	Version        string            `json:"version"`
 	DefaultImage   string            `json:"default_image,omitempty"`
 	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`
+	Source         *ir.Source        `json:"source,omitempty"`
 	Env            map[string]string `json:"env"`
 	Steps          []any             `json:"steps"`
 }
@@ -315,7 +318,10 @@ func (p Pipeline) document(g *flat) (any, []*ir.Cache, error) {
 	caches := make([]*ir.Cache, len(g.steps))
 	for i, s := range g.steps {
 		secs, _ := seconds(s.timeout) // checked by checkStep
-		steps[i] = commandStep{Key: s.key, Label: s.label, Cmd: s.cmd, Image: s.image, TimeoutSeconds: secs}
+		steps[i] = commandStep{Key: s.key, Label: s.label, Cmd: s.cmd, Image: s.image, TimeoutSeconds: secs, Retry: s.retry}
+		if err := checkRetry(s.key, s.retry); err != nil {
+			return nil, nil, err
+		}
 		if s.cache != nil {
 			c, err := s.cache.toIR(false)
 			if err != nil {
@@ -332,7 +338,7 @@ func (p Pipeline) document(g *flat) (any, []*ir.Cache, error) {
 		doc, err := p.flatDocument(g, steps)
 		return doc, caches, err
 	}
-	doc := graphDoc{Version: "0", DefaultImage: p.defaultImage, TimeoutSeconds: timeout,
+	doc := graphDoc{Version: "0", DefaultImage: p.defaultImage, TimeoutSeconds: timeout, Source: p.source(),
 		Graph: graphBody{Nodes: []graphNode{}, NodeHoles: []int{}, EdgeProperty: "directed", Edges: []edge{}}}
 	for i, s := range g.steps {
 		env := maps.Clone(p.env)
@@ -394,7 +400,7 @@ func (p Pipeline) flatDocument(g *flat, steps []commandStep) (any, error) {
 	if env == nil {
 		env = map[string]string{}
 	}
-	doc := flatDoc{Version: "0", DefaultImage: p.defaultImage, TimeoutSeconds: timeout, Env: env, Steps: []any{}}
+	doc := flatDoc{Version: "0", DefaultImage: p.defaultImage, TimeoutSeconds: timeout, Source: p.source(), Env: env, Steps: []any{}}
 	for _, e := range g.entries {
 		if e.step == nil {
 			doc.Steps = append(doc.Steps, waitStep{Type: "wait", ContinueOnFailure: e.barrier.continueOnFailure})
@@ -431,3 +437,19 @@ func marshal(doc any) ([]byte, error) {
 }
 
 var spreadEdge = regexp.MustCompile(`\[\n\s+(\d+),\n\s+(\d+),\n\s+("(?:builds_in|depends_on)")\n\s+\]`)
+
+func checkRetry(key string, r *ir.Retry) error {
+	if r == nil {
+		return nil
+	}
+	fix := fmt.Sprintf("use Retry(limit, codes...) with 0 <= limit <= %d and codes 1..255 (or -1: an infrastructure error)", ir.MaxRetryLimit)
+	if r.Limit < 0 || r.Limit > ir.MaxRetryLimit {
+		return invalid("step_retry", fix, "step %q: retry limit %d is out of range", key, r.Limit)
+	}
+	for _, c := range r.On {
+		if c != -1 && (c < 1 || c > 255) {
+			return invalid("step_retry", fix, "step %q: retry on exit code %d: codes are 1..255, or -1", key, c)
+		}
+	}
+	return nil
+}

@@ -4,6 +4,8 @@ import (
 	"maps"
 	"slices"
 	"time"
+
+	"github.com/hmci/hm/internal/ir"
 )
 
 // Item is something New accepts: a Step, a Group or a Barrier.
@@ -16,6 +18,7 @@ type Step struct {
 	env          map[string]string // shared between copies: replaced, never written, on change
 	timeout      time.Duration
 	cache        *Cache
+	retry        *ir.Retry
 	after        []string
 	parent       *Step // builds_in parent; nil for a root
 }
@@ -55,6 +58,15 @@ func (s Step) Env(key, value string) Step {
 
 // Timeout sets the step's wall-clock limit, a whole number of seconds >= 1.
 func (s Step) Timeout(d time.Duration) Step { s.timeout = d; return s }
+
+// Retry runs the step again, on a fresh machine from the same base and source, when it
+// fails: up to limit more times (at most 10), on the exit codes listed (any non-zero code when
+// none is; -1 names an infrastructure error, which hm retries once even without Retry). An hm
+// extension of the IR: other executors ignore it.
+func (s Step) Retry(limit int, on ...int) Step {
+	s.retry = &ir.Retry{Limit: limit, On: slices.Clone(on)}
+	return s
+}
 
 // Cache sets the step's cache policy.
 func (s Step) Cache(c Cache) Step { s.cache = &c; return s }

@@ -211,7 +211,7 @@ func TestFindAndPrune(t *testing.T) {
 // while the other events are still kept.
 func TestBounds(t *testing.T) {
 	defer func(l, b int64) { maxLineBytes, maxBuildBytes = l, b }(maxLineBytes, maxBuildBytes)
-	maxLineBytes, maxBuildBytes = 16, 600
+	maxLineBytes, maxBuildBytes = 16, 640
 	s := Open(t.TempDir())
 	evs := []events.Event{start("big", t0), logLine("s1", strings.Repeat("é", 20))}
 	for range 20 {
@@ -230,9 +230,9 @@ func TestBounds(t *testing.T) {
 			logs = append(logs, ev.StepLog.StepID+": "+ev.StepLog.Line)
 		}
 	}
-	notice := "hm: this build's stored log reached its limit of 600 bytes: later lines of this step are not kept"
+	notice := "hm: this build's stored log reached its limit of 640 bytes: later lines of this step are not kept"
 	want := []string{"s1: " + strings.Repeat("é", 8) + "…"}
-	for len(want) < 5 { // the cut line and four whole ones fill 600 bytes with build_start
+	for len(want) < 5 { // the cut line and four whole ones fill 640 bytes with build_start
 		want = append(want, "s1: 0123456789")
 	}
 	want = append(want, "s1: "+notice, "s2: "+notice)

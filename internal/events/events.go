@@ -23,6 +23,7 @@ const (
 	KindStepCacheHit  Kind = "step_cache_hit"
 	KindStepEnd       Kind = "step_end"
 	KindStepSkipped   Kind = "step_skipped"
+	KindStepRetry     Kind = "step_retry"
 	KindChainFailed   Kind = "chain_failed"
 	KindBuildEnd      Kind = "build_end"
 )
@@ -51,6 +52,7 @@ type Event struct {
 	StepCacheHit  *StepCacheHit
 	StepEnd       *StepEnd
 	StepSkipped   *StepSkipped
+	StepRetry     *StepRetry
 	ChainFailed   *ChainFailed
 	BuildEnd      *BuildEnd
 }
@@ -100,6 +102,9 @@ type StepLog struct {
 	Stream string    `json:"stream"`
 	Line   string    `json:"line"`
 	TS     time.Time `json:"ts"`
+	// Attempt is the attempt the line belongs to, from 1 (our addition; 0 when another
+	// executor's events do not say).
+	Attempt int `json:"attempt"`
 }
 
 type StepCacheHit struct {
@@ -116,6 +121,21 @@ type StepEnd struct {
 	ExitCode   int     `json:"exit_code"`
 	DurationMS int64   `json:"duration_ms"`
 	Snapshot   *string `json:"snapshot"`
+	// Attempt is the attempt that ended the step, from 1: the build counts this one (our
+	// addition, see StepRetry).
+	Attempt int `json:"attempt"`
+}
+
+// StepRetry (our addition) says an attempt of a step failed and the step runs again on a
+// fresh machine: attempt Attempt+1 of at most Attempts. The step's one step_start and one
+// step_end enclose all its attempts; its step_log lines carry their attempt.
+type StepRetry struct {
+	StepID   string    `json:"step_id"`
+	Attempt  int       `json:"attempt"`   // the attempt that failed
+	Attempts int       `json:"attempts"`  // the most the step may run
+	ExitCode int       `json:"exit_code"` // of the failed attempt (-1: it could not run)
+	Message  string    `json:"message"`
+	TS       time.Time `json:"ts"`
 }
 
 type StepSkipped struct {
@@ -157,6 +177,8 @@ func (e Event) payload() any {
 		return nilIf(e.StepEnd)
 	case KindStepSkipped:
 		return nilIf(e.StepSkipped)
+	case KindStepRetry:
+		return nilIf(e.StepRetry)
 	case KindChainFailed:
 		return nilIf(e.ChainFailed)
 	case KindBuildEnd:
@@ -187,6 +209,8 @@ func (e Event) StepID() string {
 		return e.StepEnd.StepID
 	case e.StepSkipped != nil:
 		return e.StepSkipped.StepID
+	case e.StepRetry != nil:
+		return e.StepRetry.StepID
 	case e.ChainFailed != nil:
 		return e.ChainFailed.FailedStepID
 	}
@@ -251,6 +275,9 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 	case KindStepSkipped:
 		e.StepSkipped = new(StepSkipped)
 		dst = e.StepSkipped
+	case KindStepRetry:
+		e.StepRetry = new(StepRetry)
+		dst = e.StepRetry
 	case KindChainFailed:
 		e.ChainFailed = new(ChainFailed)
 		dst = e.ChainFailed

@@ -24,6 +24,7 @@ type Pipeline struct {
 	Nodes          []Node
 	Edges          []Edge
 	Form           Form
+	Source         Source // hm extension: what the workspace holds beyond the source tree
 	// Raw is the original IR bytes, forwarded verbatim by the remote backend.
 	Raw []byte
 }
@@ -44,6 +45,7 @@ type Step struct {
 	Cache          *Cache
 	Runner         string
 	RunnerArgs     json.RawMessage
+	Retry          *Retry // hm extension; nil: no policy (infrastructure errors retried once)
 }
 
 // Cache policy names.

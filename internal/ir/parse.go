@@ -24,6 +24,7 @@ type rawGraphIR struct {
 	Graph          *rawGraph         `json:"graph"`
 	Steps          *[]rawStep        `json:"steps"`
 	Env            map[string]string `json:"env"`
+	Source         json.RawMessage   `json:"source"` // hm extension
 }
 
 type rawGraph struct {
@@ -57,6 +58,7 @@ type rawStep struct {
 	Env               map[string]string `json:"env"`
 	BuildsIn          *string           `json:"builds_in"`
 	ContinueOnFailure bool              `json:"continue_on_failure"`
+	Retry             json.RawMessage   `json:"retry"` // hm extension
 }
 
 func invalid(code, fix, format string, args ...any) error {
@@ -100,6 +102,9 @@ func Parse(data []byte) (*Pipeline, error) {
 		p.TimeoutSeconds = n
 	}
 	var err error
+	if p.Source, err = convertSource(raw.Source); err != nil {
+		return nil, err
+	}
 	switch {
 	case raw.Graph != nil && raw.Steps != nil:
 		return nil, invalid("ir_malformed", "keep either graph (current form) or steps (flat form)",
@@ -228,6 +233,11 @@ func convertStep(i int, s *rawStep) (Step, error) {
 		c := *s.Cache
 		st.Cache = &c
 	}
+	r, err := convertRetry(name, s.Retry)
+	if err != nil {
+		return Step{}, err
+	}
+	st.Retry = r
 	return st, nil
 }
 

@@ -208,3 +208,41 @@ func TestParseDeepChainNoStackOverflow(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestRetryAndSource(t *testing.T) {
+	graph := func(step, top string) []byte {
+		return []byte(`{"version":"0"` + top + `,"graph":{"nodes":[{"step":{"key":"a","cmd":"true"` + step + `}}],"edges":[]}}`)
+	}
+	p, err := Parse(graph(`,"retry":{"limit":2,"on":[3,-1]}`, `,"source":{"git":true}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := p.Nodes[0].Step.Retry; r == nil || r.Limit != 2 || len(r.On) != 2 || r.On[0] != 3 || r.On[1] != -1 {
+		t.Errorf("retry = %+v", r)
+	}
+	if !p.Source.Git {
+		t.Error("source.git not read")
+	}
+	p, err = Parse(graph(``, ``))
+	if err != nil || p.Nodes[0].Step.Retry != nil || p.Source.Git {
+		t.Errorf("defaults: %+v %+v %v", p.Nodes[0].Step.Retry, p.Source, err)
+	}
+	for _, bad := range []struct{ step, top, code string }{
+		{`,"retry":{"limit":11}`, ``, "ir_retry"},
+		{`,"retry":{"limit":-1}`, ``, "ir_retry"},
+		{`,"retry":{"limit":1.5}`, ``, "ir_retry"},
+		{`,"retry":{}`, ``, "ir_retry"},
+		{`,"retry":{"limit":1,"on":[0]}`, ``, "ir_retry"},
+		{`,"retry":{"limit":1,"on":[256]}`, ``, "ir_retry"},
+		{`,"retry":{"limit":1,"tries":3}`, ``, "ir_retry"},
+		{`,"retry":3`, ``, "ir_retry"},
+		{``, `,"source":{"git":"yes"}`, "ir_source"},
+		{``, `,"source":{"svn":true}`, "ir_source"},
+	} {
+		_, err := Parse(graph(bad.step, bad.top))
+		var e *errs.Error
+		if !errors.As(err, &e) || e.Code != bad.code || !errors.Is(err, errs.ErrInvalid) {
+			t.Errorf("%s%s: err = %v, want %s", bad.step, bad.top, err, bad.code)
+		}
+	}
+}

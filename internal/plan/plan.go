@@ -40,8 +40,10 @@ type Step struct {
 	// refuses a step that names another; its backends take no arguments (ir-v0.md §1).
 	Runner     string
 	RunnerArgs json.RawMessage
-	Preds      []Pred
-	Succs      []int
+	// Retry is the step's retry policy (ir.Retry), nil when it has none.
+	Retry *ir.Retry
+	Preds []Pred
+	Succs []int
 	// Children are the builds_in children.
 	Children []int
 	// Chain is the chain's number; ChainIdx the step's position in it.
@@ -79,6 +81,7 @@ func New(p *ir.Pipeline) *Plan {
 			Cache:       n.Step.Cache,
 			Runner:      n.Step.Runner,
 			RunnerArgs:  n.Step.RunnerArgs,
+			Retry:       n.Step.Retry,
 		}
 		if n.Step.TimeoutSeconds > 0 {
 			s.Timeout = time.Duration(n.Step.TimeoutSeconds) * time.Second

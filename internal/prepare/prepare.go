@@ -106,7 +106,7 @@ func New(ctx context.Context, in Input) (*Build, error) {
 		return nil, errs.New(errs.ErrUsage, "source_not_found", "pass an existing directory with -d",
 			"source directory %s: %v", in.Dir, err)
 	}
-	tree, err := source.Pack(ctx, dir, source.Options{MaxBytes: in.MaxSourceBytes})
+	tree, err := source.Pack(ctx, dir, source.Options{MaxBytes: in.MaxSourceBytes, Git: p.Source.Git})
 	if err != nil {
 		return nil, err
 	}

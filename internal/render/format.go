@@ -182,14 +182,18 @@ func (lw *lineWriter) write(buf *bytes.Buffer, ev events.Event) {
 		switch s.status {
 		case statusPassed:
 			prefix()
-			buf.WriteString(lw.st.ok.Render("✓ passed in " + formatDuration(s.duration)))
+			buf.WriteString(lw.st.ok.Render("✓ passed in " + formatDuration(s.duration) + attemptNote(s)))
 			buf.WriteByte('\n')
 		case statusFailed:
 			prefix()
-			buf.WriteString(lw.st.fail.Render(fmt.Sprintf("✗ failed (exit %d) in %s",
-				s.exitCode, formatDuration(s.duration))))
+			buf.WriteString(lw.st.fail.Render(fmt.Sprintf("✗ failed (exit %d) in %s%s",
+				s.exitCode, formatDuration(s.duration), attemptNote(s))))
 			buf.WriteByte('\n')
 		}
+	case ev.StepRetry != nil:
+		prefix()
+		buf.WriteString(lw.st.fail.Render(retryText(ev.StepRetry)))
+		buf.WriteByte('\n')
 	case ev.StepSkipped != nil:
 		prefix()
 		buf.WriteString(lw.st.dim.Render(skipText(s.skipReason)))

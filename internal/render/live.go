@@ -168,9 +168,9 @@ func stepLine(st styles, s *step, depth int, canceled bool, spin string, now tim
 	}
 	switch s.status {
 	case statusRunning:
-		fmt.Fprintf(&b, "%s %s  %s", spin, name, st.dim.Render(formatDuration(now.Sub(s.started))))
+		fmt.Fprintf(&b, "%s %s  %s", spin, name, st.dim.Render(formatDuration(now.Sub(s.started))+attemptNote(s)))
 	case statusPassed:
-		fmt.Fprintf(&b, "%s %s  %s", st.ok.Render("✓"), name, st.dim.Render(formatDuration(s.duration)))
+		fmt.Fprintf(&b, "%s %s  %s", st.ok.Render("✓"), name, st.dim.Render(formatDuration(s.duration)+attemptNote(s)))
 	case statusCached:
 		fmt.Fprintf(&b, "%s %s  %s", st.cached.Render("✓"), name,
 			st.cached.Render("cached")+" "+st.dim.Render(formatDuration(s.duration)))
@@ -180,7 +180,7 @@ func stepLine(st styles, s *step, depth int, canceled bool, spin string, now tim
 			break
 		}
 		fmt.Fprintf(&b, "%s %s  %s %s", st.fail.Render("✗"), name,
-			st.dim.Render(formatDuration(s.duration)), st.fail.Render(fmt.Sprintf("exit %d", s.exitCode)))
+			st.dim.Render(formatDuration(s.duration)+attemptNote(s)), st.fail.Render(fmt.Sprintf("exit %d", s.exitCode)))
 	case statusSkipped:
 		b.WriteString(st.dim.Render(fmt.Sprintf("○ %s  %s", key, skipText(s.skipReason))))
 	default: // queued (waiting for a free slot), or still running when the stream ended

@@ -77,6 +77,7 @@ func TestPlainGolden(t *testing.T) {
 		{golden: "failed_verbose", input: "failed", opts: Options{Verbose: true}},
 		{golden: "timed_out", input: "timed_out"},
 		{golden: "canceled", input: "canceled"},
+		{golden: "retried", input: "retried"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {

@@ -1,6 +1,7 @@
 package render
 
 import (
+	"fmt"
 	"time"
 	"unicode/utf8"
 
@@ -41,6 +42,9 @@ type step struct {
 	chainFailed   bool     // a chain_failed named it: it failed, rather than being canceled
 	messages      []string // chain_failed messages naming this step
 	logs          *tail    // nil unless the build keeps logs (live mode)
+	// attempt is the attempt running or that ended the step, attempts the most it may
+	// have; both 0 until a step_retry says the step is retried.
+	attempt, attempts int
 }
 
 // build is the state of one build, folded from its event stream in order.
@@ -132,6 +136,9 @@ func (b *build) apply(ev events.Event) *step {
 		e := ev.StepEnd
 		s := b.stepFor(e.StepID)
 		s.exitCode = e.ExitCode
+		if e.Attempt > 1 {
+			s.attempt = e.Attempt
+		}
 		s.duration = time.Duration(e.DurationMS) * time.Millisecond
 		switch {
 		case e.ExitCode != 0:
@@ -141,6 +148,14 @@ func (b *build) apply(ev events.Event) *step {
 		}
 		if s.status != statusFailed {
 			s.logs.drop() // only failed steps are replayed
+		}
+		return s
+	case ev.StepRetry != nil:
+		r := ev.StepRetry
+		s := b.stepFor(r.StepID)
+		s.attempt, s.attempts = r.Attempt+1, r.Attempts
+		if s.logs != nil {
+			s.logs.add(retryText(r))
 		}
 		return s
 	case ev.StepSkipped != nil:
@@ -165,6 +180,26 @@ func (b *build) apply(ev events.Event) *step {
 		b.end = ev.BuildEnd
 	}
 	return nil
+}
+
+// retryText says that an attempt failed and which one comes next.
+func retryText(r *events.StepRetry) string {
+	why := fmt.Sprintf("exit %d", r.ExitCode)
+	if r.ExitCode == -1 {
+		why = "could not run"
+	}
+	return fmt.Sprintf("↻ attempt %d failed (%s), retrying: attempt %d of %d", r.Attempt, why, r.Attempt+1, r.Attempts)
+}
+
+// attemptNote is " (attempt N of M)" for a retried step, else "".
+func attemptNote(s *step) string {
+	switch {
+	case s.attempt <= 1:
+		return ""
+	case s.attempts >= s.attempt:
+		return fmt.Sprintf(" (attempt %d of %d)", s.attempt, s.attempts)
+	}
+	return fmt.Sprintf(" (attempt %d)", s.attempt)
 }
 
 // canceled reports whether s ended non-zero without a chain_failed: semantics.md emits

@@ -18,6 +18,8 @@ import (
 //
 //	ok | fail N | infra | print TEXT | block (until ctx done) | wait NAME (until signal NAME)
 //	signal NAME (closes NAME, then continues) | gate (see gen)
+//	flaky N CODE (exits CODE, or fails as infra when CODE is "infra", on the command's
+//	first N runs in this backend; then continues)
 type fakeVM struct {
 	mu        sync.Mutex
 	created   []vm.Spec
@@ -30,11 +32,12 @@ type fakeVM struct {
 	gen       *gate
 	nextSnap  int
 	missImage string
-	slowImage string // ResolveImage fires REF-resolving, then waits for REF-release
+	slowImage string         // ResolveImage fires REF-resolving, then waits for REF-release
+	runs      map[string]int // runs of each command, for flaky
 }
 
 func newFakeVM() *fakeVM {
-	return &fakeVM{commits: map[string]bool{}, signals: map[string]chan struct{}{}}
+	return &fakeVM{commits: map[string]bool{}, signals: map[string]chan struct{}{}, runs: map[string]int{}}
 }
 
 func (f *fakeVM) signal(name string) chan struct{} {
@@ -122,6 +125,8 @@ func (m *fakeMachine) Run(ctx context.Context, stdout, _ io.Writer) (int, error)
 	f := m.f
 	f.mu.Lock()
 	f.running++
+	f.runs[m.spec.Cmd]++
+	run := f.runs[m.spec.Cmd]
 	if f.running > f.maxRun {
 		f.maxRun = f.running
 	}
@@ -159,6 +164,17 @@ func (m *fakeMachine) Run(ctx context.Context, stdout, _ io.Writer) (int, error)
 			}
 		case "signal":
 			f.fire(arg)
+		case "flaky":
+			n, _ := strconv.Atoi(arg)
+			code := words[0]
+			words = words[1:]
+			if run <= n {
+				if code == "infra" {
+					return 0, errors.New("daemon went away")
+				}
+				c, _ := strconv.Atoi(code)
+				return c, nil
+			}
 		case "gate":
 			if err := f.gen.wait(ctx); err != nil {
 				return 0, err

@@ -65,6 +65,7 @@ type step struct {
 	after    []string // depends_on
 	timeout  time.Duration
 	cache    bool
+	retry    *ir.Retry
 }
 
 // build makes a plan from a compact description.
@@ -74,7 +75,7 @@ func build(t *testing.T, steps []step) *plan.Plan {
 	idx := map[string]int{}
 	for i, s := range steps {
 		idx[s.key] = i
-		st := ir.Step{Key: s.key, Cmd: s.cmd}
+		st := ir.Step{Key: s.key, Cmd: s.cmd, Retry: s.retry}
 		if s.cache {
 			st.Cache = &ir.Cache{Policy: ir.PolicyForever}
 		}
@@ -227,7 +228,8 @@ func TestOutcomes(t *testing.T) {
 			want:     BuildFailed,
 			statuses: map[string]Status{"x": Failed, "y": Skipped},
 			events: map[string][]string{
-				"x": {"step_queued", "step_start", "step_log", "step_end:-1", "chain_failed"},
+				// retried once by default: each attempt logs why it could not run
+				"x": {"step_queued", "step_start", "step_log", "step_retry", "step_log", "step_end:-1", "chain_failed"},
 				"y": {"step_queued", "step_skipped:dependency_failed"},
 			},
 		},

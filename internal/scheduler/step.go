@@ -56,7 +56,7 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 				return r.notStarted(i, c)
 			}
 			r.start(st.id, imageRef)
-			return r.fail(ctx, i, c, start, err)
+			return r.fail(i, 1, c, start, classify(ctx, ctx), err)
 		}
 		spec.Image = id
 		c.base = id
@@ -82,7 +82,7 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 			r.opts.Publish(events.Event{Kind: events.KindStepCacheHit, StepCacheHit: hit})
 			snap := res.Snapshot
 			c.status, c.snapshot = CacheHit, snap
-			r.end(st.id, 0, start, &snap)
+			r.end(st.id, 1, 0, start, &snap)
 			return c
 		}
 		missNote = res.Explain
@@ -90,7 +90,7 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 			// The cache cannot take what the step would make (an unwritable state dir): the
 			// step must not run. Any other lookup failure only costs the hit.
 			r.start(st.id, imageRef)
-			return r.fail(ctx, i, c, start, err)
+			return r.fail(i, 1, c, start, classify(ctx, ctx), err)
 		}
 		if err != nil {
 			missNote = fmt.Sprintf("cache lookup failed: %v", err)
@@ -111,96 +111,63 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 	start = time.Now()
 	r.start(st.id, imageRef)
 	if missNote != "" {
-		r.log(st.id, events.Stderr, "hm: cache miss: "+missNote)
+		r.log(st.id, 1, events.Stderr, "hm: cache miss: "+missNote)
 	}
 	if i < len(r.opts.Warnings) {
 		for _, w := range r.opts.Warnings[i] {
-			r.log(st.id, events.Stderr, "hm: warning: "+w)
+			r.log(st.id, 1, events.Stderr, "hm: warning: "+w)
 		}
 	}
 
 	spec.Cmd = ps.Cmd
 	spec.Env = append(append(append([]string{}, vm.BaseEnv...), ps.Env...), r.opts.ExtraEnv...)
 	spec.Owner = vm.Owner{RunID: r.opts.RunID, StepKey: ps.Key, PID: r.pid}
-	// One builds_in child: it may continue on this machine rather than on a snapshot.
-	spec.Continuable = len(ps.Children) == 1
+	// One builds_in child: it may continue on this machine rather than on a snapshot, unless
+	// it may be retried: each attempt starts afresh from this step's snapshot.
+	spec.Continuable = len(ps.Children) == 1 && !retries(r.pl.Steps[ps.Children[0]].Retry)
 
-	cleanup := context.WithoutCancel(ctx)
-	m, err := r.create(ctx, spec, handoff)
-	if err != nil {
-		return r.fail(ctx, i, c, start, err)
-	}
-	keep := false // handed on to the child
-	defer func() {
-		if keep {
-			return
-		}
-		dctx, cancel := context.WithTimeout(cleanup, cleanupTimeout)
-		defer cancel()
-		_ = m.Destroy(dctx)
-	}()
-	if r.opts.Workspace != nil {
-		if err := m.Inject(ctx, r.opts.Workspace); err != nil {
-			return r.fail(ctx, i, c, start, err)
-		}
-	}
-
-	runCtx := ctx
-	if ps.Timeout > 0 {
-		var cancel context.CancelFunc
-		runCtx, cancel = context.WithTimeoutCause(ctx, ps.Timeout, errStepTimeout)
-		defer cancel()
-	}
-	stdout := events.NewLineWriter(func(l string) { r.log(st.id, events.Stdout, l) })
-	stderr := events.NewLineWriter(func(l string) { r.log(st.id, events.Stderr, l) })
-	code, err := m.Run(runCtx, stdout, stderr)
-	stdout.Flush()
-	stderr.Flush()
-	if err != nil {
-		return r.fail(runCtx, i, c, start, err)
-	}
-	if code != 0 {
-		c.status = Failed
-		r.end(st.id, code, start, nil)
-		r.chainFailed(i, code, fmt.Sprintf("step '%s' failed with exit code %d", ps.Key, code))
-		return c
-	}
-
-	// Commit only what is needed: a cached snapshot, or an ephemeral one for children; a
-	// child that continues on this machine needs none.
-	_, continuable := m.(vm.Continuer)
-	continuable = continuable && spec.Continuable
-	needEphemeral := len(ps.Children) > 0 && !continuable
-	if cached || needEphemeral {
-		snap, err := m.Commit(ctx, !cached)
-		if err != nil {
-			return r.fail(ctx, i, c, start, fmt.Errorf("commit: %w", err))
-		}
-		c.snapshot, c.eph = snap, !cached
-		if cached {
-			winner, err := r.opts.Cache.Register(cleanup, q, snap)
-			switch {
-			case err != nil:
-				r.log(st.id, events.Stderr, fmt.Sprintf("hm: could not register the cache entry: %v", err))
-				c.eph = true // still usable by children in this run; removed at the end
-			case winner != snap:
-				// Another run registered the same key first: use its snapshot, drop ours.
-				r.removeSnapshotNow(cleanup, snap)
-				c.snapshot = winner
+	// Attempts run one after another in this worker, each on a fresh machine from the same
+	// base and source; a failed one commits nothing. The step ends with the last.
+	for n := 1; ; n++ {
+		o := r.attempt(ctx, i, n, spec, handoff, cached, q)
+		switch o.end {
+		case endPassed:
+			c.status, c.snapshot, c.eph, c.handoff = Passed, o.snapshot, o.eph, o.handoff
+			var snapPtr *string
+			if c.snapshot != "" {
+				s := c.snapshot
+				snapPtr = &s
 			}
+			r.end(st.id, n, 0, start, snapPtr)
+			return c
+		case endExit, endInfra:
+			code, msg := o.code, fmt.Sprintf("step '%s' failed with exit code %d", ps.Key, o.code)
+			if o.end == endInfra {
+				code, msg = ExitInfra, fmt.Sprintf("step '%s' could not run: %v", ps.Key, o.err)
+			}
+			// A continued machine is gone with the failed attempt: without the parent's
+			// snapshot there is nothing to start the next one from.
+			fresh := ps.Parent < 0 || spec.Parent != ""
+			if again, most := retryAgain(ps.Retry, n, code); again && fresh && ctx.Err() == nil {
+				if o.end == endInfra {
+					r.log(st.id, n, events.Stderr, "hm: "+msg)
+				}
+				r.opts.Publish(events.Event{Kind: events.KindStepRetry, StepRetry: &events.StepRetry{
+					StepID: st.id, Attempt: n, Attempts: most, ExitCode: code, Message: msg, TS: time.Now().UTC(),
+				}})
+				continue
+			}
+			if o.end == endInfra {
+				return r.fail(i, n, c, start, endInfra, o.err)
+			}
+			c.status = Failed
+			r.end(st.id, n, code, start, nil)
+			r.chainFailed(i, code, msg)
+			return c
+		default:
+			return r.fail(i, n, c, start, o.end, o.err)
 		}
 	}
-	c.status = Passed
-	if continuable {
-		c.handoff, keep = m, true
-	}
-	var snapPtr *string
-	if c.snapshot != "" {
-		s := c.snapshot
-		snapPtr = &s
-	}
-	r.end(st.id, 0, start, snapPtr)
-	return c
 }
 
 var errStepTimeout = errors.New("step timed out")
@@ -220,24 +187,24 @@ func (r *run) create(ctx context.Context, spec vm.Spec, handoff *vm.Machine) (vm
 	return r.backend.Create(ctx, spec)
 }
 
-// fail ends a step whose execution failed without an exit code of its own: timeout, cancel,
-// or an infrastructure error.
-func (r *run) fail(ctx context.Context, i int, c completion, start time.Time, err error) completion {
+// fail ends a step whose execution failed without an exit code of its own (attempt n): a
+// timeout, a cancel, or an infrastructure error.
+func (r *run) fail(i, n int, c completion, start time.Time, how attemptEnd, err error) completion {
 	ps := &r.pl.Steps[i]
 	id := r.steps[i].id
-	switch {
-	case errors.Is(context.Cause(ctx), errStepTimeout):
+	switch how {
+	case endTimedOut:
 		c.status = TimedOut
-		r.end(id, ExitStepTimedOut, start, nil)
+		r.end(id, n, ExitStepTimedOut, start, nil)
 		r.chainFailed(i, ExitStepTimedOut, fmt.Sprintf("step '%s' timed out after %s", ps.Key, fmtSeconds(ps.Timeout)))
-	case ctx.Err() != nil:
+	case endCanceled:
 		c.status = Canceled
-		r.end(id, ExitStepCanceled, start, nil)
+		r.end(id, n, ExitStepCanceled, start, nil)
 	default:
 		c.status, c.err = Failed, err
 		msg := fmt.Sprintf("step '%s' could not run: %v", ps.Key, err)
-		r.log(id, events.Stderr, "hm: "+msg)
-		r.end(id, ExitInfra, start, nil)
+		r.log(id, n, events.Stderr, "hm: "+msg)
+		r.end(id, n, ExitInfra, start, nil)
 		r.chainFailed(i, ExitInfra, msg)
 	}
 	return c
@@ -265,15 +232,17 @@ func fmtSeconds(d time.Duration) string {
 	return d.String()
 }
 
-func (r *run) log(id, stream, line string) {
+// log publishes a line of attempt n.
+func (r *run) log(id string, n int, stream, line string) {
 	r.opts.Publish(events.Event{Kind: events.KindStepLog, StepLog: &events.StepLog{
-		StepID: id, Stream: stream, Line: line, TS: time.Now().UTC(),
+		StepID: id, Stream: stream, Line: line, TS: time.Now().UTC(), Attempt: n,
 	}})
 }
 
-func (r *run) end(id string, code int, start time.Time, snap *string) {
+// end publishes the step's end by attempt n; its duration spans every attempt.
+func (r *run) end(id string, n, code int, start time.Time, snap *string) {
 	r.opts.Publish(events.Event{Kind: events.KindStepEnd, StepEnd: &events.StepEnd{
-		StepID: id, ExitCode: code, DurationMS: time.Since(start).Milliseconds(), Snapshot: snap,
+		StepID: id, ExitCode: code, DurationMS: time.Since(start).Milliseconds(), Snapshot: snap, Attempt: n,
 	}})
 }
 

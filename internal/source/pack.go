@@ -21,6 +21,11 @@ type Options struct {
 	// almost always a forgotten build output or dependency directory, hence a *SizeError
 	// naming the largest paths rather than a silent multi-gigabyte copy.
 	MaxBytes int64
+	// Git adds the root's own .git directory, whole and unfiltered (pipeline `source: {git:
+	// true}`): a step can run git describe. Its bytes count towards MaxBytes. A root whose
+	// .git is a file (a linked worktree, a submodule) or absent is an error: the git
+	// directory it names lies outside the workspace.
+	Git bool
 }
 
 // excludedNames are never part of a workspace, at any depth.
@@ -52,6 +57,11 @@ func Pack(ctx context.Context, root string, opts Options) (*Tree, error) {
 	w := walker{ctx: ctx, root: abs, tree: &Tree{Root: abs}, top: map[string]int64{}}
 	if err := w.walk("", base.prefix, base.patterns); err != nil {
 		return nil, err
+	}
+	if opts.Git {
+		if err := w.addGit(); err != nil {
+			return nil, err
+		}
 	}
 	slices.SortFunc(w.tree.Entries, func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
 	if opts.MaxBytes > 0 && w.tree.Size > opts.MaxBytes {
@@ -137,6 +147,49 @@ func (w *walker) walk(rel string, match []string, ps []gitignore.Pattern) error 
 		}
 	}
 	return nil
+}
+
+// addGit adds root/.git and everything under it, ignoring no path.
+func (w *walker) addGit() error {
+	dotgit := filepath.Join(w.root, ".git")
+	fi, err := os.Lstat(dotgit)
+	if err != nil || !fi.IsDir() {
+		return errs.New(errs.ErrUsage, "source_git",
+			"run hm from a repository's top (a clone, not a linked worktree or submodule), or drop source.git",
+			"source.git: %s is not a git directory", dotgit)
+	}
+	return filepath.WalkDir(dotgit, func(p string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return unreadable(p, err)
+		}
+		if err := w.ctx.Err(); err != nil {
+			return fmt.Errorf("source: pack: %w: %w", errs.ErrCanceled, err)
+		}
+		rel, _ := filepath.Rel(w.root, p)
+		rel = filepath.ToSlash(rel)
+		info, err := de.Info()
+		if err != nil {
+			return unreadable(p, err)
+		}
+		e := Entry{Path: rel, Mode: info.Mode().Perm(), ModTime: info.ModTime()}
+		switch t := de.Type(); {
+		case t.IsDir():
+			e.Type = TypeDir
+		case t&fs.ModeSymlink != 0:
+			e.Type = TypeSymlink
+			if e.Link, err = os.Readlink(p); err != nil {
+				return unreadable(p, err)
+			}
+		case t.IsRegular():
+			e.Type, e.Size = TypeFile, info.Size()
+			w.tree.Size += e.Size
+			w.top[".git/"] += e.Size
+		default:
+			return nil
+		}
+		w.tree.Entries = append(w.tree.Entries, e)
+		return nil
+	})
 }
 
 // topName is the top-level path containing p, with a trailing slash when it is a directory.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -288,5 +289,42 @@ func TestPackUnreadableDir(t *testing.T) {
 	_, err := Pack(context.Background(), dir, Options{})
 	if !errors.Is(err, errs.ErrUsage) || !strings.Contains(err.Error(), "locked") {
 		t.Errorf("err = %v, want a usage error naming locked", err)
+	}
+}
+
+func TestPackGit(t *testing.T) {
+	dir := t.TempDir()
+	for _, p := range []string{".git/HEAD", ".git/objects/ab/cd", "a.txt"} {
+		if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, p), []byte(p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	paths := func(tr *Tree) []string {
+		var out []string
+		for _, e := range tr.Entries {
+			out = append(out, e.Path)
+		}
+		return out
+	}
+	off, err := Pack(context.Background(), dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := paths(off); !slices.Equal(got, []string{"a.txt"}) {
+		t.Errorf("off: %v, want only a.txt", got)
+	}
+	on, err := Pack(context.Background(), dir, Options{Git: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{".git", ".git/HEAD", ".git/objects", ".git/objects/ab", ".git/objects/ab/cd", "a.txt"}
+	if got := paths(on); !slices.Equal(got, want) {
+		t.Errorf("on: %v, want %v", got, want)
+	}
+	if _, err := Pack(context.Background(), t.TempDir(), Options{Git: true}); !errors.Is(err, errs.ErrUsage) {
+		t.Errorf("no .git: err = %v, want a usage error", err)
 	}
 }

@@ -90,6 +90,9 @@ func closestHint(name string, all map[string]*stepDef) string {
 // their parent and listed through Fork, so the SDK lists steps in document order, depth first.
 func (d *pipelineDef) build() pipeline.Pipeline {
 	p := pipeline.New(d.slug).DefaultImage(d.defaultImage).Timeout(d.timeout)
+	if d.git {
+		p = p.SourceGit()
+	}
 	for _, k := range sortedKeys(d.env) {
 		p = p.Env(k, d.env[k])
 	}
@@ -128,6 +131,9 @@ func buildStep(sd *stepDef, parent *pipeline.Step, built map[string]pipeline.Ste
 	}
 	if sd.cache != nil {
 		s = s.Cache(*sd.cache)
+	}
+	if sd.retry != nil {
+		s = s.Retry(sd.retry.limit, sd.retry.on...)
 	}
 	if len(sd.after) > 0 {
 		keys := make([]string, len(sd.after))

@@ -11,8 +11,8 @@ import (
 )
 
 var (
-	pipelineFields = []string{"slug", "name", "default_image", "timeout", "env", "steps"}
-	stepFields     = []string{"key", "run", "label", "image", "env", "cache", "timeout", "steps", "from", "after"}
+	pipelineFields = []string{"slug", "name", "default_image", "timeout", "env", "source", "steps"}
+	stepFields     = []string{"key", "run", "label", "image", "env", "cache", "timeout", "retry", "steps", "from", "after"}
 )
 
 // pipelineDef is a parsed document before it becomes a pipeline.Pipeline.
@@ -20,6 +20,7 @@ type pipelineDef struct {
 	slug, name, defaultImage string
 	env                      map[string]string
 	timeout                  time.Duration
+	git                      bool // source: {git: true}
 	items                    []itemDef
 }
 
@@ -43,6 +44,7 @@ type stepDef struct {
 	env                 map[string]string
 	timeout             time.Duration
 	cache               *pipeline.Cache
+	retry               *retryDef
 	from                string
 	after               []*yaml.Node
 	children            []*stepDef
@@ -72,6 +74,8 @@ func (ps *parser) pipeline(doc *yaml.Node, stem string, needSlug bool) (Pipeline
 			d.timeout, err = ps.duration(f.val, "timeout")
 		case "env":
 			d.env, err = ps.env(f.val)
+		case "source":
+			d.git, err = ps.source(f.val)
 		case "steps":
 			stepsNode = f.val
 		default:
@@ -234,6 +238,8 @@ func (ps *parser) step(n *yaml.Node, nested bool) (*stepDef, error) {
 			if c, err = ps.cache(f.val, false); err == nil {
 				s.cache = &c
 			}
+		case "retry":
+			s.retry, err = ps.retry(f.val)
 		case "from":
 			s.from, err = ps.str(f.val, "from")
 			s.fromNode = f.val

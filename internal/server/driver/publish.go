@@ -194,6 +194,10 @@ func (p *publisher) rewrite(e events.Event) events.Event {
 		c := *e.StepSkipped
 		c.StepID = id(c.StepID)
 		e.StepSkipped = &c
+	case e.StepRetry != nil:
+		c := *e.StepRetry
+		c.StepID = id(c.StepID)
+		e.StepRetry = &c
 	case e.ChainFailed != nil:
 		c := *e.ChainFailed
 		c.FailedStepID = id(c.FailedStepID)

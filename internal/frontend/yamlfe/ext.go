@@ -1,0 +1,99 @@
+package yamlfe
+
+import (
+	"fmt"
+	"strconv"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/hmci/hm/internal/ir"
+)
+
+// hm's extension fields: `retry` on a step, `source` on the pipeline.
+
+type retryDef struct {
+	limit int
+	on    []int
+}
+
+var retryFix = fmt.Sprintf("write retry as {limit: N, on: [exit codes]}, N from 0 to %d, codes 1..255 (or -1: an infrastructure error)", ir.MaxRetryLimit)
+
+// retry reads `retry: {limit: N, on: [codes]}`, or `retry: N` for {limit: N}.
+func (ps *parser) retry(n *yaml.Node) (*retryDef, error) {
+	n = resolve(n)
+	if n.Kind == yaml.ScalarNode {
+		limit, err := ps.integer(n, "retry", 0, ir.MaxRetryLimit)
+		return &retryDef{limit: limit}, err
+	}
+	fs, err := ps.fields(n, "retry")
+	if err != nil {
+		return nil, err
+	}
+	r := &retryDef{}
+	seenLimit := false
+	for _, f := range fs {
+		switch f.key.Value {
+		case "limit":
+			r.limit, err = ps.integer(f.val, "retry limit", 0, ir.MaxRetryLimit)
+			seenLimit = true
+		case "on":
+			var codes []*yaml.Node
+			if codes, err = ps.strList(f.val, "retry on"); err == nil {
+				for _, c := range codes {
+					var code int
+					if code, err = ps.integer(c, "a retry exit code", -1, 255); err != nil {
+						break
+					}
+					if code == 0 {
+						err = ps.errorf(c, retryFix, "exit code 0 is success; it cannot be retried")
+						break
+					}
+					r.on = append(r.on, code)
+				}
+			}
+		default:
+			if !extension(f.key) {
+				err = ps.unknown(f.key, "retry", []string{"limit", "on"})
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if !seenLimit {
+		return nil, ps.errorf(n, retryFix, "retry has no limit")
+	}
+	return r, nil
+}
+
+// source reads `source: {git: BOOL}`.
+func (ps *parser) source(n *yaml.Node) (bool, error) {
+	fs, err := ps.fields(n, "source")
+	if err != nil {
+		return false, err
+	}
+	git := false
+	for _, f := range fs {
+		switch f.key.Value {
+		case "git":
+			git, err = ps.boolean(f.val, "source.git")
+		default:
+			if !extension(f.key) {
+				err = ps.unknown(f.key, "source", []string{"git"})
+			}
+		}
+		if err != nil {
+			return false, err
+		}
+	}
+	return git, nil
+}
+
+func (ps *parser) integer(n *yaml.Node, what string, lo, hi int) (int, error) {
+	n = resolve(n)
+	v, err := strconv.Atoi(n.Value)
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" || err != nil || v < lo || v > hi {
+		return 0, ps.errorf(n, retryFix, "%s must be a whole number from %d to %d, not %s", what, lo, hi, describe(n))
+	}
+	return v, nil
+}

@@ -1,0 +1,150 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+
+	"github.com/hmci/hm/internal/events"
+	"github.com/hmci/hm/internal/ir"
+	"github.com/hmci/hm/internal/vm"
+)
+
+// attemptEnd is how one attempt of a step ended.
+type attemptEnd int
+
+const (
+	endPassed   attemptEnd = iota
+	endExit                // the command exited non-zero
+	endInfra               // the step could not run (or its result could not be kept)
+	endTimedOut            // the step's own timeout
+	endCanceled            // fail-fast, the pipeline timeout, the user
+)
+
+// outcome is the result of one attempt.
+type outcome struct {
+	end      attemptEnd
+	code     int   // endExit
+	err      error // endInfra
+	snapshot string
+	eph      bool
+	handoff  vm.Machine // the machine a passed step's one child continues on
+}
+
+// classify names the end of an attempt that failed with an error: runCtx is the context the
+// command ran under (the step timeout's cause lives there), ctx the step's.
+func classify(ctx, runCtx context.Context) attemptEnd {
+	switch {
+	case errors.Is(context.Cause(runCtx), errStepTimeout):
+		return endTimedOut
+	case ctx.Err() != nil:
+		return endCanceled
+	}
+	return endInfra
+}
+
+// retries reports whether a policy may run a step more than once for its own failures.
+func retries(p *ir.Retry) bool { return p != nil && p.Limit > 0 }
+
+// retryAgain decides, after attempt n failed with code (ExitInfra: it could not run),
+// whether the step runs again, and the most attempts it may have. A policy retries the codes
+// it lists (any code when it lists none) up to its limit; an infrastructure error is retried
+// once by default, up to the limit when the policy lists -1 or no codes. A timeout or a
+// cancel never comes here.
+func retryAgain(p *ir.Retry, n, code int) (again bool, most int) {
+	limit, on := 0, []int(nil)
+	if p != nil {
+		limit, on = p.Limit, p.On
+	}
+	most = 1 + max(limit, 1)
+	budget := 0
+	if len(on) == 0 || slices.Contains(on, code) {
+		budget = limit
+	}
+	if code == ExitInfra {
+		budget = max(budget, 1)
+	}
+	return n <= budget, most
+}
+
+// attempt runs attempt n of step i on a machine of its own: created from spec (or continued
+// from *handoff, which it then owns), given the source, run, and on success committed as the
+// step needs. A failed attempt commits nothing and leaves no machine behind.
+func (r *run) attempt(ctx context.Context, i, n int, spec vm.Spec, handoff *vm.Machine, cached bool, q CacheQuery) outcome {
+	ps := &r.pl.Steps[i]
+	id := r.steps[i].id
+	// HM_ATTEMPT tells the command which attempt it is, from 1.
+	spec.Env = append(slices.Clip(spec.Env), "HM_ATTEMPT="+strconv.Itoa(n))
+	cleanup := context.WithoutCancel(ctx)
+	failed := func(runCtx context.Context, err error) outcome {
+		return outcome{end: classify(ctx, runCtx), err: err}
+	}
+	m, err := r.create(ctx, spec, handoff)
+	if err != nil {
+		return failed(ctx, err)
+	}
+	keep := false // handed on to the child
+	defer func() {
+		if keep {
+			return
+		}
+		dctx, cancel := context.WithTimeout(cleanup, cleanupTimeout)
+		defer cancel()
+		_ = m.Destroy(dctx)
+	}()
+	if r.opts.Workspace != nil {
+		if err := m.Inject(ctx, r.opts.Workspace); err != nil {
+			return failed(ctx, err)
+		}
+	}
+
+	runCtx := ctx
+	if ps.Timeout > 0 {
+		var cancel context.CancelFunc
+		runCtx, cancel = context.WithTimeoutCause(ctx, ps.Timeout, errStepTimeout)
+		defer cancel()
+	}
+	stdout := events.NewLineWriter(func(l string) { r.log(id, n, events.Stdout, l) })
+	stderr := events.NewLineWriter(func(l string) { r.log(id, n, events.Stderr, l) })
+	code, err := m.Run(runCtx, stdout, stderr)
+	stdout.Flush()
+	stderr.Flush()
+	if err != nil {
+		return failed(runCtx, err)
+	}
+	if code != 0 {
+		return outcome{end: endExit, code: code}
+	}
+
+	// Commit only what is needed: a cached snapshot, or an ephemeral one for children; a
+	// child that continues on this machine needs none.
+	_, continuable := m.(vm.Continuer)
+	continuable = continuable && spec.Continuable
+	needEphemeral := len(ps.Children) > 0 && !continuable
+	o := outcome{end: endPassed}
+	if cached || needEphemeral {
+		snap, err := m.Commit(ctx, !cached)
+		if err != nil {
+			return failed(ctx, fmt.Errorf("commit: %w", err))
+		}
+		o.snapshot, o.eph = snap, !cached
+		if cached {
+			winner, err := r.opts.Cache.Register(cleanup, q, snap)
+			switch {
+			case err != nil:
+				r.log(id, n, events.Stderr, fmt.Sprintf("hm: could not register the cache entry: %v", err))
+				o.eph = true // still usable by children in this run; removed at the end
+			case winner != snap:
+				// Another run registered the same key first: use its snapshot, drop ours.
+				r.removeSnapshotNow(cleanup, snap)
+				o.snapshot = winner
+			}
+		}
+	}
+	if continuable {
+		o.handoff, keep = m, true
+	}
+	return o
+}
