@@ -21,8 +21,19 @@ func TestRetry(t *testing.T) {
 		// "log N", "retry N exit", "end N exit".
 		key      string
 		attempts []string
-		runs     int // machines created for key
+		runs     int  // machines created for key
+		noRetry  bool // Options.NoRetry
 	}{
+		{
+			name:     "NoRetry runs a retried step once",
+			steps:    []step{{key: "x", cmd: "print hi flaky 2 1", retry: &ir.Retry{Limit: 2}}},
+			want:     BuildFailed,
+			statuses: map[string]Status{"x": Failed},
+			key:      "x",
+			attempts: []string{"log 1", "end 1 1"},
+			runs:     1,
+			noRetry:  true,
+		},
 		{
 			name:     "fails twice then passes within the limit",
 			steps:    []step{{key: "x", cmd: "print hi flaky 2 1", retry: &ir.Retry{Limit: 2}}},
@@ -110,7 +121,7 @@ func TestRetry(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			pl := build(t, tt.steps)
 			f := newFakeVM()
-			res, rec := runPlan(t, context.Background(), pl, f, Options{})
+			res, rec := runPlan(t, context.Background(), pl, f, Options{NoRetry: tt.noRetry})
 			if res.Status != tt.want {
 				t.Errorf("build status = %s, want %s", res.Status, tt.want)
 			}

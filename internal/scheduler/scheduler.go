@@ -107,6 +107,10 @@ type Options struct {
 	Parallelism int // <= 0: 1 when 0 was asked for is handled by the caller; here <=0 means NumCPU
 	KeepGoing   bool
 	NoCache     bool
+	// NoRetry runs every step once whatever its retry policy: for an executor that retries
+	// by other means (the server re-queues a job whose agent was lost) and whose machines
+	// cannot be run twice.
+	NoRetry bool
 	// Timeout overrides the plan's pipeline timeout when > 0.
 	Timeout time.Duration
 	// ExtraEnv ("K=V") is applied after the node env (-e flags).

@@ -148,7 +148,7 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 			// A continued machine is gone with the failed attempt: without the parent's
 			// snapshot there is nothing to start the next one from.
 			fresh := ps.Parent < 0 || spec.Parent != ""
-			if again, most := retryAgain(ps.Retry, n, code); again && fresh && ctx.Err() == nil {
+			if again, most := retryAgain(ps.Retry, n, code); again && fresh && !r.opts.NoRetry && ctx.Err() == nil {
 				if o.end == endInfra {
 					r.log(st.id, n, events.Stderr, "hm: "+msg)
 				}

@@ -99,8 +99,10 @@ func DefaultLoad(b store.Build) (*plan.Plan, scheduler.Options, error) {
 			return nil, scheduler.Options{}, fmt.Errorf("hm_options: %w", err)
 		}
 	}
+	// NoRetry: a job is one store row whose attempts the store fences; the server retries a
+	// lost agent's job itself. Retry policies on the server are still to come.
 	so := scheduler.Options{Parallelism: o.Parallelism, KeepGoing: o.KeepGoing, NoCache: o.NoCache,
-		Timeout: time.Duration(o.TimeoutSeconds) * time.Second, MapImage: o.MapImage}
+		Timeout: time.Duration(o.TimeoutSeconds) * time.Second, MapImage: o.MapImage, NoRetry: true}
 	for k, v := range b.Env {
 		so.ExtraEnv = append(so.ExtraEnv, k+"="+v)
 	}
