@@ -68,7 +68,7 @@ func TestBuildOutcomes(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			bd := prepared(t, tc.doc, prepare.Options{})
-			h, err := e.backend(e.url+"/").Start(context.Background(), execution.Request{Build: bd})
+			h, err := e.backend(e.URL+"/").Start(context.Background(), execution.Request{Build: bd})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -84,7 +84,7 @@ func TestBuildOutcomes(t *testing.T) {
 				!strings.HasSuffix(*acc.WatchURL, fmt.Sprintf("/builds/%d/events", acc.Build.Number)) {
 				t.Errorf("build_accepted %+v", acc)
 			}
-			want := e.stored(t, acc.Build.RunID)
+			want := e.Stored(t, acc.Build.RunID)
 			if diff := cmp.Diff(kinds(want), kinds(evs[1:])); diff != "" {
 				t.Errorf("events differ from the server's stream (-stored +client):\n%s", diff)
 			}
@@ -101,12 +101,12 @@ func TestOptionsSent(t *testing.T) {
 	doc := ir(0, `{"type":"command","key":"deps","cmd":"print d","cache":{"policy":"forever"}}`, step("t", "print t"))
 	bd := prepared(t, doc, prepare.Options{Parallelism: 3, KeepGoing: true, Env: []string{"A=1", "A=2", "B=x"},
 		MapImage: map[string]string{"img": "other"}})
-	h, err := e.backend(e.url).Start(context.Background(), execution.Request{Build: bd})
+	h, err := e.backend(e.URL).Start(context.Background(), execution.Request{Build: bd})
 	if err != nil {
 		t.Fatal(err)
 	}
 	evs, _ := collect(t, h, nil)
-	b, err := e.db.GetBuild(context.Background(), evs[0].BuildAccepted.Build.RunID)
+	b, err := e.DB.GetBuild(context.Background(), evs[0].BuildAccepted.Build.RunID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestOptionsSent(t *testing.T) {
 func TestCancel(t *testing.T) {
 	e := newEnv(t)
 	bd := prepared(t, ir(0, step("a", "print started;block"), step("b", "block")), prepare.Options{})
-	h, err := e.backend(e.url).Start(context.Background(), execution.Request{Build: bd})
+	h, err := e.backend(e.URL).Start(context.Background(), execution.Request{Build: bd})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func TestCancel(t *testing.T) {
 	if out.ExitCode != errs.ExitCanceled {
 		t.Fatalf("exit %d (%v), want 130; events %v", out.ExitCode, out.Err, kinds(evs))
 	}
-	if n := e.count("PUT ", "/cancel"); n != 1 {
+	if n := e.Count("PUT ", "/cancel"); n != 1 {
 		t.Errorf("%d cancelBuild calls, want 1", n)
 	}
 }
@@ -176,7 +176,7 @@ func TestStartErrors(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			bd := prepared(t, good, prepare.Options{})
-			b := e.backend(e.url)
+			b := e.backend(e.URL)
 			tc.tweak(b, bd)
 			h, err := b.Start(context.Background(), execution.Request{Build: bd})
 			if h != nil || err == nil {
@@ -197,7 +197,7 @@ func TestStartErrors(t *testing.T) {
 // seen: the client gets the server's stream exactly, nothing lost or twice.
 func TestStreamResumes(t *testing.T) {
 	e := newEnv(t)
-	p := newProxy(t, strings.TrimPrefix(e.url, "http://"))
+	p := newProxy(t, strings.TrimPrefix(e.URL, "http://"))
 	bd := prepared(t, ir(0, step("a", "print one;print two;gate g;print three;print four")), prepare.Options{})
 	h, err := e.backend(p.url()).Start(context.Background(), execution.Request{Build: bd})
 	if err != nil {
@@ -206,19 +206,17 @@ func TestStreamResumes(t *testing.T) {
 	evs, out := collect(t, h, func(ev events.Event) {
 		if ev.StepLog != nil && ev.StepLog.Line == "two" {
 			p.cut()
-			close(e.gate("g"))
+			close(e.Gate("g"))
 		}
 	})
 	if out.ExitCode != 0 {
 		t.Fatalf("outcome %+v", out)
 	}
-	want := e.stored(t, evs[0].BuildAccepted.Build.RunID)
+	want := e.Stored(t, evs[0].BuildAccepted.Build.RunID)
 	if diff := cmp.Diff(kinds(want), kinds(evs[1:])); diff != "" {
 		t.Errorf("events differ from the server's stream (-stored +client):\n%s", diff)
 	}
-	e.mu.Lock()
-	resumes := e.resumes
-	e.mu.Unlock()
+	resumes := e.Resumes()
 	if len(resumes) < 2 || resumes[0] != "" || resumes[len(resumes)-1] == "" {
 		t.Errorf("Last-Event-ID of the stream requests: %q", resumes)
 	}
