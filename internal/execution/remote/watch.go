@@ -58,9 +58,18 @@ func (h *handle) Cancel() {
 
 // Wait blocks until the stream ended (after build_end, or when the server stayed
 // unreachable past the retries).
+// A cancel the server did not take is reported as Err when the build did not end canceled.
 func (h *handle) Wait() execution.Outcome {
 	<-h.done
-	return h.out
+	out := h.out
+	select {
+	case <-h.cancel:
+		if h.cancelErr != nil && out.Err == nil && out.ExitCode != errs.ExitCanceled {
+			out.Err = h.cancelErr
+		}
+	default:
+	}
+	return out
 }
 
 // run watches the stream to build_end, reconnecting after the last seq delivered.
