@@ -56,9 +56,10 @@ func openVM(ctx context.Context, name, stateDir string, o vmOptions) (vm.Backend
 		return docker.New(ctx, o.docker(stateDir))
 	case "sandbox":
 		return sandbox.New(stateDir, imagestore.Open(stateDir), o.sandbox())
-	case "remote":
-		return nil, errs.New(errs.ErrUnavailable, "backend_unavailable",
-			"use --backend docker, sandbox or host (or auto)", "the remote backend is not available in this build of hm")
+	case "remote", "cloud":
+		// runBuild sends these to execution/remote before any VM backend is opened.
+		return nil, errs.New(errs.ErrUsage, "usage", "use --backend docker, sandbox or host (or auto)",
+			"the remote backend runs no steps on this machine")
 	}
 	return nil, errs.New(errs.ErrUsage, "usage", "use --backend auto, docker, sandbox, host or remote",
 		"unknown backend %q", name)

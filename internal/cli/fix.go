@@ -47,6 +47,14 @@ func withFix(err error) error {
 	if errors.As(err, &le) {
 		return &errs.Error{Code: le.Code(), Msg: le.Error(), Fix: limitFix(le), Exit: errs.ExitCode(err), Err: err}
 	}
+	var rme *errs.RemoteError
+	if errors.As(err, &rme) {
+		msg := rme.Msg
+		if rme.RequestID != "" {
+			msg += " (request " + rme.RequestID + ")"
+		}
+		return &errs.Error{Code: rme.Code(), Msg: msg, Fix: remoteFix(rme), Exit: errs.ExitCode(err), Err: err}
+	}
 	var ue *errs.UnavailableError
 	if errors.As(err, &ue) {
 		return &errs.Error{Code: ue.Code(), Msg: ue.Msg, Fix: unavailableFix(ue), Exit: errs.ExitCode(err), Err: err}

@@ -25,6 +25,7 @@ import (
 	"github.com/hmci/hm/internal/prepare"
 	"github.com/hmci/hm/internal/render"
 	"github.com/hmci/hm/internal/scheduler"
+	"github.com/hmci/hm/internal/vm"
 )
 
 type runFlags struct {
@@ -36,6 +37,7 @@ type runFlags struct {
 	keepGoing, noCache, logs, noColor   bool
 	verbose                             bool
 	branch, message                     string
+	server, token, org                  string
 }
 
 func newRunCmd(stdio IO) *cobra.Command {
@@ -71,6 +73,9 @@ unavailable, 7 pipeline invalid, 124 timed out, 130 canceled.`,
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "more detail (cache-miss explanations, every log line)")
 	fl.StringVarP(&f.branch, "branch", "b", "", "source branch (remote backend)")
 	fl.StringVarP(&f.message, "message", "m", "", "build message (remote backend)")
+	fl.StringVar(&f.server, "server", "", "the hm server's URL (remote backend; or HM_API_URL, [remote] server)")
+	fl.StringVar(&f.token, "token", "", "an API token of the org (remote backend; better: HM_API_TOKEN, which ps does not show)")
+	fl.StringVar(&f.org, "org", "", "the organization on the server (remote backend; or HM_ORG, [remote] org)")
 	return cmd
 }
 
@@ -112,6 +117,15 @@ func resolveSettings(fl *pflag.FlagSet, f *runFlags, getenv func(string) string)
 	}
 	if changed("network") {
 		s.Network = f.network
+	}
+	if changed("server") {
+		s.Remote.Server = f.server
+	}
+	if changed("token") {
+		s.Remote.Token = f.token
+	}
+	if changed("org") {
+		s.Remote.Org = f.org
 	}
 	switch s.Network {
 	case "private", "none", "host":
@@ -231,6 +245,12 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
+	var remoteExec execution.Backend
+	if isRemote(s.Backend) { // before the source is walked: a missing --server is said at once
+		if remoteExec, err = remoteBackend(s, f); err != nil {
+			return err
+		}
+	}
 	irData, slug, source, err := loadPipeline(c, stdio, f, args)
 	if err != nil {
 		return err
@@ -259,30 +279,14 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	// An unwritable state dir (full, read-only) still serves a build whose steps are all
-	// cached: local uses the registry read-only and fails a step that would have to run.
-	var unwritable error
-	if err := checkStateDir(stateDir); err != nil {
-		var se *errs.StateDirError
-		if _, statErr := os.Stat(local.RegistryPath(stateDir)); statErr != nil || !errors.As(err, &se) {
-			return err // nothing is cached there, so nothing could run
+	exec, backendName := remoteExec, "remote"
+	if exec == nil {
+		lb, vmb, err := localBackend(c.Context(), stdio, s, stateDir, build)
+		if err != nil {
+			return err
 		}
-		unwritable = se.Err
-		fmt.Fprintf(stdio.Err, "hm: warning: %v: only cached steps can be used; a step that must run fails\n", err)
-	}
-	vmb, notice, err := chooseVM(c.Context(), s.Backend, stateDir, vmOptions{
-		network: s.Network, pidsLimit: s.PidsLimit, memory: int64(s.Memory), cpus: float64(s.CPUs),
-	}, rootImages(build.Pipeline, s.Images))
-	if err != nil {
-		return err
-	}
-	defer closeVM(vmb)
-	if notice != "" {
-		fmt.Fprintln(stdio.Err, notice)
-	}
-	exec := &local.Backend{
-		VM: vmb, StateDir: stateDir, Unwritable: unwritable,
-		MaxEntries: s.Cache.MaxEntries, MaxBytes: int64(s.Cache.MaxSize),
+		defer closeVM(vmb)
+		exec, backendName = lb, vmb.Name()
 	}
 
 	// Signals: the first SIGINT/SIGTERM cancels the build (cleanup runs, exit 130); a second
@@ -304,14 +308,18 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 				continue
 			}
 			if sig == os.Interrupt {
-				fmt.Fprintln(stdio.Err, "hm: interrupted again, exiting without cleanup (the next run reconciles)")
+				if backendName == "remote" {
+					fmt.Fprintln(stdio.Err, "hm: interrupted again, exiting (the server was asked once to cancel the build)")
+				} else {
+					fmt.Fprintln(stdio.Err, "hm: interrupted again, exiting without cleanup (the next run reconciles)")
+				}
 				os.Exit(errs.ExitCanceled)
 			}
 		}
 	}()
 
 	// The build's record (hm logs, hm builds) is written from the same stream the output shows.
-	rec := recordBuild(stdio, stateDir, s.Builds, slug, dir, vmb.Name(), h.Events())
+	rec := recordBuild(stdio, stateDir, s.Builds, slug, dir, backendName, h.Events())
 	var outErr error
 	if s.Format == "json" {
 		w := events.NewNDJSONWriter(stdio.Out)
@@ -365,4 +373,33 @@ func nameLimitFile(err error, source string) error {
 		le.File = source
 	}
 	return err
+}
+
+// localBackend opens the VM backend a local build runs on (checking the state dir and the
+// root images first) and the local execution backend over it.
+func localBackend(ctx context.Context, stdio IO, s settings, stateDir string, build *prepare.Build) (*local.Backend, vm.Backend, error) {
+	// An unwritable state dir (full, read-only) still serves a build whose steps are all
+	// cached: local uses the registry read-only and fails a step that would have to run.
+	var unwritable error
+	if err := checkStateDir(stateDir); err != nil {
+		var se *errs.StateDirError
+		if _, statErr := os.Stat(local.RegistryPath(stateDir)); statErr != nil || !errors.As(err, &se) {
+			return nil, nil, err // nothing is cached there, so nothing could run
+		}
+		unwritable = se.Err
+		fmt.Fprintf(stdio.Err, "hm: warning: %v: only cached steps can be used; a step that must run fails\n", err)
+	}
+	vmb, notice, err := chooseVM(ctx, s.Backend, stateDir, vmOptions{
+		network: s.Network, pidsLimit: s.PidsLimit, memory: int64(s.Memory), cpus: float64(s.CPUs),
+	}, rootImages(build.Pipeline, s.Images))
+	if err != nil {
+		return nil, nil, err
+	}
+	if notice != "" {
+		fmt.Fprintln(stdio.Err, notice)
+	}
+	return &local.Backend{
+		VM: vmb, StateDir: stateDir, Unwritable: unwritable,
+		MaxEntries: s.Cache.MaxEntries, MaxBytes: int64(s.Cache.MaxSize),
+	}, vmb, nil
 }

@@ -37,9 +37,18 @@ type Config struct {
 	// MaxSourceSize bounds the packed workspace, e.g. "2GiB"; 0 = unlimited.
 	MaxSourceSize Size `toml:"max_source_size"`
 	// Limits of every step on the isolating backends (sandbox, docker); 0 = none.
-	PidsLimit int64 `toml:"pids_limit"` // tasks (processes and threads); default DefaultPidsLimit
-	Memory    Size  `toml:"memory"`     // bytes, e.g. "512m", "2GiB"
-	CPUs      CPUs  `toml:"cpus"`       // CPUs' worth of time, fractional like docker's --cpus
+	PidsLimit int64  `toml:"pids_limit"` // tasks (processes and threads); default DefaultPidsLimit
+	Memory    Size   `toml:"memory"`     // bytes, e.g. "512m", "2GiB"
+	CPUs      CPUs   `toml:"cpus"`       // CPUs' worth of time, fractional like docker's --cpus
+	Remote    Remote `toml:"remote"`
+}
+
+// Remote is where `hm run --backend remote` submits (spec/cli.md § Remote).
+type Remote struct {
+	Server string `toml:"server"` // base URL; HM_API_URL
+	Org    string `toml:"org"`    // HM_ORG
+	// Token is HM_API_TOKEN only: a config file (often committed) never holds one.
+	Token string `toml:"-"`
 }
 
 // DefaultPidsLimit is the default limit on the tasks (processes and threads) of one step. It
@@ -280,7 +289,8 @@ func loadFile(c *Config, path string) error {
 
 // applyEnv reads HM_BACKEND, HM_NETWORK, HM_PARALLELISM, HM_KEEP_GOING, HM_NO_CACHE,
 // HM_TIMEOUT, HM_FORMAT, HM_LOGS, HM_NO_COLOR, HM_CACHE_MAX_ENTRIES, HM_CACHE_MAX_SIZE,
-// HM_BUILDS_KEEP, HM_BUILDS_MAX_AGE, HM_PIDS_LIMIT, HM_MEMORY and HM_CPUS.
+// HM_BUILDS_KEEP, HM_BUILDS_MAX_AGE, HM_PIDS_LIMIT, HM_MEMORY, HM_CPUS, and the remote
+// backend's HM_API_URL, HM_API_TOKEN and HM_ORG.
 func applyEnv(c *Config, getenv func(string) string) error {
 	bad := func(name, v string, err error) error {
 		return errs.New(errs.ErrUsage, "config", fmt.Sprintf("fix or unset %s", name),
@@ -306,6 +316,9 @@ func applyEnv(c *Config, getenv func(string) string) error {
 		{"HM_PIDS_LIMIT", func(v string) (err error) { c.PidsLimit, err = ParsePidsLimit(v); return }},
 		{"HM_MEMORY", func(v string) error { n, err := ParseMemory(v); c.Memory = Size(n); return err }},
 		{"HM_CPUS", func(v string) error { f, err := ParseCPUs(v); c.CPUs = CPUs(f); return err }},
+		{"HM_API_URL", func(v string) error { c.Remote.Server = v; return nil }},
+		{"HM_API_TOKEN", func(v string) error { c.Remote.Token = v; return nil }},
+		{"HM_ORG", func(v string) error { c.Remote.Org = v; return nil }},
 	} {
 		if v := getenv(f.name); v != "" {
 			if err := f.set(v); err != nil {

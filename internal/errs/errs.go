@@ -19,6 +19,11 @@ var (
 	ErrImageNotFound = errors.New("image not found")
 	ErrInfra         = errors.New("infrastructure error")
 	ErrCanceled      = errors.New("canceled")
+	// ErrAuth is a server that refused the credentials (401).
+	ErrAuth = errors.New("authentication refused")
+	// ErrNotFound is a server's organization or pipeline that does not exist (or is not the
+	// token's to see: tenancy failures answer 404).
+	ErrNotFound = errors.New("not found")
 )
 
 // Process exit codes of hm.
@@ -62,6 +67,10 @@ func ExitCode(err error) int {
 		return ExitPassed
 	case errors.Is(err, ErrUsage):
 		return ExitUsage
+	case errors.Is(err, ErrAuth):
+		return ExitAuth
+	case errors.Is(err, ErrNotFound):
+		return ExitNotFound
 	case errors.Is(err, ErrInvalid):
 		return ExitInvalid
 	case errors.Is(err, ErrUnavailable), errors.Is(err, ErrImageNotFound):

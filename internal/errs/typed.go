@@ -128,3 +128,37 @@ func (e *LimitError) Error() string {
 }
 func (e *LimitError) Unwrap() error { return ErrInvalid }
 func (e *LimitError) Code() string  { return e.Format + "_" + e.Limit }
+
+// RemoteError is a call to an hm (or Harmont) server that failed: no answer, or an answer in
+// the error envelope. Class is ErrUnavailable (no answer, or a 5xx), ErrAuth (401),
+// ErrNotFound (404: the org, pipeline or build), ErrInvalid (422: the IR or the request
+// rejected) or ErrUsage (413: the source too large).
+type RemoteError struct {
+	Server string // the base URL
+	Op     string // the operation: createBuild, cancelBuild, buildEvents, ...
+	Status int    // the HTTP status; 0 when the server did not answer
+	// APICode and RequestID are the envelope's code and request_id ("" without an envelope).
+	APICode   string
+	RequestID string
+	Msg       string // what happened, for a person, without advice
+	Class     error
+	Err       error // the cause (a dial error), or nil
+}
+
+func (e *RemoteError) Error() string   { return e.Msg }
+func (e *RemoteError) Unwrap() []error { return nonNil(e.Class, e.Err) }
+
+// Code is the stable code of the error line: server_unreachable, unauthorized, the server's
+// own code for a 404 or 422 (organization_not_found, build_plan_rejected, ...), else
+// server_error.
+func (e *RemoteError) Code() string {
+	switch {
+	case e.Status == 0:
+		return "server_unreachable"
+	case e.Status == 401:
+		return "unauthorized"
+	case (e.Status == 404 || e.Status == 422 || e.Status == 413) && e.APICode != "":
+		return e.APICode
+	}
+	return "server_error"
+}

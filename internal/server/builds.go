@@ -45,6 +45,8 @@ type hmOptions struct {
 	NoCache        bool              `json:"no_cache"`
 	TimeoutSeconds int               `json:"timeout_seconds"`
 	MapImage       map[string]string `json:"map_image"`
+	// CacheKeys maps a step key to the cache key the client computed (driver.Options).
+	CacheKeys map[string]string `json:"cache_keys"`
 }
 
 func (s *Server) createBuild(w http.ResponseWriter, r *http.Request, req createBuildRequest) {

@@ -24,6 +24,8 @@ type pipelineView struct {
 }
 
 type buildView struct {
+	// ID is hm's addition: the run id of the build's events (build_start's run_id).
+	ID           string  `json:"id"`
 	Number       int64   `json:"number"`
 	State        string  `json:"state"`
 	PipelineSlug string  `json:"pipeline_slug"`
@@ -113,7 +115,7 @@ func repoName(repo string) string {
 }
 
 func newBuildView(b store.Build, pipelineSlug string) buildView {
-	return buildView{Number: b.Number, State: string(b.State), PipelineSlug: pipelineSlug,
+	return buildView{ID: b.ID, Number: b.Number, State: string(b.State), PipelineSlug: pipelineSlug,
 		Branch: optString(b.Branch), Commit: optString(b.Commit), Message: optString(b.Message), Source: optString(b.Source),
 		ErrorCode: optString(b.ErrorCode), ErrorMessage: optString(b.ErrorMessage),
 		CreatedAt: stamp(b.CreatedAt), ScheduledAt: optTime(b.CreatedAt), StartedAt: optTime(b.StartedAt), FinishedAt: optTime(b.FinishedAt)}
