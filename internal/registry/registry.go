@@ -280,6 +280,22 @@ func (r *Registry) Lookup(ctx context.Context, s Scope) (Entry, bool, error) {
 	return e, true, nil
 }
 
+// Peek returns the entry for s, as Lookup does, without marking it used.
+func (r *Registry) Peek(ctx context.Context, s Scope) (Entry, bool, error) {
+	if s.Fingerprint == "" {
+		return Entry{}, false, nil
+	}
+	e, err := scanEntry(r.db.QueryRowContext(ctx, `SELECT `+columns+` FROM entries WHERE `+byScope,
+		s.Backend, s.Base, s.Key, s.Fingerprint))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Entry{}, false, nil
+	}
+	if err != nil {
+		return Entry{}, false, wrap("peek", err)
+	}
+	return e, true, nil
+}
+
 // Register records e atomically. Created and LastUsed default to now. When an entry for
 // e.Scope() already exists — another hm built the same key concurrently — it is
 // kept, marked used and returned: the caller must then delete its own snapshot unless

@@ -494,3 +494,20 @@ func TestSetSizeFeedsTheSizeCap(t *testing.T) {
 		t.Fatalf("Evict after sizes = %+v, %v; want the old entry of 100 bytes", ev, err)
 	}
 }
+
+// TestPeek: Peek finds what Lookup finds and leaves last_used as it was.
+func TestPeek(t *testing.T) {
+	r := openTest(t, "")
+	ctx := t.Context()
+	w := mustRegister(t, r, entry("a", 0))
+	p, ok, err := r.Peek(ctx, w.Scope())
+	if err != nil || !ok || p.Snapshot != w.Snapshot {
+		t.Fatalf("Peek = %+v, %v, %v; want the registered entry", p, ok, err)
+	}
+	if !p.LastUsed.Equal(w.LastUsed) {
+		t.Errorf("Peek changed last_used: %v, registered %v", p.LastUsed, w.LastUsed)
+	}
+	if _, ok, _ := r.Peek(ctx, entry("b", 0).Scope()); ok {
+		t.Error("Peek found an entry never registered")
+	}
+}

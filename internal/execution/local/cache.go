@@ -21,6 +21,13 @@ type registryCache struct {
 	sourceDir string            // absolute
 	results   []cachekey.Result // index-aligned with the plan
 	images    []string          // the chain root's image as written, index-aligned
+	keys      []string          // cache keys, index-aligned ("" for an uncached step)
+	children  [][]int           // builds_in children, index-aligned
+
+	// listed is the backend's one listing of live snapshots (vm.SnapshotLister), taken at
+	// the first lookup; nil when the backend has none or the listing failed.
+	listOnce sync.Once
+	listed   map[string]bool
 
 	stateDir   string
 	unwritable error // see Backend.Unwritable: a miss cannot run
@@ -46,9 +53,11 @@ func (c *registryCache) Lookup(ctx context.Context, q scheduler.CacheQuery) (sch
 		return scheduler.CacheResult{}, err
 	}
 	if ok {
-		exists, err := c.vm.SnapshotExists(ctx, e.Snapshot)
-		if err != nil {
-			return scheduler.CacheResult{}, err
+		exists := c.listedUnused(ctx, q, e.Snapshot)
+		if !exists {
+			if exists, err = c.vm.SnapshotExists(ctx, e.Snapshot); err != nil {
+				return scheduler.CacheResult{}, err
+			}
 		}
 		if exists {
 			return scheduler.CacheResult{Hit: true, Snapshot: e.Snapshot, Entry: id}, nil
@@ -64,6 +73,46 @@ func (c *registryCache) Lookup(ctx context.Context, q scheduler.CacheQuery) (sch
 		return scheduler.CacheResult{}, c.cannotRun(c.explain(ctx, q, id))
 	}
 	return scheduler.CacheResult{Entry: id, Explain: c.explain(ctx, q, id)}, nil
+}
+
+// listedUnused reports whether a hit on snapshot needs no inspect of its own: the build's
+// one listing has it, and no child will make a machine from it, since every builds_in child
+// has an entry whose snapshot is listed too (its own hit). A snapshot removed after the
+// listing is then used by nothing: the hit runs nothing and no child starts from it. Where a
+// child may run, the snapshot is checked right before the hit is reported, as without the
+// listing, so that a snapshot gone by then is a miss, never a child's failed create.
+func (c *registryCache) listedUnused(ctx context.Context, q scheduler.CacheQuery, snapshot string) bool {
+	c.listOnce.Do(func() {
+		l, ok := c.vm.(vm.SnapshotLister)
+		if !ok {
+			return
+		}
+		ids, err := l.ListSnapshots(ctx)
+		if err != nil {
+			return // every hit asks SnapshotExists
+		}
+		c.listed = make(map[string]bool, len(ids))
+		for _, id := range ids {
+			c.listed[id] = true
+		}
+	})
+	if !c.listed[snapshot] || q.Step >= len(c.children) {
+		return false
+	}
+	for _, j := range c.children[q.Step] {
+		if j >= len(c.keys) || c.keys[j] == "" {
+			return false
+		}
+		s := registry.Scope{Backend: c.vm.Name(), Base: q.BaseImage, Key: c.keys[j]}
+		if j < len(c.results) {
+			s.Fingerprint = c.results[j].Fingerprint
+		}
+		e, ok, err := c.reg.Peek(ctx, s)
+		if err != nil || !ok || !c.listed[e.Snapshot] {
+			return false
+		}
+	}
+	return true
 }
 
 // cannotRun is a miss on an unwritable state dir: the step would have to run, and nothing

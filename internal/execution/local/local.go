@@ -74,7 +74,7 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 			return nil, err
 		}
 		cache = &registryCache{reg: reg, vm: b.VM, slug: pb.Slug, sourceDir: pb.Source.Dir,
-			results: pb.Steps, images: rootImages(pl), stateDir: b.StateDir, unwritable: b.Unwritable}
+			results: pb.Steps, images: rootImages(pl), keys: pb.Keys(), children: children(pl), stateDir: b.StateDir, unwritable: b.Unwritable}
 		schedCache = cache
 	}
 
@@ -133,6 +133,15 @@ func rootImages(pl *plan.Plan) []string {
 			r = pl.Steps[r].Parent
 		}
 		out[i] = pl.Steps[r].Image
+	}
+	return out
+}
+
+// children is, per step, its builds_in children.
+func children(pl *plan.Plan) [][]int {
+	out := make([][]int, len(pl.Steps))
+	for i := range pl.Steps {
+		out[i] = pl.Steps[i].Children
 	}
 	return out
 }

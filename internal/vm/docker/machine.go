@@ -170,6 +170,7 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 	ref := SnapshotRepo + ":" + kind + randomHex(12)
 	env := commitEnv(m.baseEnv, m.spec.Env)
 	cfg := &container.Config{Env: env, Labels: m.b.labels(m.spec.Owner, m.owner, ephemeral)}
+	m.b.wrote()
 	resp, err := m.b.cli.ContainerCommit(ctx, m.id, container.CommitOptions{Reference: ref, Config: cfg})
 	if err != nil {
 		// A canceled request may still have committed: drop the image by its tag.
