@@ -25,7 +25,8 @@ type Manager struct {
 	Scan time.Duration
 	// Reap is how often lapsed job leases are reaped. Default 1 s.
 	Reap time.Duration
-	// MaxRetries is the infrastructure retry budget of a job whose agent was lost. Default 2.
+	// MaxRetries is the infrastructure retry budget of a job whose agent was lost: 0 means
+	// the default, 2; a negative value none (the first lost lease fails the job).
 	MaxRetries int
 	Logger     *slog.Logger
 
@@ -45,8 +46,11 @@ func (m *Manager) init() {
 		if m.Reap <= 0 {
 			m.Reap = time.Second
 		}
-		if m.MaxRetries <= 0 {
+		switch {
+		case m.MaxRetries == 0:
 			m.MaxRetries = 2
+		case m.MaxRetries < 0:
+			m.MaxRetries = 0
 		}
 		if m.Logger == nil {
 			m.Logger = slog.New(slog.DiscardHandler)
