@@ -228,3 +228,27 @@ func TestSandboxAgent(t *testing.T) {
 		t.Fatalf("test log %+v", cs)
 	}
 }
+
+// TestDrain: a drained agent claims nothing more, finishes its running step and returns.
+func TestDrain(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	a := e.startAgent(agentOpts{})
+	b := e.submit(ir(step("slow", "sleep 1; echo done")), nil)
+	e.waitRunning(b.ID, "slow")
+	a.a.Drain()
+	select {
+	case err := <-a.done:
+		a.done <- err
+		if err != nil {
+			t.Fatalf("drained agent: %v", err)
+		}
+	case <-e.ctx.Done():
+		t.Fatal("drain did not end")
+	}
+	if j := e.jobs(b.ID)["slow"]; j.State != store.JobPassed || j.Attempt != 1 {
+		t.Fatalf("job %s attempt %d", j.State, j.Attempt)
+	}
+	if got := e.waitBuild(b.ID); got.State != store.BuildPassed {
+		t.Fatalf("build %s", got.State)
+	}
+}
