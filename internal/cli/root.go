@@ -65,7 +65,7 @@ func newRoot(stdio IO) *cobra.Command {
 		return errs.New(errs.ErrUsage, "usage", fmt.Sprintf("see `%s --help`", c.CommandPath()), "%v", err)
 	})
 	root.AddCommand(newRunCmd(stdio), newRenderCmd(stdio), newPipelinesCmd(stdio), newInitCmd(stdio), newCacheCmd(stdio), newImageCmd(stdio), newVersionCmd(stdio), newSDKCmd(stdio))
-	root.AddCommand(newLogsCmd(stdio), newBuildsCmd(stdio), newServerCmd(stdio))
+	root.AddCommand(newLogsCmd(stdio), newBuildsCmd(stdio), newServerCmd(stdio), newAgentCmd(stdio))
 	return root
 }
 

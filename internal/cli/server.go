@@ -12,11 +12,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 
 	"github.com/hmci/hm/internal/config"
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/server"
+	"github.com/hmci/hm/internal/server/driver"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/store/blobdir"
 	"github.com/hmci/hm/internal/store/sqlite"
@@ -27,6 +29,7 @@ const drainTimeout = 30 * time.Second
 
 func newServerCmd(stdio IO) *cobra.Command {
 	var listen, data, maxSource string
+	var leaseTTL time.Duration
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Serve the Harmont API v0 subset and hm's event stream over a store in --data",
@@ -36,18 +39,19 @@ func newServerCmd(stdio IO) *cobra.Command {
 			if err := max.UnmarshalText([]byte(maxSource)); err != nil {
 				return errs.New(errs.ErrUsage, "usage", "give a size such as 256MiB", "--max-source-size %q: %v", maxSource, err)
 			}
-			return runServer(c.Context(), stdio, listen, data, int64(max))
+			return runServer(c.Context(), stdio, listen, data, int64(max), leaseTTL)
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to listen on")
 	cmd.Flags().StringVar(&data, "data", "", "data directory: the SQLite store, blobs and the log token key")
 	cmd.Flags().StringVar(&maxSource, "max-source-size", "256MiB", "largest source archive a build may submit")
+	cmd.Flags().DurationVar(&leaseTTL, "lease-ttl", server.DefaultAgentLeaseTTL, "lease of a claimed step: an agent silent this long is lost")
 	cmd.MarkFlagRequired("data")
 	cmd.AddCommand(newServerTokenCmd(stdio))
 	return cmd
 }
 
-func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int64) error {
+func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int64, leaseTTL time.Duration) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	st, err := sqlite.Open(ctx, data)
@@ -64,7 +68,10 @@ func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(stdio.Err, nil))
-	srv, err := server.New(server.Config{Store: st, Blobs: blobs, LogKey: key, MaxSourceBytes: maxSource, Logger: logger})
+	owner := "server-" + uuid.NewString()
+	mgr := &driver.Manager{Driver: driver.Config{Store: st, Owner: owner}, Logger: logger}
+	srv, err := server.New(server.Config{Store: st, Blobs: blobs, LogKey: key, MaxSourceBytes: maxSource, Logger: logger,
+		AgentLeaseTTL: leaseTTL, OnBuild: mgr.Kick})
 	if err != nil {
 		return err
 	}
@@ -76,6 +83,12 @@ func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int
 	logger.Info("hm server listening", "addr", ln.Addr().String(), "data", data)
 	done := make(chan error, 1)
 	go func() { done <- hs.Serve(ln) }()
+	// The drivers stop with the server, without canceling their builds: a restarted server
+	// (or another replica) takes their leases over once they lapse.
+	mctx, stopMgr := context.WithCancel(context.WithoutCancel(ctx))
+	mgrDone := make(chan struct{})
+	go func() { defer close(mgrDone); mgr.Run(mctx) }()
+	defer func() { stopMgr(); <-mgrDone }()
 	select {
 	case err := <-done:
 		return fmt.Errorf("server: %w: %w", errs.ErrInfra, err)

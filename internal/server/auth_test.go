@@ -85,9 +85,13 @@ func TestAgentRoutes(t *testing.T) {
 	if r.Status != 200 || !strings.Contains(string(r.Body), `"org":"acme"`) {
 		t.Errorf("agent ping: %d %s", r.Status, r.Body)
 	}
-	r = e.do("", "POST", AgentPrefix+"/claim", e.tokens["acme/agent"], nil)
+	r = e.do("", "POST", AgentPrefix+"/nope", e.tokens["acme/agent"], nil)
 	if r.Status != 404 || r.errorCode(t) != "route_not_found" {
-		t.Errorf("an agent route not there yet: %d %s", r.Status, r.Body)
+		t.Errorf("an unknown agent route: %d %s", r.Status, r.Body)
+	}
+	r = e.do("", "POST", AgentPrefix+"/claim", e.tokens["acme/agent"], `{"agent_id":"never-registered"}`)
+	if r.Status != 404 || r.errorCode(t) != "agent_not_found" {
+		t.Errorf("a claim before register: %d %s", r.Status, r.Body)
 	}
 }
 

@@ -113,6 +113,9 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, p store.Pipeline
 		s.writeError(w, r, err)
 		return
 	}
+	if s.cfg.OnBuild != nil {
+		s.cfg.OnBuild(b.ID)
+	}
 	w.Header().Set("Location", r.URL.Path+"/"+strconv.FormatInt(b.Number, 10))
 	writeJSON(w, http.StatusCreated, newBuildView(b, p.Slug))
 }

@@ -32,9 +32,9 @@ func (s *Server) routes() http.Handler {
 	// The log stream authenticates by its build-scoped token, not by a bearer token.
 	mux.HandleFunc("GET /v0/jobs/{job_id}/logs", s.jobLogs)
 
-	// The agent protocol's handlers arrive with the agent; its auth is here already, so no
-	// route under the prefix can be added without it.
+	// The agent protocol (agent.go); every route under the prefix takes agent tokens only.
 	mux.Handle("GET "+AgentPrefix+"/ping", s.agent(s.agentPing))
+	s.agentRoutes(mux)
 	mux.Handle(AgentPrefix+"/{rest...}", s.agent(s.notFound))
 
 	mux.HandleFunc("/", s.notFound)

@@ -58,9 +58,15 @@ type Config struct {
 	MaxSourceBytes int64
 	PollInterval   time.Duration
 	LogTokenTTL    time.Duration
+	// AgentLeaseTTL is the lease of a claimed job (DefaultAgentLeaseTTL when 0); agents
+	// heartbeat at a third of it.
+	AgentLeaseTTL time.Duration
 	// Logger gets one line per request: method, path (never the query, which carries log
 	// tokens), status, duration, request id. Never a header.
 	Logger *slog.Logger
+	// OnBuild is told the id of every build createBuild stored (the driver manager's Kick);
+	// it must not block. Nil: nobody is told (the manager's scan still finds the build).
+	OnBuild func(id string)
 	// Now is the clock (tests); time.Now when nil.
 	Now func() time.Time
 }
@@ -89,6 +95,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.LogTokenTTL <= 0 {
 		cfg.LogTokenTTL = DefaultLogTokenTTL
+	}
+	if cfg.AgentLeaseTTL <= 0 {
+		cfg.AgentLeaseTTL = DefaultAgentLeaseTTL
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

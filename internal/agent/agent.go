@@ -1,0 +1,219 @@
+// Package agent is `hm agent`: a process on a machine that executes steps, which claims them
+// from an hm server (the protocol of internal/agentproto), runs each on its local VM backend
+// (sandbox, docker or host, in its own state dir with its own images and snapshots) and
+// reports their output and outcome. It knows only the server's URL and an agent token, and
+// opens every connection itself. It is not the scheduler: which step runs, when, and what its
+// outcome means for the build are the server's.
+//
+// # Loop
+//
+// Each of Slots workers loops: claim (a long poll) → fetch the build's source by digest
+// (checked, extracted once per digest under STATE/agent/sources) → Create the machine from the
+// job's image or its parent's snapshot (the claim's placement put the job where that
+// snapshot is) → Inject the source → Start → Run, streaming stdout and stderr as ordered log
+// chunks (shipper) while a heartbeat extends the lease → Commit when the job needs a snapshot
+// → Finish after every chunk is acknowledged → Destroy.
+//
+// The heartbeat runs every min(TTL/3, StopPoll): its reply carries cancel and timeout, which
+// cancel the step's context, so they reach the running step within StopPoll.
+//
+// # Failures
+//
+// One function (classify, client.go) decides about every failed call: network errors and 5xx
+// are retried with backoff (each call is idempotent or fenced by the attempt, so a repeat is
+// safe), 409/404 drop the work (another attempt owns the step: the machine is destroyed and
+// no Finish is sent), 401 stops the agent. A connection cut while a step runs costs nothing:
+// the step goes on, its lines wait in the shipper's bounded buffer and are resent from the
+// server's contiguous seq; only a cut longer than the lease loses the attempt (the server
+// retries the step elsewhere).
+//
+// # Stopping
+//
+// Drain (SIGTERM) stops claiming and lets running steps finish and report; Run's own context
+// ending kills running steps without a Finish (their leases lapse and the server retries
+// them). At start the backend's Reconcile removes what a previous agent process left.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/hmci/hm/internal/agentproto"
+	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/vm"
+)
+
+// Config is what an agent needs.
+type Config struct {
+	Server string // base URL, e.g. http://127.0.0.1:8080
+	Token  string // an agent token
+	// Backend runs the steps; StateDir holds the agent's id, sources and the backend's state.
+	Backend  vm.Backend
+	StateDir string
+	Name     string   // default: the host name
+	Labels   []string // "k=v"
+	Slots    int      // steps at once; default 1
+	// HTTP is the client of every call (tests inject faults through its Transport).
+	HTTP *http.Client
+	// StopPoll bounds how long a cancel takes to reach a running step. Default 500 ms.
+	StopPoll time.Duration
+	// ClaimWait is a claim's long poll. Default agentproto.MaxClaimWait.
+	ClaimWait time.Duration
+	Logger    *slog.Logger
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg     Config
+	c       *client
+	id      string
+	drain   chan struct{}
+	drained sync.Once
+}
+
+// New checks cfg and fills in defaults.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Server == "" || cfg.Token == "" || cfg.Backend == nil || cfg.StateDir == "" {
+		return nil, fmt.Errorf("agent: a server URL, a token, a backend and a state dir are required: %w", errs.ErrUsage)
+	}
+	if cfg.Slots <= 0 {
+		cfg.Slots = 1
+	}
+	if cfg.HTTP == nil {
+		cfg.HTTP = &http.Client{}
+	}
+	if cfg.StopPoll <= 0 {
+		cfg.StopPoll = 500 * time.Millisecond
+	}
+	if cfg.ClaimWait <= 0 || cfg.ClaimWait > agentproto.MaxClaimWait {
+		cfg.ClaimWait = agentproto.MaxClaimWait
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Name == "" {
+		cfg.Name, _ = os.Hostname()
+	}
+	return &Agent{cfg: cfg, drain: make(chan struct{}),
+		c: &client{base: strings.TrimRight(cfg.Server, "/"), token: cfg.Token, hc: cfg.HTTP,
+			timeout: 15 * time.Second, minBackoff: 100 * time.Millisecond, maxBackoff: 2 * time.Second}}, nil
+}
+
+// ID is the agent's id, kept in its state dir (known after Run registered).
+func (a *Agent) ID() string { return a.id }
+
+// Drain stops claiming; running steps finish and report, then Run returns.
+func (a *Agent) Drain() { a.drained.Do(func() { close(a.drain) }) }
+
+// Run registers, reconciles the backend and works until Drain (returning nil once the running
+// steps ended) or ctx ends (killing them, without finishing them). A refused token is fatal.
+func (a *Agent) Run(ctx context.Context) error {
+	id, err := agentID(a.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	a.id = id
+	if err := a.cfg.Backend.Reconcile(ctx); err != nil {
+		return fmt.Errorf("agent: reconcile: %w", err)
+	}
+	reg := agentproto.Register{AgentID: id, Name: a.cfg.Name, Backend: a.cfg.Backend.Name(), Labels: a.cfg.Labels}
+	if _, err := a.c.call(ctx, http.MethodPost, agentproto.PathRegister, reg, &agentproto.Registered{}, 0, nil); err != nil {
+		return fmt.Errorf("agent: register: %w", err)
+	}
+	a.cfg.Logger.Info("hm agent registered", "agent", id, "backend", reg.Backend, "slots", a.cfg.Slots)
+
+	// claimCtx ends on Drain: a long poll in flight is abandoned.
+	claimCtx, stopClaims := context.WithCancel(ctx)
+	defer stopClaims()
+	go func() {
+		select {
+		case <-a.drain:
+		case <-claimCtx.Done():
+		}
+		stopClaims()
+	}()
+	var wg sync.WaitGroup
+	errc := make(chan error, a.cfg.Slots)
+	for range a.cfg.Slots {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.worker(ctx, claimCtx); err != nil {
+				errc <- err
+				stopClaims()
+			}
+		}()
+	}
+	go a.alive(claimCtx)
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w: %w", errs.ErrCanceled, context.Cause(ctx))
+	}
+	return nil
+}
+
+// worker claims and runs jobs one at a time until claims stop.
+func (a *Agent) worker(ctx, claimCtx context.Context) error {
+	for claimCtx.Err() == nil {
+		var j agentproto.Job
+		got, err := a.c.call(claimCtx, http.MethodPost, agentproto.PathClaim,
+			agentproto.Claim{AgentID: a.id, Slots: 1, WaitSeconds: int(a.cfg.ClaimWait / time.Second)}, &j, a.cfg.ClaimWait, nil)
+		switch {
+		case errors.Is(err, ErrAuth):
+			return err
+		case claimCtx.Err() != nil:
+			return nil
+		case err != nil:
+			a.cfg.Logger.Warn("claim failed", "err", err.Error())
+			continue
+		case !got:
+			continue
+		}
+		a.runJob(ctx, j)
+	}
+	return nil
+}
+
+// alive tells the server the agent is there while it waits for work.
+func (a *Agent) alive(ctx context.Context) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			_, _ = a.c.once(ctx, http.MethodPost, agentproto.PathAlive, agentproto.Alive{AgentID: a.id}, nil, a.c.timeout)
+		}
+	}
+}
+
+// agentID reads the agent's id from its state dir, choosing one the first time.
+func agentID(stateDir string) (string, error) {
+	p := filepath.Join(stateDir, "agent", "id")
+	if b, err := os.ReadFile(p); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return "", fmt.Errorf("agent: state dir: %w: %w", errs.ErrInfra, err)
+	}
+	id := uuid.NewString()
+	if err := os.WriteFile(p, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("agent: state dir: %w: %w", errs.ErrInfra, err)
+	}
+	return id, nil
+}

@@ -1,0 +1,254 @@
+package agent_test
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hmci/hm/internal/agent"
+	"github.com/hmci/hm/internal/imagestore"
+	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/vm/sandbox"
+)
+
+// TestOneAgentBuild: a pipeline submitted with createBuild runs to passed through one agent;
+// the source reaches /workspace and a builds_in child sees its parent's output.
+func TestOneAgentBuild(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.startAgent(agentOpts{})
+	b := e.submit(ir(
+		step("build", "cat hello.txt && echo built > out.txt && echo to-stderr >&2"),
+		step("test", "cat out.txt", `"builds_in":"build"`),
+	), nil)
+	if got := e.waitBuild(b.ID); got.State != store.BuildPassed {
+		t.Fatalf("build %s (%s %s)", got.State, got.ErrorCode, got.ErrorMessage)
+	}
+	js := e.jobs(b.ID)
+	var lines []string
+	for _, c := range e.logLines(js["build"], 1) {
+		lines = append(lines, fmt.Sprintf("%d:%d:%s", c.Seq, c.Stream, c.Content))
+	}
+	if strings.Join(lines, "|") != "1:0:hello from source|2:1:to-stderr" {
+		t.Fatalf("build log %q", lines)
+	}
+	if cs := e.logLines(js["test"], 1); len(cs) != 1 || cs[0].Content != "built" {
+		t.Fatalf("test log %+v", cs)
+	}
+}
+
+// TestFanOutAndPlacement: two agents share a fan-out, and builds_in children land on the
+// agent that holds their parent's snapshot.
+func TestFanOutAndPlacement(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	a1, a2 := e.startAgent(agentOpts{}), e.startAgent(agentOpts{})
+	var steps []string
+	for i := range 4 {
+		steps = append(steps, step(fmt.Sprintf("leaf%d", i), "sleep 0.5; echo leaf"))
+	}
+	steps = append(steps, step("base", "echo mark > mark.txt"),
+		step("child1", "cat mark.txt", `"builds_in":"base"`), step("child2", "cat mark.txt", `"builds_in":"base"`))
+	b := e.submit(ir(steps...), map[string]any{"parallelism": 4})
+	if got := e.waitBuild(b.ID); got.State != store.BuildPassed {
+		t.Fatalf("build %s (%s %s)", got.State, got.ErrorCode, got.ErrorMessage)
+	}
+	js := e.jobs(b.ID)
+	used := map[string]bool{}
+	for _, j := range js {
+		used[j.AgentID] = true
+	}
+	if !used[a1.a.ID()] || !used[a2.a.ID()] {
+		t.Fatalf("not both agents ran steps: %v (agents %s %s)", used, a1.a.ID(), a2.a.ID())
+	}
+	for _, k := range []string{"child1", "child2"} {
+		if js[k].AgentID != js["base"].SnapshotAgent || js[k].AgentID == "" {
+			t.Fatalf("%s ran on %s, base's snapshot is on %s", k, js[k].AgentID, js["base"].SnapshotAgent)
+		}
+	}
+}
+
+// waitRunning waits until the job of step key runs on some agent and returns it.
+func (e *env) waitRunning(buildID, key string) store.Job {
+	e.t.Helper()
+	var j store.Job
+	e.waitFor(key+" running", func() bool {
+		j = e.jobs(buildID)[key]
+		return j.State == store.JobRunning
+	})
+	return j
+}
+
+// TestAgentKilledRetried: an agent stopped mid-step (its context canceled: no finish) loses
+// the lease; the step is retried on the other agent and the build passes.
+func TestAgentKilledRetried(t *testing.T) {
+	e := newEnv(t, envOpts{leaseTTL: 1500 * time.Millisecond})
+	first := e.startAgent(agentOpts{})
+	b := e.submit(ir(step("slow", "echo go; sleep 2; echo done")), nil)
+	j := e.waitRunning(b.ID, "slow")
+	if j.AgentID != first.a.ID() {
+		t.Fatalf("ran on %s", j.AgentID)
+	}
+	second := e.startAgent(agentOpts{})
+	first.stop(t)
+	got := e.waitBuild(b.ID)
+	if got.State != store.BuildPassed {
+		t.Fatalf("build %s (%s %s)", got.State, got.ErrorCode, got.ErrorMessage)
+	}
+	j = e.jobs(b.ID)["slow"]
+	if j.Attempt != 2 || j.AgentID != second.a.ID() || j.InfraRetries != 1 {
+		t.Fatalf("job %+v", j)
+	}
+}
+
+// TestAgentLostFails: with no other agent and no retry budget left, a lost agent's step
+// fails agent_lost within the lease TTL (plus the reaper's period) and fails the build.
+func TestAgentLostFails(t *testing.T) {
+	ttl := 1500 * time.Millisecond
+	e := newEnv(t, envOpts{leaseTTL: ttl, maxRetries: -1})
+	a := e.startAgent(agentOpts{})
+	b := e.submit(ir(step("slow", "sleep 20")), nil)
+	e.waitRunning(b.ID, "slow")
+	a.stop(t)
+	killed := time.Now()
+	e.waitFor("agent_lost", func() bool { return e.jobs(b.ID)["slow"].State.Terminal() })
+	if d := time.Since(killed); d > ttl+time.Second {
+		t.Errorf("agent_lost after %v, lease TTL %v", d, ttl)
+	}
+	j := e.jobs(b.ID)["slow"]
+	if j.State != store.JobFailed || j.ErrorCode != store.CodeAgentLost {
+		t.Fatalf("job %s %s", j.State, j.ErrorCode)
+	}
+	if got := e.waitBuild(b.ID); got.State != store.BuildFailed {
+		t.Fatalf("build %s", got.State)
+	}
+}
+
+// TestConnectionCut: the agent's connection fails for 5 s mid-step; the step goes on, and
+// its log reaches the server complete, in order, without duplicates.
+func TestConnectionCut(t *testing.T) {
+	e := newEnv(t, envOpts{leaseTTL: 10 * time.Second})
+	a := e.startAgent(agentOpts{})
+	b := e.submit(ir(step("talk", "for i in $(seq 1 100); do echo line $i; sleep 0.08; done")), nil)
+	e.waitRunning(b.ID, "talk")
+	a.tr.down.Store(true)
+	time.Sleep(5 * time.Second) // the outage itself, not synchronisation
+	a.tr.down.Store(false)
+	if a.tr.hits.Load() == 0 {
+		t.Fatal("the cut refused no request")
+	}
+	if got := e.waitBuild(b.ID); got.State != store.BuildPassed {
+		t.Fatalf("build %s (%s %s)", got.State, got.ErrorCode, got.ErrorMessage)
+	}
+	j := e.jobs(b.ID)["talk"]
+	if j.Attempt != 1 {
+		t.Fatalf("attempt %d: the cut cost the lease", j.Attempt)
+	}
+	cs := e.logLines(j, 1)
+	if len(cs) != 100 {
+		t.Fatalf("%d chunks", len(cs))
+	}
+	for i, c := range cs {
+		if c.Seq != int64(i+1) || c.Content != fmt.Sprintf("line %d", i+1) {
+			t.Fatalf("chunk %d: seq %d %q", i, c.Seq, c.Content)
+		}
+	}
+}
+
+// TestCancelReachesStep: cancelBuild stops the running step at once.
+func TestCancelReachesStep(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.startAgent(agentOpts{})
+	b := e.submit(ir(step("long", "sleep 60")), nil)
+	e.waitRunning(b.ID, "long")
+	if code, body := e.request("PUT", fmt.Sprintf("/api/v0/organizations/acme/pipelines/ci/builds/%d/cancel", b.Number), e.user, nil); code != 200 {
+		t.Fatalf("cancel: %d %s", code, body)
+	}
+	asked := time.Now()
+	e.waitFor("job canceled", func() bool { return e.jobs(b.ID)["long"].State.Terminal() })
+	if d := time.Since(asked); d > 3*time.Second {
+		t.Errorf("the step stopped %v after the cancel", d)
+	}
+	if j := e.jobs(b.ID)["long"]; j.State != store.JobCanceled {
+		t.Fatalf("job %s", j.State)
+	}
+	if got := e.waitBuild(b.ID); got.State != store.BuildCanceled {
+		t.Fatalf("build %s", got.State)
+	}
+}
+
+// TestTokenKinds: agent routes refuse user tokens and user routes agent tokens; an agent
+// given a user token stops with ErrAuth.
+func TestTokenKinds(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	for _, c := range []struct{ method, path, token string }{
+		{"POST", "/api/v0/agent/claim", e.user},
+		{"POST", "/api/v0/agent/register", e.user},
+		{"POST", "/api/v0/agent/jobs/x/finish", e.user},
+		{"GET", "/api/v0/agent/sources/" + e.srcDigest, e.user},
+		{"POST", "/api/v0/agent/claim", "hma_not_a_token"},
+		{"GET", "/api/v0/organizations/acme/pipelines/ci/builds", e.agentTok},
+	} {
+		if code, body := e.request(c.method, c.path, c.token, map[string]any{}); code != http.StatusUnauthorized {
+			t.Errorf("%s %s: %d %s", c.method, c.path, code, body)
+		}
+	}
+	ra := e.startAgent(agentOpts{token: e.user})
+	select {
+	case err := <-ra.done:
+		ra.done <- err
+		if !errors.Is(err, agent.ErrAuth) {
+			t.Fatalf("agent with a user token: %v", err)
+		}
+	case <-e.ctx.Done():
+		t.Fatal("agent with a user token kept running")
+	}
+}
+
+// TestSandboxAgent: one build through an agent on the sandbox backend.
+func TestSandboxAgent(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the sandbox backend needs root here")
+	}
+	e := newEnv(t, envOpts{})
+	state := t.TempDir()
+	b, err := sandbox.New(state, imagestore.Open(state), sandbox.Options{NetworkNone: true, Network: "none"})
+	if err != nil {
+		t.Skipf("sandbox unavailable: %v", err)
+	}
+	e.startAgent(agentOpts{backend: b})
+	bd := e.submit(ir(step("build", "cat /workspace/hello.txt > /workspace/copy.txt"),
+		step("test", "cat /workspace/copy.txt", `"builds_in":"build"`)), nil)
+	if got := e.waitBuild(bd.ID); got.State != store.BuildPassed {
+		t.Fatalf("build %s (%s %s)", got.State, got.ErrorCode, got.ErrorMessage)
+	}
+	if cs := e.logLines(e.jobs(bd.ID)["test"], 1); len(cs) != 1 || cs[0].Content != "hello from source" {
+		t.Fatalf("test log %+v", cs)
+	}
+}
+
+// TestDrain: a drained agent claims nothing more, finishes its running step and returns.
+func TestDrain(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	a := e.startAgent(agentOpts{})
+	b := e.submit(ir(step("slow", "sleep 1; echo done")), nil)
+	e.waitRunning(b.ID, "slow")
+	a.a.Drain()
+	select {
+	case err := <-a.done:
+		a.done <- err
+		if err != nil {
+			t.Fatalf("drained agent: %v", err)
+		}
+	case <-e.ctx.Done():
+		t.Fatal("drain did not end")
+	}
+	if j := e.jobs(b.ID)["slow"]; j.State != store.JobPassed || j.Attempt != 1 {
+		t.Fatalf("job %s attempt %d", j.State, j.Attempt)
+	}
+	if got := e.waitBuild(b.ID); got.State != store.BuildPassed {
+		t.Fatalf("build %s", got.State)
+	}
+}

@@ -1,0 +1,354 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hmci/hm/internal/agent"
+	"github.com/hmci/hm/internal/server"
+	"github.com/hmci/hm/internal/server/driver"
+	"github.com/hmci/hm/internal/source"
+	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/blobdir"
+	"github.com/hmci/hm/internal/store/sqlite"
+	"github.com/hmci/hm/internal/vm"
+	"github.com/hmci/hm/internal/vm/host"
+)
+
+// env is a real server (internal/server on a real SQLite store, served on 127.0.0.1) with its
+// driver manager and lease reaper, one org, a user and an agent token.
+type env struct {
+	t         *testing.T
+	ctx       context.Context
+	db        *sqlite.DB
+	url       string
+	user      string
+	agentTok  string
+	logs      *syncBuffer
+	srcDigest string
+	srcB64    string
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// hangGuard bounds a test: its context ends well before the test binary's deadline.
+func hangGuard(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	if dl, ok := t.Deadline(); ok && time.Until(dl)-5*time.Second < d {
+		d = time.Until(dl) - 5*time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+type envOpts struct {
+	leaseTTL   time.Duration
+	maxRetries int // < 0: none
+}
+
+func newEnv(t *testing.T, o envOpts) *env {
+	t.Helper()
+	if o.leaseTTL == 0 {
+		o.leaseTTL = 3 * time.Second
+	}
+	ctx := hangGuard(t, 60*time.Second)
+	dir := t.TempDir()
+	db, err := sqlite.Open(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobs, err := blobdir.Open(filepath.Join(dir, "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := server.LoadLogKey(filepath.Join(dir, "log-token.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, nil))
+	mgr := &driver.Manager{Driver: driver.Config{Store: db, Owner: "test-server", Poll: 20 * time.Millisecond, LeaseTTL: 3 * time.Second},
+		Scan: 500 * time.Millisecond, Reap: 100 * time.Millisecond, MaxRetries: o.maxRetries, Logger: logger}
+	srv, err := server.New(server.Config{Store: db, Blobs: blobs, LogKey: key, PollInterval: 20 * time.Millisecond,
+		AgentLeaseTTL: o.leaseTTL, OnBuild: mgr.Kick, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv) // 127.0.0.1
+	mctx, stopMgr := context.WithCancel(context.Background())
+	mdone := make(chan struct{})
+	go func() { defer close(mdone); mgr.Run(mctx) }()
+	t.Cleanup(func() {
+		srv.Drain()
+		stopMgr()
+		<-mdone
+		hs.Close()
+		db.Close()
+		if t.Failed() {
+			t.Logf("server log:\n%s", logs.String())
+		}
+	})
+	e := &env{t: t, ctx: ctx, db: db, url: hs.URL, logs: logs}
+	org, err := db.CreateOrg(ctx, "acme", "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []store.TokenKind{store.TokenUser, store.TokenAgent} {
+		secret, h := store.NewToken(k)
+		if _, err := db.CreateToken(ctx, store.Token{OrgID: org.ID, Kind: k, Name: "t", Hash: h}); err != nil {
+			t.Fatal(err)
+		}
+		if k == store.TokenUser {
+			e.user = secret
+		} else {
+			e.agentTok = secret
+		}
+	}
+	e.packSource()
+	return e
+}
+
+// packSource packs a small source tree the way a client does.
+func (e *env) packSource() {
+	src := e.t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "hello.txt"), []byte("hello from source\n"), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	tree, err := source.Pack(e.ctx, src, source.Options{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	a, err := tree.WriteArchive(e.ctx, e.t.TempDir())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	b, err := os.ReadFile(a.Path)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.srcDigest, e.srcB64 = a.Digest, base64.StdEncoding.EncodeToString(b)
+}
+
+// request is one API call; it returns the status and body.
+func (e *env) request(method, path, token string, body any) (int, []byte) {
+	e.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(e.ctx, method, e.url+path, rd)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// submit creates a build of ir through the Harmont createBuild API; it returns its id.
+func (e *env) submit(ir string, opts map[string]any) store.Build {
+	e.t.Helper()
+	body := map[string]any{"branch": "main", "commit": "abc", "pipeline_ir": ir, "source_b64": e.srcB64}
+	if opts != nil {
+		body["hm_options"] = opts
+	}
+	code, b := e.request("POST", "/api/v0/organizations/acme/pipelines/ci/builds", e.user, body)
+	if code != http.StatusCreated {
+		e.t.Fatalf("createBuild: %d %s", code, b)
+	}
+	var v struct {
+		Number int64 `json:"number"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		e.t.Fatal(err)
+	}
+	o, _ := e.db.GetOrgBySlug(e.ctx, "acme")
+	p, err := e.db.GetPipeline(e.ctx, o.ID, "ci")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	bd, err := e.db.GetBuildByNumber(e.ctx, p.ID, v.Number)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return bd
+}
+
+// waitFor polls cond (bounded: the test's hang guard) until it holds.
+func (e *env) waitFor(what string, cond func() bool) {
+	e.t.Helper()
+	for !cond() {
+		select {
+		case <-e.ctx.Done():
+			e.t.Fatalf("timed out waiting for %s", what)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (e *env) build(id string) store.Build {
+	b, err := e.db.GetBuild(e.ctx, id)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return b
+}
+
+func (e *env) waitBuild(id string) store.Build {
+	e.t.Helper()
+	var b store.Build
+	e.waitFor("build "+id+" to end", func() bool { b = e.build(id); return b.State.Terminal() })
+	return b
+}
+
+func (e *env) jobs(buildID string) map[string]store.Job {
+	js, err := e.db.ListJobs(e.ctx, buildID)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	m := map[string]store.Job{}
+	for _, j := range js {
+		m[j.StepKey] = j
+	}
+	return m
+}
+
+func (e *env) logLines(j store.Job, attempt int) []store.LogChunk {
+	cs, err := e.db.ListLogs(e.ctx, j.ID, attempt, 0, 100000)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return cs
+}
+
+// runningAgent is an agent started by a test.
+type runningAgent struct {
+	a    *agent.Agent
+	kill context.CancelFunc
+	done chan error
+	tr   *flaky
+}
+
+type agentOpts struct {
+	backend vm.Backend
+	token   string
+	slots   int
+}
+
+// startAgent runs a real agent (host backend unless told) against the server.
+func (e *env) startAgent(o agentOpts) *runningAgent {
+	e.t.Helper()
+	state := e.t.TempDir()
+	if o.backend == nil {
+		o.backend = host.New(state)
+	}
+	if o.token == "" {
+		o.token = e.agentTok
+	}
+	tr := &flaky{base: http.DefaultTransport}
+	a, err := agent.New(agent.Config{Server: e.url, Token: o.token, Backend: o.backend, StateDir: state, Slots: o.slots,
+		HTTP: &http.Client{Transport: tr}, StopPoll: 200 * time.Millisecond, ClaimWait: 2 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(e.logs, nil))})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, kill := context.WithCancel(e.ctx)
+	ra := &runningAgent{a: a, kill: kill, done: make(chan error, 1), tr: tr}
+	go func() { ra.done <- a.Run(ctx) }()
+	e.t.Cleanup(func() { ra.stop(e.t) })
+	return ra
+}
+
+// stop kills the agent (its steps too) and waits for it.
+func (ra *runningAgent) stop(t *testing.T) error {
+	ra.kill()
+	select {
+	case err := <-ra.done:
+		ra.done <- err
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent did not stop")
+		return nil
+	}
+}
+
+// flaky is a transport a test can cut: while down every request fails as a refused
+// connection would.
+type flaky struct {
+	base http.RoundTripper
+	down atomic.Bool
+	hits atomic.Int64 // requests refused
+}
+
+var errCut = errors.New("connection cut by the test")
+
+func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
+	if f.down.Load() {
+		f.hits.Add(1)
+		if r.Body != nil {
+			r.Body.Close()
+		}
+		return nil, errCut
+	}
+	return f.base.RoundTrip(r)
+}
+
+func ir(steps ...string) string {
+	return fmt.Sprintf(`{"version":"0","default_image":"host","steps":[%s]}`, join(steps))
+}
+
+func join(s []string) string {
+	out := ""
+	for i, x := range s {
+		if i > 0 {
+			out += ","
+		}
+		out += x
+	}
+	return out
+}
+
+func step(key, cmd string, extra ...string) string {
+	s := fmt.Sprintf(`{"type":"command","key":%q,"cmd":%q`, key, cmd)
+	for _, x := range extra {
+		s += "," + x
+	}
+	return s + "}"
+}

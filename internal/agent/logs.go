@@ -1,0 +1,156 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hmci/hm/internal/agentproto"
+)
+
+// shipper sends one attempt's output lines to the server as chunks in seq order. Lines are
+// numbered as they come (from 1) and kept until the server acknowledges them: each Logs
+// reply's contiguous seq drops what it covers, and the next batch starts right after it, so
+// a lost request, a lost reply or a connection cut only resends, never loses or reorders
+// (the server ignores repeats). The buffer is bounded by bytes: a step that writes faster
+// than the server takes blocks in its pipe's write, which is what a full pipe does anyway.
+type shipper struct {
+	c       *client
+	path    string
+	attempt int
+	limit   int // bytes held before add blocks
+	every   time.Duration
+
+	mu      sync.Mutex
+	pending []agentproto.Chunk // seq acked+1 … next-1
+	bytes   int
+	next    int64
+	acked   int64
+	err     error         // the shipper gave up: ErrDropped, ErrAuth or the agent stopping
+	wake    chan struct{} // a line was added (cap 1)
+	freed   chan struct{} // the buffer shrank or the shipper ended (closed and replaced)
+	done    chan struct{} // run returned
+	closing chan struct{} // flush what is left and stop
+}
+
+func newShipper(c *client, jobID string, attempt int) *shipper {
+	return &shipper{c: c, path: strings.Replace(agentproto.PathLogs, "{job_id}", jobID, 1), attempt: attempt,
+		limit: 32 << 20, every: 50 * time.Millisecond, next: 1,
+		wake: make(chan struct{}, 1), freed: make(chan struct{}), done: make(chan struct{}), closing: make(chan struct{})}
+}
+
+// add queues a line; it blocks while the buffer is full, and drops the line once the
+// shipper gave up (the work is dropped anyway).
+func (s *shipper) add(stream int, line string) {
+	s.mu.Lock()
+	for s.err == nil && s.bytes >= s.limit {
+		ch := s.freed
+		s.mu.Unlock()
+		<-ch
+		s.mu.Lock()
+	}
+	if s.err == nil {
+		s.pending = append(s.pending, agentproto.Chunk{Seq: s.next, Stream: stream, Content: line, TS: time.Now().UTC()})
+		s.next++
+		s.bytes += len(line) + 64
+	}
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run sends batches until close was called and everything is acknowledged, or it gives up.
+func (s *shipper) run(ctx context.Context) {
+	defer close(s.done)
+	closing := false
+	for {
+		s.mu.Lock()
+		batch := s.pending[:min(len(s.pending), agentproto.MaxLogChunks)]
+		s.mu.Unlock()
+		if len(batch) == 0 {
+			if closing {
+				return
+			}
+			select {
+			case <-s.wake:
+			case <-s.closing:
+				closing = true
+			case <-ctx.Done():
+				s.fail(context.Cause(ctx))
+				return
+			}
+			// A short pause batches the lines a burst writes.
+			t := time.NewTimer(s.every)
+			select {
+			case <-t.C:
+			case <-s.closing:
+				t.Stop()
+				closing = true
+			case <-ctx.Done():
+				t.Stop()
+				s.fail(context.Cause(ctx))
+				return
+			}
+			continue
+		}
+		var ack agentproto.LogsAck
+		_, err := s.c.call(ctx, http.MethodPost, s.path, agentproto.Logs{Attempt: s.attempt, Chunks: batch}, &ack, 0, nil)
+		if err != nil {
+			s.fail(err)
+			return
+		}
+		s.ackTo(ack.Contiguous)
+	}
+}
+
+func (s *shipper) ackTo(n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n <= s.acked {
+		return
+	}
+	drop := int(min(n, s.next-1) - s.acked)
+	for _, c := range s.pending[:drop] {
+		s.bytes -= len(c.Content) + 64
+	}
+	s.pending = append([]agentproto.Chunk(nil), s.pending[drop:]...)
+	s.acked += int64(drop)
+	close(s.freed)
+	s.freed = make(chan struct{})
+}
+
+func (s *shipper) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err == nil {
+		s.err = err
+		close(s.freed)
+		s.freed = make(chan struct{})
+	}
+}
+
+// close waits until every line added so far is acknowledged (or the shipper gave up, or ctx
+// ended) and returns the last seq and the shipper's error.
+func (s *shipper) close(ctx context.Context) (int64, error) {
+	select {
+	case <-s.closing:
+	default:
+		close(s.closing)
+	}
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		return 0, errors.Join(context.Cause(ctx), errors.New("logs not acknowledged"))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.next - 1, s.err
+}
+
+// writer is the io.Writer of one stream: whole lines to add (events.LineWriter splits).
+func (s *shipper) stream(kind int) func(string) { return func(l string) { s.add(kind, l) } }

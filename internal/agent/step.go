@@ -1,0 +1,263 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hmci/hm/internal/agentproto"
+	"github.com/hmci/hm/internal/events"
+	"github.com/hmci/hm/internal/source"
+	"github.com/hmci/hm/internal/vm"
+)
+
+// cleanupTimeout bounds Destroy and RemoveSnapshot of a step that ended.
+const cleanupTimeout = 30 * time.Second
+
+func jobPath(p, id string) string { return strings.Replace(p, "{job_id}", id, 1) }
+
+// runJob runs one claimed job to its Finish, or drops it (409/404, or ctx ending: the lease
+// lapses and the server retries the step).
+func (a *Agent) runJob(ctx context.Context, j agentproto.Job) {
+	log := a.cfg.Logger.With("job", j.JobID, "step", j.StepKey, "attempt", j.Attempt)
+	start := time.Now()
+	fin, err := a.execute(ctx, j)
+	if err != nil {
+		if !errors.Is(err, ErrDropped) && ctx.Err() == nil {
+			log.Warn("step dropped", "err", err.Error())
+		} else {
+			log.Info("step dropped", "err", err.Error())
+		}
+		return
+	}
+	fin.Attempt = j.Attempt
+	fin.DurationMillis = time.Since(start).Milliseconds()
+	var st agentproto.State
+	if _, err := a.c.call(ctx, http.MethodPost, jobPath(agentproto.PathFinish, j.JobID), fin, &st, 0, nil); err != nil {
+		log.Warn("finish not recorded", "err", err.Error())
+		if fin.Snapshot != "" {
+			a.removeSnapshot(fin.Snapshot)
+		}
+		return
+	}
+	log.Info("step finished", "exit_code", fin.ExitCode, "state", st.State)
+}
+
+func (a *Agent) removeSnapshot(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	_ = a.cfg.Backend.RemoveSnapshot(ctx, id)
+}
+
+// infra is the Finish of a step that could not run.
+func infra(err error) agentproto.Finish {
+	return agentproto.Finish{ExitCode: -1, ErrorCode: "agent_error", ErrorMessage: err.Error()}
+}
+
+// execute runs the step and returns its Finish; an error means drop the work.
+func (a *Agent) execute(ctx context.Context, j agentproto.Job) (agentproto.Finish, error) {
+	// The step's context: ctx (the agent killed), or a heartbeat's stop or drop.
+	stepCtx, stopStep := context.WithCancelCause(ctx)
+	defer stopStep(nil)
+	var st agentproto.State
+	if _, err := a.c.call(ctx, http.MethodPost, jobPath(agentproto.PathStart, j.JobID), agentproto.Fence{Attempt: j.Attempt}, &st, 0, nil); err != nil {
+		return agentproto.Finish{}, err
+	}
+	hb := &heartbeat{}
+	hbDone := make(chan struct{})
+	hbCtx, stopHB := context.WithCancel(ctx)
+	go func() { defer close(hbDone); a.heartbeat(hbCtx, j, hb, stopStep) }()
+	defer func() { stopHB(); <-hbDone }()
+
+	tree, err := a.source(stepCtx, j.SourceDigest)
+	if err != nil {
+		return a.ended(ctx, hb, infra(fmt.Errorf("source: %w", err)))
+	}
+	spec := vm.Spec{Parent: j.ParentSnapshot, Cmd: j.Command, Env: j.Env,
+		Owner: vm.Owner{RunID: j.BuildID, StepKey: j.StepKey, PID: os.Getpid()}}
+	if j.ParentSnapshot == "" {
+		if spec.Image, err = a.cfg.Backend.ResolveImage(stepCtx, j.Image); err != nil {
+			return a.ended(ctx, hb, infra(err))
+		}
+	}
+	m, err := a.cfg.Backend.Create(stepCtx, spec)
+	if err != nil {
+		return a.ended(ctx, hb, infra(err))
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		_ = m.Destroy(dctx)
+	}()
+	if tree != nil {
+		if err := m.Inject(stepCtx, tree); err != nil {
+			return a.ended(ctx, hb, infra(fmt.Errorf("inject: %w", err)))
+		}
+	}
+
+	sh := newShipper(a.c, j.JobID, j.Attempt)
+	shDone := make(chan struct{})
+	go func() { defer close(shDone); sh.run(ctx) }()
+	stdout := events.NewLineWriter(sh.stream(agentproto.Stdout))
+	stderr := events.NewLineWriter(sh.stream(agentproto.Stderr))
+	code, runErr := m.Run(stepCtx, stdout, stderr)
+	stdout.Flush()
+	stderr.Flush()
+	fin := agentproto.Finish{ExitCode: code}
+	switch {
+	case runErr != nil && hb.stop() != "":
+		fin.ExitCode = 130 // the server records canceled or timed_out from its state
+		if hb.stop() == agentproto.StopTimeout {
+			fin.ExitCode = 124
+		}
+	case runErr != nil:
+		if cause := context.Cause(stepCtx); cause != nil && (ctx.Err() != nil || errors.Is(cause, ErrDropped)) {
+			return agentproto.Finish{}, fmt.Errorf("%w: %w", ErrDropped, cause)
+		}
+		fin = infra(runErr)
+	case code == 0 && j.NeedsSnapshot:
+		snap, err := m.Commit(stepCtx, j.Ephemeral)
+		if err != nil {
+			fin = infra(fmt.Errorf("commit: %w", err))
+		} else {
+			fin.Snapshot = snap
+		}
+	}
+	if _, err := sh.close(ctx); err != nil {
+		if fin.Snapshot != "" {
+			a.removeSnapshot(fin.Snapshot)
+		}
+		return agentproto.Finish{}, fmt.Errorf("logs: %w", err)
+	}
+	<-shDone
+	return a.ended(ctx, hb, fin)
+}
+
+// ended returns fin unless the heartbeat learned the work is not ours any more.
+func (a *Agent) ended(ctx context.Context, hb *heartbeat, fin agentproto.Finish) (agentproto.Finish, error) {
+	if err := hb.dropped(); err != nil {
+		return agentproto.Finish{}, err
+	}
+	if ctx.Err() != nil {
+		return agentproto.Finish{}, fmt.Errorf("%w: %w", ErrDropped, context.Cause(ctx))
+	}
+	return fin, nil
+}
+
+// heartbeat is what the heartbeat goroutine learned.
+type heartbeat struct {
+	mu      sync.Mutex
+	stopped string
+	drop    error
+}
+
+func (h *heartbeat) stop() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.stopped
+}
+
+func (h *heartbeat) dropped() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.drop
+}
+
+// heartbeat extends the lease every min(TTL/3, StopPoll) until ctx ends. A stop in the reply
+// cancels the step; a refusal (409/404) drops it. A transient failure is retried at the next
+// tick (each heartbeat is one request): a cut shorter than the lease loses nothing.
+func (a *Agent) heartbeat(ctx context.Context, j agentproto.Job, h *heartbeat, stopStep context.CancelCauseFunc) {
+	every := min(j.LeaseTTL()/3, a.cfg.StopPoll)
+	if every <= 0 {
+		every = a.cfg.StopPoll
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var st agentproto.State
+		_, err := a.c.once(ctx, http.MethodPost, jobPath(agentproto.PathHeartbeat, j.JobID), agentproto.Fence{Attempt: j.Attempt}, &st, max(every, time.Second))
+		switch {
+		case err == nil && st.Stop != "":
+			h.mu.Lock()
+			first := h.stopped == ""
+			h.stopped = st.Stop
+			h.mu.Unlock()
+			if first {
+				stopStep(errors.New("the server asked to stop the step: " + st.Stop))
+			}
+		case err != nil && classify(ctx, err) == drop:
+			h.mu.Lock()
+			h.drop = fmt.Errorf("%w: %w", ErrDropped, err)
+			h.mu.Unlock()
+			stopStep(h.drop)
+			return
+		}
+	}
+}
+
+// source returns the build's source tree, fetched and extracted once per digest.
+func (a *Agent) source(ctx context.Context, digest string) (*source.Tree, error) {
+	if digest == "" {
+		return nil, nil
+	}
+	hex, ok := strings.CutPrefix(digest, source.DigestPrefix)
+	if !ok || len(hex) != 64 || strings.ContainsAny(hex, "/.") {
+		return nil, fmt.Errorf("bad digest %q", digest)
+	}
+	root := filepath.Join(a.cfg.StateDir, "agent", "sources")
+	dir := filepath.Join(root, hex)
+	if _, err := os.Stat(dir); err != nil {
+		if err := a.fetch(ctx, digest, root, dir); err != nil {
+			return nil, err
+		}
+	}
+	return source.Pack(ctx, dir, source.Options{})
+}
+
+// fetch downloads and extracts the archive into a fresh directory renamed to dir once whole
+// and checked, so a crash or a bad digest never leaves a half tree under the digest's name.
+func (a *Agent) fetch(ctx context.Context, digest, root, dir string) error {
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return err
+	}
+	tmpArchive, err := os.CreateTemp(root, "fetch-*.tar.gz")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmpArchive.Name())
+	defer tmpArchive.Close()
+	reset := func() { _, _ = tmpArchive.Seek(0, 0); _ = tmpArchive.Truncate(0) }
+	if _, err := a.c.call(ctx, http.MethodGet, strings.Replace(agentproto.PathSource, "{digest}", digest, 1), nil, tmpArchive, 5*time.Minute, reset); err != nil {
+		return err
+	}
+	if _, err := tmpArchive.Seek(0, 0); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(root, "extract-*")
+	if err != nil {
+		return err
+	}
+	if err := source.ExtractArchive(tmpArchive, digest, tmp); err != nil {
+		os.RemoveAll(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		os.RemoveAll(tmp)
+		if _, serr := os.Stat(dir); serr == nil {
+			return nil // another slot extracted it first
+		}
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,276 @@
+package server
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/hmci/hm/internal/agentproto"
+	"github.com/hmci/hm/internal/plan"
+	"github.com/hmci/hm/internal/server/driver"
+	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/vm"
+)
+
+// The agent protocol (internal/agentproto): one handler per call, agent tokens only (the
+// s.agent middleware). Each call's idempotency or fencing rule is documented at its message;
+// the store makes every one of them a single fenced statement.
+
+// DefaultAgentLeaseTTL is a claimed job's lease lifetime (Config.AgentLeaseTTL).
+const DefaultAgentLeaseTTL = 30 * time.Second
+
+func (s *Server) agentRoutes(mux *http.ServeMux) {
+	small := func() int64 { return maxSmallBody }
+	logs := func() int64 { return 64 << 20 } // MaxLogChunks lines of up to 1 MiB, in JSON
+	mux.Handle("POST "+agentproto.PathRegister, s.agent(body(s, small, s.agentRegister)))
+	mux.Handle("POST "+agentproto.PathAlive, s.agent(body(s, small, s.agentAlive)))
+	mux.Handle("POST "+agentproto.PathClaim, s.agent(body(s, small, s.agentClaim)))
+	mux.Handle("POST "+agentproto.PathStart, s.agent(body(s, small, s.agentStart)))
+	mux.Handle("POST "+agentproto.PathHeartbeat, s.agent(body(s, small, s.agentHeartbeat)))
+	mux.Handle("POST "+agentproto.PathLogs, s.agent(body(s, logs, s.agentLogs)))
+	mux.Handle("POST "+agentproto.PathFinish, s.agent(body(s, small, s.agentFinish)))
+	mux.Handle("GET "+agentproto.PathSource, s.agent(s.agentSource))
+}
+
+func (s *Server) agentRegister(w http.ResponseWriter, r *http.Request, req agentproto.Register) {
+	if req.AgentID == "" || req.Backend == "" {
+		s.writeError(w, r, badRequest("validation_failed", "agent_id and backend are required"))
+		return
+	}
+	a, err := s.cfg.Store.UpsertAgent(r.Context(), store.Agent{ID: req.AgentID, Name: req.Name, Labels: req.Labels, Backend: req.Backend}, s.now())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, agentproto.Registered{AgentID: a.ID, Org: authOf(r).Org.Slug})
+}
+
+func (s *Server) agentAlive(w http.ResponseWriter, r *http.Request, req agentproto.Alive) {
+	if err := s.cfg.Store.TouchAgent(r.Context(), req.AgentID, s.now()); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// agentClaim long-polls the store: a claim at once, then again after a backoff growing from
+// the poll interval to 1 s, until a job, the wait, the request's end or the server's drain.
+func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentproto.Claim) {
+	wait := time.Duration(req.WaitSeconds) * time.Second
+	if wait <= 0 || wait > agentproto.MaxClaimWait {
+		wait = agentproto.MaxClaimWait
+	}
+	if _, err := s.cfg.Store.GetAgent(r.Context(), req.AgentID); err != nil {
+		s.writeError(w, r, err) // register first
+		return
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	backoff := min(s.cfg.PollInterval, 50*time.Millisecond)
+	for {
+		j, ok, err := s.cfg.Store.ClaimJob(r.Context(), store.Claim{AgentID: req.AgentID, Now: s.now(), LeaseTTL: s.cfg.AgentLeaseTTL})
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		if ok {
+			s.claimed(w, r, j)
+			return
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-deadline.C:
+			t.Stop()
+			w.WriteHeader(http.StatusNoContent)
+			return
+		case <-r.Context().Done():
+			t.Stop()
+			return
+		case <-s.closing:
+			t.Stop()
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		backoff = min(backoff*2, time.Second)
+	}
+}
+
+// claimed answers a claim with what the agent needs to run the job, read from the build's
+// plan exactly as the scheduler would build the step's machine. A job the server cannot
+// describe (its build's IR no longer loads) fails at once rather than being run wrong.
+func (s *Server) claimed(w http.ResponseWriter, r *http.Request, j store.Job) {
+	job, err := s.describe(r, j)
+	if err != nil {
+		_, ferr := s.cfg.Store.FinishJob(r.Context(), j.ID, j.Attempt, store.Finish{ExitCode: -1,
+			ErrorCode: "job_invalid", ErrorMessage: err.Error(), Now: s.now()})
+		s.writeError(w, r, errors.Join(err, ferr))
+		return
+	}
+	writeJSON(w, http.StatusOK, job)
+}
+
+func (s *Server) describe(r *http.Request, j store.Job) (agentproto.Job, error) {
+	ctx := r.Context()
+	b, err := s.cfg.Store.GetBuild(ctx, j.BuildID)
+	if err != nil {
+		return agentproto.Job{}, err
+	}
+	pl, opts, err := driver.DefaultLoad(b)
+	if err != nil {
+		return agentproto.Job{}, err
+	}
+	i := slices.IndexFunc(pl.Steps, func(st plan.Step) bool { return st.Key == j.StepKey })
+	if i < 0 {
+		return agentproto.Job{}, errors.New("step " + quote(j.StepKey) + " is not in the build's plan")
+	}
+	ps := &pl.Steps[i]
+	out := agentproto.Job{JobID: j.ID, BuildID: b.ID, StepKey: j.StepKey, Attempt: j.Attempt,
+		LeaseTTLMillis: s.cfg.AgentLeaseTTL.Milliseconds(), Command: ps.Cmd,
+		Env:          append(append(slices.Clone(vm.BaseEnv), ps.Env...), opts.ExtraEnv...),
+		SourceDigest: b.SourceDigest, TimeoutSeconds: int(ps.Timeout / time.Second)}
+	root := i
+	for pl.Steps[root].Parent >= 0 {
+		root = pl.Steps[root].Parent
+	}
+	base := pl.Steps[root].Image
+	if to, ok := opts.MapImage[base]; ok {
+		base = to
+	}
+	if ps.Parent >= 0 {
+		p, err := s.cfg.Store.GetJob(ctx, j.ParentID)
+		if err != nil {
+			return agentproto.Job{}, err
+		}
+		out.ParentSnapshot = p.Snapshot
+	} else {
+		out.Image = base
+	}
+	key := opts.Keys[i]
+	cached := key != "" && !opts.NoCache
+	out.NeedsSnapshot = cached || len(ps.Children) > 0
+	out.Ephemeral = !cached
+	if cached {
+		out.CacheKey, out.CacheScope = key, base
+	}
+	return out, nil
+}
+
+// agentJob reads the job named by the path, refusing (404) one of another org's builds.
+func (s *Server) agentJob(r *http.Request) (store.Job, error) {
+	id := r.PathValue("job_id")
+	j, err := s.cfg.Store.GetJob(r.Context(), id)
+	if err != nil {
+		return j, err
+	}
+	b, err := s.cfg.Store.GetBuild(r.Context(), j.BuildID)
+	if err != nil {
+		return j, err
+	}
+	if b.OrgID != authOf(r).Org.ID {
+		return j, notFound("job_not_found", "no job "+quote(id))
+	}
+	return j, nil
+}
+
+func stateOf(j store.Job) agentproto.State {
+	st := agentproto.State{State: string(j.State), Attempt: j.Attempt}
+	switch j.State {
+	case store.JobCanceling:
+		st.Stop = agentproto.StopCancel
+	case store.JobTimingOut:
+		st.Stop = agentproto.StopTimeout
+	}
+	return st
+}
+
+func (s *Server) agentStart(w http.ResponseWriter, r *http.Request, req agentproto.Fence) {
+	j, err := s.agentJob(r)
+	if err == nil {
+		j, err = s.cfg.Store.StartJob(r.Context(), j.ID, req.Attempt, s.now())
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, stateOf(j))
+}
+
+func (s *Server) agentHeartbeat(w http.ResponseWriter, r *http.Request, req agentproto.Fence) {
+	j, err := s.agentJob(r)
+	if err == nil {
+		j, err = s.cfg.Store.Heartbeat(r.Context(), j.ID, req.Attempt, s.now(), s.cfg.AgentLeaseTTL)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if j.AgentID != "" {
+		_ = s.cfg.Store.TouchAgent(r.Context(), j.AgentID, s.now())
+	}
+	st := stateOf(j)
+	st.LeaseTTLMillis = s.cfg.AgentLeaseTTL.Milliseconds()
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) agentLogs(w http.ResponseWriter, r *http.Request, req agentproto.Logs) {
+	if len(req.Chunks) > agentproto.MaxLogChunks {
+		s.writeError(w, r, badRequest("validation_failed", "at most "+strconv.Itoa(agentproto.MaxLogChunks)+" chunks per call"))
+		return
+	}
+	j, err := s.agentJob(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if j.Attempt != req.Attempt {
+		s.writeError(w, r, &store.ConflictError{Kind: "job", Key: j.ID, Reason: "attempt " + strconv.Itoa(req.Attempt) + " is not the current one",
+			State: string(j.State), Attempt: j.Attempt})
+		return
+	}
+	chunks := make([]store.LogChunk, len(req.Chunks))
+	for i, c := range req.Chunks {
+		chunks[i] = store.LogChunk{Seq: c.Seq, Stream: c.Stream, Content: c.Content, TS: c.TS}
+	}
+	n, err := s.cfg.Store.AppendLogs(r.Context(), j.ID, req.Attempt, chunks)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, agentproto.LogsAck{Contiguous: n})
+}
+
+func (s *Server) agentFinish(w http.ResponseWriter, r *http.Request, req agentproto.Finish) {
+	j, err := s.agentJob(r)
+	if err == nil {
+		j, err = s.cfg.Store.FinishJob(r.Context(), j.ID, req.Attempt, store.Finish{ExitCode: req.ExitCode, Snapshot: req.Snapshot,
+			ErrorCode: req.ErrorCode, ErrorMessage: req.ErrorMessage, Now: s.now()})
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, stateOf(j))
+}
+
+// agentSource streams a source archive. Any agent of a deployment may read any blob it can
+// name: a digest is unguessable and only reaches an agent in a claim.
+func (s *Server) agentSource(w http.ResponseWriter, r *http.Request) {
+	d := r.PathValue("digest")
+	if _, err := s.cfg.Store.GetBlob(r.Context(), d); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	rc, size, err := s.cfg.Blobs.Open(d)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer rc.Close()
+	w.Header().Set("Content-Type", "application/gzip")
+	w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+	_, _ = io.Copy(w, rc)
+}

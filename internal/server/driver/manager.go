@@ -1,0 +1,135 @@
+package driver
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/hmci/hm/internal/store"
+)
+
+// Manager runs the drivers of one server process and its lease reaper: a driver for every
+// build it is told about (Kick, from createBuild) and, at start and every Scan, for every
+// unfinished build of the store that no driver of this process runs. Drive takes the build's
+// lease, so a build another replica drives is left to it (the attempt fails with a conflict
+// and is retried at the next scan, which is how a dead replica's builds are taken over once
+// its lease lapsed). Stopping the manager (Run's ctx) stops its drivers without canceling
+// their builds: the next owner carries them on.
+//
+// The reaper calls ReapExpiredLeases every Reap: a job whose agent stopped heartbeating goes
+// back to the queue, or fails agent_lost after MaxRetries requeues.
+type Manager struct {
+	Driver Config
+	// Scan is how often unfinished builds are looked for. Default 2 s.
+	Scan time.Duration
+	// Reap is how often lapsed job leases are reaped. Default 1 s.
+	Reap time.Duration
+	// MaxRetries is the infrastructure retry budget of a job whose agent was lost: 0 means
+	// the default, 2; a negative value none (the first lost lease fails the job).
+	MaxRetries int
+	Logger     *slog.Logger
+
+	once    sync.Once
+	kick    chan string
+	mu      sync.Mutex
+	running map[string]bool
+}
+
+func (m *Manager) init() {
+	m.once.Do(func() {
+		m.kick = make(chan string, 1024)
+		m.running = map[string]bool{}
+		if m.Scan <= 0 {
+			m.Scan = 2 * time.Second
+		}
+		if m.Reap <= 0 {
+			m.Reap = time.Second
+		}
+		switch {
+		case m.MaxRetries == 0:
+			m.MaxRetries = 2
+		case m.MaxRetries < 0:
+			m.MaxRetries = 0
+		}
+		if m.Logger == nil {
+			m.Logger = slog.New(slog.DiscardHandler)
+		}
+		m.Driver.defaults()
+	})
+}
+
+// Kick asks for a driver of build id now (a new build). It never blocks: a kick that does not
+// fit waits for the next scan.
+func (m *Manager) Kick(id string) {
+	m.init()
+	select {
+	case m.kick <- id:
+	default:
+	}
+}
+
+// Run drives builds and reaps leases until ctx is done, then waits for its drivers to stop.
+func (m *Manager) Run(ctx context.Context) {
+	m.init()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	start := func(id string) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.running[id] || ctx.Err() != nil {
+			return
+		}
+		m.running[id] = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				m.mu.Lock()
+				delete(m.running, id)
+				m.mu.Unlock()
+			}()
+			if _, err := Drive(ctx, m.Driver, id); err != nil && ctx.Err() == nil && !store.IsConflict(err) {
+				m.Logger.Warn("driver stopped", "build", id, "err", err.Error())
+			}
+		}()
+	}
+	scan := func() {
+		bs, err := m.Driver.Store.ListUnfinishedBuilds(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				m.Logger.Warn("listing unfinished builds", "err", err.Error())
+			}
+			return
+		}
+		for _, b := range bs {
+			start(b.ID)
+		}
+	}
+	reap := func() {
+		js, err := m.Driver.Store.ReapExpiredLeases(ctx, m.Driver.Now(), m.MaxRetries)
+		if err != nil && ctx.Err() == nil {
+			m.Logger.Warn("reaping leases", "err", err.Error())
+		}
+		for _, j := range js {
+			m.Logger.Info("lease lapsed", "job", j.ID, "step", j.StepKey, "agent", j.AgentID, "state", string(j.State))
+		}
+	}
+	scan()
+	scanT := time.NewTicker(m.Scan)
+	defer scanT.Stop()
+	reapT := time.NewTicker(m.Reap)
+	defer reapT.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case id := <-m.kick:
+			start(id)
+		case <-scanT.C:
+			scan()
+		case <-reapT.C:
+			reap()
+		}
+	}
+}
