@@ -30,6 +30,7 @@ const drainTimeout = 30 * time.Second
 func newServerCmd(stdio IO) *cobra.Command {
 	var listen, data, maxSource string
 	var leaseTTL time.Duration
+	var retries int
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Serve the Harmont API v0 subset and hm's event stream over a store in --data",
@@ -39,19 +40,23 @@ func newServerCmd(stdio IO) *cobra.Command {
 			if err := max.UnmarshalText([]byte(maxSource)); err != nil {
 				return errs.New(errs.ErrUsage, "usage", "give a size such as 256MiB", "--max-source-size %q: %v", maxSource, err)
 			}
-			return runServer(c.Context(), stdio, listen, data, int64(max), leaseTTL)
+			if retries < 0 {
+				return errs.New(errs.ErrUsage, "usage", "give --agent-retries 0 or more", "--agent-retries %d is negative", retries)
+			}
+			return runServer(c.Context(), stdio, listen, data, int64(max), leaseTTL, retries)
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to listen on")
 	cmd.Flags().StringVar(&data, "data", "", "data directory: the SQLite store, blobs and the log token key")
 	cmd.Flags().StringVar(&maxSource, "max-source-size", "256MiB", "largest source archive a build may submit")
 	cmd.Flags().DurationVar(&leaseTTL, "lease-ttl", server.DefaultAgentLeaseTTL, "lease of a claimed step: an agent silent this long is lost")
+	cmd.Flags().IntVar(&retries, "agent-retries", 2, "requeues of a step whose agent was lost before it fails agent_lost")
 	cmd.MarkFlagRequired("data")
 	cmd.AddCommand(newServerTokenCmd(stdio))
 	return cmd
 }
 
-func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int64, leaseTTL time.Duration) error {
+func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int64, leaseTTL time.Duration, retries int) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	st, err := sqlite.Open(ctx, data)
@@ -69,7 +74,11 @@ func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int
 	}
 	logger := slog.New(slog.NewTextHandler(stdio.Err, nil))
 	owner := "server-" + uuid.NewString()
-	mgr := &driver.Manager{Driver: driver.Config{Store: st, Owner: owner}, Logger: logger}
+	// The manager's 0 is its default and a negative value no retries.
+	if retries == 0 {
+		retries = -1
+	}
+	mgr := &driver.Manager{Driver: driver.Config{Store: st, Owner: owner}, Logger: logger, MaxRetries: retries}
 	srv, err := server.New(server.Config{Store: st, Blobs: blobs, LogKey: key, MaxSourceBytes: maxSource, Logger: logger,
 		AgentLeaseTTL: leaseTTL, OnBuild: mgr.Kick})
 	if err != nil {
