@@ -454,4 +454,3 @@ func (p *faultProxy) cut(d time.Duration) {
 	p.mu.Unlock()
 	p.closeAll() // the black-holed ones
 }
-
