@@ -4,8 +4,10 @@
 //
 //   - submit to first step_start: wall time from starting hm run to its step_start line
 //     (process start included on both sides), median of -runs;
+//
 //   - per-step dispatch: a chain of -steps trivial steps separated by barriers, build_end
 //     duration_ms / steps, median of -runs;
+//
 //   - log throughput: one step printing -lines numbered lines, from the client's first
 //     step_log to build_end, every line checked present once and in order.
 //
