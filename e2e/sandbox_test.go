@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -132,9 +134,12 @@ func sandboxLeftovers(t *testing.T, stateDir string) []string {
 			}
 		}
 	}
+	tag := stateTag(stateDir)
 	for _, p := range sandboxHelpers(t) {
 		if p.initCookie != "" {
-			if o, ok := proc.CookieOwner(p.initCookie); ok && !o.Alive() {
+			// This state dir's inits only (concurrent tests run their own), given a moment to
+			// die with their hm (the parent-death signal).
+			if o, ok := proc.CookieOwner(p.initCookie); ok && p.initTag == tag && !o.Alive() && !exitsWithin(p.pid, 10*time.Second) {
 				out = append(out, fmt.Sprintf("sandbox init %d of a dead hm", p.pid))
 			}
 			continue
@@ -151,6 +156,7 @@ func sandboxLeftovers(t *testing.T, stateDir string) []string {
 // sandboxProc is a sandbox init (initCookie set) or a slirp4netns network helper.
 type sandboxProc struct {
 	pid         int
+	initTag     string // the init's state dir, as its marker names it
 	initCookie  string
 	slirpTarget int
 }
@@ -175,7 +181,7 @@ func sandboxHelpers(t *testing.T) []sandboxProc {
 		case string(args) == "hm-sandbox-init\x00":
 			link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/5", pid))
 			if f := strings.Fields(strings.TrimPrefix(link, "/memfd:")); err == nil && len(f) >= 3 {
-				out = append(out, sandboxProc{pid: pid, initCookie: f[2]})
+				out = append(out, sandboxProc{pid: pid, initTag: f[1], initCookie: f[2]})
 			}
 		case len(words) > 2 && filepath.Base(words[0]) == "slirp4netns":
 			if target, err := strconv.Atoi(words[len(words)-2]); err == nil {
@@ -274,4 +280,18 @@ func TestSandboxNetwork(t *testing.T) {
 	if left := sandboxLeftovers(t, e.stateDir); len(left) > 0 {
 		t.Errorf("left behind: %v", left)
 	}
+}
+
+// stateTag is how a sandbox init's marker names its state dir (package sandbox's stateTag):
+// the first 8 bytes of the sha256 of STATE/sandbox, the state dir's real path.
+func stateTag(stateDir string) string {
+	dir, err := filepath.EvalSymlinks(stateDir)
+	if err != nil {
+		dir = stateDir
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	sum := sha256.Sum256([]byte(filepath.Join(dir, "sandbox")))
+	return hex.EncodeToString(sum[:8])
 }
