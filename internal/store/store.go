@@ -173,8 +173,8 @@ type Jobs interface {
 
 // Claims are the agent side of jobs: claim, start, heartbeat, finish, and the reaper.
 type Claims interface {
-	// ClaimJob hands at most one scheduled job the agent can run (backend, labels,
-	// placement) to it, attempt incremented and leased until now+c.LeaseTTL. ok is false
+	// ClaimJob hands at most one scheduled job of a build of c.OrgID the agent can run
+	// (backend, labels, placement) to it, attempt incremented and leased until now+c.LeaseTTL. ok is false
 	// when there is none.
 	ClaimJob(ctx context.Context, c Claim) (j Job, ok bool, err error)
 	// StartJob records that the current attempt started running (assigned → running).
@@ -231,6 +231,9 @@ type Blobs interface {
 	// PutBlob records a blob; recording one already known is a no-op.
 	PutBlob(ctx context.Context, b Blob) (Blob, error)
 	GetBlob(ctx context.Context, digest string) (Blob, error)
+	// GetOrgBlob is GetBlob for a reader of orgID: a *NotFoundError unless some build of
+	// that org has the blob as its source (a digest of another tenant's build is not found).
+	GetOrgBlob(ctx context.Context, orgID, digest string) (Blob, error)
 }
 
 // Agents are the machines that claim jobs.

@@ -205,7 +205,10 @@ type Job struct {
 
 // Claim is an agent's request for work.
 type Claim struct {
-	AgentID  string // a registered agent: its backend and labels decide what it can run
+	AgentID string // a registered agent: its backend and labels decide what it can run
+	// OrgID is the org of the agent's token: only jobs of that org's builds are claimable
+	// (an agent never sees another tenant's source, command or env). Required.
+	OrgID    string
 	Now      time.Time
 	LeaseTTL time.Duration
 }

@@ -152,12 +152,14 @@ func (s *DB) TimeOutJob(ctx context.Context, id string, now time.Time) (store.Jo
 // UPDATE takes it, and state = 'scheduled' is checked again outside so that the statement
 // stays correct where the pick and the take are not serialized: on PostgreSQL the subquery
 // gets FOR UPDATE SKIP LOCKED and concurrent claimers skip each other's rows. Parameters:
-// agent, lease expiry, then agent three times.
+// agent, lease expiry, org, then agent three times.
 const claimQuery = `UPDATE jobs SET state = 'assigned', attempt = attempt + 1, agent_id = ?, lease_expires = ?,
 		started_at = 0, error_code = '', error_message = ''
 	WHERE id = (
-		SELECT j.id FROM jobs j
+		SELECT j.id FROM jobs j JOIN builds b ON b.id = j.build_id
 		WHERE j.state = 'scheduled'
+		  -- tenancy: only the agent token's org's jobs
+		  AND b.org_id = ?
 		  AND (j.backend = '' OR j.backend = (SELECT a.backend FROM agents a WHERE a.id = ?))
 		  -- every label the job needs is one of the agent's
 		  AND NOT EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = j.id
@@ -173,6 +175,9 @@ const claimQuery = `UPDATE jobs SET state = 'assigned', attempt = attempt + 1, a
 func (s *DB) ClaimJob(ctx context.Context, c store.Claim) (store.Job, bool, error) {
 	var j store.Job
 	var ok bool
+	if c.OrgID == "" {
+		return j, false, errors.New("claim job: no org") // a programming error: never claim across orgs
+	}
 	err := s.write(ctx, "claim job", func(tx *sql.Tx) error {
 		// Touching the agent is also its existence check: an unknown agent has no labels and
 		// must register first.
@@ -183,7 +188,7 @@ func (s *DB) ClaimJob(ctx context.Context, c store.Claim) (store.Job, bool, erro
 		if n, _ := res.RowsAffected(); n == 0 {
 			return &store.NotFoundError{Kind: "agent", Key: c.AgentID}
 		}
-		j, err = scanJob(tx.QueryRowContext(ctx, claimQuery, c.AgentID, ns(c.Now.Add(c.LeaseTTL)), c.AgentID, c.AgentID, c.AgentID))
+		j, err = scanJob(tx.QueryRowContext(ctx, claimQuery, c.AgentID, ns(c.Now.Add(c.LeaseTTL)), c.OrgID, c.AgentID, c.AgentID, c.AgentID))
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil
 		}

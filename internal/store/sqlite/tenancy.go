@@ -165,6 +165,13 @@ func (s *DB) GetBlob(ctx context.Context, digest string) (store.Blob, error) {
 	return b, wrap("get blob", err)
 }
 
+func (s *DB) GetOrgBlob(ctx context.Context, orgID, digest string) (store.Blob, error) {
+	b, err := one(s.db.QueryRowContext(ctx, `SELECT digest, size, created_at FROM source_blobs sb WHERE digest = ?
+		AND EXISTS (SELECT 1 FROM builds b WHERE b.org_id = ? AND b.source_digest = sb.digest)`, digest, orgID),
+		scanBlob, "blob", digest)
+	return b, wrap("get org blob", err)
+}
+
 func (s *DB) UpsertAgent(ctx context.Context, a store.Agent, now time.Time) (store.Agent, error) {
 	err := s.write(ctx, "upsert agent", func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO agents (id, name, backend, last_seen) VALUES (?, ?, ?, ?)

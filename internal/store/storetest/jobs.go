@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -185,8 +186,43 @@ var claimCases = []testCase{
 		if j, _ := e.claim(t, "dock", e.t0); j.StepKey != "gpu" {
 			t.Errorf("docker agent got %q, want gpu", j.StepKey)
 		}
-		_, _, err := e.s.ClaimJob(e.ctx, store.Claim{AgentID: "ghost", Now: e.t0, LeaseTTL: time.Second})
+		_, _, err := e.s.ClaimJob(e.ctx, store.Claim{AgentID: "ghost", OrgID: o.ID, Now: e.t0, LeaseTTL: time.Second})
 		isNotFound(t, err, "claim by an unregistered agent")
+	}},
+	{"ClaimOrgScoped", func(t *testing.T, e *env) {
+		// An agent of org A never claims org B's job, however old; B's agent gets it.
+		b, pb := e.org(t, "bravo")
+		_, jb := e.build(t, b, pb, store.NewJob{StepKey: "b-secret", Command: "echo $B_TOKEN"})
+		get(e.s.ReleaseJob(e.ctx, jb[0].ID, e.t0))(t)
+		a, pa := e.org(t, "alpha")
+		_, ja := e.build(t, a, pa, store.NewJob{StepKey: "a-step"})
+		get(e.s.ReleaseJob(e.ctx, ja[0].ID, e.at(time.Second)))(t)
+		e.agent(t, "agent-a", "sandbox")
+		e.agent(t, "agent-b", "sandbox")
+		if j, ok := e.claimIn(t, a.ID, "agent-a", e.at(2*time.Second)); !ok || j.ID != ja[0].ID {
+			t.Fatalf("org A's agent got %q (ok %v), want its own a-step", j.StepKey, ok)
+		}
+		if j, ok := e.claimIn(t, a.ID, "agent-a", e.at(2*time.Second)); ok {
+			t.Fatalf("org A's agent claimed org B's job %q", j.StepKey)
+		}
+		if j, ok := e.claimIn(t, b.ID, "agent-b", e.at(2*time.Second)); !ok || j.ID != jb[0].ID {
+			t.Fatalf("org B's agent got %q (ok %v), want b-secret", j.StepKey, ok)
+		}
+		_, _, err := e.s.ClaimJob(e.ctx, store.Claim{AgentID: "agent-a", Now: e.t0, LeaseTTL: time.Second})
+		if err == nil {
+			t.Fatal("a claim without an org was accepted")
+		}
+		// A source blob is readable only by an org one of whose builds has it.
+		d := "sha256:" + strings.Repeat("b", 64)
+		get(e.s.PutBlob(e.ctx, store.Blob{Digest: d, Size: 3}))(t)
+		if _, _, err := e.s.CreateBuild(e.ctx, store.NewBuild{OrgID: b.ID, PipelineID: pb.ID, IR: `{"steps":[]}`, SourceDigest: d, Now: e.t0}); err != nil {
+			t.Fatal(err)
+		}
+		if got := get(e.s.GetOrgBlob(e.ctx, b.ID, d))(t); got.Digest != d {
+			t.Fatalf("GetOrgBlob = %+v", got)
+		}
+		_, err = e.s.GetOrgBlob(e.ctx, a.ID, d)
+		isNotFound(t, err, "another org's source blob")
 	}},
 	{"ClaimPlacement", func(t *testing.T, e *env) {
 		o, p := e.org(t, "acme")
@@ -228,7 +264,7 @@ var claimCases = []testCase{
 		got := map[string]string{}
 		parallel(t, agents, func(i int) {
 			for {
-				j, ok, err := e.s.ClaimJob(e.ctx, store.Claim{AgentID: agentID(i), Now: e.t0, LeaseTTL: time.Minute})
+				j, ok, err := e.s.ClaimJob(e.ctx, store.Claim{AgentID: agentID(i), OrgID: e.lastOrg, Now: e.t0, LeaseTTL: time.Minute})
 				if err != nil {
 					t.Error(err)
 					return
