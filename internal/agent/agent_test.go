@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -253,5 +254,29 @@ func TestDrain(t *testing.T) {
 	}
 	if got := e.waitBuild(b.ID); got.State != store.BuildPassed {
 		t.Fatalf("build %s", got.State)
+	}
+}
+
+// TestLongLines: 1 MiB lines, written at once, reach the server whole: a Logs call is bounded
+// by bytes as well as by chunks, so a burst of long lines (each '<' 6 bytes of JSON) never
+// exceeds the server's body cap.
+func TestLongLines(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.startAgent(agentOpts{})
+	const n = 16
+	b := e.submit(ir(step("long", fmt.Sprintf(
+		`for i in $(seq %d); do head -c 1048576 /dev/zero | tr '\0' '<'; echo; done > /tmp/hm-long.$$ && cat /tmp/hm-long.$$; rm -f /tmp/hm-long.$$`, n))), nil)
+	if got := e.waitBuild(b.ID); got.State != store.BuildPassed {
+		t.Fatalf("build %s (%s %s)", got.State, got.ErrorCode, got.ErrorMessage)
+	}
+	cs := e.logLines(e.jobs(b.ID)["long"], 1)
+	if len(cs) != n {
+		t.Fatalf("%d chunks, want %d", len(cs), n)
+	}
+	want := strings.Repeat("<", 1<<20)
+	for i, c := range cs {
+		if c.Seq != int64(i+1) || c.Content != want {
+			t.Fatalf("chunk %d: seq %d, %d bytes", i, c.Seq, len(c.Content))
+		}
 	}
 }

@@ -24,7 +24,7 @@ const DefaultAgentLeaseTTL = 30 * time.Second
 
 func (s *Server) agentRoutes(mux *http.ServeMux) {
 	small := func() int64 { return maxSmallBody }
-	logs := func() int64 { return 64 << 20 } // MaxLogChunks lines of up to 1 MiB, in JSON
+	logs := func() int64 { return agentproto.MaxLogsBody }
 	mux.Handle("POST "+agentproto.PathRegister, s.agent(body(s, small, s.agentRegister)))
 	mux.Handle("POST "+agentproto.PathAlive, s.agent(body(s, small, s.agentAlive)))
 	mux.Handle("POST "+agentproto.PathClaim, s.agent(body(s, small, s.agentClaim)))
