@@ -130,6 +130,31 @@ func TestAgentLostFails(t *testing.T) {
 	}
 }
 
+// TestRequeuedWithNoAgentFails: retries are left, but the only agent is gone: the requeued
+// step fails agent_lost once no agent was seen within the lease TTL, instead of waiting.
+func TestRequeuedWithNoAgentFails(t *testing.T) {
+	ttl := 1500 * time.Millisecond
+	e := newEnv(t, envOpts{leaseTTL: ttl}) // the default budget: 2 retries
+	a := e.startAgent(agentOpts{})
+	b := e.submit(ir(step("slow", "sleep 20")), nil)
+	e.waitRunning(b.ID, "slow")
+	a.stop(t)
+	killed := time.Now()
+	e.waitFor("agent_lost", func() bool { return e.jobs(b.ID)["slow"].State.Terminal() })
+	// The lease lapses (TTL), the job is requeued, and a TTL after the agent was last seen
+	// it fails: at most about two TTLs and the reaper's period.
+	if d := time.Since(killed); d > 2*ttl+time.Second {
+		t.Errorf("agent_lost after %v, lease TTL %v", d, ttl)
+	}
+	j := e.jobs(b.ID)["slow"]
+	if j.State != store.JobFailed || j.ErrorCode != store.CodeAgentLost || j.InfraRetries != 1 {
+		t.Fatalf("job %s %s, retries %d", j.State, j.ErrorCode, j.InfraRetries)
+	}
+	if got := e.waitBuild(b.ID); got.State != store.BuildFailed {
+		t.Fatalf("build %s", got.State)
+	}
+}
+
 // TestConnectionCut: the agent's connection fails for 5 s mid-step; the step goes on, and
 // its log reaches the server complete, in order, without duplicates.
 func TestConnectionCut(t *testing.T) {

@@ -69,7 +69,7 @@ func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int
 	}
 	logger := slog.New(slog.NewTextHandler(stdio.Err, nil))
 	owner := "server-" + uuid.NewString()
-	mgr := &driver.Manager{Driver: driver.Config{Store: st, Owner: owner}, Logger: logger}
+	mgr := &driver.Manager{Driver: driver.Config{Store: st, Owner: owner}, AgentTTL: leaseTTL, Logger: logger}
 	srv, err := server.New(server.Config{Store: st, Blobs: blobs, LogKey: key, MaxSourceBytes: maxSource, Logger: logger,
 		AgentLeaseTTL: leaseTTL, OnBuild: mgr.Kick})
 	if err != nil {

@@ -44,6 +44,7 @@
 //	assigned | running ──lease lapse (ReapExpiredLeases)──► scheduled (attempt kept, retried)
 //	                                                   └──► failed, error_code agent_lost
 //	                                                        (after the retry budget)
+//	scheduled, requeued ──no live agent could run it (FailOrphans)──► failed, agent_lost
 //
 // passed, failed, skipped, canceled and timed_out are terminal. pending→scheduled is the
 // scheduler's decision (dependencies done, a parallelism slot free); the store only makes the
@@ -188,6 +189,12 @@ type Claims interface {
 	// fails it agent_lost once it was requeued maxRetries times; a job that was asked to
 	// stop ends canceled or timed_out. It returns the jobs it changed.
 	ReapExpiredLeases(ctx context.Context, now time.Time, maxRetries int) ([]Job, error)
+	// FailOrphans fails agent_lost every requeued job (scheduled after a lost lease) that no
+	// agent seen since now-agentTTL could claim (its org, backend, labels and placement):
+	// with no agent left, a retry would wait forever. A requeued job some live agent could
+	// run stays scheduled, and a job never claimed waits for an agent however long it takes.
+	// It returns the jobs it failed.
+	FailOrphans(ctx context.Context, now time.Time, agentTTL time.Duration) ([]Job, error)
 }
 
 // BuildLeases fence the driver of a build: the one server replica that runs its scheduler.

@@ -255,6 +255,7 @@ type Blob struct {
 // Agent is a registered agent.
 type Agent struct {
 	ID       string
+	OrgID    string // the org of the token that registered it; "" counts for any org
 	Name     string
 	Labels   []string
 	Backend  string

@@ -273,3 +273,33 @@ func (s *DB) ReapExpiredLeases(ctx context.Context, now time.Time, maxRetries in
 	slices.SortFunc(jobs, func(a, b store.Job) int { return a.ReadyAt.Compare(b.ReadyAt) })
 	return jobs, err
 }
+
+func (s *DB) FailOrphans(ctx context.Context, now time.Time, agentTTL time.Duration) ([]store.Job, error) {
+	// The agent conditions are the claim's (claimQuery), over every agent seen since the
+	// cutoff instead of one.
+	const q = `UPDATE jobs SET state = 'failed', error_code = 'agent_lost',
+			error_message = 'its agent was lost and no agent that could run it was seen since', finished_at = ?
+		WHERE state = 'scheduled' AND infra_retries > 0
+		  AND NOT EXISTS (SELECT 1 FROM agents a JOIN builds b ON b.id = jobs.build_id
+			WHERE a.last_seen >= ? AND (a.org_id = '' OR a.org_id = b.org_id)
+			  AND (jobs.backend = '' OR jobs.backend = a.backend)
+			  AND NOT EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = jobs.id
+				AND NOT EXISTS (SELECT 1 FROM agent_labels al WHERE al.agent_id = a.id AND al.label = l.label))
+			  AND (jobs.parent_id = '' OR EXISTS (SELECT 1 FROM jobs p WHERE p.id = jobs.parent_id AND p.snapshot_agent = a.id)))
+		RETURNING ` + jobCols
+	var jobs []store.Job
+	err := s.write(ctx, "fail orphans", func(tx *sql.Tx) error {
+		var err error
+		jobs, err = list(ctx, tx, "fail orphans", scanJob, q, ns(now), ns(now.Add(-agentTTL)))
+		if err != nil {
+			return err
+		}
+		for i := range jobs {
+			if err := s.labels(ctx, tx, &jobs[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return jobs, err
+}

@@ -148,6 +148,31 @@ var jobCases = []testCase{
 			t.Error("a failed job was claimed")
 		}
 	}},
+	{"RequeuedWithNoLiveAgentFails", func(t *testing.T, e *env) {
+		other, _ := e.org(t, "other")
+		js := e.ready(t, "acme", 2) // j1 is never claimed: it waits, agents or not
+		acme := e.lastOrg
+		get(e.s.UpsertAgent(e.ctx, store.Agent{ID: "a1", OrgID: acme, Backend: "sandbox"}, e.t0))(t)
+		j, _ := e.claim(t, "a1", e.t0) // lease until t0+30s; a1 never seen again
+		r := get(e.s.ReapExpiredLeases(e.ctx, e.at(31*time.Second), 2))(t)
+		if len(r) != 1 || r[0].ID != js[0].ID || r[0].State != store.JobScheduled {
+			t.Fatalf("reaped %+v: want j0 requeued", r)
+		}
+		// Another agent of the org is alive: the retry waits for it.
+		get(e.s.UpsertAgent(e.ctx, store.Agent{ID: "a2", OrgID: acme, Backend: "sandbox"}, e.at(25*time.Second)))(t)
+		if f := get(e.s.FailOrphans(e.ctx, e.at(31*time.Second), 30*time.Second))(t); len(f) != 0 {
+			t.Fatalf("failed %+v with a live agent", f)
+		}
+		// Only another org's agent is alive: no one can run it.
+		get(e.s.UpsertAgent(e.ctx, store.Agent{ID: "x", OrgID: other.ID, Backend: "sandbox"}, e.at(50*time.Second)))(t)
+		f := get(e.s.FailOrphans(e.ctx, e.at(56*time.Second), 30*time.Second))(t)
+		if len(f) != 1 || f[0].ID != j.ID || f[0].State != store.JobFailed || f[0].ErrorCode != store.CodeAgentLost || f[0].FinishedAt.IsZero() {
+			t.Fatalf("FailOrphans = %+v, want j0 failed agent_lost", f)
+		}
+		if got := get(e.s.GetJob(e.ctx, js[1].ID))(t); got.State != store.JobScheduled {
+			t.Errorf("a never-claimed job ended %s: it must wait", got.State)
+		}
+	}},
 	{"LeaseExpiryOfStoppingJob", func(t *testing.T, e *env) {
 		e.ready(t, "acme", 1)
 		e.agent(t, "a1", "sandbox")
