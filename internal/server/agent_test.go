@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/hmci/hm/internal/agentproto"
+	"github.com/hmci/hm/internal/store"
 )
 
 func jobPath(p, id string) string {
@@ -66,5 +68,49 @@ func TestAgentOrgScoped(t *testing.T) {
 	}
 	if r := e.do("", "POST", jobPath(agentproto.PathStart, job.JobID), acme, agentproto.Fence{Attempt: job.Attempt}); r.Status != 200 {
 		t.Errorf("start by acme's agent: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestJobBackends: createBuild gives each job the backend it needs: its runner when named,
+// else one that runs images for a root step of a real image (a host agent would ignore it);
+// a host agent's claim leaves such a step scheduled, visible as waiting in listJobs.
+func TestJobBackends(t *testing.T) {
+	e := newEnv(t)
+	ir := `{"version":"0","steps":[` +
+		`{"type":"command","key":"alpine","cmd":"true","image":"alpine"},` +
+		`{"type":"command","key":"onhost","cmd":"true","image":"host"},` +
+		`{"type":"command","key":"child","cmd":"true","builds_in":"alpine"},` +
+		`{"type":"command","key":"dock","cmd":"true","image":"alpine","runner":"docker"}]}`
+	b := e.submit("ci", map[string]any{"pipeline_ir": ir})
+	got := map[string]string{}
+	var alpine string
+	for _, j := range e.jobs("ci", b.Number) {
+		sj, err := e.db.GetJob(t.Context(), j.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[sj.StepKey] = sj.Backend
+		if sj.StepKey == "alpine" {
+			alpine = sj.ID
+		}
+	}
+	want := map[string]string{"alpine": store.BackendImage, "onhost": "", "child": "", "dock": "docker"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("job backends (-want +got):\n%s", diff)
+	}
+	if _, err := e.db.ReleaseJob(t.Context(), alpine, e.srv.now()); err != nil {
+		t.Fatal(err)
+	}
+	tok := e.tokens["acme/agent"]
+	if r := e.do("", "POST", agentproto.PathRegister, tok, agentproto.Register{AgentID: "h", Backend: "host"}); r.Status != 200 {
+		t.Fatalf("register: %d %s", r.Status, r.Body)
+	}
+	if r := e.do("", "POST", agentproto.PathClaim, tok, agentproto.Claim{AgentID: "h", WaitSeconds: 1}); r.Status != http.StatusNoContent {
+		t.Fatalf("a host agent claimed an image step: %d %s", r.Status, r.Body)
+	}
+	for _, j := range e.jobs("ci", b.Number) {
+		if j.ID == alpine && j.State != "scheduled" {
+			t.Errorf("unclaimable job listed %s, want scheduled (waiting)", j.State)
+		}
 	}
 }

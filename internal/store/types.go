@@ -149,9 +149,13 @@ type NewJob struct {
 	Command   string
 	DependsOn []string // every in-edge, builds_in included (the Job schema's depends_on)
 	ParentID  string   // the builds_in parent, "" for a root step
-	Backend   string   // the backend the job needs, "" for any
+	Backend   string   // the backend the job needs, "" for any, BackendImage for one running images
 	Labels    []string // labels the claiming agent must all have
 }
+
+// BackendImage as a job's backend means any backend that runs images (sandbox, docker): not
+// host, which ignores a step's image.
+const BackendImage = "image"
 
 // Build is a stored build.
 type Build struct {

@@ -160,7 +160,8 @@ const claimQuery = `UPDATE jobs SET state = 'assigned', attempt = attempt + 1, a
 		WHERE j.state = 'scheduled'
 		  -- tenancy: only the agent token's org's jobs
 		  AND b.org_id = ?
-		  AND (j.backend = '' OR j.backend = (SELECT a.backend FROM agents a WHERE a.id = ?))
+		  AND EXISTS (SELECT 1 FROM agents a WHERE a.id = ?
+		        AND (j.backend = '' OR j.backend = a.backend OR (j.backend = 'image' AND a.backend <> 'host')))
 		  -- every label the job needs is one of the agent's
 		  AND NOT EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = j.id
 		        AND NOT EXISTS (SELECT 1 FROM agent_labels al WHERE al.agent_id = ? AND al.label = l.label))
@@ -282,7 +283,7 @@ func (s *DB) FailOrphans(ctx context.Context, now time.Time, agentTTL time.Durat
 		WHERE state = 'scheduled' AND infra_retries > 0
 		  AND NOT EXISTS (SELECT 1 FROM agents a JOIN builds b ON b.id = jobs.build_id
 			WHERE a.last_seen >= ? AND (a.org_id = '' OR a.org_id = b.org_id)
-			  AND (jobs.backend = '' OR jobs.backend = a.backend)
+			  AND (jobs.backend = '' OR jobs.backend = a.backend OR (jobs.backend = 'image' AND a.backend <> 'host'))
 			  AND NOT EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = jobs.id
 				AND NOT EXISTS (SELECT 1 FROM agent_labels al WHERE al.agent_id = a.id AND al.label = l.label))
 			  AND (jobs.parent_id = '' OR EXISTS (SELECT 1 FROM jobs p WHERE p.id = jobs.parent_id AND p.snapshot_agent = a.id)))

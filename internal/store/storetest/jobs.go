@@ -214,6 +214,20 @@ var claimCases = []testCase{
 		_, _, err := e.s.ClaimJob(e.ctx, store.Claim{AgentID: "ghost", OrgID: o.ID, Now: e.t0, LeaseTTL: time.Second})
 		isNotFound(t, err, "claim by an unregistered agent")
 	}},
+	{"ClaimImageBackend", func(t *testing.T, e *env) {
+		// BackendImage: any backend that runs images, never host.
+		o, p := e.org(t, "acme")
+		_, js := e.build(t, o, p, store.NewJob{StepKey: "alpine", Backend: store.BackendImage})
+		get(e.s.ReleaseJob(e.ctx, js[0].ID, e.t0))(t)
+		e.agent(t, "h", "host")
+		e.agent(t, "s", "sandbox")
+		if j, ok := e.claim(t, "h", e.t0); ok {
+			t.Fatalf("a host agent claimed %q, an image step", j.StepKey)
+		}
+		if j, ok := e.claim(t, "s", e.t0); !ok || j.ID != js[0].ID {
+			t.Fatalf("sandbox agent got %+v (ok %v)", j, ok)
+		}
+	}},
 	{"ClaimOrgScoped", func(t *testing.T, e *env) {
 		// An agent of org A never claims org B's job, however old; B's agent gets it.
 		b, pb := e.org(t, "bravo")
