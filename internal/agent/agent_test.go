@@ -1,16 +1,19 @@
 package agent_test
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hmci/hm/internal/agent"
 	"github.com/hmci/hm/internal/imagestore"
+	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/vm/sandbox"
 )
@@ -303,5 +306,40 @@ func TestLongLines(t *testing.T) {
 		if c.Seq != int64(i+1) || c.Content != want {
 			t.Fatalf("chunk %d: seq %d, %d bytes", i, c.Seq, len(c.Content))
 		}
+	}
+}
+
+// TestSourceIsTheArchive: the workspace holds exactly the archive's entries; the agent does
+// not walk the extracted tree again, which would re-apply .gitignore (and this machine's git
+// excludes) to a source that was filtered when it was packed.
+func TestSourceIsTheArchive(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	src := t.TempDir()
+	for name, body := range map[string]string{".gitignore": "kept.log\n", "kept.log": "in the archive\n"} {
+		if err := os.WriteFile(filepath.Join(src, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	tree := &source.Tree{Root: src, Size: 25, Entries: []source.Entry{
+		{Path: ".gitignore", Type: source.TypeFile, Mode: 0o644, Size: 9, ModTime: now},
+		{Path: "kept.log", Type: source.TypeFile, Mode: 0o644, Size: 15, ModTime: now},
+	}}
+	a, err := tree.WriteArchive(e.ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srcDigest, e.srcB64 = a.Digest, base64.StdEncoding.EncodeToString(raw)
+	e.startAgent(agentOpts{})
+	b := e.submit(ir(step("read", "cat kept.log")), nil)
+	if got := e.waitBuild(b.ID); got.State != store.BuildPassed {
+		t.Fatalf("build %s (%s %s)", got.State, got.ErrorCode, got.ErrorMessage)
+	}
+	if cs := e.logLines(e.jobs(b.ID)["read"], 1); len(cs) != 1 || cs[0].Content != "in the archive" {
+		t.Fatalf("log %+v", cs)
 	}
 }
