@@ -8,7 +8,8 @@
 // # Loop
 //
 // Each of Slots workers loops: claim (a long poll) → fetch the build's source by digest
-// (checked, extracted once per digest under STATE/agent/sources) → Create the machine from the
+// (checked, extracted once per digest under STATE/agent/trees, the workspace tree being the
+// archive's entries, never a re-walk) → Create the machine from the
 // job's image or its parent's snapshot (the claim's placement put the job where that
 // snapshot is) → Inject the source → Start → Run, streaming stdout and stderr as ordered log
 // chunks (shipper) while a heartbeat extends the lease → Commit when the job needs a snapshot

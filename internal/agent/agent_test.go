@@ -1,15 +1,19 @@
 package agent_test
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hmci/hm/internal/agent"
 	"github.com/hmci/hm/internal/imagestore"
+	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/vm/sandbox"
 )
@@ -123,6 +127,31 @@ func TestAgentLostFails(t *testing.T) {
 	j := e.jobs(b.ID)["slow"]
 	if j.State != store.JobFailed || j.ErrorCode != store.CodeAgentLost {
 		t.Fatalf("job %s %s", j.State, j.ErrorCode)
+	}
+	if got := e.waitBuild(b.ID); got.State != store.BuildFailed {
+		t.Fatalf("build %s", got.State)
+	}
+}
+
+// TestRequeuedWithNoAgentFails: retries are left, but the only agent is gone: the requeued
+// step fails agent_lost once no agent was seen within the lease TTL, instead of waiting.
+func TestRequeuedWithNoAgentFails(t *testing.T) {
+	ttl := 1500 * time.Millisecond
+	e := newEnv(t, envOpts{leaseTTL: ttl}) // the default budget: 2 retries
+	a := e.startAgent(agentOpts{})
+	b := e.submit(ir(step("slow", "sleep 20")), nil)
+	e.waitRunning(b.ID, "slow")
+	a.stop(t)
+	killed := time.Now()
+	e.waitFor("agent_lost", func() bool { return e.jobs(b.ID)["slow"].State.Terminal() })
+	// The lease lapses (TTL), the job is requeued, and a TTL after the agent was last seen
+	// it fails: at most about two TTLs and the reaper's period.
+	if d := time.Since(killed); d > 2*ttl+time.Second {
+		t.Errorf("agent_lost after %v, lease TTL %v", d, ttl)
+	}
+	j := e.jobs(b.ID)["slow"]
+	if j.State != store.JobFailed || j.ErrorCode != store.CodeAgentLost || j.InfraRetries != 1 {
+		t.Fatalf("job %s %s, retries %d", j.State, j.ErrorCode, j.InfraRetries)
 	}
 	if got := e.waitBuild(b.ID); got.State != store.BuildFailed {
 		t.Fatalf("build %s", got.State)
@@ -253,5 +282,64 @@ func TestDrain(t *testing.T) {
 	}
 	if got := e.waitBuild(b.ID); got.State != store.BuildPassed {
 		t.Fatalf("build %s", got.State)
+	}
+}
+
+// TestLongLines: 1 MiB lines, written at once, reach the server whole through a real server
+// (each byte 6 of JSON). TestShipperBatchesByBytes checks the byte bound of every batch;
+// few lines here, as a large body is slow under -race.
+func TestLongLines(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.startAgent(agentOpts{})
+	const n = 4
+	b := e.submit(ir(step("long", fmt.Sprintf(
+		`for i in $(seq %d); do head -c 1048576 /dev/zero | tr '\0' '<'; echo; done > /tmp/hm-long.$$ && cat /tmp/hm-long.$$; rm -f /tmp/hm-long.$$`, n))), nil)
+	if got := e.waitBuild(b.ID); got.State != store.BuildPassed {
+		t.Fatalf("build %s (%s %s)", got.State, got.ErrorCode, got.ErrorMessage)
+	}
+	cs := e.logLines(e.jobs(b.ID)["long"], 1)
+	if len(cs) != n {
+		t.Fatalf("%d chunks, want %d", len(cs), n)
+	}
+	want := strings.Repeat("<", 1<<20)
+	for i, c := range cs {
+		if c.Seq != int64(i+1) || c.Content != want {
+			t.Fatalf("chunk %d: seq %d, %d bytes", i, c.Seq, len(c.Content))
+		}
+	}
+}
+
+// TestSourceIsTheArchive: the workspace holds exactly the archive's entries; the agent does
+// not walk the extracted tree again, which would re-apply .gitignore (and this machine's git
+// excludes) to a source that was filtered when it was packed.
+func TestSourceIsTheArchive(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	src := t.TempDir()
+	for name, body := range map[string]string{".gitignore": "kept.log\n", "kept.log": "in the archive\n"} {
+		if err := os.WriteFile(filepath.Join(src, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	tree := &source.Tree{Root: src, Size: 25, Entries: []source.Entry{
+		{Path: ".gitignore", Type: source.TypeFile, Mode: 0o644, Size: 9, ModTime: now},
+		{Path: "kept.log", Type: source.TypeFile, Mode: 0o644, Size: 15, ModTime: now},
+	}}
+	a, err := tree.WriteArchive(e.ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(a.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srcDigest, e.srcB64 = a.Digest, base64.StdEncoding.EncodeToString(raw)
+	e.startAgent(agentOpts{})
+	b := e.submit(ir(step("read", "cat kept.log")), nil)
+	if got := e.waitBuild(b.ID); got.State != store.BuildPassed {
+		t.Fatalf("build %s (%s %s)", got.State, got.ErrorCode, got.ErrorMessage)
+	}
+	if cs := e.logLines(e.jobs(b.ID)["read"], 1); len(cs) != 1 || cs[0].Content != "in the archive" {
+		t.Fatalf("log %+v", cs)
 	}
 }

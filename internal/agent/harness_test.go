@@ -98,7 +98,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
 	mgr := &driver.Manager{Driver: driver.Config{Store: db, Owner: "test-server", Poll: 20 * time.Millisecond, LeaseTTL: 3 * time.Second},
-		Scan: 500 * time.Millisecond, Reap: 100 * time.Millisecond, MaxRetries: o.maxRetries, Logger: logger}
+		Scan: 500 * time.Millisecond, Reap: 100 * time.Millisecond, MaxRetries: o.maxRetries, AgentTTL: o.leaseTTL, Logger: logger}
 	srv, err := server.New(server.Config{Store: db, Blobs: blobs, LogKey: key, PollInterval: 20 * time.Millisecond,
 		AgentLeaseTTL: o.leaseTTL, OnBuild: mgr.Kick, Logger: logger})
 	if err != nil {

@@ -70,7 +70,7 @@ func (s *shipper) run(ctx context.Context) {
 	closing := false
 	for {
 		s.mu.Lock()
-		batch := s.pending[:min(len(s.pending), agentproto.MaxLogChunks)]
+		batch := s.pending[:batchLen(s.pending)]
 		s.mu.Unlock()
 		if len(batch) == 0 {
 			if closing {
@@ -106,6 +106,21 @@ func (s *shipper) run(ctx context.Context) {
 		}
 		s.ackTo(ack.Contiguous)
 	}
+}
+
+// batchLen is how many of pending the next Logs call carries: at most MaxLogChunks, and no
+// more than MaxLogBatchBytes of content (but at least one), so that no batch of long lines
+// exceeds the server's body cap.
+func batchLen(pending []agentproto.Chunk) int {
+	n, size := 0, 0
+	for n < len(pending) && n < agentproto.MaxLogChunks {
+		size += len(pending[n].Content) + 64
+		if n > 0 && size > agentproto.MaxLogBatchBytes {
+			break
+		}
+		n++
+	}
+	return n
 }
 
 func (s *shipper) ackTo(n int64) {

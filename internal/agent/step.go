@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -206,7 +207,10 @@ func (a *Agent) heartbeat(ctx context.Context, j agentproto.Job, h *heartbeat, s
 	}
 }
 
-// source returns the build's source tree, fetched and extracted once per digest.
+// source returns the build's source tree, fetched and extracted once per digest. The tree is
+// the archive's entries as extracted (kept in tree.json beside the files), never a walk of
+// the extracted directory: a walk would re-apply .gitignore files and this machine's git
+// excludes to a source the client filtered already, and drop what they match.
 func (a *Agent) source(ctx context.Context, digest string) (*source.Tree, error) {
 	if digest == "" {
 		return nil, nil
@@ -215,18 +219,28 @@ func (a *Agent) source(ctx context.Context, digest string) (*source.Tree, error)
 	if !ok || len(hex) != 64 || strings.ContainsAny(hex, "/.") {
 		return nil, fmt.Errorf("bad digest %q", digest)
 	}
-	root := filepath.Join(a.cfg.StateDir, "agent", "sources")
+	root := filepath.Join(a.cfg.StateDir, "agent", "trees")
 	dir := filepath.Join(root, hex)
 	if _, err := os.Stat(dir); err != nil {
 		if err := a.fetch(ctx, digest, root, dir); err != nil {
 			return nil, err
 		}
 	}
-	return source.Pack(ctx, dir, source.Options{})
+	raw, err := os.ReadFile(filepath.Join(dir, "tree.json"))
+	if err != nil {
+		return nil, err
+	}
+	var t source.Tree
+	if err := json.Unmarshal(raw, &t); err != nil {
+		return nil, fmt.Errorf("source %s: tree.json: %w", digest, err)
+	}
+	t.Root = filepath.Join(dir, "files")
+	return &t, nil
 }
 
-// fetch downloads and extracts the archive into a fresh directory renamed to dir once whole
-// and checked, so a crash or a bad digest never leaves a half tree under the digest's name.
+// fetch downloads and extracts the archive (files/, and its entries in tree.json) into a
+// fresh directory renamed to dir once whole and checked, so a crash or a bad digest never
+// leaves a half tree under the digest's name.
 func (a *Agent) fetch(ctx context.Context, digest, root, dir string) error {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return err
@@ -248,7 +262,20 @@ func (a *Agent) fetch(ctx context.Context, digest, root, dir string) error {
 	if err != nil {
 		return err
 	}
-	if err := source.ExtractArchive(tmpArchive, digest, tmp); err != nil {
+	err = os.Mkdir(filepath.Join(tmp, "files"), 0o755)
+	var tree *source.Tree
+	if err == nil {
+		tree, err = source.ExtractArchiveTree(tmpArchive, digest, filepath.Join(tmp, "files"))
+	}
+	var raw []byte
+	if err == nil {
+		tree.Root = "" // set when read: the directory is renamed
+		raw, err = json.Marshal(tree)
+	}
+	if err == nil {
+		err = os.WriteFile(filepath.Join(tmp, "tree.json"), raw, 0o600)
+	}
+	if err != nil {
 		os.RemoveAll(tmp)
 		return err
 	}

@@ -36,6 +36,16 @@ const MaxClaimWait = 30 * time.Second
 // MaxLogChunks bounds the chunks of one Logs call.
 const MaxLogChunks = 1000
 
+// MaxLogBatchBytes bounds one Logs call by size as well: an agent adds chunks to a call while
+// their content (plus 64 bytes each) stays within it, and always sends at least one. A chunk
+// is at most one line of events.MaxLine (4 MiB), so a call's content is at most 4 MiB, and its
+// JSON (a byte escapes to at most 6, "\u003c") at most MaxLogsBody, the server's body cap.
+const MaxLogBatchBytes = 4 << 20
+
+// MaxLogsBody is the server's cap on a Logs request body: the JSON of MaxLogBatchBytes with
+// every byte escaped, and room for the envelope of MaxLogChunks chunks.
+const MaxLogsBody = 6*MaxLogBatchBytes + MaxLogChunks*256
+
 // Register (POST PathRegister) announces an agent: what it runs and on which labels.
 // Idempotent: an upsert keyed by AgentID (the agent keeps its id in its state dir, so a
 // restarted agent is the same agent and the snapshots it still holds stay placeable).

@@ -78,7 +78,7 @@ func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int
 	if retries == 0 {
 		retries = -1
 	}
-	mgr := &driver.Manager{Driver: driver.Config{Store: st, Owner: owner}, Logger: logger, MaxRetries: retries}
+	mgr := &driver.Manager{Driver: driver.Config{Store: st, Owner: owner}, AgentTTL: leaseTTL, Logger: logger, MaxRetries: retries}
 	srv, err := server.New(server.Config{Store: st, Blobs: blobs, LogKey: key, MaxSourceBytes: maxSource, Logger: logger,
 		AgentLeaseTTL: leaseTTL, OnBuild: mgr.Kick})
 	if err != nil {

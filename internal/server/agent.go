@@ -24,7 +24,7 @@ const DefaultAgentLeaseTTL = 30 * time.Second
 
 func (s *Server) agentRoutes(mux *http.ServeMux) {
 	small := func() int64 { return maxSmallBody }
-	logs := func() int64 { return 64 << 20 } // MaxLogChunks lines of up to 1 MiB, in JSON
+	logs := func() int64 { return agentproto.MaxLogsBody }
 	mux.Handle("POST "+agentproto.PathRegister, s.agent(body(s, small, s.agentRegister)))
 	mux.Handle("POST "+agentproto.PathAlive, s.agent(body(s, small, s.agentAlive)))
 	mux.Handle("POST "+agentproto.PathClaim, s.agent(body(s, small, s.agentClaim)))
@@ -40,7 +40,7 @@ func (s *Server) agentRegister(w http.ResponseWriter, r *http.Request, req agent
 		s.writeError(w, r, badRequest("validation_failed", "agent_id and backend are required"))
 		return
 	}
-	a, err := s.cfg.Store.UpsertAgent(r.Context(), store.Agent{ID: req.AgentID, Name: req.Name, Labels: req.Labels, Backend: req.Backend}, s.now())
+	a, err := s.cfg.Store.UpsertAgent(r.Context(), store.Agent{ID: req.AgentID, OrgID: authOf(r).Org.ID, Name: req.Name, Labels: req.Labels, Backend: req.Backend}, s.now())
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -71,7 +71,7 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 	defer deadline.Stop()
 	backoff := min(s.cfg.PollInterval, 50*time.Millisecond)
 	for {
-		j, ok, err := s.cfg.Store.ClaimJob(r.Context(), store.Claim{AgentID: req.AgentID, Now: s.now(), LeaseTTL: s.cfg.AgentLeaseTTL})
+		j, ok, err := s.cfg.Store.ClaimJob(r.Context(), store.Claim{AgentID: req.AgentID, OrgID: authOf(r).Org.ID, Now: s.now(), LeaseTTL: s.cfg.AgentLeaseTTL})
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -256,11 +256,11 @@ func (s *Server) agentFinish(w http.ResponseWriter, r *http.Request, req agentpr
 	writeJSON(w, http.StatusOK, stateOf(j))
 }
 
-// agentSource streams a source archive. Any agent of a deployment may read any blob it can
-// name: a digest is unguessable and only reaches an agent in a claim.
+// agentSource streams a source archive: only one that is the source of a build of the agent
+// token's org (a digest of another tenant's build answers 404, like a missing one).
 func (s *Server) agentSource(w http.ResponseWriter, r *http.Request) {
 	d := r.PathValue("digest")
-	if _, err := s.cfg.Store.GetBlob(r.Context(), d); err != nil {
+	if _, err := s.cfg.Store.GetOrgBlob(r.Context(), authOf(r).Org.ID, d); err != nil {
 		s.writeError(w, r, err)
 		return
 	}

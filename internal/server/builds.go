@@ -16,6 +16,7 @@ import (
 	"github.com/hmci/hm/internal/plan"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/store/blobdir"
+	"github.com/hmci/hm/internal/vm/host"
 )
 
 const irMaxBytes = ir.MaxBytes
@@ -128,8 +129,8 @@ func (s *Server) newBuild(r *http.Request, p store.Pipeline, req createBuildRequ
 	if err != nil {
 		return store.NewBuild{}, unprocessable("build_plan_rejected", irMessage(err))
 	}
+	var o hmOptions
 	if len(req.HMOptions) > 0 && !bytes.Equal(bytes.TrimSpace(req.HMOptions), []byte("null")) {
-		var o hmOptions
 		dec := json.NewDecoder(bytes.NewReader(req.HMOptions))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&o); err != nil {
@@ -146,7 +147,7 @@ func (s *Server) newBuild(r *http.Request, p store.Pipeline, req createBuildRequ
 		return store.NewBuild{}, err
 	}
 	nb := store.NewBuild{OrgID: p.OrgID, PipelineID: p.ID, Branch: req.Branch, Commit: req.Commit,
-		IR: *req.PipelineIR, Env: req.Env, Options: req.HMOptions, SourceDigest: digest, Jobs: jobsOf(plan.New(pipe)), Now: s.now()}
+		IR: *req.PipelineIR, Env: req.Env, Options: req.HMOptions, SourceDigest: digest, Jobs: jobsOf(plan.New(pipe), o.MapImage), Now: s.now()}
 	if req.Message != nil {
 		nb.Message = *req.Message
 	}
@@ -200,8 +201,12 @@ func (s *Server) storeSource(r *http.Request, req createBuildRequest) (string, e
 }
 
 // jobsOf makes one job per step, in topological order, with every in-edge (builds_in
-// included) as depends_on.
-func jobsOf(pl *plan.Plan) []store.NewJob {
+// included) as depends_on, and the backend an agent needs to claim it: the step's runner when
+// it names one, else for a root step whose image (after mapImage) is a real image one that
+// runs images (store.BackendImage: a host agent would ignore it and run on its own machine).
+// A builds_in child runs where its parent's snapshot is, so placement decides for it. The IR
+// has no agent labels, so jobs need none. A job no live agent can claim waits scheduled.
+func jobsOf(pl *plan.Plan, mapImage map[string]string) []store.NewJob {
 	ids := make([]string, len(pl.Steps))
 	for i := range ids {
 		ids[i] = uuid.NewString()
@@ -216,8 +221,16 @@ func jobsOf(pl *plan.Plan) []store.NewJob {
 		if st.Parent >= 0 {
 			j.ParentID = ids[st.Parent]
 		}
-		if st.Runner != "" && st.Runner != "default" {
+		switch img := st.Image; {
+		case st.Runner != "" && st.Runner != "default":
 			j.Backend = st.Runner
+		case st.Parent < 0:
+			if to, ok := mapImage[img]; ok {
+				img = to
+			}
+			if img != host.ImageID {
+				j.Backend = store.BackendImage
+			}
 		}
 		jobs = append(jobs, j)
 	}

@@ -114,7 +114,11 @@ func running(t *testing.T, e *env, jobID string) store.Job {
 	if _, err := e.db.UpsertAgent(ctx, store.Agent{ID: "agent-1", Name: "a1"}, now); err != nil {
 		t.Fatal(err)
 	}
-	j, ok, err := e.db.ClaimJob(ctx, store.Claim{AgentID: "agent-1", Now: now, LeaseTTL: time.Minute})
+	o, err := e.db.GetOrgBySlug(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, ok, err := e.db.ClaimJob(ctx, store.Claim{AgentID: "agent-1", OrgID: o.ID, Now: now, LeaseTTL: time.Minute})
 	if err != nil || !ok || j.ID != jobID {
 		t.Fatalf("claim: %v %v %s", ok, err, j.ID)
 	}

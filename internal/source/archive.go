@@ -10,6 +10,7 @@ import (
 	"hash"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -105,6 +106,25 @@ var ErrDigestMismatch = errors.New("archive digest mismatch")
 // and errs.ErrInvalid; what was extracted before the end was reached stays in dir, so
 // extract into a directory of its own and discard it on error.
 func ExtractArchive(r io.Reader, digest, dir string) error {
+	return extractArchive(r, digest, dir, nil)
+}
+
+// ExtractArchiveTree is ExtractArchive that also returns the tree of the archive's entries,
+// rooted at dir: exactly what the archive holds, never re-walked (a walk would apply the
+// extracting machine's .gitignore and git excludes to a tree that was filtered once already).
+func ExtractArchiveTree(r io.Reader, digest, dir string) (*Tree, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("source: extract: %w: %w", errs.ErrInfra, err)
+	}
+	t := &Tree{Root: abs}
+	if err := extractArchive(r, digest, dir, t); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func extractArchive(r io.Reader, digest, dir string, tree *Tree) error {
 	want, ok := strings.CutPrefix(digest, DigestPrefix)
 	if !ok || len(want) != sha256.Size*2 {
 		return fmt.Errorf("source: extract: %w: bad digest %q (want %s and 64 hex digits)", errs.ErrInvalid, digest, DigestPrefix)
@@ -116,7 +136,7 @@ func ExtractArchive(r io.Reader, digest, dir string) error {
 	}
 	zr.Multistream(false)
 	now := time.Now()
-	if err := extractTar(zr, dir, func() time.Time { return now }); err != nil {
+	if err := extractTar(zr, dir, func() time.Time { return now }, tree); err != nil {
 		return err
 	}
 	// The tar's end is not the stream's: read the rest so that the digest covers every byte.

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -300,5 +301,56 @@ func TestArchiveRefused(t *testing.T) {
 				t.Errorf("an entry escaped to %s", outside)
 			}
 		})
+	}
+}
+
+// TestExtractArchiveTree: the tree returned is the archive's entries rooted at the extracted
+// directory (what a walk of the source saw, a .gitignore'd name it held included), with the
+// extraction time as every mtime, and it materializes.
+func TestExtractArchiveTree(t *testing.T) {
+	isolateGit(t)
+	root := t.TempDir()
+	build(t, root, map[string]string{"a": "1", "d/b": "22", "d/empty/": "", "d/l": "@../a"})
+	want, err := Pack(context.Background(), root, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A .gitignore that would drop "a" if the extracted tree were walked again.
+	build(t, root, map[string]string{".gitignore": "a\n"})
+	want.Entries = append([]Entry{{Path: ".gitignore", Type: TypeFile, Mode: 0o644, Size: 2}}, want.Entries...)
+	want.Size += 2
+	a, err := want.WriteArchive(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := a.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	dst := t.TempDir()
+	got, err := ExtractArchiveTree(r, a.Digest, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Root != dst || got.Size != want.Size {
+		t.Errorf("root %s size %d, want %s %d", got.Root, got.Size, dst, want.Size)
+	}
+	noTime := func(es []Entry) []Entry {
+		es = slices.Clone(es)
+		for i := range es {
+			es[i].ModTime = time.Time{}
+		}
+		return es
+	}
+	if diff := cmp.Diff(noTime(want.Entries), noTime(got.Entries)); diff != "" {
+		t.Errorf("tree (-want +got):\n%s", diff)
+	}
+	out := t.TempDir()
+	if err := got.Materialize(out); err != nil {
+		t.Fatal(err)
+	}
+	if s := readFile(t, filepath.Join(out, "a")); s != "1" {
+		t.Errorf("materialized a = %q", s)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -93,11 +94,12 @@ func tarTime(t time.Time) time.Time {
 // and device/fifo entries are refused with an error wrapping errs.ErrInvalid that names the
 // entry; I/O failures wrap errs.ErrInfra.
 func ExtractTar(r io.Reader, dir string) error {
-	return extractTar(r, dir, nil)
+	return extractTar(r, dir, nil, nil)
 }
 
-// extractTar is ExtractTar with every entry's mtime replaced by stamp's when stamp is set.
-func extractTar(r io.Reader, dir string, stamp func() time.Time) error {
+// extractTar is ExtractTar with every entry's mtime replaced by stamp's when stamp is set,
+// and each entry extracted recorded in tree when tree is set.
+func extractTar(r io.Reader, dir string, stamp func() time.Time, tree *Tree) error {
 	a, err := newApplier(dir)
 	if err != nil {
 		return err
@@ -105,6 +107,7 @@ func extractTar(r io.Reader, dir string, stamp func() time.Time) error {
 	defer a.root.Close()
 	tr := tar.NewReader(r)
 	buf := make([]byte, copyBufSize)
+	rec := recorder{tree: tree, at: map[string]int{}}
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
@@ -121,8 +124,56 @@ func extractTar(r io.Reader, dir string, stamp func() time.Time) error {
 		if err := extractEntry(a, tr, hdr, buf); err != nil {
 			return err
 		}
+		if tree != nil {
+			rec.add(hdr)
+		}
+	}
+	if tree != nil {
+		tree.Entries = slices.DeleteFunc(tree.Entries, func(e Entry) bool { return e.Path == "" })
+		slices.SortFunc(tree.Entries, func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
 	}
 	return a.finish()
+}
+
+// recorder adds the entries extractTar extracted to a tree. A hard link is a regular file of
+// its target's size (that is what it is on disk); an entry repeated later in the archive
+// replaces the earlier one, as on disk (the replaced one is blanked, then dropped).
+type recorder struct {
+	tree *Tree
+	at   map[string]int // path → index in tree.Entries
+}
+
+func (r *recorder) add(hdr *tar.Header) {
+	p, _ := cleanPath(hdr.Name) // extractEntry accepted it
+	e := Entry{Path: p, Mode: fs.FileMode(hdr.Mode).Perm(), ModTime: hdr.ModTime}
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		if p == "" {
+			return
+		}
+		e.Type = TypeDir
+	case tar.TypeReg:
+		e.Type, e.Size = TypeFile, hdr.Size
+	case tar.TypeSymlink:
+		e.Type, e.Link = TypeSymlink, hdr.Linkname
+	case tar.TypeLink:
+		old, _ := cleanPath(hdr.Linkname)
+		i, ok := r.at[old]
+		if !ok {
+			return
+		}
+		e = r.tree.Entries[i]
+		e.Path = p
+	default:
+		return
+	}
+	if i, ok := r.at[p]; ok {
+		r.tree.Size -= r.tree.Entries[i].Size
+		r.tree.Entries[i] = Entry{}
+	}
+	r.at[p] = len(r.tree.Entries)
+	r.tree.Entries = append(r.tree.Entries, e)
+	r.tree.Size += e.Size
 }
 
 func extractEntry(a *applier, tr *tar.Reader, hdr *tar.Header, buf []byte) error {

@@ -44,6 +44,7 @@
 //	assigned | running ──lease lapse (ReapExpiredLeases)──► scheduled (attempt kept, retried)
 //	                                                   └──► failed, error_code agent_lost
 //	                                                        (after the retry budget)
+//	scheduled, requeued ──no live agent could run it (FailOrphans)──► failed, agent_lost
 //
 // passed, failed, skipped, canceled and timed_out are terminal. pending→scheduled is the
 // scheduler's decision (dependencies done, a parallelism slot free); the store only makes the
@@ -173,8 +174,8 @@ type Jobs interface {
 
 // Claims are the agent side of jobs: claim, start, heartbeat, finish, and the reaper.
 type Claims interface {
-	// ClaimJob hands at most one scheduled job the agent can run (backend, labels,
-	// placement) to it, attempt incremented and leased until now+c.LeaseTTL. ok is false
+	// ClaimJob hands at most one scheduled job of a build of c.OrgID the agent can run
+	// (backend, labels, placement) to it, attempt incremented and leased until now+c.LeaseTTL. ok is false
 	// when there is none.
 	ClaimJob(ctx context.Context, c Claim) (j Job, ok bool, err error)
 	// StartJob records that the current attempt started running (assigned → running).
@@ -188,6 +189,12 @@ type Claims interface {
 	// fails it agent_lost once it was requeued maxRetries times; a job that was asked to
 	// stop ends canceled or timed_out. It returns the jobs it changed.
 	ReapExpiredLeases(ctx context.Context, now time.Time, maxRetries int) ([]Job, error)
+	// FailOrphans fails agent_lost every requeued job (scheduled after a lost lease) that no
+	// agent seen since now-agentTTL could claim (its org, backend, labels and placement):
+	// with no agent left, a retry would wait forever. A requeued job some live agent could
+	// run stays scheduled, and a job never claimed waits for an agent however long it takes.
+	// It returns the jobs it failed.
+	FailOrphans(ctx context.Context, now time.Time, agentTTL time.Duration) ([]Job, error)
 }
 
 // BuildLeases fence the driver of a build: the one server replica that runs its scheduler.
@@ -231,6 +238,9 @@ type Blobs interface {
 	// PutBlob records a blob; recording one already known is a no-op.
 	PutBlob(ctx context.Context, b Blob) (Blob, error)
 	GetBlob(ctx context.Context, digest string) (Blob, error)
+	// GetOrgBlob is GetBlob for a reader of orgID: a *NotFoundError unless some build of
+	// that org has the blob as its source (a digest of another tenant's build is not found).
+	GetOrgBlob(ctx context.Context, orgID, digest string) (Blob, error)
 }
 
 // Agents are the machines that claim jobs.

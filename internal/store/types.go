@@ -149,9 +149,13 @@ type NewJob struct {
 	Command   string
 	DependsOn []string // every in-edge, builds_in included (the Job schema's depends_on)
 	ParentID  string   // the builds_in parent, "" for a root step
-	Backend   string   // the backend the job needs, "" for any
+	Backend   string   // the backend the job needs, "" for any, BackendImage for one running images
 	Labels    []string // labels the claiming agent must all have
 }
+
+// BackendImage as a job's backend means any backend that runs images (sandbox, docker): not
+// host, which ignores a step's image.
+const BackendImage = "image"
 
 // Build is a stored build.
 type Build struct {
@@ -205,7 +209,10 @@ type Job struct {
 
 // Claim is an agent's request for work.
 type Claim struct {
-	AgentID  string // a registered agent: its backend and labels decide what it can run
+	AgentID string // a registered agent: its backend and labels decide what it can run
+	// OrgID is the org of the agent's token: only jobs of that org's builds are claimable
+	// (an agent never sees another tenant's source, command or env). Required.
+	OrgID    string
 	Now      time.Time
 	LeaseTTL time.Duration
 }
@@ -252,6 +259,7 @@ type Blob struct {
 // Agent is a registered agent.
 type Agent struct {
 	ID       string
+	OrgID    string // the org of the token that registered it; "" counts for any org
 	Name     string
 	Labels   []string
 	Backend  string

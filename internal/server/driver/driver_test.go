@@ -118,6 +118,7 @@ func (m *localM) Run(ctx context.Context, out, _ io.Writer) (int, error) {
 type agent struct {
 	st   store.Store
 	id   string
+	org  string
 	mu   sync.Mutex
 	runs map[string]int // step key → attempts run
 }
@@ -128,7 +129,7 @@ func (a *agent) run(ctx context.Context, t *testing.T) {
 		return
 	}
 	for ctx.Err() == nil {
-		j, ok, err := a.st.ClaimJob(ctx, store.Claim{AgentID: a.id, Now: time.Now(), LeaseTTL: time.Minute})
+		j, ok, err := a.st.ClaimJob(ctx, store.Claim{AgentID: a.id, OrgID: a.org, Now: time.Now(), LeaseTTL: time.Minute})
 		if err != nil || !ok {
 			time.Sleep(10 * time.Millisecond)
 			continue
@@ -221,7 +222,7 @@ func newFixture(t *testing.T, ctx context.Context, steps []step, o Options, irTi
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{st: st, build: b, agent: &agent{st: st, id: "agent-1", runs: map[string]int{}}}
+	return &fixture{st: st, build: b, agent: &agent{st: st, id: "agent-1", org: org.ID, runs: map[string]int{}}}
 }
 
 func (f *fixture) cfg(owner string, steps []step, o Options, irTimeout time.Duration) Config {

@@ -18,7 +18,9 @@ import (
 // their builds: the next owner carries them on.
 //
 // The reaper calls ReapExpiredLeases every Reap: a job whose agent stopped heartbeating goes
-// back to the queue, or fails agent_lost after MaxRetries requeues.
+// back to the queue, or fails agent_lost after MaxRetries requeues; and FailOrphans: a
+// requeued job that no agent seen within AgentTTL could run fails agent_lost rather than
+// waiting forever.
 type Manager struct {
 	Driver Config
 	// Scan is how often unfinished builds are looked for. Default 2 s.
@@ -28,7 +30,10 @@ type Manager struct {
 	// MaxRetries is the infrastructure retry budget of a job whose agent was lost: 0 means
 	// the default, 2; a negative value none (the first lost lease fails the job).
 	MaxRetries int
-	Logger     *slog.Logger
+	// AgentTTL is how long an agent counts as alive after it was last seen (a claim, a
+	// heartbeat): the agents' lease TTL. Default 30 s.
+	AgentTTL time.Duration
+	Logger   *slog.Logger
 
 	once    sync.Once
 	kick    chan string
@@ -45,6 +50,9 @@ func (m *Manager) init() {
 		}
 		if m.Reap <= 0 {
 			m.Reap = time.Second
+		}
+		if m.AgentTTL <= 0 {
+			m.AgentTTL = 30 * time.Second
 		}
 		switch {
 		case m.MaxRetries == 0:
@@ -113,6 +121,13 @@ func (m *Manager) Run(ctx context.Context) {
 		}
 		for _, j := range js {
 			m.Logger.Info("lease lapsed", "job", j.ID, "step", j.StepKey, "agent", j.AgentID, "state", string(j.State))
+		}
+		js, err = m.Driver.Store.FailOrphans(ctx, m.Driver.Now(), m.AgentTTL)
+		if err != nil && ctx.Err() == nil {
+			m.Logger.Warn("failing orphaned jobs", "err", err.Error())
+		}
+		for _, j := range js {
+			m.Logger.Info("no live agent for a requeued job", "job", j.ID, "step", j.StepKey, "state", string(j.State))
 		}
 	}
 	scan()

@@ -152,13 +152,16 @@ func (s *DB) TimeOutJob(ctx context.Context, id string, now time.Time) (store.Jo
 // UPDATE takes it, and state = 'scheduled' is checked again outside so that the statement
 // stays correct where the pick and the take are not serialized: on PostgreSQL the subquery
 // gets FOR UPDATE SKIP LOCKED and concurrent claimers skip each other's rows. Parameters:
-// agent, lease expiry, then agent three times.
+// agent, lease expiry, org, then agent three times.
 const claimQuery = `UPDATE jobs SET state = 'assigned', attempt = attempt + 1, agent_id = ?, lease_expires = ?,
 		started_at = 0, error_code = '', error_message = ''
 	WHERE id = (
-		SELECT j.id FROM jobs j
+		SELECT j.id FROM jobs j JOIN builds b ON b.id = j.build_id
 		WHERE j.state = 'scheduled'
-		  AND (j.backend = '' OR j.backend = (SELECT a.backend FROM agents a WHERE a.id = ?))
+		  -- tenancy: only the agent token's org's jobs
+		  AND b.org_id = ?
+		  AND EXISTS (SELECT 1 FROM agents a WHERE a.id = ?
+		        AND (j.backend = '' OR j.backend = a.backend OR (j.backend = 'image' AND a.backend <> 'host')))
 		  -- every label the job needs is one of the agent's
 		  AND NOT EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = j.id
 		        AND NOT EXISTS (SELECT 1 FROM agent_labels al WHERE al.agent_id = ? AND al.label = l.label))
@@ -173,6 +176,9 @@ const claimQuery = `UPDATE jobs SET state = 'assigned', attempt = attempt + 1, a
 func (s *DB) ClaimJob(ctx context.Context, c store.Claim) (store.Job, bool, error) {
 	var j store.Job
 	var ok bool
+	if c.OrgID == "" {
+		return j, false, errors.New("claim job: no org") // a programming error: never claim across orgs
+	}
 	err := s.write(ctx, "claim job", func(tx *sql.Tx) error {
 		// Touching the agent is also its existence check: an unknown agent has no labels and
 		// must register first.
@@ -183,7 +189,7 @@ func (s *DB) ClaimJob(ctx context.Context, c store.Claim) (store.Job, bool, erro
 		if n, _ := res.RowsAffected(); n == 0 {
 			return &store.NotFoundError{Kind: "agent", Key: c.AgentID}
 		}
-		j, err = scanJob(tx.QueryRowContext(ctx, claimQuery, c.AgentID, ns(c.Now.Add(c.LeaseTTL)), c.AgentID, c.AgentID, c.AgentID))
+		j, err = scanJob(tx.QueryRowContext(ctx, claimQuery, c.AgentID, ns(c.Now.Add(c.LeaseTTL)), c.OrgID, c.AgentID, c.AgentID, c.AgentID))
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil
 		}
@@ -266,5 +272,35 @@ func (s *DB) ReapExpiredLeases(ctx context.Context, now time.Time, maxRetries in
 		return nil
 	})
 	slices.SortFunc(jobs, func(a, b store.Job) int { return a.ReadyAt.Compare(b.ReadyAt) })
+	return jobs, err
+}
+
+func (s *DB) FailOrphans(ctx context.Context, now time.Time, agentTTL time.Duration) ([]store.Job, error) {
+	// The agent conditions are the claim's (claimQuery), over every agent seen since the
+	// cutoff instead of one.
+	const q = `UPDATE jobs SET state = 'failed', error_code = 'agent_lost',
+			error_message = 'its agent was lost and no agent that could run it was seen since', finished_at = ?
+		WHERE state = 'scheduled' AND infra_retries > 0
+		  AND NOT EXISTS (SELECT 1 FROM agents a JOIN builds b ON b.id = jobs.build_id
+			WHERE a.last_seen >= ? AND (a.org_id = '' OR a.org_id = b.org_id)
+			  AND (jobs.backend = '' OR jobs.backend = a.backend OR (jobs.backend = 'image' AND a.backend <> 'host'))
+			  AND NOT EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = jobs.id
+				AND NOT EXISTS (SELECT 1 FROM agent_labels al WHERE al.agent_id = a.id AND al.label = l.label))
+			  AND (jobs.parent_id = '' OR EXISTS (SELECT 1 FROM jobs p WHERE p.id = jobs.parent_id AND p.snapshot_agent = a.id)))
+		RETURNING ` + jobCols
+	var jobs []store.Job
+	err := s.write(ctx, "fail orphans", func(tx *sql.Tx) error {
+		var err error
+		jobs, err = list(ctx, tx, "fail orphans", scanJob, q, ns(now), ns(now.Add(-agentTTL)))
+		if err != nil {
+			return err
+		}
+		for i := range jobs {
+			if err := s.labels(ctx, tx, &jobs[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	return jobs, err
 }

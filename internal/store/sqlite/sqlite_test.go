@@ -50,8 +50,13 @@ func claimAll(path, agent string) int {
 		return 1
 	}
 	defer s.Close()
+	o, err := s.GetOrgBySlug(ctx, "acme")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	for {
-		j, ok, err := s.ClaimJob(ctx, store.Claim{AgentID: agent, Now: time.Now(), LeaseTTL: time.Minute})
+		j, ok, err := s.ClaimJob(ctx, store.Claim{AgentID: agent, OrgID: o.ID, Now: time.Now(), LeaseTTL: time.Minute})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1

@@ -165,11 +165,19 @@ func (s *DB) GetBlob(ctx context.Context, digest string) (store.Blob, error) {
 	return b, wrap("get blob", err)
 }
 
+func (s *DB) GetOrgBlob(ctx context.Context, orgID, digest string) (store.Blob, error) {
+	b, err := one(s.db.QueryRowContext(ctx, `SELECT digest, size, created_at FROM source_blobs sb WHERE digest = ?
+		AND EXISTS (SELECT 1 FROM builds b WHERE b.org_id = ? AND b.source_digest = sb.digest)`, digest, orgID),
+		scanBlob, "blob", digest)
+	return b, wrap("get org blob", err)
+}
+
 func (s *DB) UpsertAgent(ctx context.Context, a store.Agent, now time.Time) (store.Agent, error) {
 	err := s.write(ctx, "upsert agent", func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO agents (id, name, backend, last_seen) VALUES (?, ?, ?, ?)
-			ON CONFLICT (id) DO UPDATE SET name = excluded.name, backend = excluded.backend, last_seen = excluded.last_seen`,
-			a.ID, a.Name, a.Backend, ns(now)); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO agents (id, name, backend, org_id, last_seen) VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (id) DO UPDATE SET name = excluded.name, backend = excluded.backend, org_id = excluded.org_id,
+				last_seen = excluded.last_seen`,
+			a.ID, a.Name, a.Backend, a.OrgID, ns(now)); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM agent_labels WHERE agent_id = ?`, a.ID); err != nil {
@@ -192,10 +200,10 @@ func (s *DB) scanAgents(ctx context.Context, where string, args ...any) ([]store
 	agents, err := list(ctx, s.db, "get agent", func(r scanner) (store.Agent, error) {
 		var a store.Agent
 		var seen int64
-		err := r.Scan(&a.ID, &a.Name, &a.Backend, &seen)
+		err := r.Scan(&a.ID, &a.Name, &a.Backend, &a.OrgID, &seen)
 		a.LastSeen = tm(seen)
 		return a, err
-	}, `SELECT id, name, backend, last_seen FROM agents `+where+` ORDER BY id`, args...)
+	}, `SELECT id, name, backend, org_id, last_seen FROM agents `+where+` ORDER BY id`, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -147,6 +148,31 @@ var jobCases = []testCase{
 			t.Error("a failed job was claimed")
 		}
 	}},
+	{"RequeuedWithNoLiveAgentFails", func(t *testing.T, e *env) {
+		other, _ := e.org(t, "other")
+		js := e.ready(t, "acme", 2) // j1 is never claimed: it waits, agents or not
+		acme := e.lastOrg
+		get(e.s.UpsertAgent(e.ctx, store.Agent{ID: "a1", OrgID: acme, Backend: "sandbox"}, e.t0))(t)
+		j, _ := e.claim(t, "a1", e.t0) // lease until t0+30s; a1 never seen again
+		r := get(e.s.ReapExpiredLeases(e.ctx, e.at(31*time.Second), 2))(t)
+		if len(r) != 1 || r[0].ID != js[0].ID || r[0].State != store.JobScheduled {
+			t.Fatalf("reaped %+v: want j0 requeued", r)
+		}
+		// Another agent of the org is alive: the retry waits for it.
+		get(e.s.UpsertAgent(e.ctx, store.Agent{ID: "a2", OrgID: acme, Backend: "sandbox"}, e.at(25*time.Second)))(t)
+		if f := get(e.s.FailOrphans(e.ctx, e.at(31*time.Second), 30*time.Second))(t); len(f) != 0 {
+			t.Fatalf("failed %+v with a live agent", f)
+		}
+		// Only another org's agent is alive: no one can run it.
+		get(e.s.UpsertAgent(e.ctx, store.Agent{ID: "x", OrgID: other.ID, Backend: "sandbox"}, e.at(50*time.Second)))(t)
+		f := get(e.s.FailOrphans(e.ctx, e.at(56*time.Second), 30*time.Second))(t)
+		if len(f) != 1 || f[0].ID != j.ID || f[0].State != store.JobFailed || f[0].ErrorCode != store.CodeAgentLost || f[0].FinishedAt.IsZero() {
+			t.Fatalf("FailOrphans = %+v, want j0 failed agent_lost", f)
+		}
+		if got := get(e.s.GetJob(e.ctx, js[1].ID))(t); got.State != store.JobScheduled {
+			t.Errorf("a never-claimed job ended %s: it must wait", got.State)
+		}
+	}},
 	{"LeaseExpiryOfStoppingJob", func(t *testing.T, e *env) {
 		e.ready(t, "acme", 1)
 		e.agent(t, "a1", "sandbox")
@@ -185,8 +211,57 @@ var claimCases = []testCase{
 		if j, _ := e.claim(t, "dock", e.t0); j.StepKey != "gpu" {
 			t.Errorf("docker agent got %q, want gpu", j.StepKey)
 		}
-		_, _, err := e.s.ClaimJob(e.ctx, store.Claim{AgentID: "ghost", Now: e.t0, LeaseTTL: time.Second})
+		_, _, err := e.s.ClaimJob(e.ctx, store.Claim{AgentID: "ghost", OrgID: o.ID, Now: e.t0, LeaseTTL: time.Second})
 		isNotFound(t, err, "claim by an unregistered agent")
+	}},
+	{"ClaimImageBackend", func(t *testing.T, e *env) {
+		// BackendImage: any backend that runs images, never host.
+		o, p := e.org(t, "acme")
+		_, js := e.build(t, o, p, store.NewJob{StepKey: "alpine", Backend: store.BackendImage})
+		get(e.s.ReleaseJob(e.ctx, js[0].ID, e.t0))(t)
+		e.agent(t, "h", "host")
+		e.agent(t, "s", "sandbox")
+		if j, ok := e.claim(t, "h", e.t0); ok {
+			t.Fatalf("a host agent claimed %q, an image step", j.StepKey)
+		}
+		if j, ok := e.claim(t, "s", e.t0); !ok || j.ID != js[0].ID {
+			t.Fatalf("sandbox agent got %+v (ok %v)", j, ok)
+		}
+	}},
+	{"ClaimOrgScoped", func(t *testing.T, e *env) {
+		// An agent of org A never claims org B's job, however old; B's agent gets it.
+		b, pb := e.org(t, "bravo")
+		_, jb := e.build(t, b, pb, store.NewJob{StepKey: "b-secret", Command: "echo $B_TOKEN"})
+		get(e.s.ReleaseJob(e.ctx, jb[0].ID, e.t0))(t)
+		a, pa := e.org(t, "alpha")
+		_, ja := e.build(t, a, pa, store.NewJob{StepKey: "a-step"})
+		get(e.s.ReleaseJob(e.ctx, ja[0].ID, e.at(time.Second)))(t)
+		e.agent(t, "agent-a", "sandbox")
+		e.agent(t, "agent-b", "sandbox")
+		if j, ok := e.claimIn(t, a.ID, "agent-a", e.at(2*time.Second)); !ok || j.ID != ja[0].ID {
+			t.Fatalf("org A's agent got %q (ok %v), want its own a-step", j.StepKey, ok)
+		}
+		if j, ok := e.claimIn(t, a.ID, "agent-a", e.at(2*time.Second)); ok {
+			t.Fatalf("org A's agent claimed org B's job %q", j.StepKey)
+		}
+		if j, ok := e.claimIn(t, b.ID, "agent-b", e.at(2*time.Second)); !ok || j.ID != jb[0].ID {
+			t.Fatalf("org B's agent got %q (ok %v), want b-secret", j.StepKey, ok)
+		}
+		_, _, err := e.s.ClaimJob(e.ctx, store.Claim{AgentID: "agent-a", Now: e.t0, LeaseTTL: time.Second})
+		if err == nil {
+			t.Fatal("a claim without an org was accepted")
+		}
+		// A source blob is readable only by an org one of whose builds has it.
+		d := "sha256:" + strings.Repeat("b", 64)
+		get(e.s.PutBlob(e.ctx, store.Blob{Digest: d, Size: 3}))(t)
+		if _, _, err := e.s.CreateBuild(e.ctx, store.NewBuild{OrgID: b.ID, PipelineID: pb.ID, IR: `{"steps":[]}`, SourceDigest: d, Now: e.t0}); err != nil {
+			t.Fatal(err)
+		}
+		if got := get(e.s.GetOrgBlob(e.ctx, b.ID, d))(t); got.Digest != d {
+			t.Fatalf("GetOrgBlob = %+v", got)
+		}
+		_, err = e.s.GetOrgBlob(e.ctx, a.ID, d)
+		isNotFound(t, err, "another org's source blob")
 	}},
 	{"ClaimPlacement", func(t *testing.T, e *env) {
 		o, p := e.org(t, "acme")
@@ -228,7 +303,7 @@ var claimCases = []testCase{
 		got := map[string]string{}
 		parallel(t, agents, func(i int) {
 			for {
-				j, ok, err := e.s.ClaimJob(e.ctx, store.Claim{AgentID: agentID(i), Now: e.t0, LeaseTTL: time.Minute})
+				j, ok, err := e.s.ClaimJob(e.ctx, store.Claim{AgentID: agentID(i), OrgID: e.lastOrg, Now: e.t0, LeaseTTL: time.Minute})
 				if err != nil {
 					t.Error(err)
 					return

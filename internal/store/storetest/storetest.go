@@ -65,6 +65,8 @@ type env struct {
 	s   store.Store
 	ctx context.Context
 	t0  time.Time // the suite's clock: every "now" is t0 plus an offset, never time.Now
+	// lastOrg is the org e.org made last: the org of claims through e.claim.
+	lastOrg string
 }
 
 func (e *env) at(d time.Duration) time.Time { return e.t0.Add(d) }
@@ -85,6 +87,7 @@ func (e *env) org(t *testing.T, slug string) (store.Org, store.Pipeline) {
 	t.Helper()
 	o := get(e.s.CreateOrg(e.ctx, slug, "Org "+slug))(t)
 	p := get(e.s.CreatePipeline(e.ctx, store.Pipeline{OrgID: o.ID, Slug: "ci", Name: "CI", Repository: "r", DefaultBranch: "main"}))(t)
+	e.lastOrg = o.ID
 	return o, p
 }
 
@@ -118,9 +121,15 @@ func (e *env) agent(t *testing.T, id, backend string, labels ...string) store.Ag
 	return get(e.s.UpsertAgent(e.ctx, store.Agent{ID: id, Name: id, Backend: backend, Labels: labels}, e.t0))(t)
 }
 
+// claim claims for agent as an agent of the org e.org made last.
 func (e *env) claim(t *testing.T, agent string, now time.Time) (store.Job, bool) {
 	t.Helper()
-	j, ok, err := e.s.ClaimJob(e.ctx, store.Claim{AgentID: agent, Now: now, LeaseTTL: 30 * time.Second})
+	return e.claimIn(t, e.lastOrg, agent, now)
+}
+
+func (e *env) claimIn(t *testing.T, orgID, agent string, now time.Time) (store.Job, bool) {
+	t.Helper()
+	j, ok, err := e.s.ClaimJob(e.ctx, store.Claim{AgentID: agent, OrgID: orgID, Now: now, LeaseTTL: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

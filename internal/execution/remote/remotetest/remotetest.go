@@ -88,7 +88,7 @@ func New(t testing.TB) *Env {
 	e.Token = secret
 	wg.Add(2)
 	go func() { defer wg.Done(); e.drive(ctx) }()
-	go func() { defer wg.Done(); e.agent(ctx) }()
+	go func() { defer wg.Done(); e.agent(ctx, org.ID) }()
 	return e
 }
 
@@ -126,14 +126,14 @@ func (e *Env) tick(ctx context.Context) bool {
 }
 
 // agent claims jobs and runs their scripts.
-func (e *Env) agent(ctx context.Context) {
+func (e *Env) agent(ctx context.Context, orgID string) {
 	if _, err := e.DB.UpsertAgent(ctx, store.Agent{ID: "agent-1", Name: "agent-1"}, time.Now()); err != nil {
 		return
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for e.tick(ctx) {
-		j, ok, err := e.DB.ClaimJob(ctx, store.Claim{AgentID: "agent-1", Now: time.Now(), LeaseTTL: time.Minute})
+		j, ok, err := e.DB.ClaimJob(ctx, store.Claim{AgentID: "agent-1", OrgID: orgID, Now: time.Now(), LeaseTTL: time.Minute})
 		if err != nil || !ok {
 			continue
 		}

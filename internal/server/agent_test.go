@@ -1,0 +1,116 @@
+package server
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"net/http"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/hmci/hm/internal/agentproto"
+	"github.com/hmci/hm/internal/store"
+)
+
+func jobPath(p, id string) string {
+	return agentproto.Prefix + "/jobs/" + id + p[len(agentproto.Prefix+"/jobs/{job_id}"):]
+}
+
+// TestAgentOrgScoped: an agent of one org never claims, touches or fetches the source of
+// another org's work: its claims wait, its calls on the other org's job answer 404.
+func TestAgentOrgScoped(t *testing.T) {
+	e := newEnv(t)
+	acme, other := e.tokens["acme/agent"], e.tokens["other/agent"]
+	for _, a := range []struct{ id, tok string }{{"ag-acme", acme}, {"ag-other", other}} {
+		if r := e.do("", "POST", agentproto.PathRegister, a.tok, agentproto.Register{AgentID: a.id, Backend: "sandbox"}); r.Status != 200 {
+			t.Fatalf("register %s: %d %s", a.id, r.Status, r.Body)
+		}
+	}
+	src := []byte("acme's secret source")
+	sum := sha256.Sum256(src)
+	digest := "sha256:" + hex.EncodeToString(sum[:])
+	b := e.submit("ci", map[string]any{"source_b64": base64.StdEncoding.EncodeToString(src)})
+	var first string
+	for _, j := range e.jobs("ci", b.Number) {
+		first = j.ID
+		break
+	}
+	if _, err := e.db.ReleaseJob(t.Context(), first, e.srv.now()); err != nil {
+		t.Fatal(err)
+	}
+
+	if r := e.do("", "POST", agentproto.PathClaim, other, agentproto.Claim{AgentID: "ag-other", WaitSeconds: 1}); r.Status != http.StatusNoContent {
+		t.Fatalf("other's agent claimed acme's step: %d %s", r.Status, r.Body)
+	}
+	if r := e.do("", "GET", agentproto.Prefix+"/sources/"+digest, other, nil); r.Status != http.StatusNotFound {
+		t.Errorf("other's agent fetched acme's source: %d", r.Status)
+	}
+	r := e.do("", "POST", agentproto.PathClaim, acme, agentproto.Claim{AgentID: "ag-acme", WaitSeconds: 1})
+	if r.Status != 200 {
+		t.Fatalf("acme's agent claim: %d %s", r.Status, r.Body)
+	}
+	var job agentproto.Job
+	r.decode(t, &job)
+	if job.JobID != first || job.SourceDigest != digest {
+		t.Fatalf("acme's agent got %+v", job)
+	}
+	for _, p := range []string{agentproto.PathStart, agentproto.PathHeartbeat, agentproto.PathFinish} {
+		if r := e.do("", "POST", jobPath(p, job.JobID), other, agentproto.Fence{Attempt: job.Attempt}); r.Status != http.StatusNotFound {
+			t.Errorf("%s by other's agent: %d %s, want 404", p, r.Status, r.Body)
+		}
+	}
+	logs := agentproto.Logs{Attempt: job.Attempt, Chunks: []agentproto.Chunk{{Seq: 1, Content: "forged"}}}
+	if r := e.do("", "POST", jobPath(agentproto.PathLogs, job.JobID), other, logs); r.Status != http.StatusNotFound {
+		t.Errorf("logs by other's agent: %d %s, want 404", r.Status, r.Body)
+	}
+	if r := e.do("", "GET", agentproto.Prefix+"/sources/"+digest, acme, nil); r.Status != 200 || string(r.Body) != string(src) {
+		t.Errorf("acme's agent source: %d %q", r.Status, r.Body)
+	}
+	if r := e.do("", "POST", jobPath(agentproto.PathStart, job.JobID), acme, agentproto.Fence{Attempt: job.Attempt}); r.Status != 200 {
+		t.Errorf("start by acme's agent: %d %s", r.Status, r.Body)
+	}
+}
+
+// TestJobBackends: createBuild gives each job the backend it needs: its runner when named,
+// else one that runs images for a root step of a real image (a host agent would ignore it);
+// a host agent's claim leaves such a step scheduled, visible as waiting in listJobs.
+func TestJobBackends(t *testing.T) {
+	e := newEnv(t)
+	ir := `{"version":"0","steps":[` +
+		`{"type":"command","key":"alpine","cmd":"true","image":"alpine"},` +
+		`{"type":"command","key":"onhost","cmd":"true","image":"host"},` +
+		`{"type":"command","key":"child","cmd":"true","builds_in":"alpine"},` +
+		`{"type":"command","key":"dock","cmd":"true","image":"alpine","runner":"docker"}]}`
+	b := e.submit("ci", map[string]any{"pipeline_ir": ir})
+	got := map[string]string{}
+	var alpine string
+	for _, j := range e.jobs("ci", b.Number) {
+		sj, err := e.db.GetJob(t.Context(), j.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[sj.StepKey] = sj.Backend
+		if sj.StepKey == "alpine" {
+			alpine = sj.ID
+		}
+	}
+	want := map[string]string{"alpine": store.BackendImage, "onhost": "", "child": "", "dock": "docker"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("job backends (-want +got):\n%s", diff)
+	}
+	if _, err := e.db.ReleaseJob(t.Context(), alpine, e.srv.now()); err != nil {
+		t.Fatal(err)
+	}
+	tok := e.tokens["acme/agent"]
+	if r := e.do("", "POST", agentproto.PathRegister, tok, agentproto.Register{AgentID: "h", Backend: "host"}); r.Status != 200 {
+		t.Fatalf("register: %d %s", r.Status, r.Body)
+	}
+	if r := e.do("", "POST", agentproto.PathClaim, tok, agentproto.Claim{AgentID: "h", WaitSeconds: 1}); r.Status != http.StatusNoContent {
+		t.Fatalf("a host agent claimed an image step: %d %s", r.Status, r.Body)
+	}
+	for _, j := range e.jobs("ci", b.Number) {
+		if j.ID == alpine && j.State != "scheduled" {
+			t.Errorf("unclaimable job listed %s, want scheduled (waiting)", j.State)
+		}
+	}
+}
