@@ -23,7 +23,7 @@ func remoteIR(cmds ...string) string {
 		b, _ := json.Marshal(map[string]string{"type": "command", "key": string(rune('a' + i)), "cmd": c})
 		steps = append(steps, string(b))
 	}
-	return `{"version":"0","default_image":"img","steps":[` + strings.Join(steps, ",") + `]}`
+	return `{"version":"0","default_image":"host","steps":[` + strings.Join(steps, ",") + `]}`
 }
 
 // hm run --backend remote against a real server (its driver and a fake agent): --format json
