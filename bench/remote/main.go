@@ -260,7 +260,7 @@ func ir(cmds []string, chained bool) string {
 		b, _ := json.Marshal(map[string]string{"type": "command", "key": "s" + strconv.Itoa(i), "cmd": c})
 		steps = append(steps, string(b))
 	}
-	return `{"version":"0","steps":[` + strings.Join(steps, ",") + `]}`
+	return `{"version":"0","default_image":"host","steps":[` + strings.Join(steps, ",") + `]}`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
