@@ -21,6 +21,7 @@ import (
 
 	"github.com/hmci/hm/internal/cachekey"
 	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/sqlitemigrate"
 	"github.com/hmci/hm/internal/statedir"
 )
 
@@ -171,23 +172,11 @@ var migrations = []string{
 
 func (r *Registry) migrate(ctx context.Context) error {
 	return r.write(ctx, "migrate", func(tx *sql.Tx) error {
-		var v int
-		if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
-			return err
-		}
-		if v > len(migrations) {
+		return sqlitemigrate.Apply(ctx, tx, migrations, func(v int) error {
 			return errs.New(errs.ErrInfra, "registry_too_new",
 				"upgrade hm, or point it at another state dir",
 				"snapshot registry %s has schema version %d; this hm knows up to %d", r.path, v, len(migrations))
-		}
-		for ; v < len(migrations); v++ {
-			if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
-				return fmt.Errorf("schema %d→%d: %w", v, v+1, err)
-			}
-		}
-		// PRAGMA takes no bound parameters; v is an int we control.
-		_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v))
-		return err
+		})
 	})
 }
 

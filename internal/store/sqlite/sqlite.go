@@ -29,6 +29,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/sqlitemigrate"
 	"github.com/hmci/hm/internal/statedir"
 	"github.com/hmci/hm/internal/store"
 )
@@ -118,22 +119,10 @@ func (s *DB) migrate(ctx context.Context) error {
 		return fmt.Errorf("store: migrations: %w", err)
 	}
 	return s.write(ctx, "migrate", func(tx *sql.Tx) error {
-		var v int
-		if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
-			return err
-		}
-		if v > len(ms) {
+		return sqlitemigrate.Apply(ctx, tx, ms, func(v int) error {
 			return errs.New(errs.ErrInfra, "store_too_new", "upgrade hm, or point the server at another data dir",
 				"store %s has schema version %d; this hm knows up to %d", s.path, v, len(ms))
-		}
-		for ; v < len(ms); v++ {
-			if _, err := tx.ExecContext(ctx, ms[v]); err != nil {
-				return fmt.Errorf("schema %d→%d: %w", v, v+1, err)
-			}
-		}
-		// PRAGMA takes no bound parameters; v is an int we control.
-		_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v))
-		return err
+		})
 	})
 }
 
