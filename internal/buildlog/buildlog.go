@@ -293,7 +293,7 @@ func (s *Store) writeMeta(m Meta) error {
 		return err
 	}
 	tmp := s.metaPath(m.ID) + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
 		return err
 	}
 	return os.Rename(tmp, s.metaPath(m.ID))

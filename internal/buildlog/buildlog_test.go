@@ -332,3 +332,19 @@ func TestUnwritableStore(t *testing.T) {
 		t.Errorf("passed %d events, id %q; want 2 and none", n, r.ID())
 	}
 }
+
+// Build records hold step output: nobody but their owner reads them.
+func TestRecordIsPrivate(t *testing.T) {
+	s := Open(t.TempDir())
+	dir := s.Dir()
+	record(t, s, Info{Pipeline: "p", SourceDir: "/src", Backend: "host"}, start("b1", t0), logLine("s1", "hello"), end(0))
+	for _, p := range []string{dir, filepath.Join(dir, "b1"), s.EventsPath("b1"), filepath.Join(dir, "b1", "meta.json")} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			t.Errorf("%s: mode %v, want no group or other access", p, perm)
+		}
+	}
+}

@@ -52,7 +52,7 @@ func (s *Store) Record(in <-chan events.Event, info Info) (*Recording, error) {
 // probe checks that a build's directory can be created, before any output is drawn, so the
 // warning comes first rather than in the middle of the live view.
 func (s *Store) probe() error {
-	if err := os.MkdirAll(s.dir, 0o755); err != nil {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return err
 	}
 	f, err := os.CreateTemp(s.dir, ".probe-*")

@@ -38,10 +38,10 @@ func (s *Store) Create(m Meta) (*Writer, error) {
 		return nil, fmt.Errorf("buildlog: invalid build id %q", m.ID)
 	}
 	dir := filepath.Join(s.dir, m.ID)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(s.EventsPath(m.ID), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(s.EventsPath(m.ID), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}

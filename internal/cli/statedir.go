@@ -15,8 +15,11 @@ import (
 // live there, and a state dir that cannot take them otherwise surfaces as a failed step or an
 // internal error far from its cause (an unwritable HOME, a read-only registry, HM_STATE_DIR
 // on a read-only filesystem).
+//
+// A state dir hm creates is private (0700): build records hold step output, the registry names
+// every pipeline and snapshot. An existing one keeps the mode its owner gave it.
 func checkStateDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return stateDirError(dir, err)
 	}
 	f, err := os.CreateTemp(dir, ".hm-write-check-*")

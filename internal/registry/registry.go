@@ -88,7 +88,7 @@ func Open(ctx context.Context, path string) (*Registry, error) {
 	if strings.ContainsRune(path, '?') {
 		return nil, fmt.Errorf("registry: path %q contains '?': %w", path, errs.ErrUsage)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("registry: %w: %w", errs.ErrInfra, err)
 	}
 	// Creating the file, switching it to WAL and migrating happen under a lock beside it.
