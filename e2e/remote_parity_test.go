@@ -224,9 +224,18 @@ func TestRemoteParity(t *testing.T) {
 			{hits: nil, src: "src-1"},
 			{hits: []string{"middle", "root"}, src: "src-1"},
 			{edit: map[string]string{"src.txt": "src-2\n"}, hits: []string{"middle", "root"}, src: "src-2"},
+			// A miss explained by what differs from the step's last entry.
+			{edit: map[string]string{"deps.lock": "lock-2\n"}, hits: []string{"root"}, src: "src-2"},
 		} {
 			writeTree(t, e.srcDir, want.edit)
-			before := [][]int{c.agentSteps("root"), c.agentSteps("middle")}
+			ran := func() [][]int { // per hit step, how often each agent finished it
+				var out [][]int
+				for _, k := range want.hits {
+					out = append(out, c.agentSteps(k))
+				}
+				return out
+			}
+			before := ran()
 			remote := c.run(e)
 			l, r := remoteSame(t, remoteLocal(local), remote, true)
 			localNotes, remoteNotes = append(localNotes, l.missNotes), append(remoteNotes, r.missNotes)
@@ -251,15 +260,17 @@ func TestRemoteParity(t *testing.T) {
 			if diff := cmp.Diff([]string{"tool-v1"}, r.logs["leaf-tool"]["stdout"]); diff != "" {
 				t.Errorf("run %d: leaf-tool saw (-want +got):\n%s", i, diff)
 			}
-			if after := [][]int{c.agentSteps("root"), c.agentSteps("middle")}; want.hits != nil && !cmp.Equal(before, after) {
-				t.Errorf("run %d: an agent ran a cache hit: root/middle finished per agent %v before, %v after", i, before, after)
+			if after := ran(); !cmp.Equal(before, after) {
+				t.Errorf("run %d: an agent ran a cache hit: %v finished per agent %v before, %v after", i, want.hits, before, after)
 			}
 		}
 		t.Run("misses explained as locally", func(t *testing.T) {
-			if len(remoteNotes) > 0 && len(remoteNotes[0]) == 0 && len(localNotes[0]) > 0 {
-				t.Skipf("bug: a remote cache miss is not explained: the server's cache (internal/server/driver/cache.go Lookup) "+
-					"returns no Entry and no Explain, so there is no \"hm: cache miss: …\" line and step_cache_hit.entry is null "+
-					"(locally: %v)", localNotes[0])
+			if len(localNotes) == 0 || len(localNotes[0]) == 0 {
+				t.Fatalf("the first local run explained no miss: %v", localNotes)
+			}
+			t.Logf("remote miss lines per run: %v", remoteNotes)
+			if !strings.Contains(fmt.Sprint(remoteNotes[len(remoteNotes)-1]), "file deps.lock changed") {
+				t.Errorf("the last run's miss does not say deps.lock changed: %v", remoteNotes[len(remoteNotes)-1])
 			}
 			if diff := cmp.Diff(localNotes, remoteNotes); diff != "" {
 				t.Errorf("cache miss lines per run (-local +remote):\n%s", diff)

@@ -170,6 +170,10 @@ type Jobs interface {
 	CancelJob(ctx context.Context, id string, now time.Time) (Job, error)
 	// TimeOutJob asks an assigned or running job to stop because of its step timeout.
 	TimeOutJob(ctx context.Context, id string, now time.Time) (Job, error)
+	// NoteCacheMiss records why a pending cached job missed (Job.CacheNote) unless a note is
+	// recorded already: the first one stays, so every driver of the build logs the same
+	// line. It returns the job as it is after the call, in any state.
+	NoteCacheMiss(ctx context.Context, id, note string) (Job, error)
 }
 
 // Claims are the agent side of jobs: claim, start, heartbeat, finish, and the reaper.
@@ -260,6 +264,10 @@ type Cache interface {
 	// LookupCache finds the entry and records now as its last use.
 	LookupCache(ctx context.Context, orgID, key, scope string, now time.Time) (CacheEntry, error)
 	DeleteCacheEntry(ctx context.Context, orgID, key, scope string) error
+	// LastCacheEntry is the entry registered last for the step of the pipeline, whatever its
+	// key and scope (a *NotFoundError when there is none): the baseline of a miss's
+	// explanation.
+	LastCacheEntry(ctx context.Context, orgID, pipelineID, stepKey string) (CacheEntry, error)
 	// DeleteAgentCache forgets every entry whose snapshot is on agentID (the agent is gone).
 	DeleteAgentCache(ctx context.Context, agentID string) (int, error)
 }

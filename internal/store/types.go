@@ -201,10 +201,13 @@ type Job struct {
 	ErrorCode     string
 	ErrorMessage  string
 	InfraRetries  int // requeues after a lost lease
-	CreatedAt     time.Time
-	ReadyAt       time.Time // when it became scheduled: the claim order
-	StartedAt     time.Time
-	FinishedAt    time.Time
+	// CacheNote explains the cache miss of a cached step that runs ("" for none), recorded
+	// once by the driver before the step starts (NoteCacheMiss).
+	CacheNote  string
+	CreatedAt  time.Time
+	ReadyAt    time.Time // when it became scheduled: the claim order
+	StartedAt  time.Time
+	FinishedAt time.Time
 }
 
 // Claim is an agent's request for work.
@@ -272,6 +275,11 @@ type CacheEntry struct {
 	OrgID, Key, Scope string
 	Snapshot          string
 	AgentID           string
-	CreatedAt         time.Time
-	LastUsed          time.Time
+	// PipelineID, StepKey and Inputs (the client's cachekey.Inputs, JSON) say what the entry
+	// was built from: the baseline LastCacheEntry gives to explain a later miss.
+	PipelineID string
+	StepKey    string
+	Inputs     json.RawMessage
+	CreatedAt  time.Time
+	LastUsed   time.Time
 }

@@ -51,6 +51,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/hmci/hm/internal/cachekey"
 	"github.com/hmci/hm/internal/ir"
 	"github.com/hmci/hm/internal/plan"
 	"github.com/hmci/hm/internal/scheduler"
@@ -73,6 +74,10 @@ type Config struct {
 	Load func(b store.Build) (*plan.Plan, scheduler.Options, error)
 	// Now is the clock of store writes. Default time.Now.
 	Now func() time.Time
+	// AgentTTL is how long an agent counts as alive after it was last seen: a cache entry
+	// whose agent was not seen within it is gone (a miss, and the entry is forgotten).
+	// Default 30 s.
+	AgentTTL time.Duration
 }
 
 // Options is the hm_options of a build (remote.md) plus the cache keys the client computed.
@@ -84,6 +89,24 @@ type Options struct {
 	MapImage       map[string]string `json:"map_image"`
 	// CacheKeys maps a step key to its cache key (cache-keys.md); absent: not cached.
 	CacheKeys map[string]string `json:"cache_keys"`
+	// CacheInputs maps a cached step's key to what went into its cache key (its fingerprint
+	// among them): the registry scopes entries by the fingerprint and explains a miss by
+	// the inputs that differ from the step's last entry, as locally.
+	CacheInputs map[string]cachekey.Inputs `json:"cache_inputs"`
+	// Warnings maps a step key to what its key could not use (an on_change path matching
+	// nothing), logged at the start of the step as locally.
+	Warnings map[string][]string `json:"warnings"`
+}
+
+// ParseOptions reads a build's hm_options ("" or null: the defaults).
+func ParseOptions(b store.Build) (Options, error) {
+	var o Options
+	if len(b.Options) > 0 {
+		if err := json.Unmarshal(b.Options, &o); err != nil {
+			return Options{}, fmt.Errorf("hm_options: %w", err)
+		}
+	}
+	return o, nil
 }
 
 // DefaultLoad parses the build's IR and hm_options.
@@ -93,11 +116,9 @@ func DefaultLoad(b store.Build) (*plan.Plan, scheduler.Options, error) {
 		return nil, scheduler.Options{}, err
 	}
 	pl := plan.New(p)
-	var o Options
-	if len(b.Options) > 0 {
-		if err := json.Unmarshal(b.Options, &o); err != nil {
-			return nil, scheduler.Options{}, fmt.Errorf("hm_options: %w", err)
-		}
+	o, err := ParseOptions(b)
+	if err != nil {
+		return nil, scheduler.Options{}, err
 	}
 	// NoRetry: a job is one store row whose attempts the store fences; the server retries a
 	// lost agent's job itself. Retry policies on the server are still to come.
@@ -107,8 +128,10 @@ func DefaultLoad(b store.Build) (*plan.Plan, scheduler.Options, error) {
 		so.ExtraEnv = append(so.ExtraEnv, k+"="+v)
 	}
 	so.Keys = make([]string, len(pl.Steps))
+	so.Warnings = make([][]string, len(pl.Steps))
 	for i, s := range pl.Steps {
 		so.Keys[i] = o.CacheKeys[s.Key]
+		so.Warnings[i] = o.Warnings[s.Key]
 	}
 	return pl, so, nil
 }
@@ -128,6 +151,9 @@ func (c *Config) defaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.AgentTTL <= 0 {
+		c.AgentTTL = 30 * time.Second
 	}
 }
 
@@ -188,7 +214,11 @@ func Drive(ctx context.Context, cfg Config, id string) (scheduler.Result, error)
 	}
 	opts.RunID = b.ID
 	opts.Publish = pub.publish
-	opts.Cache = &cache{d: d}
+	ho, err := ParseOptions(b)
+	if err != nil {
+		return scheduler.Result{}, err
+	}
+	opts.Cache = &cache{d: d, inputs: ho.CacheInputs}
 
 	// The scheduler's ctx is the user's cancel only: stopping this driver must not cancel
 	// steps, it only makes everything return and write nothing.

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"strconv"
 	"strings"
@@ -214,15 +215,29 @@ func newFixture(t *testing.T, ctx context.Context, steps []step, o Options, irTi
 	if err != nil {
 		t.Fatal(err)
 	}
+	f := &fixture{st: st, agent: &agent{st: st, id: "agent-1", org: org.ID, runs: map[string]int{}}}
+	f.build = f.newBuild(t, ctx, p.ID, steps, o)
+	return f
+}
+
+// newBuild submits another build of the fixture's org to pipeline: the jobs of steps, and o
+// as its hm_options.
+func (f *fixture) newBuild(t *testing.T, ctx context.Context, pipeline string, steps []step, o Options) store.Build {
+	t.Helper()
 	var nj []store.NewJob
 	for _, s := range steps {
 		nj = append(nj, store.NewJob{StepKey: s.key, Command: s.cmd})
 	}
-	b, _, err := st.CreateBuild(ctx, store.NewBuild{OrgID: org.ID, PipelineID: p.ID, IR: "{}", Jobs: nj, Now: time.Now()})
+	raw, err := json.Marshal(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{st: st, build: b, agent: &agent{st: st, id: "agent-1", org: org.ID, runs: map[string]int{}}}
+	b, _, err := f.st.CreateBuild(ctx, store.NewBuild{OrgID: f.agent.org, PipelineID: pipeline, IR: "{}", Jobs: nj,
+		Options: raw, Now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func (f *fixture) cfg(owner string, steps []step, o Options, irTimeout time.Duration) Config {

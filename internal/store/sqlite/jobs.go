@@ -14,7 +14,7 @@ import (
 
 const jobCols = `id, build_id, ordinal, step_key, name, command, depends_on, parent_id, backend, state, attempt,
 	agent_id, lease_expires, exit_code, snapshot, snapshot_agent, error_code, error_message, infra_retries,
-	created_at, ready_at, started_at, finished_at`
+	created_at, ready_at, started_at, finished_at, cache_note`
 
 // leased are the states in which an agent holds the job, as SQL.
 const leased = `('assigned', 'running', 'canceling', 'timing_out')`
@@ -26,7 +26,7 @@ func scanJob(r scanner) (store.Job, error) {
 	var lease, c, ready, st, fin int64
 	err := r.Scan(&j.ID, &j.BuildID, &j.Ordinal, &j.StepKey, &j.Name, &j.Command, &deps, &j.ParentID, &j.Backend,
 		&j.State, &j.Attempt, &j.AgentID, &lease, &exit, &j.Snapshot, &j.SnapshotAgent, &j.ErrorCode, &j.ErrorMessage,
-		&j.InfraRetries, &c, &ready, &st, &fin)
+		&j.InfraRetries, &c, &ready, &st, &fin, &j.CacheNote)
 	if err != nil {
 		return j, err
 	}
@@ -128,6 +128,12 @@ func (s *DB) PassCached(ctx context.Context, id, snapshot, agentID string, now t
 		return j.State == store.JobPassed && j.Snapshot == snapshot && j.Attempt == 0
 	}, `UPDATE jobs SET state = 'passed', exit_code = 0, snapshot = ?, snapshot_agent = ?, finished_at = ?
 		WHERE id = ? AND state IN ('pending', 'scheduled') RETURNING `+jobCols, snapshot, agentID, ns(now), id)
+}
+
+func (s *DB) NoteCacheMiss(ctx context.Context, id, note string) (store.Job, error) {
+	// The first note stays: a replay must log the line the first run logged.
+	return s.transition(ctx, "note cache miss", id, 0, func(store.Job) bool { return true },
+		`UPDATE jobs SET cache_note = ? WHERE id = ? AND state = 'pending' AND cache_note = '' RETURNING `+jobCols, note, id)
 }
 
 func (s *DB) SkipJob(ctx context.Context, id, reason string, now time.Time) (store.Job, error) {

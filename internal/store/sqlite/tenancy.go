@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"time"
 
 	"github.com/google/uuid"
@@ -246,13 +247,17 @@ func (s *DB) TouchAgent(ctx context.Context, id string, now time.Time) error {
 	})
 }
 
-const cacheCols = `org_id, cache_key, scope, snapshot, agent_id, created_at, last_used`
+const cacheCols = `org_id, cache_key, scope, snapshot, agent_id, created_at, last_used, pipeline_id, step_key, inputs`
 
 func scanCache(r scanner) (store.CacheEntry, error) {
 	var e store.CacheEntry
 	var c, u int64
-	err := r.Scan(&e.OrgID, &e.Key, &e.Scope, &e.Snapshot, &e.AgentID, &c, &u)
+	var inputs string
+	err := r.Scan(&e.OrgID, &e.Key, &e.Scope, &e.Snapshot, &e.AgentID, &c, &u, &e.PipelineID, &e.StepKey, &inputs)
 	e.CreatedAt, e.LastUsed = tm(c), tm(u)
+	if inputs != "" {
+		e.Inputs = json.RawMessage(inputs)
+	}
 	return e, err
 }
 
@@ -261,10 +266,11 @@ func (s *DB) PutCacheEntry(ctx context.Context, e store.CacheEntry) (store.Cache
 	err := s.write(ctx, "put cache entry", func(tx *sql.Tx) error {
 		c := ns(nowOr(e.CreatedAt))
 		var err error
-		out, err = scanCache(tx.QueryRowContext(ctx, `INSERT INTO cache_entries (`+cacheCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)
+		out, err = scanCache(tx.QueryRowContext(ctx, `INSERT INTO cache_entries (`+cacheCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (org_id, cache_key, scope) DO UPDATE SET snapshot = excluded.snapshot, agent_id = excluded.agent_id,
-				created_at = excluded.created_at, last_used = excluded.last_used
-			RETURNING `+cacheCols, e.OrgID, e.Key, e.Scope, e.Snapshot, e.AgentID, c, c))
+				created_at = excluded.created_at, last_used = excluded.last_used, pipeline_id = excluded.pipeline_id,
+				step_key = excluded.step_key, inputs = excluded.inputs
+			RETURNING `+cacheCols, e.OrgID, e.Key, e.Scope, e.Snapshot, e.AgentID, c, c, e.PipelineID, e.StepKey, string(e.Inputs)))
 		return err
 	})
 	return out, err
@@ -287,6 +293,13 @@ func (s *DB) DeleteCacheEntry(ctx context.Context, orgID, key, scope string) err
 		_, err := tx.ExecContext(ctx, `DELETE FROM cache_entries WHERE org_id = ? AND cache_key = ? AND scope = ?`, orgID, key, scope)
 		return err
 	})
+}
+
+func (s *DB) LastCacheEntry(ctx context.Context, orgID, pipelineID, stepKey string) (store.CacheEntry, error) {
+	e, err := one(s.db.QueryRowContext(ctx, `SELECT `+cacheCols+` FROM cache_entries
+		WHERE org_id = ? AND pipeline_id = ? AND step_key = ? ORDER BY created_at DESC, rowid DESC LIMIT 1`,
+		orgID, pipelineID, stepKey), scanCache, "cache_entry", stepKey)
+	return e, wrap("last cache entry", err)
 }
 
 func (s *DB) DeleteAgentCache(ctx context.Context, agentID string) (int, error) {

@@ -163,6 +163,38 @@ var miscCases = []testCase{
 			isNotFound(t, err, "deleted entry "+k)
 		}
 	}},
+	{"CacheExplain", func(t *testing.T, e *env) {
+		o, p := e.org(t, "acme")
+		other, _ := e.org(t, "other")
+		_, err := e.s.LastCacheEntry(e.ctx, o.ID, p.ID, "build")
+		isNotFound(t, err, "the last entry of a step never cached")
+		for i, k := range []string{"k1", "k2"} {
+			get(e.s.PutCacheEntry(e.ctx, store.CacheEntry{OrgID: o.ID, Key: k, Scope: "s", Snapshot: "snap-" + k, AgentID: "a1",
+				PipelineID: p.ID, StepKey: "build", Inputs: []byte(`{"policy":"forever"}`), CreatedAt: e.at(time.Duration(i) * time.Second)}))(t)
+		}
+		get(e.s.PutCacheEntry(e.ctx, store.CacheEntry{OrgID: o.ID, Key: "k3", Scope: "s", Snapshot: "snap-k3", AgentID: "a1",
+			PipelineID: p.ID, StepKey: "test", CreatedAt: e.at(time.Hour)}))(t)
+		last := get(e.s.LastCacheEntry(e.ctx, o.ID, p.ID, "build"))(t)
+		if last.Key != "k2" || last.StepKey != "build" || string(last.Inputs) != `{"policy":"forever"}` {
+			t.Errorf("LastCacheEntry = %+v, want k2 of step build with its inputs", last)
+		}
+		_, err = e.s.LastCacheEntry(e.ctx, other.ID, p.ID, "build")
+		isNotFound(t, err, "another org's last entry")
+
+		_, js := e.build(t, o, p, store.NewJob{StepKey: "build"})
+		j := get(e.s.NoteCacheMiss(e.ctx, js[0].ID, "first"))(t)
+		if j.CacheNote != "first" || j.State != store.JobPending {
+			t.Errorf("noted job = %+v", j)
+		}
+		if j = get(e.s.NoteCacheMiss(e.ctx, js[0].ID, "second"))(t); j.CacheNote != "first" {
+			t.Errorf("a second note replaced the first: %q", j.CacheNote)
+		}
+		if j = get(e.s.GetJob(e.ctx, js[0].ID))(t); j.CacheNote != "first" {
+			t.Errorf("GetJob's note = %q", j.CacheNote)
+		}
+		_, err = e.s.NoteCacheMiss(e.ctx, "nope", "x")
+		isNotFound(t, err, "a note on an unknown job")
+	}},
 	{"ErrorClasses", func(t *testing.T, e *env) {
 		_, err := e.s.GetBuild(e.ctx, "nope")
 		var nf *store.NotFoundError
