@@ -128,7 +128,8 @@ func (c *remoteCluster) stop(procs []*exec.Cmd) {
 }
 
 // remoteLeftovers is sandboxLeftovers of an agent's state dir but for its ephemeral
-// snapshots, which the "ephemeral snapshots dropped" case reports (a known bug, skipped there).
+// snapshots: the agent removes those when its alive call says so, up to 10 s after their
+// build ended, which the "ephemeral snapshots dropped" case waits for and checks.
 func remoteLeftovers(t *testing.T, state string) []string {
 	var out []string
 	for _, l := range sandboxLeftovers(t, state) {

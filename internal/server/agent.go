@@ -49,11 +49,28 @@ func (s *Server) agentRegister(w http.ResponseWriter, r *http.Request, req agent
 }
 
 func (s *Server) agentAlive(w http.ResponseWriter, r *http.Request, req agentproto.Alive) {
-	if err := s.cfg.Store.TouchAgent(r.Context(), req.AgentID, s.now()); err != nil {
+	if len(req.Removed) > agentproto.MaxRemovals {
+		s.writeError(w, r, badRequest("validation_failed", "at most "+strconv.Itoa(agentproto.MaxRemovals)+" removed snapshots per call"))
+		return
+	}
+	ctx := r.Context()
+	if err := s.cfg.Store.TouchAgent(ctx, req.AgentID, s.now()); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	if err := s.cfg.Store.AckSnapshotRemovals(ctx, req.AgentID, req.Removed); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	todo, err := s.cfg.Store.ListSnapshotRemovals(ctx, req.AgentID, agentproto.MaxRemovals)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if todo == nil {
+		todo = []string{}
+	}
+	writeJSON(w, http.StatusOK, agentproto.AliveReply{Status: "ok", RemoveSnapshots: todo})
 }
 
 // agentClaim long-polls the store: a claim at once, then again after a backoff growing from

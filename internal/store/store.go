@@ -105,7 +105,23 @@ type Store interface {
 	Agents
 	Cache
 	BuildLeases
+	SnapshotRemovals
 	Close() error
+}
+
+// SnapshotRemovals are the ephemeral snapshots agents must delete: a build's driver queues
+// one when the build no longer needs it, the agent holding it learns it (its alive call),
+// removes it with its VM backend and acknowledges it. A removal stays queued until then, so
+// it survives a server restart, another replica taking the build over, and an agent
+// restart. A snapshot a cache entry of the agent names is never queued: cached snapshots stay.
+type SnapshotRemovals interface {
+	// QueueSnapshotRemoval asks agentID to remove snapshot; queuing one already queued, or
+	// one a cache entry on agentID references, is a no-op.
+	QueueSnapshotRemoval(ctx context.Context, agentID, snapshot string, now time.Time) error
+	// ListSnapshotRemovals lists up to limit snapshots agentID must remove, oldest first.
+	ListSnapshotRemovals(ctx context.Context, agentID string, limit int) ([]string, error)
+	// AckSnapshotRemovals forgets removals agentID has done; unknown ones are ignored.
+	AckSnapshotRemovals(ctx context.Context, agentID string, snapshots []string) error
 }
 
 // Orgs are tenants: every other entity but agents and blobs belongs to one.

@@ -37,8 +37,23 @@ func (b *backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 }
 
 func (b *backend) SnapshotExists(context.Context, string) (bool, error) { return true, nil }
-func (b *backend) RemoveSnapshot(context.Context, string) error         { return nil }
 func (b *backend) Reconcile(context.Context) error                      { return nil }
+
+// RemoveSnapshot queues the removal of an ephemeral snapshot (the scheduler removes only
+// those) on the agent that committed it, which learns it from its next alive call. Queuing
+// is idempotent, so a driver replaying the build queues it again harmlessly.
+func (b *backend) RemoveSnapshot(_ context.Context, snapshot string) error {
+	js, err := b.d.cfg.Store.ListJobs(b.d.life, b.d.build.ID)
+	if err != nil {
+		return err
+	}
+	for _, j := range js {
+		if j.Snapshot == snapshot && j.SnapshotAgent != "" && j.Attempt > 0 {
+			return b.d.cfg.Store.QueueSnapshotRemoval(b.d.life, j.SnapshotAgent, snapshot, b.d.cfg.Now())
+		}
+	}
+	return nil // not committed by an agent of this build: nothing of ours to remove
+}
 func (b *backend) PruneSnapshots(context.Context, func(string) bool) ([]string, error) {
 	return nil, nil
 }

@@ -9,7 +9,9 @@
 // (backend.go). Create releases the job (pending → scheduled: claimable by an agent); Run
 // waits until the store says an agent finished it, streaming its stored log chunks into the
 // step's stdout and stderr in seq order, and returns its exit code; Commit returns the
-// snapshot the agent reported; Destroy is a no-op. A step the scheduler cancels (fail-fast,
+// snapshot the agent reported; Destroy is a no-op; RemoveSnapshot (an ephemeral snapshot no
+// child needs any more) queues its removal on the agent holding it (store.SnapshotRemovals),
+// which the agent learns from its alive call and acknowledges once done. A step the scheduler cancels (fail-fast,
 // a step or pipeline timeout, the build's cancel) is asked to stop with TimeOutJob or
 // CancelJob, and Run returns once the agent acknowledged (FinishJob) or the lease lapsed
 // (the reaper); a job not yet claimed is skipped. Every event the scheduler publishes goes to

@@ -313,3 +313,33 @@ func (s *DB) DeleteAgentCache(ctx context.Context, agentID string) (int, error) 
 	})
 	return int(n), err
 }
+
+func (s *DB) QueueSnapshotRemoval(ctx context.Context, agentID, snapshot string, now time.Time) error {
+	return s.write(ctx, "queue snapshot removal", func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO snapshot_removals (agent_id, snapshot, created_at)
+			SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM cache_entries WHERE agent_id = ? AND snapshot = ?)
+			ON CONFLICT DO NOTHING`, agentID, snapshot, ns(now), agentID, snapshot)
+		return err
+	})
+}
+
+func (s *DB) ListSnapshotRemovals(ctx context.Context, agentID string, limit int) ([]string, error) {
+	return list(ctx, s.db, "list snapshot removals", func(r scanner) (string, error) {
+		var snap string
+		return snap, r.Scan(&snap)
+	}, `SELECT snapshot FROM snapshot_removals WHERE agent_id = ? ORDER BY created_at, snapshot LIMIT ?`, agentID, limit)
+}
+
+func (s *DB) AckSnapshotRemovals(ctx context.Context, agentID string, snapshots []string) error {
+	if len(snapshots) == 0 {
+		return nil
+	}
+	return s.write(ctx, "ack snapshot removals", func(tx *sql.Tx) error {
+		for _, snap := range snapshots {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM snapshot_removals WHERE agent_id = ? AND snapshot = ?`, agentID, snap); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

@@ -195,6 +195,40 @@ var miscCases = []testCase{
 		_, err = e.s.NoteCacheMiss(e.ctx, "nope", "x")
 		isNotFound(t, err, "a note on an unknown job")
 	}},
+	{"SnapshotRemovals", func(t *testing.T, e *env) {
+		o, _ := e.org(t, "acme")
+		if got := get(e.s.ListSnapshotRemovals(e.ctx, "a1", 10))(t); len(got) != 0 {
+			t.Errorf("removals of a new agent = %v", got)
+		}
+		for i, snap := range []string{"e-2", "e-1", "e-2"} { // a repeat is a no-op
+			if err := e.s.QueueSnapshotRemoval(e.ctx, "a1", snap, e.at(time.Duration(i)*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := e.s.QueueSnapshotRemoval(e.ctx, "a2", "e-9", e.t0); err != nil {
+			t.Fatal(err)
+		}
+		// A cached snapshot stays, whoever asks.
+		get(e.s.PutCacheEntry(e.ctx, store.CacheEntry{OrgID: o.ID, Key: "k", Scope: "s", Snapshot: "c-1", AgentID: "a1"}))(t)
+		if err := e.s.QueueSnapshotRemoval(e.ctx, "a1", "c-1", e.at(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if d := cmp.Diff([]string{"e-2", "e-1"}, get(e.s.ListSnapshotRemovals(e.ctx, "a1", 10))(t)); d != "" {
+			t.Errorf("a1's removals (-want +got):\n%s", d)
+		}
+		if d := cmp.Diff([]string{"e-2"}, get(e.s.ListSnapshotRemovals(e.ctx, "a1", 1))(t)); d != "" {
+			t.Errorf("a1's first removal (-want +got):\n%s", d)
+		}
+		if err := e.s.AckSnapshotRemovals(e.ctx, "a1", []string{"e-2", "unknown", "e-9"}); err != nil {
+			t.Fatal(err)
+		}
+		if d := cmp.Diff([]string{"e-1"}, get(e.s.ListSnapshotRemovals(e.ctx, "a1", 10))(t)); d != "" {
+			t.Errorf("a1's removals after the ack (-want +got):\n%s", d)
+		}
+		if d := cmp.Diff([]string{"e-9"}, get(e.s.ListSnapshotRemovals(e.ctx, "a2", 10))(t)); d != "" {
+			t.Errorf("another agent's ack removed a2's (-want +got):\n%s", d)
+		}
+	}},
 	{"ErrorClasses", func(t *testing.T, e *env) {
 		_, err := e.s.GetBuild(e.ctx, "nope")
 		var nf *store.NotFoundError
