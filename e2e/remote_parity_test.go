@@ -60,6 +60,26 @@ func TestRemoteParity(t *testing.T) {
 			doc: graph(3, []string{stepJSON("slow", "sleep 30", "")}, "")},
 		{name: "pipeline --timeout", code: 124, lines: true, args: []string{"--timeout", "3s"},
 			doc: graph(0, []string{stepJSON("slow", "sleep 30", "")}, "")},
+		// Retry policies: step_retry, the attempt of step_log and step_end and HM_ATTEMPT as
+		// locally; each attempt a fresh machine (flaky checks), a builds_in child retried
+		// from its parent's snapshot, a policy exhausted, a code the policy does not list.
+		{name: "retry policies", code: 1, lines: true, args: []string{"-k", "--parallelism", "4"},
+			doc: graph(0, []string{
+				stepJSON("flaky", flaky, `"retry":{"limit":2}`),
+				stepJSON("child", `test -e left-by-a-failed-attempt || { echo "not on the parent snapshot"; exit 98; }; echo "child $HM_ATTEMPT"; test "$HM_ATTEMPT" -ge 2 || exit 5`,
+					`"retry":{"limit":1,"on":[5]}`),
+				stepJSON("exhausted", `echo "try $HM_ATTEMPT"; exit 3`, `"retry":{"limit":1,"on":[3]}`),
+				stepJSON("other-code", `echo "once $HM_ATTEMPT"; exit 4`, `"retry":{"limit":2,"on":[3]}`),
+			}, `[0,1,"builds_in"]`),
+			check: func(t *testing.T, _, r remoteBuild) {
+				want := map[string][]string{"flaky": {"attempt 1", "attempt 2", "attempt 3"}, "child": {"child 1", "child 2"},
+					"exhausted": {"try 1", "try 2"}, "other-code": {"once 1"}}
+				for k, w := range want {
+					if diff := cmp.Diff(w, r.logs[k]["stdout"]); diff != "" {
+						t.Errorf("%s printed (-want +got):\n%s", k, diff)
+					}
+				}
+			}},
 	}
 	for _, tc := range simple {
 		t.Run(tc.name, func(t *testing.T) {

@@ -147,7 +147,10 @@ func (s *Server) describe(r *http.Request, j store.Job) (agentproto.Job, error) 
 	ps := &pl.Steps[i]
 	out := agentproto.Job{JobID: j.ID, BuildID: b.ID, StepKey: j.StepKey, Attempt: j.Attempt,
 		LeaseTTLMillis: s.cfg.AgentLeaseTTL.Milliseconds(), Command: ps.Cmd,
-		Env:          append(append(slices.Clone(vm.BaseEnv), ps.Env...), opts.ExtraEnv...),
+		// HM_ATTEMPT last, as the scheduler appends it locally: the attempt of the step's
+		// retry policy, from 1.
+		Env: append(append(append(slices.Clone(vm.BaseEnv), ps.Env...), opts.ExtraEnv...),
+			"HM_ATTEMPT="+strconv.Itoa(max(j.PolicyAttempt, 1))),
 		SourceDigest: b.SourceDigest, TimeoutSeconds: int(ps.Timeout / time.Second)}
 	root := i
 	for pl.Steps[root].Parent >= 0 {

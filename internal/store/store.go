@@ -45,8 +45,11 @@
 //	                                                   └──► failed, error_code agent_lost
 //	                                                        (after the retry budget)
 //	scheduled, requeued ──no live agent could run it (FailOrphans)──► failed, agent_lost
+//	failed ──RetryJob (the step's retry policy)──► scheduled (policy attempt + 1)
 //
-// passed, failed, skipped, canceled and timed_out are terminal. pending→scheduled is the
+// passed, failed, skipped, canceled and timed_out are terminal, but for the one edge a
+// build's driver takes when the step's retry policy runs it again (RetryJob: failed →
+// scheduled, PolicyAttempt + 1, the failed attempt kept as a JobTry). pending→scheduled is the
 // scheduler's decision (dependencies done, a parallelism slot free); the store only makes the
 // transition atomic.
 //
@@ -190,6 +193,14 @@ type Jobs interface {
 	// recorded already: the first one stays, so every driver of the build logs the same
 	// line. It returns the job as it is after the call, in any state.
 	NoteCacheMiss(ctx context.Context, id, note string) (Job, error)
+	// RetryJob runs a failed job again as attempt policyAttempt of its step's retry policy:
+	// failed at policyAttempt-1 → scheduled at policyAttempt (claimable; the lost-agent
+	// budget InfraRetries starts afresh), the failed attempt's outcome kept as a JobTry. A
+	// repeat (the job is at policyAttempt or later) returns the job; anything else is a
+	// *ConflictError.
+	RetryJob(ctx context.Context, id string, policyAttempt int, now time.Time) (Job, error)
+	// ListJobTries lists the job's retried policy attempts, in order.
+	ListJobTries(ctx context.Context, id string) ([]JobTry, error)
 }
 
 // Claims are the agent side of jobs: claim, start, heartbeat, finish, and the reaper.

@@ -203,11 +203,24 @@ type Job struct {
 	InfraRetries  int // requeues after a lost lease
 	// CacheNote explains the cache miss of a cached step that runs ("" for none), recorded
 	// once by the driver before the step starts (NoteCacheMiss).
-	CacheNote  string
-	CreatedAt  time.Time
-	ReadyAt    time.Time // when it became scheduled: the claim order
-	StartedAt  time.Time
-	FinishedAt time.Time
+	CacheNote string
+	// PolicyAttempt is the attempt of the step's retry policy, from 1 (HM_ATTEMPT): RetryJob
+	// increments it. Attempt counts claims, lost agents' requeues included.
+	PolicyAttempt int
+	CreatedAt     time.Time
+	ReadyAt       time.Time // when it became scheduled: the claim order
+	StartedAt     time.Time
+	FinishedAt    time.Time
+}
+
+// JobTry is a failed policy attempt of a job that was retried (RetryJob): how it ended.
+type JobTry struct {
+	PolicyAttempt int
+	Attempt       int  // the claim that ended it: the attempt of its log chunks
+	ExitCode      *int // nil when it could not run
+	ErrorCode     string
+	ErrorMessage  string
+	FinishedAt    time.Time
 }
 
 // Claim is an agent's request for work.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hmci/hm/internal/cachekey"
 	"github.com/hmci/hm/internal/events"
+	"github.com/hmci/hm/internal/ir"
 	"github.com/hmci/hm/internal/registry"
 	"github.com/hmci/hm/internal/store"
 )
@@ -38,6 +39,14 @@ func TestSameAsLocal(t *testing.T) {
 		{name: "step timeout", steps: []step{{key: "t", cmd: "block", timeout: 200 * time.Millisecond}}, state: store.BuildFailed},
 		{name: "pipeline timeout", timeout: 2 * time.Second, steps: []step{{key: "a", cmd: "print a"},
 			{key: "b", cmd: "block", after: []string{"a"}}}, state: store.BuildFailed, code: "pipeline_timeout"},
+		{name: "retry passes", steps: []step{{key: "flaky", cmd: "print try; failbefore 3 7", retry: &ir.Retry{Limit: 3, On: []int{7}}},
+			{key: "after", cmd: "print after", after: []string{"flaky"}}}, state: store.BuildPassed},
+		{name: "retry exhausted", steps: []step{{key: "bad", cmd: "print try; exit 7", retry: &ir.Retry{Limit: 1}},
+			{key: "after", cmd: "print no", after: []string{"bad"}}}, state: store.BuildFailed},
+		{name: "retry not on this code", steps: []step{{key: "bad", cmd: "exit 5", retry: &ir.Retry{Limit: 2, On: []int{7}}}},
+			state: store.BuildFailed},
+		{name: "retried child", steps: []step{{key: "base", cmd: "print base"},
+			{key: "child", cmd: "print child; failbefore 2 1", parent: "base", retry: &ir.Retry{Limit: 1}}}, state: store.BuildPassed},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -255,5 +264,85 @@ func TestDurability(t *testing.T) {
 	f.agent.mu.Unlock()
 	if b, _ := f.st.GetBuild(ctx, f.build.ID); b.State != store.BuildPassed {
 		t.Errorf("build %s", b.State)
+	}
+}
+
+// TestRetryDurability stops the driver after a step's first attempt failed and starts another
+// on the same store: the attempts already made are replayed as they ended (not run again),
+// the retry goes on, and the stored stream is the uninterrupted one.
+func TestRetryDurability(t *testing.T) {
+	ctx := hang(t)
+	steps := []step{{key: "flaky", cmd: "print try; sleep 300ms; failbefore 3 7", retry: &ir.Retry{Limit: 3}},
+		{key: "after", cmd: "print after", after: []string{"flaky"}}}
+	want, wantExit := byStep(local(ctx, steps, Options{}, 0))
+	f := newFixture(t, ctx, steps, Options{}, 0)
+	go f.agent.run(ctx, t)
+	d1, stop := context.WithCancel(ctx)
+	go func() {
+		for {
+			evs, _ := f.st.ListEvents(ctx, f.build.ID, 0, 1000)
+			for _, e := range evs {
+				if bytes.HasPrefix(e.Payload, []byte(`{"kind":"step_retry"`)) {
+					stop()
+					return
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	if _, err := Drive(d1, f.cfg("r1", steps, Options{}, 0), f.build.ID); err == nil {
+		t.Fatal("the first driver was not stopped")
+	}
+	if _, err := Drive(ctx, f.cfg("r2", steps, Options{}, 0), f.build.ID); err != nil {
+		t.Fatal(err)
+	}
+	got, gotExit := byStep(f.stored(t, ctx))
+	if d := cmp.Diff(want, got); d != "" || gotExit != wantExit {
+		t.Errorf("stored stream differs (-local +remote), exit %d vs %d:\n%s", wantExit, gotExit, d)
+	}
+	f.agent.mu.Lock()
+	defer f.agent.mu.Unlock()
+	if f.agent.runs["flaky"] != 3 || f.agent.runs["after"] != 1 {
+		t.Errorf("runs per step %v, want flaky 3 (one per attempt) and after 1", f.agent.runs)
+	}
+}
+
+// TestRetryAndInfrastructure: an infrastructure failure an agent reports is retried as
+// locally (once without a policy); a job that ended agent_lost (the store's own retries of a
+// lost agent spent) is not retried by the policy, however generous.
+func TestRetryAndInfrastructure(t *testing.T) {
+	cases := []struct {
+		name  string
+		steps []step
+		want  map[string][]string
+		runs  int
+	}{
+		{name: "infrastructure failure retried once", steps: []step{{key: "s", cmd: "print go; infrabefore 2"}},
+			want: map[string][]string{"s": {"step_queued", "step_start", "step_log:go",
+				"step_log:hm: step 's' could not run: infrastructure error: image_not_found: no such image", "step_retry:1/2:-1",
+				"step_log:go@2", "step_end:0@2"}}, runs: 2},
+		{name: "agent lost not retried", steps: []step{{key: "s", cmd: "print go; lost", retry: &ir.Retry{Limit: 3}}},
+			want: map[string][]string{"s": {"step_queued", "step_start", "step_log:go",
+				"step_log:hm: step 's' could not run: infrastructure error: agent_lost: agent lost: its lease lapsed", "step_end:-1", "chain_failed"}},
+			runs: 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := hang(t)
+			f := newFixture(t, ctx, c.steps, Options{}, 0)
+			go f.agent.run(ctx, t)
+			if _, err := Drive(ctx, f.cfg("r1", c.steps, Options{}, 0), f.build.ID); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := byStep(f.stored(t, ctx))
+			if d := cmp.Diff(c.want, got); d != "" {
+				t.Errorf("events (-want +got):\n%s", d)
+			}
+			f.agent.mu.Lock()
+			defer f.agent.mu.Unlock()
+			if f.agent.runs["s"] != c.runs {
+				t.Errorf("the agent ran the step %d times, want %d", f.agent.runs["s"], c.runs)
+			}
+		})
 	}
 }

@@ -22,6 +22,23 @@
 // moves the build to failing, and the result rolls the build up to passed, failed (with
 // error_code pipeline_timeout for a pipeline timeout) or canceled.
 //
+// # Retries
+//
+// A step's retry policy (ir retry: {limit, on}) is the scheduler's, as locally: it publishes
+// step_retry, tags step_log and step_end with the attempt, and creates a fresh machine per
+// attempt with HM_ATTEMPT=n in its env. Here attempt n > 1 of a step is its job run again:
+// Create moves the failed job back to scheduled (RetryJob, policy attempt n, the failed one
+// kept as a JobTry), any agent claims it, and the claim's env carries HM_ATTEMPT=n. A lost
+// agent is the store's business, not the policy's: the reaper requeues the same policy
+// attempt (same HM_ATTEMPT, its log continuing under the same attempt in the events) up to
+// the infrastructure budget (Manager.MaxRetries, per policy attempt); an attempt that then
+// fails agent_lost ends the step, whatever the policy says (scheduler.ErrNoRetry): the budget
+// for lost agents is spent, and another round would wait for agents that are not there. Any
+// other infrastructure failure an agent reports (an image missing) is retried as locally:
+// once by default, up to the limit when the policy lists -1 or no codes. A Harmont client
+// polling listJobs sees a retried job go failed → scheduled → …; its log stream of the
+// failed attempt ends (done) and the build's outcome is the last attempt's.
+//
 // # Durability
 //
 // The driver can stop at any time (a server restart, a replica dying) and another Drive of
@@ -65,7 +82,10 @@ type Config struct {
 	Store store.Store
 	// Owner names this driver in the build lease (a replica id); unique per process.
 	Owner string
-	// LeaseTTL is the build lease's lifetime; renewed at a third of it. Default 15 s.
+	// LeaseTTL is the build lease's lifetime, renewed at a third of it: how long a build
+	// whose server was killed (kill -9, a crash) waits before another server carries it on.
+	// A driver stopped gracefully releases its lease, and the next one takes over at once.
+	// Default DefaultLeaseTTL.
 	LeaseTTL time.Duration
 	// Poll is how often jobs and the build are read back while waiting. Default 50 ms.
 	Poll time.Duration
@@ -81,6 +101,11 @@ type Config struct {
 	// Default 30 s.
 	AgentTTL time.Duration
 }
+
+// DefaultLeaseTTL is the build lease's default lifetime: short, since it is how long a
+// killed server's builds stand still, yet a dozen times the store's usual write latency
+// under load so that a renewal (every third of it) never misses it on a healthy server.
+const DefaultLeaseTTL = 5 * time.Second
 
 // Options is the hm_options of a build (remote.md) plus the cache keys the client computed.
 type Options struct {
@@ -122,10 +147,10 @@ func DefaultLoad(b store.Build) (*plan.Plan, scheduler.Options, error) {
 	if err != nil {
 		return nil, scheduler.Options{}, err
 	}
-	// NoRetry: a job is one store row whose attempts the store fences; the server retries a
-	// lost agent's job itself. Retry policies on the server are still to come.
+	// Retry policies run as locally: each policy attempt is the same job run again
+	// (backend.go, Create); see the package doc for how they meet the lost-agent requeues.
 	so := scheduler.Options{Parallelism: o.Parallelism, KeepGoing: o.KeepGoing, NoCache: o.NoCache,
-		Timeout: time.Duration(o.TimeoutSeconds) * time.Second, MapImage: o.MapImage, NoRetry: true}
+		Timeout: time.Duration(o.TimeoutSeconds) * time.Second, MapImage: o.MapImage}
 	for k, v := range b.Env {
 		so.ExtraEnv = append(so.ExtraEnv, k+"="+v)
 	}
@@ -140,7 +165,7 @@ func DefaultLoad(b store.Build) (*plan.Plan, scheduler.Options, error) {
 
 func (c *Config) defaults() {
 	if c.LeaseTTL <= 0 {
-		c.LeaseTTL = 15 * time.Second
+		c.LeaseTTL = DefaultLeaseTTL
 	}
 	if c.Poll <= 0 {
 		c.Poll = 50 * time.Millisecond
@@ -241,7 +266,16 @@ func Drive(ctx context.Context, cfg Config, id string) (scheduler.Result, error)
 	cancelBuild()
 	<-watchDone
 	if life.Err() != nil {
-		return res, errors.Join(context.Cause(life), werr)
+		err := errors.Join(context.Cause(life), werr)
+		if !errors.Is(context.Cause(life), ErrLeaseLost) {
+			// Stopped, not overtaken: nothing of this driver writes any more (the scheduler,
+			// the publisher and the watcher have returned), so the lease is freed for the
+			// next driver to take at once rather than after it lapsed.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			err = errors.Join(err, st.ReleaseBuildLease(rctx, id, cfg.Owner, epoch))
+			cancel()
+		}
+		return res, err
 	}
 	if werr != nil {
 		return res, werr
