@@ -48,12 +48,27 @@ func (s *Server) agentRegister(w http.ResponseWriter, r *http.Request, req agent
 	writeJSON(w, http.StatusOK, agentproto.Registered{AgentID: a.ID, Org: authOf(r).Org.Slug})
 }
 
+// ownAgent reads the agent the request names, refusing (404, the tenancy answer) one that
+// another org's token registered: an agent id is bound to its org (store.UpsertAgent), so
+// another tenant can neither heartbeat nor claim as it. An agent of no org must register.
+func (s *Server) ownAgent(r *http.Request, id string) (store.Agent, error) {
+	a, err := s.cfg.Store.GetAgent(r.Context(), id)
+	if err == nil && a.OrgID != authOf(r).Org.ID {
+		err = notFound("agent_not_found", "no agent "+quote(id)+" registered by this organization")
+	}
+	return a, err
+}
+
 func (s *Server) agentAlive(w http.ResponseWriter, r *http.Request, req agentproto.Alive) {
 	if len(req.Removed) > agentproto.MaxRemovals {
 		s.writeError(w, r, badRequest("validation_failed", "at most "+strconv.Itoa(agentproto.MaxRemovals)+" removed snapshots per call"))
 		return
 	}
 	ctx := r.Context()
+	if _, err := s.ownAgent(r, req.AgentID); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	if err := s.cfg.Store.TouchAgent(ctx, req.AgentID, s.now()); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -80,7 +95,7 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 	if wait <= 0 || wait > agentproto.MaxClaimWait {
 		wait = agentproto.MaxClaimWait
 	}
-	if _, err := s.cfg.Store.GetAgent(r.Context(), req.AgentID); err != nil {
+	if _, err := s.ownAgent(r, req.AgentID); err != nil {
 		s.writeError(w, r, err) // register first
 		return
 	}

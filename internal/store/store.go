@@ -277,6 +277,9 @@ type Blobs interface {
 // Agents are the machines that claim jobs.
 type Agents interface {
 	// UpsertAgent registers an agent or replaces its name, labels and backend; last seen now.
+	// An agent belongs to the org it was first registered with (or, registered before orgs
+	// were recorded, to the first org that registers it again): re-registering it with
+	// another OrgID changes nothing and answers a *NotFoundError, the tenancy answer.
 	UpsertAgent(ctx context.Context, a Agent, now time.Time) (Agent, error)
 	GetAgent(ctx context.Context, id string) (Agent, error)
 	ListAgents(ctx context.Context) ([]Agent, error)

@@ -274,8 +274,11 @@ type Blob struct {
 
 // Agent is a registered agent.
 type Agent struct {
-	ID       string
-	OrgID    string // the org of the token that registered it; "" counts for any org
+	ID string
+	// OrgID is the org of the token that registered it, fixed from then on (UpsertAgent);
+	// "" for an agent registered before orgs were recorded: it counts for any org in the
+	// reaper, and the server makes it register again before it claims.
+	OrgID    string
 	Name     string
 	Labels   []string
 	Backend  string

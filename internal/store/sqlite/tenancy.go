@@ -175,10 +175,20 @@ func (s *DB) GetOrgBlob(ctx context.Context, orgID, digest string) (store.Blob, 
 
 func (s *DB) UpsertAgent(ctx context.Context, a store.Agent, now time.Time) (store.Agent, error) {
 	err := s.write(ctx, "upsert agent", func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO agents (id, name, backend, org_id, last_seen) VALUES (?, ?, ?, ?, ?)
+		// An agent id belongs to the org that registered it first: another org's token cannot
+		// take it over (the row is left alone and the caller told it does not exist).
+		res, err := tx.ExecContext(ctx, `INSERT INTO agents (id, name, backend, org_id, last_seen) VALUES (?, ?, ?, ?, ?)
 			ON CONFLICT (id) DO UPDATE SET name = excluded.name, backend = excluded.backend, org_id = excluded.org_id,
-				last_seen = excluded.last_seen`,
-			a.ID, a.Name, a.Backend, a.OrgID, ns(now)); err != nil {
+				last_seen = excluded.last_seen
+			WHERE agents.org_id = '' OR agents.org_id = excluded.org_id`,
+			a.ID, a.Name, a.Backend, a.OrgID, ns(now))
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			if err == nil {
+				err = &store.NotFoundError{Kind: "agent", Key: a.ID}
+			}
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM agent_labels WHERE agent_id = ?`, a.ID); err != nil {

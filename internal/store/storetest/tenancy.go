@@ -134,6 +134,27 @@ var miscCases = []testCase{
 			t.Errorf("ListAgents = %+v", as)
 		}
 	}},
+	{"AgentBoundToOrg", func(t *testing.T, e *env) {
+		acme, _ := e.org(t, "acme")
+		other, _ := e.org(t, "other")
+		get(e.s.UpsertAgent(e.ctx, store.Agent{ID: "a1", OrgID: acme.ID, Name: "acme's", Backend: "sandbox", Labels: []string{"x"}}, e.t0))(t)
+		_, err := e.s.UpsertAgent(e.ctx, store.Agent{ID: "a1", OrgID: other.ID, Name: "taken", Backend: "host"}, e.at(time.Second))
+		isNotFound(t, err, "another org registering an agent id")
+		a := get(e.s.GetAgent(e.ctx, "a1"))(t)
+		if a.OrgID != acme.ID || a.Name != "acme's" || a.Backend != "sandbox" || !cmp.Equal(a.Labels, []string{"x"}) || !a.LastSeen.Equal(e.t0) {
+			t.Errorf("after a refused takeover the agent is %+v", a)
+		}
+		if a = get(e.s.UpsertAgent(e.ctx, store.Agent{ID: "a1", OrgID: acme.ID, Name: "again", Backend: "docker"}, e.at(time.Minute)))(t); a.Name != "again" {
+			t.Errorf("its own org re-registering = %+v", a)
+		}
+		// An agent of no org (registered before orgs were recorded) is bound by the next one.
+		e.agent(t, "legacy", "sandbox")
+		if a = get(e.s.UpsertAgent(e.ctx, store.Agent{ID: "legacy", OrgID: other.ID, Backend: "sandbox"}, e.t0))(t); a.OrgID != other.ID {
+			t.Errorf("a legacy agent re-registered = %+v", a)
+		}
+		_, err = e.s.UpsertAgent(e.ctx, store.Agent{ID: "legacy", OrgID: acme.ID, Backend: "sandbox"}, e.t0)
+		isNotFound(t, err, "a takeover of the legacy agent once bound")
+	}},
 	{"CacheRegistry", func(t *testing.T, e *env) {
 		o, _ := e.org(t, "acme")
 		other, _ := e.org(t, "other")
