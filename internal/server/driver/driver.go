@@ -46,7 +46,9 @@
 // view from the store, because each step's truth is its job. A job already finished resolves
 // at once with its stored result (its logs are replayed from the store, in order); a running
 // one is waited for, not released again; a passed job with no attempt was a cache hit and is
-// a hit again. The events the new run publishes are then deduplicated against the stored
+// a hit again; a job retried by its policy replays each earlier attempt as its JobTry ended
+// (its log chunks, then its exit code) before it waits for the current one; a cache miss logs
+// the note recorded on its job the first time. The events the new run publishes are then deduplicated against the stored
 // stream by a deterministic identity: (step, n), the step's n-th event (build_start and
 // build_end once per build). The scheduler publishes a step's events in a fixed order from
 // its outcome, so the events already stored are the first ones of the replay and are dropped;
