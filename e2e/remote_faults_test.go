@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/hmci/hm/internal/events"
+	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/sqlite"
 )
 
 // Faults of the remote path through the built binaries: an hm server on 127.0.0.1, agents on
@@ -324,21 +326,80 @@ func TestFaultAgentKilledAgentLost(t *testing.T) {
 }
 
 // kill -9 of the server mid-build, restarted on the same data dir and port: the build
-// completes and the client's stream has every line exactly once.
+// completes and the client's stream has every line exactly once. The killed server's build
+// lease stays until it lapses (--build-lease-ttl), then the restarted server carries it on.
 func TestFaultServerKilledMidBuild(t *testing.T) {
 	const n = 40
-	c := faultNewCluster(t, "--lease-ttl", "30s")
+	c := faultNewCluster(t, "--lease-ttl", "30s", "--build-lease-ttl", "3s")
 	c.agent("agent", c.url())
 	r := c.run(faultNumbered(n))
 	if !r.until(t, faultLine("10")) {
 		t.Fatalf("run ended before line 10:\n%s", r.dump())
 	}
 	c.server.kill9(t)
+	if free := c.buildLeaseFree(); free {
+		t.Errorf("the build lease of a killed server is free: it was released, not left to lapse")
+	}
 	c.startServer()
 	if code := r.wait(t); code != 0 {
 		t.Fatalf("exit %d, want 0\n%s", code, r.dump())
 	}
 	faultExactlyOnce(t, r, n)
+}
+
+// SIGTERM of the server mid-build (a rolling restart): it releases its build lease as it
+// stops, so the restarted server carries the build on at once (a lease left to lapse would
+// hold it for --build-lease-ttl, here far longer than the test waits); the build completes
+// and the client's stream has every line exactly once.
+func TestFaultServerRestartedMidBuild(t *testing.T) {
+	const n = 40
+	c := faultNewCluster(t, "--build-lease-ttl", "10m")
+	c.agent("agent", c.url())
+	r := c.run(faultNumbered(n))
+	if !r.until(t, faultLine("10")) {
+		t.Fatalf("run ended before line 10:\n%s", r.dump())
+	}
+	c.server.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.server.done:
+	case <-time.After(40 * time.Second):
+		t.Fatalf("the server did not stop on SIGTERM:\n%s", c.server.log.String())
+	}
+	if !c.buildLeaseFree() {
+		t.Fatalf("the stopped server kept its build lease:\n%s", c.server.log.String())
+	}
+	c.startServer()
+	if code := r.wait(t); code != 0 {
+		t.Fatalf("exit %d, want 0\n%s", code, r.dump())
+	}
+	faultExactlyOnce(t, r, n)
+}
+
+// buildLeaseFree says whether another driver could take the cluster's one unfinished build
+// now: a probe acquires its lease (and gives it back at once) on the server's store.
+func (c *faultCluster) buildLeaseFree() bool {
+	c.t.Helper()
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, c.data)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer st.Close()
+	bs, err := st.ListUnfinishedBuilds(ctx)
+	if err != nil || len(bs) != 1 {
+		c.t.Fatalf("unfinished builds %v (%v), want one", bs, err)
+	}
+	epoch, err := st.AcquireBuildLease(ctx, bs[0].ID, "e2e-probe", time.Now(), time.Second)
+	if store.IsConflict(err) {
+		return false
+	}
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := st.ReleaseBuildLease(ctx, bs[0].ID, "e2e-probe", epoch); err != nil {
+		c.t.Fatal(err)
+	}
+	return true
 }
 
 // An agent's connection cut for 5 s mid-step (a proxy before the server stops forwarding):

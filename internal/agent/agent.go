@@ -33,6 +33,13 @@
 // Drain (SIGTERM) stops claiming and lets running steps finish and report; Run's own context
 // ending kills running steps without a Finish (their leases lapse and the server retries
 // them). At start the backend's Reconcile removes what a previous agent process left.
+//
+// # Snapshots
+//
+// The agent's alive call (at start, then every AlivePeriod) also answers which ephemeral
+// snapshots no build needs any more; the agent removes them with its backend and
+// acknowledges them in the next call. The server keeps the list in its store until then, so
+// a removal survives a server restart and an agent restart. Cached snapshots stay.
 package agent
 
 import (
@@ -70,7 +77,10 @@ type Config struct {
 	StopPoll time.Duration
 	// ClaimWait is a claim's long poll. Default agentproto.MaxClaimWait.
 	ClaimWait time.Duration
-	Logger    *slog.Logger
+	// AlivePeriod is how often the agent says it is alive and asks which ephemeral snapshots
+	// to remove. Default 10 s.
+	AlivePeriod time.Duration
+	Logger      *slog.Logger
 }
 
 // Agent is a running agent.
@@ -98,6 +108,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.ClaimWait <= 0 || cfg.ClaimWait > agentproto.MaxClaimWait {
 		cfg.ClaimWait = agentproto.MaxClaimWait
+	}
+	if cfg.AlivePeriod <= 0 {
+		cfg.AlivePeriod = 10 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -189,18 +202,41 @@ func (a *Agent) worker(ctx, claimCtx context.Context) error {
 	return nil
 }
 
-// alive tells the server the agent is there while it waits for work.
+// alive tells the server the agent is there while it waits for work, and removes the
+// ephemeral snapshots the server's reply lists (builds that needed them ended),
+// acknowledging each in the next call. The first call is at once: a restarted agent removes
+// what its builds left before it went away.
 func (a *Agent) alive(ctx context.Context) {
-	t := time.NewTicker(10 * time.Second)
+	t := time.NewTicker(a.cfg.AlivePeriod)
 	defer t.Stop()
+	var removed []string
 	for {
+		var rep agentproto.AliveReply
+		ok, err := a.c.once(ctx, http.MethodPost, agentproto.PathAlive, agentproto.Alive{AgentID: a.id, Removed: removed}, &rep, a.c.timeout)
+		if err == nil && ok {
+			removed = a.removeSnapshots(ctx, rep.RemoveSnapshots)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			_, _ = a.c.once(ctx, http.MethodPost, agentproto.PathAlive, agentproto.Alive{AgentID: a.id}, nil, a.c.timeout)
 		}
 	}
+}
+
+// removeSnapshots removes snapshots with the backend and returns those gone now. A failed
+// removal is not acknowledged: the server asks for it again.
+func (a *Agent) removeSnapshots(ctx context.Context, snaps []string) []string {
+	var done []string
+	for _, s := range snaps[:min(len(snaps), agentproto.MaxRemovals)] {
+		if err := a.cfg.Backend.RemoveSnapshot(ctx, s); err != nil {
+			a.cfg.Logger.Warn("removing an ephemeral snapshot", "snapshot", s, "err", err.Error())
+			continue
+		}
+		a.cfg.Logger.Info("ephemeral snapshot removed", "snapshot", s)
+		done = append(done, s)
+	}
+	return done
 }
 
 // agentID reads the agent's id from its state dir, choosing one the first time.

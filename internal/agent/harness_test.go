@@ -270,12 +270,17 @@ type agentOpts struct {
 	backend vm.Backend
 	token   string
 	slots   int
+	state   string        // the agent's state dir (its id); default a new one
+	alive   time.Duration // Config.AlivePeriod
 }
 
 // startAgent runs a real agent (host backend unless told) against the server.
 func (e *env) startAgent(o agentOpts) *runningAgent {
 	e.t.Helper()
-	state := e.t.TempDir()
+	state := o.state
+	if state == "" {
+		state = e.t.TempDir()
+	}
 	if o.backend == nil {
 		o.backend = host.New(state)
 	}
@@ -284,7 +289,7 @@ func (e *env) startAgent(o agentOpts) *runningAgent {
 	}
 	tr := &flaky{base: http.DefaultTransport}
 	a, err := agent.New(agent.Config{Server: e.url, Token: o.token, Backend: o.backend, StateDir: state, Slots: o.slots,
-		HTTP: &http.Client{Transport: tr}, StopPoll: 200 * time.Millisecond, ClaimWait: 2 * time.Second,
+		HTTP: &http.Client{Transport: tr}, StopPoll: 200 * time.Millisecond, ClaimWait: 2 * time.Second, AlivePeriod: o.alive,
 		Logger: slog.New(slog.NewTextHandler(e.logs, nil))})
 	if err != nil {
 		e.t.Fatal(err)

@@ -62,10 +62,28 @@ type Registered struct {
 	Org     string `json:"org"`
 }
 
-// Alive (POST PathAlive) says the agent is still there (last seen). Idempotent.
+// Alive (POST PathAlive) says the agent is still there (last seen), acknowledges the
+// snapshot removals it has done and answers the ones still to do. Idempotent: acknowledging
+// a removal twice, or one never asked, is a no-op, and a removal stays asked until it is
+// acknowledged (a lost reply, or an agent restarting, gets the same list again).
 type Alive struct {
 	AgentID string `json:"agent_id"`
+	// Removed are snapshots of RemoveSnapshots the agent removed (or found absent); at most
+	// MaxRemovals.
+	Removed []string `json:"removed,omitempty"`
 }
+
+// AliveReply answers Alive.
+type AliveReply struct {
+	Status string `json:"status"` // "ok"
+	// RemoveSnapshots are ephemeral snapshots of this agent no build needs any more: remove
+	// each with the VM backend, then acknowledge it in Removed. At most MaxRemovals. A
+	// cached snapshot (a cache entry names it) is never asked.
+	RemoveSnapshots []string `json:"remove_snapshots"`
+}
+
+// MaxRemovals bounds the snapshots of one Alive call and of its reply.
+const MaxRemovals = 100
 
 // Claim (POST PathClaim) asks for one step. The server long-polls its store until a step the
 // agent can run (backend, labels, placement of builds_in children) is ready or WaitSeconds

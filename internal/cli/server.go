@@ -29,7 +29,7 @@ const drainTimeout = 30 * time.Second
 
 func newServerCmd(stdio IO) *cobra.Command {
 	var listen, data, maxSource string
-	var leaseTTL time.Duration
+	var leaseTTL, buildLeaseTTL time.Duration
 	var retries int
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -43,20 +43,25 @@ func newServerCmd(stdio IO) *cobra.Command {
 			if retries < 0 {
 				return errs.New(errs.ErrUsage, "usage", "give --agent-retries 0 or more", "--agent-retries %d is negative", retries)
 			}
-			return runServer(c.Context(), stdio, listen, data, int64(max), leaseTTL, retries)
+			if buildLeaseTTL < time.Second {
+				return errs.New(errs.ErrUsage, "usage", "give --build-lease-ttl 1s or more", "--build-lease-ttl %s is too short", buildLeaseTTL)
+			}
+			return runServer(c.Context(), stdio, listen, data, int64(max), leaseTTL, buildLeaseTTL, retries)
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to listen on")
 	cmd.Flags().StringVar(&data, "data", "", "data directory: the SQLite store, blobs and the log token key")
 	cmd.Flags().StringVar(&maxSource, "max-source-size", "256MiB", "largest source archive a build may submit")
 	cmd.Flags().DurationVar(&leaseTTL, "lease-ttl", server.DefaultAgentLeaseTTL, "lease of a claimed step: an agent silent this long is lost")
+	cmd.Flags().DurationVar(&buildLeaseTTL, "build-lease-ttl", driver.DefaultLeaseTTL,
+		"lease of a build's driver: after a crash (kill -9) its builds wait this long before a server carries them on")
 	cmd.Flags().IntVar(&retries, "agent-retries", 2, "requeues of a step whose agent was lost before it fails agent_lost")
 	cmd.MarkFlagRequired("data")
 	cmd.AddCommand(newServerTokenCmd(stdio))
 	return cmd
 }
 
-func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int64, leaseTTL time.Duration, retries int) error {
+func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int64, leaseTTL, buildLeaseTTL time.Duration, retries int) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	st, err := sqlite.Open(ctx, data)
@@ -78,7 +83,8 @@ func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int
 	if retries == 0 {
 		retries = -1
 	}
-	mgr := &driver.Manager{Driver: driver.Config{Store: st, Owner: owner}, AgentTTL: leaseTTL, Logger: logger, MaxRetries: retries}
+	mgr := &driver.Manager{Driver: driver.Config{Store: st, Owner: owner, LeaseTTL: buildLeaseTTL}, AgentTTL: leaseTTL,
+		Logger: logger, MaxRetries: retries}
 	srv, err := server.New(server.Config{Store: st, Blobs: blobs, LogKey: key, MaxSourceBytes: maxSource, Logger: logger,
 		AgentLeaseTTL: leaseTTL, OnBuild: mgr.Kick})
 	if err != nil {
@@ -92,8 +98,8 @@ func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int
 	logger.Info("hm server listening", "addr", ln.Addr().String(), "data", data)
 	done := make(chan error, 1)
 	go func() { done <- hs.Serve(ln) }()
-	// The drivers stop with the server, without canceling their builds: a restarted server
-	// (or another replica) takes their leases over once they lapse.
+	// The drivers stop with the server, without canceling their builds, and release their
+	// leases: a restarted server (or another replica) takes the builds over at once.
 	mctx, stopMgr := context.WithCancel(context.WithoutCancel(ctx))
 	mgrDone := make(chan struct{})
 	go func() { defer close(mgrDone); mgr.Run(mctx) }()

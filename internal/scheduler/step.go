@@ -148,7 +148,8 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 			// A continued machine is gone with the failed attempt: without the parent's
 			// snapshot there is nothing to start the next one from.
 			fresh := ps.Parent < 0 || spec.Parent != ""
-			if again, most := retryAgain(ps.Retry, n, code); again && fresh && !r.opts.NoRetry && ctx.Err() == nil {
+			final := o.end == endInfra && errors.Is(o.err, ErrNoRetry)
+			if again, most := retryAgain(ps.Retry, n, code); again && fresh && !final && !r.opts.NoRetry && ctx.Err() == nil {
 				if o.end == endInfra {
 					r.log(st.id, n, events.Stderr, "hm: "+msg)
 				}
@@ -171,6 +172,11 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 }
 
 var errStepTimeout = errors.New("step timed out")
+
+// ErrNoRetry marks an infrastructure failure of a machine's Run that its executor has
+// retried already by its own means (the server's requeues of a lost agent's step): the step's
+// retry policy does not run it again.
+var ErrNoRetry = errors.New("retried by the executor already")
 
 // create makes the step's machine: a continuation of the parent's machine when there is one
 // (taking it from *handoff), else a fresh one. A parent that also committed a snapshot is

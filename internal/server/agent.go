@@ -48,12 +48,44 @@ func (s *Server) agentRegister(w http.ResponseWriter, r *http.Request, req agent
 	writeJSON(w, http.StatusOK, agentproto.Registered{AgentID: a.ID, Org: authOf(r).Org.Slug})
 }
 
+// ownAgent reads the agent the request names, refusing (404, the tenancy answer) one that
+// another org's token registered: an agent id is bound to its org (store.UpsertAgent), so
+// another tenant can neither heartbeat nor claim as it. An agent of no org must register.
+func (s *Server) ownAgent(r *http.Request, id string) (store.Agent, error) {
+	a, err := s.cfg.Store.GetAgent(r.Context(), id)
+	if err == nil && a.OrgID != authOf(r).Org.ID {
+		err = notFound("agent_not_found", "no agent "+quote(id)+" registered by this organization")
+	}
+	return a, err
+}
+
 func (s *Server) agentAlive(w http.ResponseWriter, r *http.Request, req agentproto.Alive) {
-	if err := s.cfg.Store.TouchAgent(r.Context(), req.AgentID, s.now()); err != nil {
+	if len(req.Removed) > agentproto.MaxRemovals {
+		s.writeError(w, r, badRequest("validation_failed", "at most "+strconv.Itoa(agentproto.MaxRemovals)+" removed snapshots per call"))
+		return
+	}
+	ctx := r.Context()
+	if _, err := s.ownAgent(r, req.AgentID); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	if err := s.cfg.Store.TouchAgent(ctx, req.AgentID, s.now()); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.cfg.Store.AckSnapshotRemovals(ctx, req.AgentID, req.Removed); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	todo, err := s.cfg.Store.ListSnapshotRemovals(ctx, req.AgentID, agentproto.MaxRemovals)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if todo == nil {
+		todo = []string{}
+	}
+	writeJSON(w, http.StatusOK, agentproto.AliveReply{Status: "ok", RemoveSnapshots: todo})
 }
 
 // agentClaim long-polls the store: a claim at once, then again after a backoff growing from
@@ -63,7 +95,7 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 	if wait <= 0 || wait > agentproto.MaxClaimWait {
 		wait = agentproto.MaxClaimWait
 	}
-	if _, err := s.cfg.Store.GetAgent(r.Context(), req.AgentID); err != nil {
+	if _, err := s.ownAgent(r, req.AgentID); err != nil {
 		s.writeError(w, r, err) // register first
 		return
 	}
@@ -130,7 +162,10 @@ func (s *Server) describe(r *http.Request, j store.Job) (agentproto.Job, error) 
 	ps := &pl.Steps[i]
 	out := agentproto.Job{JobID: j.ID, BuildID: b.ID, StepKey: j.StepKey, Attempt: j.Attempt,
 		LeaseTTLMillis: s.cfg.AgentLeaseTTL.Milliseconds(), Command: ps.Cmd,
-		Env:          append(append(slices.Clone(vm.BaseEnv), ps.Env...), opts.ExtraEnv...),
+		// HM_ATTEMPT last, as the scheduler appends it locally: the attempt of the step's
+		// retry policy, from 1.
+		Env: append(append(append(slices.Clone(vm.BaseEnv), ps.Env...), opts.ExtraEnv...),
+			"HM_ATTEMPT="+strconv.Itoa(max(j.PolicyAttempt, 1))),
 		SourceDigest: b.SourceDigest, TimeoutSeconds: int(ps.Timeout / time.Second)}
 	root := i
 	for pl.Steps[root].Parent >= 0 {

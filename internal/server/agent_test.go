@@ -114,3 +114,57 @@ func TestJobBackends(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentTakeover: an agent id is bound to the org whose token registered it. Registering,
+// saying alive or claiming as that id is refused without a token or with a user token (401),
+// and with another org's agent token (404, the tenancy answer), and changes nothing of it.
+func TestAgentTakeover(t *testing.T) {
+	e := newEnv(t)
+	acme, other := e.tokens["acme/agent"], e.tokens["other/agent"]
+	reg := agentproto.Register{AgentID: "ag-1", Name: "acme's", Backend: "sandbox", Labels: []string{"gpu=1"}}
+	if r := e.do("", "POST", agentproto.PathRegister, acme, reg); r.Status != 200 {
+		t.Fatalf("register: %d %s", r.Status, r.Body)
+	}
+	before, err := e.db.GetAgent(t.Context(), "ag-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken := agentproto.Register{AgentID: "ag-1", Name: "taken", Backend: "host"}
+	calls := []struct {
+		name, path string
+		body       any
+	}{
+		{"register", agentproto.PathRegister, taken},
+		{"alive", agentproto.PathAlive, agentproto.Alive{AgentID: "ag-1"}},
+		{"claim", agentproto.PathClaim, agentproto.Claim{AgentID: "ag-1", WaitSeconds: 1}},
+	}
+	for _, c := range calls {
+		for _, who := range []struct {
+			name, token string
+			status      int
+			code        string
+		}{
+			{"no token", "", 401, "unauthorized"},
+			{"acme's user token", e.tokens["acme/user"], 401, "unauthorized"},
+			{"other org's agent token", other, 404, "agent_not_found"},
+		} {
+			r := e.do("", "POST", c.path, who.token, c.body)
+			if r.Status != who.status || r.errorCode(t) != who.code {
+				t.Errorf("%s as %s: %d %s, want %d %s", c.name, who.name, r.Status, r.Body, who.status, who.code)
+			}
+		}
+	}
+	after, err := e.db.GetAgent(t.Context(), "ag-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(before, after); diff != "" {
+		t.Errorf("the refused calls changed the agent (-before +after):\n%s", diff)
+	}
+	if r := e.do("", "POST", agentproto.PathAlive, acme, agentproto.Alive{AgentID: "ag-1"}); r.Status != 200 {
+		t.Errorf("alive as acme's agent: %d %s", r.Status, r.Body)
+	}
+	if r := e.do("", "POST", agentproto.PathClaim, acme, agentproto.Claim{AgentID: "ag-1", WaitSeconds: 1}); r.Status != http.StatusNoContent {
+		t.Errorf("claim as acme's agent: %d %s", r.Status, r.Body)
+	}
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/hmci/hm/internal/cachekey"
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/ir"
 	"github.com/hmci/hm/internal/plan"
@@ -46,8 +47,11 @@ type hmOptions struct {
 	NoCache        bool              `json:"no_cache"`
 	TimeoutSeconds int               `json:"timeout_seconds"`
 	MapImage       map[string]string `json:"map_image"`
-	// CacheKeys maps a step key to the cache key the client computed (driver.Options).
-	CacheKeys map[string]string `json:"cache_keys"`
+	// CacheKeys maps a step key to the cache key the client computed (driver.Options), and
+	// CacheInputs and Warnings what went into it.
+	CacheKeys   map[string]string          `json:"cache_keys"`
+	CacheInputs map[string]cachekey.Inputs `json:"cache_inputs"`
+	Warnings    map[string][]string        `json:"warnings"`
 }
 
 func (s *Server) createBuild(w http.ResponseWriter, r *http.Request, req createBuildRequest) {

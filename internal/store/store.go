@@ -45,8 +45,11 @@
 //	                                                   └──► failed, error_code agent_lost
 //	                                                        (after the retry budget)
 //	scheduled, requeued ──no live agent could run it (FailOrphans)──► failed, agent_lost
+//	failed ──RetryJob (the step's retry policy)──► scheduled (policy attempt + 1)
 //
-// passed, failed, skipped, canceled and timed_out are terminal. pending→scheduled is the
+// passed, failed, skipped, canceled and timed_out are terminal, but for the one edge a
+// build's driver takes when the step's retry policy runs it again (RetryJob: failed →
+// scheduled, PolicyAttempt + 1, the failed attempt kept as a JobTry). pending→scheduled is the
 // scheduler's decision (dependencies done, a parallelism slot free); the store only makes the
 // transition atomic.
 //
@@ -105,7 +108,23 @@ type Store interface {
 	Agents
 	Cache
 	BuildLeases
+	SnapshotRemovals
 	Close() error
+}
+
+// SnapshotRemovals are the ephemeral snapshots agents must delete: a build's driver queues
+// one when the build no longer needs it, the agent holding it learns it (its alive call),
+// removes it with its VM backend and acknowledges it. A removal stays queued until then, so
+// it survives a server restart, another replica taking the build over, and an agent
+// restart. A snapshot a cache entry of the agent names is never queued: cached snapshots stay.
+type SnapshotRemovals interface {
+	// QueueSnapshotRemoval asks agentID to remove snapshot; queuing one already queued, or
+	// one a cache entry on agentID references, is a no-op.
+	QueueSnapshotRemoval(ctx context.Context, agentID, snapshot string, now time.Time) error
+	// ListSnapshotRemovals lists up to limit snapshots agentID must remove, oldest first.
+	ListSnapshotRemovals(ctx context.Context, agentID string, limit int) ([]string, error)
+	// AckSnapshotRemovals forgets removals agentID has done; unknown ones are ignored.
+	AckSnapshotRemovals(ctx context.Context, agentID string, snapshots []string) error
 }
 
 // Orgs are tenants: every other entity but agents and blobs belongs to one.
@@ -170,6 +189,18 @@ type Jobs interface {
 	CancelJob(ctx context.Context, id string, now time.Time) (Job, error)
 	// TimeOutJob asks an assigned or running job to stop because of its step timeout.
 	TimeOutJob(ctx context.Context, id string, now time.Time) (Job, error)
+	// NoteCacheMiss records why a pending cached job missed (Job.CacheNote) unless a note is
+	// recorded already: the first one stays, so every driver of the build logs the same
+	// line. It returns the job as it is after the call, in any state.
+	NoteCacheMiss(ctx context.Context, id, note string) (Job, error)
+	// RetryJob runs a failed job again as attempt policyAttempt of its step's retry policy:
+	// failed at policyAttempt-1 → scheduled at policyAttempt (claimable; the lost-agent
+	// budget InfraRetries starts afresh), the failed attempt's outcome kept as a JobTry. A
+	// repeat (the job is at policyAttempt or later) returns the job; anything else is a
+	// *ConflictError.
+	RetryJob(ctx context.Context, id string, policyAttempt int, now time.Time) (Job, error)
+	// ListJobTries lists the job's retried policy attempts, in order.
+	ListJobTries(ctx context.Context, id string) ([]JobTry, error)
 }
 
 // Claims are the agent side of jobs: claim, start, heartbeat, finish, and the reaper.
@@ -246,6 +277,9 @@ type Blobs interface {
 // Agents are the machines that claim jobs.
 type Agents interface {
 	// UpsertAgent registers an agent or replaces its name, labels and backend; last seen now.
+	// An agent belongs to the org it was first registered with (or, registered before orgs
+	// were recorded, to the first org that registers it again): re-registering it with
+	// another OrgID changes nothing and answers a *NotFoundError, the tenancy answer.
 	UpsertAgent(ctx context.Context, a Agent, now time.Time) (Agent, error)
 	GetAgent(ctx context.Context, id string) (Agent, error)
 	ListAgents(ctx context.Context) ([]Agent, error)
@@ -260,6 +294,10 @@ type Cache interface {
 	// LookupCache finds the entry and records now as its last use.
 	LookupCache(ctx context.Context, orgID, key, scope string, now time.Time) (CacheEntry, error)
 	DeleteCacheEntry(ctx context.Context, orgID, key, scope string) error
+	// LastCacheEntry is the entry registered last for the step of the pipeline, whatever its
+	// key and scope (a *NotFoundError when there is none): the baseline of a miss's
+	// explanation.
+	LastCacheEntry(ctx context.Context, orgID, pipelineID, stepKey string) (CacheEntry, error)
 	// DeleteAgentCache forgets every entry whose snapshot is on agentID (the agent is gone).
 	DeleteAgentCache(ctx context.Context, agentID string) (int, error)
 }

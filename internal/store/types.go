@@ -201,9 +201,25 @@ type Job struct {
 	ErrorCode     string
 	ErrorMessage  string
 	InfraRetries  int // requeues after a lost lease
+	// CacheNote explains the cache miss of a cached step that runs ("" for none), recorded
+	// once by the driver before the step starts (NoteCacheMiss).
+	CacheNote string
+	// PolicyAttempt is the attempt of the step's retry policy, from 1 (HM_ATTEMPT): RetryJob
+	// increments it. Attempt counts claims, lost agents' requeues included.
+	PolicyAttempt int
 	CreatedAt     time.Time
 	ReadyAt       time.Time // when it became scheduled: the claim order
 	StartedAt     time.Time
+	FinishedAt    time.Time
+}
+
+// JobTry is a failed policy attempt of a job that was retried (RetryJob): how it ended.
+type JobTry struct {
+	PolicyAttempt int
+	Attempt       int  // the claim that ended it: the attempt of its log chunks
+	ExitCode      *int // nil when it could not run
+	ErrorCode     string
+	ErrorMessage  string
 	FinishedAt    time.Time
 }
 
@@ -258,8 +274,11 @@ type Blob struct {
 
 // Agent is a registered agent.
 type Agent struct {
-	ID       string
-	OrgID    string // the org of the token that registered it; "" counts for any org
+	ID string
+	// OrgID is the org of the token that registered it, fixed from then on (UpsertAgent);
+	// "" for an agent registered before orgs were recorded: it counts for any org in the
+	// reaper, and the server makes it register again before it claims.
+	OrgID    string
 	Name     string
 	Labels   []string
 	Backend  string
@@ -272,6 +291,11 @@ type CacheEntry struct {
 	OrgID, Key, Scope string
 	Snapshot          string
 	AgentID           string
-	CreatedAt         time.Time
-	LastUsed          time.Time
+	// PipelineID, StepKey and Inputs (the client's cachekey.Inputs, JSON) say what the entry
+	// was built from: the baseline LastCacheEntry gives to explain a later miss.
+	PipelineID string
+	StepKey    string
+	Inputs     json.RawMessage
+	CreatedAt  time.Time
+	LastUsed   time.Time
 }

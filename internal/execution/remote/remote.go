@@ -35,6 +35,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hmci/hm/internal/cachekey"
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/events"
 	"github.com/hmci/hm/internal/execution"
@@ -81,6 +82,10 @@ type hmOptions struct {
 	TimeoutSeconds int64             `json:"timeout_seconds"`
 	MapImage       map[string]string `json:"map_image"`
 	CacheKeys      map[string]string `json:"cache_keys"`
+	// CacheInputs (cached steps) and Warnings (steps with any) let the server scope its
+	// registry by fingerprint and explain a miss as the local backend does.
+	CacheInputs map[string]cachekey.Inputs `json:"cache_inputs"`
+	Warnings    map[string][]string        `json:"warnings"`
 }
 
 // buildView is the part of the API's Build a client reads; id is hm's extension (the run id
@@ -156,15 +161,20 @@ type createBody struct {
 
 func (b *Backend) body(bd *prepare.Build) createBody {
 	o := bd.Options
-	keys := map[string]string{}
+	keys, inputs, warnings := map[string]string{}, map[string]cachekey.Inputs{}, map[string][]string{}
 	for i, st := range bd.Plan.Steps {
 		if k := bd.Steps[i].Key; k != "" {
 			keys[st.Key] = k
+			inputs[st.Key] = bd.Steps[i].Inputs
+		}
+		if w := bd.Steps[i].Warnings; len(w) > 0 {
+			warnings[st.Key] = w
 		}
 	}
 	cb := createBody{Branch: b.Branch, Source: "api", PipelineIR: string(bd.IR), Env: o.EnvMap(),
 		HMOptions: hmOptions{Parallelism: o.Parallelism, KeepGoing: o.KeepGoing, NoCache: o.NoCache,
-			TimeoutSeconds: o.TimeoutSeconds(), MapImage: o.MapImage, CacheKeys: keys}}
+			TimeoutSeconds: o.TimeoutSeconds(), MapImage: o.MapImage, CacheKeys: keys,
+			CacheInputs: inputs, Warnings: warnings}}
 	if b.Message != "" {
 		cb.Message = &b.Message
 	}

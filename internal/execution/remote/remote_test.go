@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/hmci/hm/internal/cachekey"
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/events"
 	"github.com/hmci/hm/internal/execution"
@@ -115,8 +116,9 @@ func TestOptionsSent(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := hmOptions{Parallelism: 3, KeepGoing: true, MapImage: map[string]string{"img": "other"},
-		CacheKeys: map[string]string{"deps": bd.Steps[0].Key}}
-	if diff := cmp.Diff(want, o); diff != "" || bd.Steps[0].Key == "" {
+		CacheKeys: map[string]string{"deps": bd.Steps[0].Key}, CacheInputs: map[string]cachekey.Inputs{"deps": bd.Steps[0].Inputs},
+		Warnings: map[string][]string{}}
+	if diff := cmp.Diff(want, o); diff != "" || bd.Steps[0].Key == "" || o.CacheInputs["deps"].Fingerprint == "" {
 		t.Errorf("hm_options (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff(map[string]string{"A": "2", "B": "x"}, b.Env); diff != "" {

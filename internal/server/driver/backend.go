@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hmci/hm/internal/errs"
@@ -29,25 +31,63 @@ func (b *backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 		return nil, fmt.Errorf("%w: no job for step %q", errs.ErrInfra, spec.Owner.StepKey)
 	}
 	// A job another driver released already (or an agent runs, or finished) is continued,
-	// never released twice.
-	if _, err := b.d.cfg.Store.ReleaseJob(b.d.life, j.ID, b.d.cfg.Now()); err != nil && !store.IsConflict(err) {
+	// never released twice. Attempt n > 1 of the step's retry policy runs the failed job
+	// again (RetryJob); a retry another driver made already is continued the same way.
+	try := policyAttempt(spec.Env)
+	var err error
+	if try > 1 {
+		_, err = b.d.cfg.Store.RetryJob(b.d.life, j.ID, try, b.d.cfg.Now())
+	} else {
+		_, err = b.d.cfg.Store.ReleaseJob(b.d.life, j.ID, b.d.cfg.Now())
+	}
+	if err != nil && !store.IsConflict(err) {
 		return nil, err
 	}
-	return &machine{d: b.d, id: j.ID}, nil
+	return &machine{d: b.d, id: j.ID, try: try}, nil
+}
+
+// policyAttempt is the HM_ATTEMPT the scheduler gave the attempt's machine (the last one
+// wins, as in an environment), 1 when there is none.
+func policyAttempt(env []string) int {
+	n := 1
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "HM_ATTEMPT="); ok {
+			if i, err := strconv.Atoi(v); err == nil && i > 0 {
+				n = i
+			}
+		}
+	}
+	return n
 }
 
 func (b *backend) SnapshotExists(context.Context, string) (bool, error) { return true, nil }
-func (b *backend) RemoveSnapshot(context.Context, string) error         { return nil }
 func (b *backend) Reconcile(context.Context) error                      { return nil }
+
+// RemoveSnapshot queues the removal of an ephemeral snapshot (the scheduler removes only
+// those) on the agent that committed it, which learns it from its next alive call. Queuing
+// is idempotent, so a driver replaying the build queues it again harmlessly.
+func (b *backend) RemoveSnapshot(_ context.Context, snapshot string) error {
+	js, err := b.d.cfg.Store.ListJobs(b.d.life, b.d.build.ID)
+	if err != nil {
+		return err
+	}
+	for _, j := range js {
+		if j.Snapshot == snapshot && j.SnapshotAgent != "" && j.Attempt > 0 {
+			return b.d.cfg.Store.QueueSnapshotRemoval(b.d.life, j.SnapshotAgent, snapshot, b.d.cfg.Now())
+		}
+	}
+	return nil // not committed by an agent of this build: nothing of ours to remove
+}
 func (b *backend) PruneSnapshots(context.Context, func(string) bool) ([]string, error) {
 	return nil, nil
 }
 func (b *backend) SnapshotSize(context.Context, string) (int64, error) { return 0, nil }
 
-// machine is one job as the scheduler sees a machine.
+// machine is one policy attempt of a job as the scheduler sees a machine.
 type machine struct {
 	d   *driver
 	id  string
+	try int       // the policy attempt (HM_ATTEMPT)
 	job store.Job // as last read
 }
 
@@ -66,6 +106,37 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	st := m.d.cfg.Store
 	life := m.d.life
 	attempt, after := -1, int64(0)
+	// The claims of earlier policy attempts are not this one's: their chunks are streamed
+	// by their own machines.
+	first := 1
+	if m.try > 1 {
+		t, err := m.tryRecord(m.try - 1)
+		if err != nil {
+			return 0, err
+		}
+		first = t.Attempt + 1
+	}
+	stream := func(a int) error {
+		for {
+			chunks, err := st.ListLogs(life, m.id, a, after, 1000)
+			if err != nil {
+				return err
+			}
+			for _, c := range chunks {
+				w := stdout
+				if c.Stream != store.StreamStdout {
+					w = stderr
+				}
+				if _, err := io.WriteString(w, c.Content+"\n"); err != nil {
+					return err
+				}
+				after = c.Seq
+			}
+			if len(chunks) < 1000 {
+				return nil
+			}
+		}
+	}
 	stopped := false // we asked the agent to stop
 	tick := time.NewTicker(m.d.cfg.Poll)
 	defer tick.Stop()
@@ -75,26 +146,26 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 			return 0, err
 		}
 		m.job = j
-		if j.Attempt != attempt { // a retry on another agent streams its own log
-			attempt, after = j.Attempt, 0
-		}
-		for j.Attempt > 0 {
-			chunks, err := st.ListLogs(life, j.ID, j.Attempt, after, 1000)
+		if j.PolicyAttempt > m.try {
+			// A replay: this attempt failed and the job was retried. It ends as it did.
+			t, err := m.tryRecord(m.try)
 			if err != nil {
 				return 0, err
 			}
-			for _, c := range chunks {
-				w := stdout
-				if c.Stream != store.StreamStdout {
-					w = stderr
-				}
-				if _, err := io.WriteString(w, c.Content+"\n"); err != nil {
-					return 0, err
-				}
-				after = c.Seq
+			if t.Attempt != attempt {
+				after = 0
 			}
-			if len(chunks) < 1000 {
-				break
+			if err := stream(t.Attempt); err != nil {
+				return 0, err
+			}
+			return failedEnd(t.ExitCode, t.ErrorCode, t.ErrorMessage)
+		}
+		if j.Attempt != attempt { // a retry on another agent streams its own log
+			attempt, after = j.Attempt, 0
+		}
+		if j.Attempt >= first {
+			if err := stream(j.Attempt); err != nil {
+				return 0, err
 			}
 		}
 		if j.State.Terminal() {
@@ -117,6 +188,20 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 			// Stop at once, not at the next tick.
 		}
 	}
+}
+
+// tryRecord is the stored end of policy attempt n of the job (retried since).
+func (m *machine) tryRecord(n int) (store.JobTry, error) {
+	ts, err := m.d.cfg.Store.ListJobTries(m.d.life, m.id)
+	if err != nil {
+		return store.JobTry{}, err
+	}
+	for _, t := range ts {
+		if t.PolicyAttempt == n {
+			return t, nil
+		}
+	}
+	return store.JobTry{}, fmt.Errorf("%w: job %s was retried but its attempt %d is not recorded", errs.ErrInfra, m.id, n)
 }
 
 // stop asks the job to stop because ctx ended: a step timeout or a cancel.
@@ -147,19 +232,34 @@ func (m *machine) stop(ctx context.Context, j store.Job) error {
 	return nil
 }
 
+// failedEnd is Run's answer for a failed attempt: its exit code, or the infrastructure
+// failure that kept it from running. A lost agent's (agent_lost) was retried by the store as
+// far as its budget goes: the step's retry policy does not retry it again.
+func failedEnd(exit *int, code, msg string) (int, error) {
+	switch {
+	case code == store.CodeAgentLost:
+		return 0, final{fmt.Errorf("%w: %s: %s", errs.ErrInfra, code, msg)}
+	case code != "":
+		return 0, fmt.Errorf("%w: %s: %s", errs.ErrInfra, code, msg)
+	case exit != nil:
+		return *exit, nil
+	}
+	return 0, fmt.Errorf("%w: job failed without an exit code", errs.ErrInfra)
+}
+
+// final is an error the step's retry policy must not retry (scheduler.ErrNoRetry), worded
+// as its cause alone.
+type final struct{ error }
+
+func (f final) Unwrap() []error { return []error{f.error, scheduler.ErrNoRetry} }
+
 // ended turns the job's terminal state into Run's answer.
 func (m *machine) ended(ctx context.Context, j store.Job, stopped bool) (int, error) {
 	switch j.State {
 	case store.JobPassed:
 		return 0, nil
 	case store.JobFailed:
-		if j.ErrorCode != "" {
-			return 0, fmt.Errorf("%w: %s: %s", errs.ErrInfra, j.ErrorCode, j.ErrorMessage)
-		}
-		if j.ExitCode != nil {
-			return *j.ExitCode, nil
-		}
-		return 0, fmt.Errorf("%w: job failed without an exit code", errs.ErrInfra)
+		return failedEnd(j.ExitCode, j.ErrorCode, j.ErrorMessage)
 	}
 	// canceled, timed_out, skipped: the end of a stop. On a replay (another driver asked),
 	// the scheduler will make the same decision again; wait for it so that the step ends

@@ -9,7 +9,9 @@
 // (backend.go). Create releases the job (pending → scheduled: claimable by an agent); Run
 // waits until the store says an agent finished it, streaming its stored log chunks into the
 // step's stdout and stderr in seq order, and returns its exit code; Commit returns the
-// snapshot the agent reported; Destroy is a no-op. A step the scheduler cancels (fail-fast,
+// snapshot the agent reported; Destroy is a no-op; RemoveSnapshot (an ephemeral snapshot no
+// child needs any more) queues its removal on the agent holding it (store.SnapshotRemovals),
+// which the agent learns from its alive call and acknowledges once done. A step the scheduler cancels (fail-fast,
 // a step or pipeline timeout, the build's cancel) is asked to stop with TimeOutJob or
 // CancelJob, and Run returns once the agent acknowledged (FinishJob) or the lease lapsed
 // (the reaper); a job not yet claimed is skipped. Every event the scheduler publishes goes to
@@ -20,6 +22,23 @@
 // moves the build to failing, and the result rolls the build up to passed, failed (with
 // error_code pipeline_timeout for a pipeline timeout) or canceled.
 //
+// # Retries
+//
+// A step's retry policy (ir retry: {limit, on}) is the scheduler's, as locally: it publishes
+// step_retry, tags step_log and step_end with the attempt, and creates a fresh machine per
+// attempt with HM_ATTEMPT=n in its env. Here attempt n > 1 of a step is its job run again:
+// Create moves the failed job back to scheduled (RetryJob, policy attempt n, the failed one
+// kept as a JobTry), any agent claims it, and the claim's env carries HM_ATTEMPT=n. A lost
+// agent is the store's business, not the policy's: the reaper requeues the same policy
+// attempt (same HM_ATTEMPT, its log continuing under the same attempt in the events) up to
+// the infrastructure budget (Manager.MaxRetries, per policy attempt); an attempt that then
+// fails agent_lost ends the step, whatever the policy says (scheduler.ErrNoRetry): the budget
+// for lost agents is spent, and another round would wait for agents that are not there. Any
+// other infrastructure failure an agent reports (an image missing) is retried as locally:
+// once by default, up to the limit when the policy lists -1 or no codes. A Harmont client
+// polling listJobs sees a retried job go failed → scheduled → …; its log stream of the
+// failed attempt ends (done) and the build's outcome is the last attempt's.
+//
 // # Durability
 //
 // The driver can stop at any time (a server restart, a replica dying) and another Drive of
@@ -27,7 +46,9 @@
 // view from the store, because each step's truth is its job. A job already finished resolves
 // at once with its stored result (its logs are replayed from the store, in order); a running
 // one is waited for, not released again; a passed job with no attempt was a cache hit and is
-// a hit again. The events the new run publishes are then deduplicated against the stored
+// a hit again; a job retried by its policy replays each earlier attempt as its JobTry ended
+// (its log chunks, then its exit code) before it waits for the current one; a cache miss logs
+// the note recorded on its job the first time. The events the new run publishes are then deduplicated against the stored
 // stream by a deterministic identity: (step, n), the step's n-th event (build_start and
 // build_end once per build). The scheduler publishes a step's events in a fixed order from
 // its outcome, so the events already stored are the first ones of the replay and are dropped;
@@ -51,6 +72,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/hmci/hm/internal/cachekey"
 	"github.com/hmci/hm/internal/ir"
 	"github.com/hmci/hm/internal/plan"
 	"github.com/hmci/hm/internal/scheduler"
@@ -62,7 +84,10 @@ type Config struct {
 	Store store.Store
 	// Owner names this driver in the build lease (a replica id); unique per process.
 	Owner string
-	// LeaseTTL is the build lease's lifetime; renewed at a third of it. Default 15 s.
+	// LeaseTTL is the build lease's lifetime, renewed at a third of it: how long a build
+	// whose server was killed (kill -9, a crash) waits before another server carries it on.
+	// A driver stopped gracefully releases its lease, and the next one takes over at once.
+	// Default DefaultLeaseTTL.
 	LeaseTTL time.Duration
 	// Poll is how often jobs and the build are read back while waiting. Default 50 ms.
 	Poll time.Duration
@@ -73,7 +98,16 @@ type Config struct {
 	Load func(b store.Build) (*plan.Plan, scheduler.Options, error)
 	// Now is the clock of store writes. Default time.Now.
 	Now func() time.Time
+	// AgentTTL is how long an agent counts as alive after it was last seen: a cache entry
+	// whose agent was not seen within it is gone (a miss, and the entry is forgotten).
+	// Default 30 s.
+	AgentTTL time.Duration
 }
+
+// DefaultLeaseTTL is the build lease's default lifetime: short, since it is how long a
+// killed server's builds stand still, yet a dozen times the store's usual write latency
+// under load so that a renewal (every third of it) never misses it on a healthy server.
+const DefaultLeaseTTL = 5 * time.Second
 
 // Options is the hm_options of a build (remote.md) plus the cache keys the client computed.
 type Options struct {
@@ -84,6 +118,24 @@ type Options struct {
 	MapImage       map[string]string `json:"map_image"`
 	// CacheKeys maps a step key to its cache key (cache-keys.md); absent: not cached.
 	CacheKeys map[string]string `json:"cache_keys"`
+	// CacheInputs maps a cached step's key to what went into its cache key (its fingerprint
+	// among them): the registry scopes entries by the fingerprint and explains a miss by
+	// the inputs that differ from the step's last entry, as locally.
+	CacheInputs map[string]cachekey.Inputs `json:"cache_inputs"`
+	// Warnings maps a step key to what its key could not use (an on_change path matching
+	// nothing), logged at the start of the step as locally.
+	Warnings map[string][]string `json:"warnings"`
+}
+
+// ParseOptions reads a build's hm_options ("" or null: the defaults).
+func ParseOptions(b store.Build) (Options, error) {
+	var o Options
+	if len(b.Options) > 0 {
+		if err := json.Unmarshal(b.Options, &o); err != nil {
+			return Options{}, fmt.Errorf("hm_options: %w", err)
+		}
+	}
+	return o, nil
 }
 
 // DefaultLoad parses the build's IR and hm_options.
@@ -93,29 +145,29 @@ func DefaultLoad(b store.Build) (*plan.Plan, scheduler.Options, error) {
 		return nil, scheduler.Options{}, err
 	}
 	pl := plan.New(p)
-	var o Options
-	if len(b.Options) > 0 {
-		if err := json.Unmarshal(b.Options, &o); err != nil {
-			return nil, scheduler.Options{}, fmt.Errorf("hm_options: %w", err)
-		}
+	o, err := ParseOptions(b)
+	if err != nil {
+		return nil, scheduler.Options{}, err
 	}
-	// NoRetry: a job is one store row whose attempts the store fences; the server retries a
-	// lost agent's job itself. Retry policies on the server are still to come.
+	// Retry policies run as locally: each policy attempt is the same job run again
+	// (backend.go, Create); see the package doc for how they meet the lost-agent requeues.
 	so := scheduler.Options{Parallelism: o.Parallelism, KeepGoing: o.KeepGoing, NoCache: o.NoCache,
-		Timeout: time.Duration(o.TimeoutSeconds) * time.Second, MapImage: o.MapImage, NoRetry: true}
+		Timeout: time.Duration(o.TimeoutSeconds) * time.Second, MapImage: o.MapImage}
 	for k, v := range b.Env {
 		so.ExtraEnv = append(so.ExtraEnv, k+"="+v)
 	}
 	so.Keys = make([]string, len(pl.Steps))
+	so.Warnings = make([][]string, len(pl.Steps))
 	for i, s := range pl.Steps {
 		so.Keys[i] = o.CacheKeys[s.Key]
+		so.Warnings[i] = o.Warnings[s.Key]
 	}
 	return pl, so, nil
 }
 
 func (c *Config) defaults() {
 	if c.LeaseTTL <= 0 {
-		c.LeaseTTL = 15 * time.Second
+		c.LeaseTTL = DefaultLeaseTTL
 	}
 	if c.Poll <= 0 {
 		c.Poll = 50 * time.Millisecond
@@ -128,6 +180,9 @@ func (c *Config) defaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.AgentTTL <= 0 {
+		c.AgentTTL = 30 * time.Second
 	}
 }
 
@@ -188,7 +243,11 @@ func Drive(ctx context.Context, cfg Config, id string) (scheduler.Result, error)
 	}
 	opts.RunID = b.ID
 	opts.Publish = pub.publish
-	opts.Cache = &cache{d: d}
+	ho, err := ParseOptions(b)
+	if err != nil {
+		return scheduler.Result{}, err
+	}
+	opts.Cache = &cache{d: d, inputs: ho.CacheInputs}
 
 	// The scheduler's ctx is the user's cancel only: stopping this driver must not cancel
 	// steps, it only makes everything return and write nothing.
@@ -209,7 +268,16 @@ func Drive(ctx context.Context, cfg Config, id string) (scheduler.Result, error)
 	cancelBuild()
 	<-watchDone
 	if life.Err() != nil {
-		return res, errors.Join(context.Cause(life), werr)
+		err := errors.Join(context.Cause(life), werr)
+		if !errors.Is(context.Cause(life), ErrLeaseLost) {
+			// Stopped, not overtaken: nothing of this driver writes any more (the scheduler,
+			// the publisher and the watcher have returned), so the lease is freed for the
+			// next driver to take at once rather than after it lapsed.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			err = errors.Join(err, st.ReleaseBuildLease(rctx, id, cfg.Owner, epoch))
+			cancel()
+		}
+		return res, err
 	}
 	if werr != nil {
 		return res, werr

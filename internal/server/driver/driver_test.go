@@ -2,6 +2,8 @@ package driver
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"strconv"
 	"strings"
@@ -20,7 +22,9 @@ import (
 )
 
 // A step's command is a script: "print TEXT;...;exit N" words separated by ';':
-// print X (a stdout line), sleep D, block (until stopped), exit N.
+// print X (a stdout line), sleep D, block (until stopped), exit N, failbefore K N (exit N
+// while the retry policy's attempt is below K), and for the fake agent only: infrabefore K
+// (an infrastructure failure while the attempt is below K), lost (the job ends agent_lost).
 
 type step struct {
 	key, cmd string
@@ -28,6 +32,7 @@ type step struct {
 	after    []string
 	timeout  time.Duration
 	cache    bool
+	retry    *ir.Retry
 }
 
 func buildPlan(steps []step, timeout time.Duration) *plan.Plan {
@@ -39,6 +44,7 @@ func buildPlan(steps []step, timeout time.Duration) *plan.Plan {
 		if s.cache {
 			st.Cache = &ir.Cache{Policy: ir.PolicyForever}
 		}
+		st.Retry = s.retry
 		p.Nodes = append(p.Nodes, ir.Node{Step: st, Env: map[string]string{}})
 	}
 	for i, s := range steps {
@@ -57,8 +63,14 @@ func buildPlan(steps []step, timeout time.Duration) *plan.Plan {
 	return pl
 }
 
-// script runs cmd; stopped reports a stop request. It returns the exit code.
-func script(cmd string, out func(string), stopped func() bool) int {
+const (
+	exitInfra = -3
+	exitLost  = -4
+)
+
+// script runs cmd as policy attempt try; stopped reports a stop request. It returns the
+// exit code.
+func script(cmd string, try int, out func(string), stopped func() bool) int {
 	for _, w := range strings.Split(cmd, ";") {
 		f := strings.Fields(w)
 		if len(f) == 0 {
@@ -82,6 +94,19 @@ func script(cmd string, out func(string), stopped func() bool) int {
 		case "exit":
 			n, _ := strconv.Atoi(f[1])
 			return n
+		case "failbefore":
+			k, _ := strconv.Atoi(f[1])
+			n, _ := strconv.Atoi(f[2])
+			if try < k {
+				return n
+			}
+		case "infrabefore": // the fake agent reports an infrastructure failure
+			k, _ := strconv.Atoi(f[1])
+			if try < k {
+				return exitInfra
+			}
+		case "lost": // the fake agent reports what the reaper records for a lost agent
+			return exitLost
 		}
 	}
 	return 0
@@ -107,7 +132,13 @@ func (m *localM) Commit(context.Context, bool) (string, error) {
 	return "snap-" + m.s.Owner.StepKey, nil
 }
 func (m *localM) Run(ctx context.Context, out, _ io.Writer) (int, error) {
-	code := script(m.s.Cmd, func(l string) { io.WriteString(out, l+"\n") }, func() bool { return ctx.Err() != nil })
+	try := 1
+	for _, kv := range m.s.Env {
+		if v, ok := strings.CutPrefix(kv, "HM_ATTEMPT="); ok {
+			try, _ = strconv.Atoi(v)
+		}
+	}
+	code := script(m.s.Cmd, try, func(l string) { io.WriteString(out, l+"\n") }, func() bool { return ctx.Err() != nil })
 	if ctx.Err() != nil {
 		return 0, vm.RunAborted(ctx, "fake")
 	}
@@ -146,7 +177,7 @@ func (a *agent) exec(ctx context.Context, j store.Job) {
 		return
 	}
 	var seq int64
-	code := script(j.Command, func(l string) {
+	code := script(j.Command, j.PolicyAttempt, func(l string) {
 		seq++
 		a.st.AppendLogs(ctx, j.ID, j.Attempt, []store.LogChunk{{Seq: seq, Stream: store.StreamStdout, Content: l, TS: time.Now()}})
 	}, func() bool {
@@ -159,6 +190,12 @@ func (a *agent) exec(ctx context.Context, j store.Job) {
 	}
 	if code == 0 {
 		f.Snapshot = "snap-" + j.StepKey
+	}
+	switch code {
+	case exitInfra:
+		f.ExitCode, f.ErrorCode, f.ErrorMessage = -1, "image_not_found", "no such image"
+	case exitLost:
+		f.ExitCode, f.ErrorCode, f.ErrorMessage = -1, store.CodeAgentLost, "agent lost: its lease lapsed"
 	}
 	a.st.FinishJob(context.WithoutCancel(ctx), j.ID, j.Attempt, f)
 }
@@ -184,13 +221,23 @@ func byStep(evs []events.Event) (map[string][]string, int) {
 		case e.StepSkipped != nil:
 			k += ":" + e.StepSkipped.Reason
 		case e.StepEnd != nil:
-			k += ":" + strconv.Itoa(e.StepEnd.ExitCode)
+			k += ":" + strconv.Itoa(e.StepEnd.ExitCode) + attemptTag(e.StepEnd.Attempt)
 		case e.StepLog != nil:
-			k += ":" + e.StepLog.Line
+			k += ":" + e.StepLog.Line + attemptTag(e.StepLog.Attempt)
+		case e.StepRetry != nil:
+			k += fmt.Sprintf(":%d/%d:%d", e.StepRetry.Attempt, e.StepRetry.Attempts, e.StepRetry.ExitCode)
 		}
 		out[keys[id]] = append(out[keys[id]], k)
 	}
 	return out, exit
+}
+
+// attemptTag marks an event of a retry: "@n" for attempt n > 1.
+func attemptTag(n int) string {
+	if n > 1 {
+		return "@" + strconv.Itoa(n)
+	}
+	return ""
 }
 
 type fixture struct {
@@ -214,15 +261,29 @@ func newFixture(t *testing.T, ctx context.Context, steps []step, o Options, irTi
 	if err != nil {
 		t.Fatal(err)
 	}
+	f := &fixture{st: st, agent: &agent{st: st, id: "agent-1", org: org.ID, runs: map[string]int{}}}
+	f.build = f.newBuild(t, ctx, p.ID, steps, o)
+	return f
+}
+
+// newBuild submits another build of the fixture's org to pipeline: the jobs of steps, and o
+// as its hm_options.
+func (f *fixture) newBuild(t *testing.T, ctx context.Context, pipeline string, steps []step, o Options) store.Build {
+	t.Helper()
 	var nj []store.NewJob
 	for _, s := range steps {
 		nj = append(nj, store.NewJob{StepKey: s.key, Command: s.cmd})
 	}
-	b, _, err := st.CreateBuild(ctx, store.NewBuild{OrgID: org.ID, PipelineID: p.ID, IR: "{}", Jobs: nj, Now: time.Now()})
+	raw, err := json.Marshal(o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{st: st, build: b, agent: &agent{st: st, id: "agent-1", org: org.ID, runs: map[string]int{}}}
+	b, _, err := f.st.CreateBuild(ctx, store.NewBuild{OrgID: f.agent.org, PipelineID: pipeline, IR: "{}", Jobs: nj,
+		Options: raw, Now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func (f *fixture) cfg(owner string, steps []step, o Options, irTimeout time.Duration) Config {

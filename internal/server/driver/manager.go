@@ -63,6 +63,9 @@ func (m *Manager) init() {
 		if m.Logger == nil {
 			m.Logger = slog.New(slog.DiscardHandler)
 		}
+		if m.Driver.AgentTTL <= 0 {
+			m.Driver.AgentTTL = m.AgentTTL
+		}
 		m.Driver.defaults()
 	})
 }

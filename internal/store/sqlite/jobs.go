@@ -14,7 +14,7 @@ import (
 
 const jobCols = `id, build_id, ordinal, step_key, name, command, depends_on, parent_id, backend, state, attempt,
 	agent_id, lease_expires, exit_code, snapshot, snapshot_agent, error_code, error_message, infra_retries,
-	created_at, ready_at, started_at, finished_at`
+	created_at, ready_at, started_at, finished_at, cache_note, policy_attempt`
 
 // leased are the states in which an agent holds the job, as SQL.
 const leased = `('assigned', 'running', 'canceling', 'timing_out')`
@@ -26,7 +26,7 @@ func scanJob(r scanner) (store.Job, error) {
 	var lease, c, ready, st, fin int64
 	err := r.Scan(&j.ID, &j.BuildID, &j.Ordinal, &j.StepKey, &j.Name, &j.Command, &deps, &j.ParentID, &j.Backend,
 		&j.State, &j.Attempt, &j.AgentID, &lease, &exit, &j.Snapshot, &j.SnapshotAgent, &j.ErrorCode, &j.ErrorMessage,
-		&j.InfraRetries, &c, &ready, &st, &fin)
+		&j.InfraRetries, &c, &ready, &st, &fin, &j.CacheNote, &j.PolicyAttempt)
 	if err != nil {
 		return j, err
 	}
@@ -128,6 +128,63 @@ func (s *DB) PassCached(ctx context.Context, id, snapshot, agentID string, now t
 		return j.State == store.JobPassed && j.Snapshot == snapshot && j.Attempt == 0
 	}, `UPDATE jobs SET state = 'passed', exit_code = 0, snapshot = ?, snapshot_agent = ?, finished_at = ?
 		WHERE id = ? AND state IN ('pending', 'scheduled') RETURNING `+jobCols, snapshot, agentID, ns(now), id)
+}
+
+func (s *DB) NoteCacheMiss(ctx context.Context, id, note string) (store.Job, error) {
+	// The first note stays: a replay must log the line the first run logged.
+	return s.transition(ctx, "note cache miss", id, 0, func(store.Job) bool { return true },
+		`UPDATE jobs SET cache_note = ? WHERE id = ? AND state = 'pending' AND cache_note = '' RETURNING `+jobCols, note, id)
+}
+
+func (s *DB) RetryJob(ctx context.Context, id string, policyAttempt int, now time.Time) (store.Job, error) {
+	var j store.Job
+	err := s.write(ctx, "retry job", func(tx *sql.Tx) error {
+		// Both statements are conditioned on the failed previous attempt: when it is not,
+		// neither changes anything and the job is read back to say why.
+		if _, err := tx.ExecContext(ctx, `INSERT INTO job_tries (job_id, policy_attempt, attempt, exit_code, error_code, error_message, finished_at)
+			SELECT id, policy_attempt, attempt, exit_code, error_code, error_message, finished_at FROM jobs
+			WHERE id = ? AND state = 'failed' AND policy_attempt = ?`, id, policyAttempt-1); err != nil {
+			return err
+		}
+		var err error
+		j, err = scanJob(tx.QueryRowContext(ctx, `UPDATE jobs SET state = 'scheduled', policy_attempt = ?, ready_at = ?,
+				agent_id = '', lease_expires = 0, exit_code = NULL, snapshot = '', snapshot_agent = '', error_code = '',
+				error_message = '', infra_retries = 0, started_at = 0, finished_at = 0
+			WHERE id = ? AND state = 'failed' AND policy_attempt = ? RETURNING `+jobCols, policyAttempt, ns(now), id, policyAttempt-1))
+		if errors.Is(err, sql.ErrNoRows) {
+			cur, gerr := one(tx.QueryRowContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE id = ?`, id), scanJob, "job", id)
+			if gerr != nil {
+				return gerr
+			}
+			if cur.PolicyAttempt >= policyAttempt {
+				j = cur // retried already: a repeat
+				return s.labels(ctx, tx, &j)
+			}
+			return &store.ConflictError{Kind: "job", Key: id, State: string(cur.State), Attempt: cur.Attempt,
+				Reason: fmt.Sprintf("retry as policy attempt %d refused: the job is at policy attempt %d", policyAttempt, cur.PolicyAttempt)}
+		}
+		if err != nil {
+			return err
+		}
+		return s.labels(ctx, tx, &j)
+	})
+	return j, err
+}
+
+func (s *DB) ListJobTries(ctx context.Context, id string) ([]store.JobTry, error) {
+	return list(ctx, s.db, "list job tries", func(r scanner) (store.JobTry, error) {
+		var t store.JobTry
+		var exit sql.NullInt64
+		var fin int64
+		err := r.Scan(&t.PolicyAttempt, &t.Attempt, &exit, &t.ErrorCode, &t.ErrorMessage, &fin)
+		if exit.Valid {
+			e := int(exit.Int64)
+			t.ExitCode = &e
+		}
+		t.FinishedAt = tm(fin)
+		return t, err
+	}, `SELECT policy_attempt, attempt, exit_code, error_code, error_message, finished_at FROM job_tries
+		WHERE job_id = ? ORDER BY policy_attempt`, id)
 }
 
 func (s *DB) SkipJob(ctx context.Context, id, reason string, now time.Time) (store.Job, error) {

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"time"
 
 	"github.com/google/uuid"
@@ -174,10 +175,20 @@ func (s *DB) GetOrgBlob(ctx context.Context, orgID, digest string) (store.Blob, 
 
 func (s *DB) UpsertAgent(ctx context.Context, a store.Agent, now time.Time) (store.Agent, error) {
 	err := s.write(ctx, "upsert agent", func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO agents (id, name, backend, org_id, last_seen) VALUES (?, ?, ?, ?, ?)
+		// An agent id belongs to the org that registered it first: another org's token cannot
+		// take it over (the row is left alone and the caller told it does not exist).
+		res, err := tx.ExecContext(ctx, `INSERT INTO agents (id, name, backend, org_id, last_seen) VALUES (?, ?, ?, ?, ?)
 			ON CONFLICT (id) DO UPDATE SET name = excluded.name, backend = excluded.backend, org_id = excluded.org_id,
-				last_seen = excluded.last_seen`,
-			a.ID, a.Name, a.Backend, a.OrgID, ns(now)); err != nil {
+				last_seen = excluded.last_seen
+			WHERE agents.org_id = '' OR agents.org_id = excluded.org_id`,
+			a.ID, a.Name, a.Backend, a.OrgID, ns(now))
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			if err == nil {
+				err = &store.NotFoundError{Kind: "agent", Key: a.ID}
+			}
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM agent_labels WHERE agent_id = ?`, a.ID); err != nil {
@@ -246,13 +257,17 @@ func (s *DB) TouchAgent(ctx context.Context, id string, now time.Time) error {
 	})
 }
 
-const cacheCols = `org_id, cache_key, scope, snapshot, agent_id, created_at, last_used`
+const cacheCols = `org_id, cache_key, scope, snapshot, agent_id, created_at, last_used, pipeline_id, step_key, inputs`
 
 func scanCache(r scanner) (store.CacheEntry, error) {
 	var e store.CacheEntry
 	var c, u int64
-	err := r.Scan(&e.OrgID, &e.Key, &e.Scope, &e.Snapshot, &e.AgentID, &c, &u)
+	var inputs string
+	err := r.Scan(&e.OrgID, &e.Key, &e.Scope, &e.Snapshot, &e.AgentID, &c, &u, &e.PipelineID, &e.StepKey, &inputs)
 	e.CreatedAt, e.LastUsed = tm(c), tm(u)
+	if inputs != "" {
+		e.Inputs = json.RawMessage(inputs)
+	}
 	return e, err
 }
 
@@ -261,10 +276,11 @@ func (s *DB) PutCacheEntry(ctx context.Context, e store.CacheEntry) (store.Cache
 	err := s.write(ctx, "put cache entry", func(tx *sql.Tx) error {
 		c := ns(nowOr(e.CreatedAt))
 		var err error
-		out, err = scanCache(tx.QueryRowContext(ctx, `INSERT INTO cache_entries (`+cacheCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)
+		out, err = scanCache(tx.QueryRowContext(ctx, `INSERT INTO cache_entries (`+cacheCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (org_id, cache_key, scope) DO UPDATE SET snapshot = excluded.snapshot, agent_id = excluded.agent_id,
-				created_at = excluded.created_at, last_used = excluded.last_used
-			RETURNING `+cacheCols, e.OrgID, e.Key, e.Scope, e.Snapshot, e.AgentID, c, c))
+				created_at = excluded.created_at, last_used = excluded.last_used, pipeline_id = excluded.pipeline_id,
+				step_key = excluded.step_key, inputs = excluded.inputs
+			RETURNING `+cacheCols, e.OrgID, e.Key, e.Scope, e.Snapshot, e.AgentID, c, c, e.PipelineID, e.StepKey, string(e.Inputs)))
 		return err
 	})
 	return out, err
@@ -289,6 +305,13 @@ func (s *DB) DeleteCacheEntry(ctx context.Context, orgID, key, scope string) err
 	})
 }
 
+func (s *DB) LastCacheEntry(ctx context.Context, orgID, pipelineID, stepKey string) (store.CacheEntry, error) {
+	e, err := one(s.db.QueryRowContext(ctx, `SELECT `+cacheCols+` FROM cache_entries
+		WHERE org_id = ? AND pipeline_id = ? AND step_key = ? ORDER BY created_at DESC, rowid DESC LIMIT 1`,
+		orgID, pipelineID, stepKey), scanCache, "cache_entry", stepKey)
+	return e, wrap("last cache entry", err)
+}
+
 func (s *DB) DeleteAgentCache(ctx context.Context, agentID string) (int, error) {
 	var n int64
 	err := s.write(ctx, "delete agent cache", func(tx *sql.Tx) error {
@@ -299,4 +322,34 @@ func (s *DB) DeleteAgentCache(ctx context.Context, agentID string) (int, error) 
 		return err
 	})
 	return int(n), err
+}
+
+func (s *DB) QueueSnapshotRemoval(ctx context.Context, agentID, snapshot string, now time.Time) error {
+	return s.write(ctx, "queue snapshot removal", func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO snapshot_removals (agent_id, snapshot, created_at)
+			SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM cache_entries WHERE agent_id = ? AND snapshot = ?)
+			ON CONFLICT DO NOTHING`, agentID, snapshot, ns(now), agentID, snapshot)
+		return err
+	})
+}
+
+func (s *DB) ListSnapshotRemovals(ctx context.Context, agentID string, limit int) ([]string, error) {
+	return list(ctx, s.db, "list snapshot removals", func(r scanner) (string, error) {
+		var snap string
+		return snap, r.Scan(&snap)
+	}, `SELECT snapshot FROM snapshot_removals WHERE agent_id = ? ORDER BY created_at, snapshot LIMIT ?`, agentID, limit)
+}
+
+func (s *DB) AckSnapshotRemovals(ctx context.Context, agentID string, snapshots []string) error {
+	if len(snapshots) == 0 {
+		return nil
+	}
+	return s.write(ctx, "ack snapshot removals", func(tx *sql.Tx) error {
+		for _, snap := range snapshots {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM snapshot_removals WHERE agent_id = ? AND snapshot = ?`, agentID, snap); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

@@ -59,6 +59,44 @@ var jobCases = []testCase{
 			t.Errorf("failed job = %+v: want failed, exit 2, no snapshot", j)
 		}
 	}},
+	{"JobRetryPolicy", func(t *testing.T, e *env) {
+		e.ready(t, "acme", 1)
+		e.agent(t, "a1", "sandbox")
+		j, _ := e.claim(t, "a1", e.t0)
+		if j.PolicyAttempt != 1 {
+			t.Fatalf("a first claim is policy attempt %d", j.PolicyAttempt)
+		}
+		_, err := e.s.RetryJob(e.ctx, j.ID, 2, e.t0)
+		isConflict(t, err, "a retry of a running job")
+		get(e.s.FinishJob(e.ctx, j.ID, 1, store.Finish{ExitCode: 3, Now: e.at(time.Second)}))(t)
+		_, err = e.s.RetryJob(e.ctx, j.ID, 3, e.t0)
+		isConflict(t, err, "a retry that skips a policy attempt")
+		r := get(e.s.RetryJob(e.ctx, j.ID, 2, e.at(2*time.Second)))(t)
+		if r.State != store.JobScheduled || r.PolicyAttempt != 2 || r.Attempt != 1 || r.ExitCode != nil || r.AgentID != "" ||
+			r.InfraRetries != 0 || !r.ReadyAt.Equal(e.at(2*time.Second)) {
+			t.Errorf("retried job = %+v", r)
+		}
+		if again := get(e.s.RetryJob(e.ctx, j.ID, 2, e.at(3*time.Second)))(t); again.PolicyAttempt != 2 || !again.ReadyAt.Equal(r.ReadyAt) {
+			t.Errorf("a repeated retry changed the job: %+v", again)
+		}
+		// A late finish of the old claim is refused: the job is not leased any more.
+		_, err = e.s.FinishJob(e.ctx, j.ID, 1, store.Finish{ExitCode: 3})
+		isConflict(t, err, "a finish of the retried claim")
+		j2, ok := e.claim(t, "a1", e.at(4*time.Second))
+		if !ok || j2.ID != j.ID || j2.Attempt != 2 || j2.PolicyAttempt != 2 {
+			t.Fatalf("claim of the retry = %+v (ok %v)", j2, ok)
+		}
+		get(e.s.FinishJob(e.ctx, j.ID, 2, store.Finish{ExitCode: 0, Now: e.at(5 * time.Second)}))(t)
+		tries := get(e.s.ListJobTries(e.ctx, j.ID))(t)
+		if len(tries) != 1 || tries[0].PolicyAttempt != 1 || tries[0].Attempt != 1 || tries[0].ExitCode == nil ||
+			*tries[0].ExitCode != 3 || !tries[0].FinishedAt.Equal(e.at(time.Second)) {
+			t.Errorf("tries = %+v", tries)
+		}
+		_, err = e.s.RetryJob(e.ctx, j.ID, 3, e.t0)
+		isConflict(t, err, "a retry of a passed job")
+		_, err = e.s.RetryJob(e.ctx, "nope", 2, e.t0)
+		isNotFound(t, err, "a retry of an unknown job")
+	}},
 	{"JobReleaseSkipCached", func(t *testing.T, e *env) {
 		o, p := e.org(t, "acme")
 		_, js := e.build(t, o, p, store.NewJob{StepKey: "a"}, store.NewJob{StepKey: "b"}, store.NewJob{StepKey: "c"})

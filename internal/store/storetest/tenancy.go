@@ -134,6 +134,27 @@ var miscCases = []testCase{
 			t.Errorf("ListAgents = %+v", as)
 		}
 	}},
+	{"AgentBoundToOrg", func(t *testing.T, e *env) {
+		acme, _ := e.org(t, "acme")
+		other, _ := e.org(t, "other")
+		get(e.s.UpsertAgent(e.ctx, store.Agent{ID: "a1", OrgID: acme.ID, Name: "acme's", Backend: "sandbox", Labels: []string{"x"}}, e.t0))(t)
+		_, err := e.s.UpsertAgent(e.ctx, store.Agent{ID: "a1", OrgID: other.ID, Name: "taken", Backend: "host"}, e.at(time.Second))
+		isNotFound(t, err, "another org registering an agent id")
+		a := get(e.s.GetAgent(e.ctx, "a1"))(t)
+		if a.OrgID != acme.ID || a.Name != "acme's" || a.Backend != "sandbox" || !cmp.Equal(a.Labels, []string{"x"}) || !a.LastSeen.Equal(e.t0) {
+			t.Errorf("after a refused takeover the agent is %+v", a)
+		}
+		if a = get(e.s.UpsertAgent(e.ctx, store.Agent{ID: "a1", OrgID: acme.ID, Name: "again", Backend: "docker"}, e.at(time.Minute)))(t); a.Name != "again" {
+			t.Errorf("its own org re-registering = %+v", a)
+		}
+		// An agent of no org (registered before orgs were recorded) is bound by the next one.
+		e.agent(t, "legacy", "sandbox")
+		if a = get(e.s.UpsertAgent(e.ctx, store.Agent{ID: "legacy", OrgID: other.ID, Backend: "sandbox"}, e.t0))(t); a.OrgID != other.ID {
+			t.Errorf("a legacy agent re-registered = %+v", a)
+		}
+		_, err = e.s.UpsertAgent(e.ctx, store.Agent{ID: "legacy", OrgID: acme.ID, Backend: "sandbox"}, e.t0)
+		isNotFound(t, err, "a takeover of the legacy agent once bound")
+	}},
 	{"CacheRegistry", func(t *testing.T, e *env) {
 		o, _ := e.org(t, "acme")
 		other, _ := e.org(t, "other")
@@ -161,6 +182,72 @@ var miscCases = []testCase{
 		for _, k := range []string{"k", "k2", "k3"} {
 			_, err := e.s.LookupCache(e.ctx, o.ID, k, "s", e.t0)
 			isNotFound(t, err, "deleted entry "+k)
+		}
+	}},
+	{"CacheExplain", func(t *testing.T, e *env) {
+		o, p := e.org(t, "acme")
+		other, _ := e.org(t, "other")
+		_, err := e.s.LastCacheEntry(e.ctx, o.ID, p.ID, "build")
+		isNotFound(t, err, "the last entry of a step never cached")
+		for i, k := range []string{"k1", "k2"} {
+			get(e.s.PutCacheEntry(e.ctx, store.CacheEntry{OrgID: o.ID, Key: k, Scope: "s", Snapshot: "snap-" + k, AgentID: "a1",
+				PipelineID: p.ID, StepKey: "build", Inputs: []byte(`{"policy":"forever"}`), CreatedAt: e.at(time.Duration(i) * time.Second)}))(t)
+		}
+		get(e.s.PutCacheEntry(e.ctx, store.CacheEntry{OrgID: o.ID, Key: "k3", Scope: "s", Snapshot: "snap-k3", AgentID: "a1",
+			PipelineID: p.ID, StepKey: "test", CreatedAt: e.at(time.Hour)}))(t)
+		last := get(e.s.LastCacheEntry(e.ctx, o.ID, p.ID, "build"))(t)
+		if last.Key != "k2" || last.StepKey != "build" || string(last.Inputs) != `{"policy":"forever"}` {
+			t.Errorf("LastCacheEntry = %+v, want k2 of step build with its inputs", last)
+		}
+		_, err = e.s.LastCacheEntry(e.ctx, other.ID, p.ID, "build")
+		isNotFound(t, err, "another org's last entry")
+
+		_, js := e.build(t, o, p, store.NewJob{StepKey: "build"})
+		j := get(e.s.NoteCacheMiss(e.ctx, js[0].ID, "first"))(t)
+		if j.CacheNote != "first" || j.State != store.JobPending {
+			t.Errorf("noted job = %+v", j)
+		}
+		if j = get(e.s.NoteCacheMiss(e.ctx, js[0].ID, "second"))(t); j.CacheNote != "first" {
+			t.Errorf("a second note replaced the first: %q", j.CacheNote)
+		}
+		if j = get(e.s.GetJob(e.ctx, js[0].ID))(t); j.CacheNote != "first" {
+			t.Errorf("GetJob's note = %q", j.CacheNote)
+		}
+		_, err = e.s.NoteCacheMiss(e.ctx, "nope", "x")
+		isNotFound(t, err, "a note on an unknown job")
+	}},
+	{"SnapshotRemovals", func(t *testing.T, e *env) {
+		o, _ := e.org(t, "acme")
+		if got := get(e.s.ListSnapshotRemovals(e.ctx, "a1", 10))(t); len(got) != 0 {
+			t.Errorf("removals of a new agent = %v", got)
+		}
+		for i, snap := range []string{"e-2", "e-1", "e-2"} { // a repeat is a no-op
+			if err := e.s.QueueSnapshotRemoval(e.ctx, "a1", snap, e.at(time.Duration(i)*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := e.s.QueueSnapshotRemoval(e.ctx, "a2", "e-9", e.t0); err != nil {
+			t.Fatal(err)
+		}
+		// A cached snapshot stays, whoever asks.
+		get(e.s.PutCacheEntry(e.ctx, store.CacheEntry{OrgID: o.ID, Key: "k", Scope: "s", Snapshot: "c-1", AgentID: "a1"}))(t)
+		if err := e.s.QueueSnapshotRemoval(e.ctx, "a1", "c-1", e.at(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if d := cmp.Diff([]string{"e-2", "e-1"}, get(e.s.ListSnapshotRemovals(e.ctx, "a1", 10))(t)); d != "" {
+			t.Errorf("a1's removals (-want +got):\n%s", d)
+		}
+		if d := cmp.Diff([]string{"e-2"}, get(e.s.ListSnapshotRemovals(e.ctx, "a1", 1))(t)); d != "" {
+			t.Errorf("a1's first removal (-want +got):\n%s", d)
+		}
+		if err := e.s.AckSnapshotRemovals(e.ctx, "a1", []string{"e-2", "unknown", "e-9"}); err != nil {
+			t.Fatal(err)
+		}
+		if d := cmp.Diff([]string{"e-1"}, get(e.s.ListSnapshotRemovals(e.ctx, "a1", 10))(t)); d != "" {
+			t.Errorf("a1's removals after the ack (-want +got):\n%s", d)
+		}
+		if d := cmp.Diff([]string{"e-9"}, get(e.s.ListSnapshotRemovals(e.ctx, "a2", 10))(t)); d != "" {
+			t.Errorf("another agent's ack removed a2's (-want +got):\n%s", d)
 		}
 	}},
 	{"ErrorClasses", func(t *testing.T, e *env) {

@@ -1,0 +1,66 @@
+package agent_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/vm/host"
+)
+
+// TestEphemeralSnapshotsRemoved: the ephemeral snapshot of a builds_in parent is removed from
+// the agent once the build no longer needs it, also when the agent was down when the build
+// ended (a restarted agent with the same state dir removes it at once); a cached snapshot
+// stays.
+func TestEphemeralSnapshotsRemoved(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	state := t.TempDir()
+	// The first alive call is at start; the next one would be in an hour: the removal waits
+	// for the restart.
+	a := e.startAgent(agentOpts{state: state, alive: time.Hour})
+	b := e.submit(ir(
+		step("base", "echo base > base.txt"),
+		step("child", "cat base.txt", `"builds_in":"base"`),
+		step("cached", "echo cached > c.txt", `"cache":{"policy":"forever"}`),
+		step("cached-child", "cat c.txt", `"builds_in":"cached"`),
+	), map[string]any{"cache_keys": map[string]string{"cached": "k-cached"},
+		"cache_inputs": map[string]any{"cached": map[string]string{"fingerprint": "fp-cached"}}})
+	if got := e.waitBuild(b.ID); got.State != store.BuildPassed {
+		t.Fatalf("build %s (%s %s)", got.State, got.ErrorCode, got.ErrorMessage)
+	}
+	js := e.jobs(b.ID)
+	eph, cached := js["base"].Snapshot, js["cached"].Snapshot
+	if eph == "" || cached == "" {
+		t.Fatalf("snapshots: base %q, cached %q", eph, cached)
+	}
+	be := host.New(state)
+	exists := func(id string) bool {
+		ok, err := be.SnapshotExists(e.ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	e.waitFor("the removal to be queued", func() bool {
+		l, err := e.db.ListSnapshotRemovals(e.ctx, a.a.ID(), 10)
+		return err == nil && len(l) == 1 && l[0] == eph
+	})
+	if !exists(eph) {
+		t.Fatal("the ephemeral snapshot went before the agent was told")
+	}
+	if err := a.stop(t); err == nil {
+		t.Log("agent stopped")
+	}
+	restarted := e.startAgent(agentOpts{state: state, alive: 100 * time.Millisecond})
+	if restarted.a.ID() != "" && restarted.a.ID() != a.a.ID() {
+		t.Fatalf("the restarted agent is %s, was %s", restarted.a.ID(), a.a.ID())
+	}
+	e.waitFor("the restarted agent to remove the ephemeral snapshot", func() bool { return !exists(eph) })
+	e.waitFor("the removal to be acknowledged", func() bool {
+		l, err := e.db.ListSnapshotRemovals(e.ctx, a.a.ID(), 10)
+		return err == nil && len(l) == 0
+	})
+	if !exists(cached) {
+		t.Error("the cached snapshot was removed")
+	}
+}
