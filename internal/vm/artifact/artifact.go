@@ -38,10 +38,8 @@ import (
 
 // Bounds of one step's artifacts.
 const (
-	MaxPatterns   = 64
-	MaxPatternLen = 1024
-	MaxFiles      = 10_000
-	MaxBytes      = int64(4 << 30)
+	MaxFiles = 10_000
+	MaxBytes = int64(4 << 30)
 )
 
 // File is one copied artifact, as the step_artifact event and the manifest list it.
