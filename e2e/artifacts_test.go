@@ -187,7 +187,8 @@ func checkArtifacts(t *testing.T, srcDir string, ar artifactRun) {
 	}
 }
 
-// --artifacts moves them; the step's key is escaped into one directory name.
+// --artifacts moves them; the step's key is escaped into one directory name; pruning the
+// build's record removes them.
 func TestArtifactsDirFlag(t *testing.T) {
 	e := newEnv(t)
 	writeTree(t, e.srcDir, map[string]string{".hm/ci.json": graph(0, []string{
@@ -210,5 +211,15 @@ func TestArtifactsDirFlag(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(e.srcDir, ".hm", "artifacts")); err == nil {
 		t.Error(".hm/artifacts written despite --artifacts")
+	}
+	// Pruning the build's record removes its artifacts, and only them.
+	if p := e.run("builds", "prune", "--keep", "0"); p.code != 0 {
+		t.Fatalf("hm builds prune: exit %d\n%s", p.code, p.stderr)
+	}
+	if _, err := os.Stat(filepath.Dir(filepath.Dir(got[0]))); !os.IsNotExist(err) {
+		t.Errorf("the pruned build's artifacts are still there: %v", err)
+	}
+	if _, err := os.Stat(out); err != nil {
+		t.Errorf("the artifacts directory itself went: %v", err)
 	}
 }

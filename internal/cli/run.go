@@ -325,7 +325,7 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	}()
 
 	// The build's record (hm logs, hm builds) is written from the same stream the output shows.
-	rec := recordBuild(stdio, stateDir, s.Builds, slug, dir, backendName, h.Events())
+	rec := recordBuild(stdio, stateDir, s.Builds, slug, dir, backendName, artifacts, h.Events())
 	var outErr error
 	if s.Format == "json" {
 		w := events.NewNDJSONWriter(stdio.Out)
