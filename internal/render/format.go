@@ -145,7 +145,8 @@ func (lw *lineWriter) write(buf *bytes.Buffer, ev events.Event) {
 		// Printed whatever the mode (above the live view too): where a build's files went
 		// is worth a line each.
 		prefix()
-		buf.WriteString(lw.st.dim.Render(artifactText(ev.StepArtifact)))
+		// Unstyled, like log lines: a step may copy thousands, and styling each costs.
+		buf.WriteString(artifactText(ev.StepArtifact))
 		buf.WriteByte('\n')
 		return
 	case ev.BuildAccepted != nil:

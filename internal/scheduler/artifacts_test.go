@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,9 +14,11 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/ir"
 	"github.com/hmci/hm/internal/plan"
 	"github.com/hmci/hm/internal/statedir"
+	"github.com/hmci/hm/internal/vm"
 	"github.com/hmci/hm/internal/vm/artifact"
 	"github.com/hmci/hm/internal/vm/host"
 )
@@ -122,4 +126,79 @@ func TestArtifactsOnHost(t *testing.T) {
 func sum(s string) string {
 	h := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(h[:])
+}
+
+// tooLarge is the fake backend whose artifact copy writes a file and then fails as a copy
+// beyond the bounds does.
+type tooLarge struct {
+	*fakeVM
+	copies int
+}
+
+func (b *tooLarge) CopyArtifacts(_ context.Context, _ string, _ vm.Owner, _ []string, dst *os.Root) (artifact.Result, error) {
+	b.copies++
+	if err := dst.WriteFile("partial", []byte("x"), 0o644); err != nil {
+		return artifact.Result{}, err
+	}
+	return artifact.Result{}, fmt.Errorf("%w: more than 10000 files", artifact.ErrTooLarge)
+}
+
+// A copy that fails fails the step as one that could not run, removes what it wrote, is not
+// retried (a retry would fail alike) and fails the build; a backend without the ability, or
+// an executor with no artifacts directory, runs the step and says why nothing is copied.
+func TestArtifactsCopyFails(t *testing.T) {
+	pl := build(t, []step{{key: "a", cmd: "ok", retry: &ir.Retry{Limit: 2}}})
+	pl.Steps[0].Artifacts = []string{"dist"}
+	b := &tooLarge{fakeVM: newFakeVM()}
+	dir := t.TempDir()
+	rec := &recorder{}
+	res := guard(t, func() Result {
+		return Run(context.Background(), pl, b, Options{Parallelism: 1, ArtifactsDir: dir, Publish: rec.publish})
+	})
+	if res.Status != BuildFailed || !errors.Is(res.Err, artifact.ErrTooLarge) || !errors.Is(res.Err, errs.ErrInvalid) {
+		t.Fatalf("status %s, err %v; want failed with ErrTooLarge", res.Status, res.Err)
+	}
+	if b.copies != 1 {
+		t.Errorf("copied %d times, want 1 (not retried)", b.copies)
+	}
+	if d := cmp.Diff([]string{"step_queued", "step_start", "step_log", "step_end:-1", "chain_failed"}, rec.byStep()["a"]); d != "" {
+		t.Errorf("events (-want +got):\n%s", d)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		names, _ := statedir.List(dir)
+		t.Errorf("the build's artifacts directory is left (holding %v)", names)
+	}
+	b.mu.Lock()
+	removed, commits := len(b.removed), len(b.commits)
+	b.mu.Unlock()
+	if commits != 1 || removed != 1 {
+		t.Errorf("%d snapshots committed, %d removed; want the one ephemeral snapshot, removed", commits, removed)
+	}
+
+	for _, tc := range []struct {
+		name    string
+		backend vm.Backend
+		dir     string
+		why     string
+	}{
+		{"no ability", newFakeVM(), dir, "the fake backend cannot copy artifacts"},
+		{"no directory", &tooLarge{fakeVM: newFakeVM()}, "", "artifacts are not collected by this executor"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{}
+			res := guard(t, func() Result {
+				return Run(context.Background(), pl, tc.backend, Options{ArtifactsDir: tc.dir, Publish: rec.publish})
+			})
+			if res.Status != BuildPassed {
+				t.Fatalf("status %s: %v", res.Status, res.Err)
+			}
+			found := false
+			for _, e := range rec.evs {
+				found = found || e.StepLog != nil && e.StepLog.Line == "hm: warning: "+tc.why
+			}
+			if !found {
+				t.Errorf("no warning %q", tc.why)
+			}
+		})
+	}
 }
