@@ -279,6 +279,7 @@ type commandStep struct {
 	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`
 	Cache          *ir.Cache         `json:"cache,omitempty"`
 	Retry          *ir.Retry         `json:"retry,omitempty"`
+	Artifacts      []string          `json:"artifacts,omitempty"`
 	BuildsIn       *string           `json:"builds_in,omitempty"` // flat form only
 	Env            map[string]string `json:"env,omitempty"`       // flat form only
 }
@@ -318,8 +319,11 @@ func (p Pipeline) document(g *flat) (any, []*ir.Cache, error) {
 	caches := make([]*ir.Cache, len(g.steps))
 	for i, s := range g.steps {
 		secs, _ := seconds(s.timeout) // checked by checkStep
-		steps[i] = commandStep{Key: s.key, Label: s.label, Cmd: s.cmd, Image: s.image, TimeoutSeconds: secs, Retry: s.retry}
+		steps[i] = commandStep{Key: s.key, Label: s.label, Cmd: s.cmd, Image: s.image, TimeoutSeconds: secs, Retry: s.retry, Artifacts: s.artifacts}
 		if err := checkRetry(s.key, s.retry); err != nil {
+			return nil, nil, err
+		}
+		if err := checkArtifacts(s.key, s.artifacts); err != nil {
 			return nil, nil, err
 		}
 		if s.cache != nil {
@@ -437,6 +441,19 @@ func marshal(doc any) ([]byte, error) {
 }
 
 var spreadEdge = regexp.MustCompile(`\[\n\s+(\d+),\n\s+(\d+),\n\s+("(?:builds_in|depends_on)")\n\s+\]`)
+
+func checkArtifacts(key string, patterns []string) error {
+	fix := fmt.Sprintf("use Artifacts(paths or globs under /workspace...), at most %d of them, e.g. Artifacts(\"dist/*.tar.gz\")", ir.MaxArtifacts)
+	if len(patterns) > ir.MaxArtifacts {
+		return invalid("step_artifacts", fix, "step %q: %d artifacts, more than %d", key, len(patterns), ir.MaxArtifacts)
+	}
+	for _, p := range patterns {
+		if _, why := ir.CleanArtifact(p); why != "" {
+			return invalid("step_artifacts", fix, "step %q: artifact %q: %s", key, p, why)
+		}
+	}
+	return nil
+}
 
 func checkRetry(key string, r *ir.Retry) error {
 	if r == nil {

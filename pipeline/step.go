@@ -19,6 +19,7 @@ type Step struct {
 	timeout      time.Duration
 	cache        *Cache
 	retry        *ir.Retry
+	artifacts    []string
 	after        []string
 	parent       *Step // builds_in parent; nil for a root
 }
@@ -65,6 +66,16 @@ func (s Step) Timeout(d time.Duration) Step { s.timeout = d; return s }
 // extension of the IR: other executors ignore it.
 func (s Step) Retry(limit int, on ...int) Step {
 	s.retry = &ir.Retry{Limit: limit, On: slices.Clone(on)}
+	return s
+}
+
+// Artifacts names files to copy out of the step's machine once it succeeds: paths or globs
+// (* ? [a-z] within a path component; a directory copies all of it) under /workspace, such as
+// "dist/*.tar.gz". hm writes them to .hm/artifacts/BUILD/KEY/ of the source directory (`hm
+// run --artifacts DIR` moves it); symlinks are never copied. An hm extension of the IR:
+// other executors ignore it. Each call adds to the list.
+func (s Step) Artifacts(patterns ...string) Step {
+	s.artifacts = append(slices.Clip(s.artifacts), patterns...)
 	return s
 }
 

@@ -94,6 +94,9 @@ type Meta struct {
 	// stored because the build reached MaxBuildBytes.
 	CutLines     int `json:"cut_lines"`
 	DroppedLines int `json:"dropped_lines"`
+	// Artifacts is the build's artifacts directory (its steps' artifacts and manifest),
+	// removed with the record; "" when it has none recorded.
+	Artifacts string `json:"artifacts,omitempty"`
 }
 
 // ErrNotFound and ErrAmbiguous are returned by Find.
@@ -280,6 +283,13 @@ func (s *Store) Prune(keep int, maxAge time.Duration, now time.Time) ([]Meta, er
 				firstErr = err
 			}
 			continue
+		}
+		// The build's artifacts go with it: only the directory hm made for this build, named
+		// by its id, whatever a hand-edited meta.json says.
+		if a := m.Artifacts; a != "" && filepath.IsAbs(a) && filepath.Base(a) == m.ID {
+			if err := os.RemoveAll(a); err != nil && firstErr == nil {
+				firstErr = err
+			}
 		}
 		removed = append(removed, m)
 	}

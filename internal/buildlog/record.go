@@ -3,6 +3,7 @@ package buildlog
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -12,6 +13,9 @@ import (
 // Info is what a record needs that the events do not say, and the pruning limits.
 type Info struct {
 	Pipeline, SourceDir, Backend string
+	// Artifacts is the directory the build's artifacts go to, a build's in Artifacts/ID
+	// (scheduler.Options.ArtifactsDir); pruning the record removes them too.
+	Artifacts string
 	// Keep is how many builds to keep, this one included (0: no count limit); MaxAge how old
 	// a build may get (0: no age limit).
 	Keep   int
@@ -118,7 +122,7 @@ func (r *Recording) record(s *Store, in <-chan events.Event, info Info) {
 		if bs := ev.BuildStart; bs != nil && w == nil && !failed {
 			var err error
 			w, err = s.Create(Meta{ID: bs.RunID, Pipeline: info.Pipeline, SourceDir: info.SourceDir,
-				Backend: info.Backend, StartedAt: bs.StartedAt})
+				Backend: info.Backend, StartedAt: bs.StartedAt, Artifacts: artifactsOf(info, bs.RunID)})
 			if err != nil {
 				failed = true
 				stop(fmt.Errorf("cannot create the build's record: %w", err))
@@ -142,4 +146,11 @@ func (r *Recording) record(s *Store, in <-chan events.Event, info Info) {
 			r.fail(err)
 		}
 	}
+}
+
+func artifactsOf(info Info, id string) string {
+	if info.Artifacts == "" {
+		return ""
+	}
+	return filepath.Join(info.Artifacts, id)
 }

@@ -26,9 +26,10 @@ type buildRecord struct {
 	warned bool
 }
 
-func recordBuild(stdio IO, stateDir string, lim config.Builds, pipeline, dir, backend string, evs <-chan events.Event) *buildRecord {
+func recordBuild(stdio IO, stateDir string, lim config.Builds, pipeline, dir, backend, artifacts string, evs <-chan events.Event) *buildRecord {
 	rec, err := buildlog.Open(stateDir).Record(evs, buildlog.Info{
 		Pipeline: pipeline, SourceDir: dir, Backend: backend, Keep: lim.Keep, MaxAge: lim.MaxAge.Duration,
+		Artifacts: artifacts,
 	})
 	br := &buildRecord{rec: rec, errw: stdio.Err}
 	if err != nil {

@@ -38,6 +38,7 @@ type runFlags struct {
 	verbose                             bool
 	branch, message                     string
 	server, token, org                  string
+	artifacts                           string
 }
 
 func newRunCmd(stdio IO) *cobra.Command {
@@ -71,6 +72,7 @@ unavailable, 7 pipeline invalid, 124 timed out, 130 canceled.`,
 	fl.BoolVar(&f.logs, "logs", false, "plain prefixed log lines even on a terminal")
 	fl.BoolVar(&f.noColor, "no-color", false, "no colours")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "more detail (cache-miss explanations, every log line)")
+	fl.StringVar(&f.artifacts, "artifacts", "", "where steps' artifacts go, a build's in DIR/BUILD/STEP/ (default: .hm/artifacts of the source directory; or HM_ARTIFACTS, artifacts in config)")
 	fl.StringVarP(&f.branch, "branch", "b", "", "source branch (remote backend)")
 	fl.StringVarP(&f.message, "message", "m", "", "build message (remote backend)")
 	fl.StringVar(&f.server, "server", "", "the hm server's URL (remote backend; or HM_API_URL, [remote] server)")
@@ -295,7 +297,11 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
-	h, err := exec.Start(c.Context(), execution.Request{Build: build})
+	artifacts, err := artifactsDir(c.Flags(), f, s, build.Source.Dir)
+	if err != nil {
+		return err
+	}
+	h, err := exec.Start(c.Context(), execution.Request{Build: build, ArtifactsDir: artifacts})
 	if err != nil {
 		return err
 	}
@@ -319,7 +325,7 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	}()
 
 	// The build's record (hm logs, hm builds) is written from the same stream the output shows.
-	rec := recordBuild(stdio, stateDir, s.Builds, slug, dir, backendName, h.Events())
+	rec := recordBuild(stdio, stateDir, s.Builds, slug, dir, backendName, artifacts, h.Events())
 	var outErr error
 	if s.Format == "json" {
 		w := events.NewNDJSONWriter(stdio.Out)
@@ -343,6 +349,12 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	}
 	rec.finish()
 	out := h.Wait()
+	if id := rec.rec.ID(); s.Format != "json" && id != "" && artifacts != "" {
+		// The step_artifact lines name paths in the workspace; this says where they are.
+		if m := filepath.Join(artifacts, id, scheduler.ManifestName); fileExists(m) {
+			fmt.Fprintf(stdio.Err, "hm: artifacts in %s (manifest %s)\n", filepath.Dir(m), scheduler.ManifestName)
+		}
+	}
 	if out.Err != nil {
 		// After the build's own report: why the first step that could not run failed, and
 		// what to do about it. The exit code stays the build's.
@@ -402,4 +414,32 @@ func localBackend(ctx context.Context, stdio IO, s settings, stateDir string, bu
 		VM: vmb, StateDir: stateDir, Unwritable: unwritable,
 		MaxEntries: s.Cache.MaxEntries, MaxBytes: int64(s.Cache.MaxSize),
 	}, vmb, nil
+}
+
+// artifactsDir is where the build's steps' artifacts go: --artifacts (relative to the
+// working directory), else the config's artifacts (relative to the source directory), else
+// the source directory's .hm/artifacts, which no workspace ever includes.
+func artifactsDir(fl *pflag.FlagSet, f *runFlags, s settings, sourceDir string) (string, error) {
+	if fl.Changed("artifacts") {
+		if f.artifacts == "" {
+			return "", usage("give --artifacts a directory", "--artifacts is empty")
+		}
+		abs, err := filepath.Abs(f.artifacts)
+		if err != nil {
+			return "", usage("check --artifacts", "bad artifacts directory %q: %v", f.artifacts, err)
+		}
+		return abs, nil
+	}
+	if s.Artifacts != "" {
+		if filepath.IsAbs(s.Artifacts) {
+			return filepath.Clean(s.Artifacts), nil
+		}
+		return filepath.Join(sourceDir, s.Artifacts), nil
+	}
+	return filepath.Join(sourceDir, ".hm", "artifacts"), nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

@@ -41,6 +41,9 @@ type Config struct {
 	Memory    Size   `toml:"memory"`     // bytes, e.g. "512m", "2GiB"
 	CPUs      CPUs   `toml:"cpus"`       // CPUs' worth of time, fractional like docker's --cpus
 	Remote    Remote `toml:"remote"`
+	// Artifacts is where steps' artifacts go (a build's in Artifacts/BUILD/STEP/): relative to
+	// the source directory (the one holding .hm/); "" = .hm/artifacts. HM_ARTIFACTS.
+	Artifacts string `toml:"artifacts"`
 }
 
 // Remote is where `hm run --backend remote` submits (spec/cli.md § Remote).
@@ -289,7 +292,7 @@ func loadFile(c *Config, path string) error {
 
 // applyEnv reads HM_BACKEND, HM_NETWORK, HM_PARALLELISM, HM_KEEP_GOING, HM_NO_CACHE,
 // HM_TIMEOUT, HM_FORMAT, HM_LOGS, HM_NO_COLOR, HM_CACHE_MAX_ENTRIES, HM_CACHE_MAX_SIZE,
-// HM_BUILDS_KEEP, HM_BUILDS_MAX_AGE, HM_PIDS_LIMIT, HM_MEMORY, HM_CPUS, and the remote
+// HM_BUILDS_KEEP, HM_BUILDS_MAX_AGE, HM_PIDS_LIMIT, HM_MEMORY, HM_CPUS, HM_ARTIFACTS, and the remote
 // backend's HM_API_URL, HM_API_TOKEN and HM_ORG.
 func applyEnv(c *Config, getenv func(string) string) error {
 	bad := func(name, v string, err error) error {
@@ -316,6 +319,7 @@ func applyEnv(c *Config, getenv func(string) string) error {
 		{"HM_PIDS_LIMIT", func(v string) (err error) { c.PidsLimit, err = ParsePidsLimit(v); return }},
 		{"HM_MEMORY", func(v string) error { n, err := ParseMemory(v); c.Memory = Size(n); return err }},
 		{"HM_CPUS", func(v string) error { f, err := ParseCPUs(v); c.CPUs = CPUs(f); return err }},
+		{"HM_ARTIFACTS", func(v string) error { c.Artifacts = v; return nil }},
 		{"HM_API_URL", func(v string) error { c.Remote.Server = v; return nil }},
 		{"HM_API_TOKEN", func(v string) error { c.Remote.Token = v; return nil }},
 		{"HM_ORG", func(v string) error { c.Remote.Org = v; return nil }},

@@ -24,6 +24,7 @@ const (
 	KindStepEnd       Kind = "step_end"
 	KindStepSkipped   Kind = "step_skipped"
 	KindStepRetry     Kind = "step_retry"
+	KindStepArtifact  Kind = "step_artifact"
 	KindChainFailed   Kind = "chain_failed"
 	KindBuildEnd      Kind = "build_end"
 )
@@ -53,6 +54,7 @@ type Event struct {
 	StepEnd       *StepEnd
 	StepSkipped   *StepSkipped
 	StepRetry     *StepRetry
+	StepArtifact  *StepArtifact
 	ChainFailed   *ChainFailed
 	BuildEnd      *BuildEnd
 }
@@ -138,6 +140,18 @@ type StepRetry struct {
 	TS       time.Time `json:"ts"`
 }
 
+// StepArtifact (our addition) lists one file a step's `artifacts` copied out of its machine,
+// after the step succeeded or hit the cache and before its step_end: Path is relative to
+// /workspace and to the step's artifacts directory (STEP below the build's, named in the
+// build's manifest.json), Size its bytes, SHA256 their hex digest.
+type StepArtifact struct {
+	StepID string    `json:"step_id"`
+	Path   string    `json:"path"`
+	Size   int64     `json:"size"`
+	SHA256 string    `json:"sha256"`
+	TS     time.Time `json:"ts"`
+}
+
 type StepSkipped struct {
 	StepID string    `json:"step_id"`
 	Reason string    `json:"reason"`
@@ -179,6 +193,8 @@ func (e Event) payload() any {
 		return nilIf(e.StepSkipped)
 	case KindStepRetry:
 		return nilIf(e.StepRetry)
+	case KindStepArtifact:
+		return nilIf(e.StepArtifact)
 	case KindChainFailed:
 		return nilIf(e.ChainFailed)
 	case KindBuildEnd:
@@ -211,6 +227,8 @@ func (e Event) StepID() string {
 		return e.StepSkipped.StepID
 	case e.StepRetry != nil:
 		return e.StepRetry.StepID
+	case e.StepArtifact != nil:
+		return e.StepArtifact.StepID
 	case e.ChainFailed != nil:
 		return e.ChainFailed.FailedStepID
 	}
@@ -278,6 +296,9 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 	case KindStepRetry:
 		e.StepRetry = new(StepRetry)
 		dst = e.StepRetry
+	case KindStepArtifact:
+		e.StepArtifact = new(StepArtifact)
+		dst = e.StepArtifact
 	case KindChainFailed:
 		e.ChainFailed = new(ChainFailed)
 		dst = e.ChainFailed

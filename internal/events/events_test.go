@@ -90,6 +90,8 @@ func TestWireFormat(t *testing.T) {
 			`{"kind":"step_log","step_id":"s","stream":"stdout","line":"hi","ts":"2026-11-25T18:00:00.123Z","attempt":1}`},
 		{Event{Kind: KindStepEnd, StepEnd: &StepEnd{StepID: "s", ExitCode: 3, DurationMS: 5, Attempt: 2}},
 			`{"kind":"step_end","step_id":"s","exit_code":3,"duration_ms":5,"snapshot":null,"attempt":2}`},
+		{Event{Kind: KindStepArtifact, StepArtifact: &StepArtifact{StepID: "s", Path: "dist/a", Size: 3, SHA256: "ab", TS: ts}},
+			`{"kind":"step_artifact","step_id":"s","path":"dist/a","size":3,"sha256":"ab","ts":"2026-11-25T18:00:00.123Z"}`},
 		{Event{Kind: KindStepRetry, StepRetry: &StepRetry{StepID: "s", Attempt: 1, Attempts: 3, ExitCode: 1, Message: "m", TS: ts}},
 			`{"kind":"step_retry","step_id":"s","attempt":1,"attempts":3,"exit_code":1,"message":"m","ts":"2026-11-25T18:00:00.123Z"}`},
 		{Event{Kind: KindBuildEnd, BuildEnd: &BuildEnd{ExitCode: 1, DurationMS: 9}},

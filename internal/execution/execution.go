@@ -24,6 +24,9 @@ type Backend interface {
 // remote one sends Build.IR verbatim, Build.Source.Archive and Build.Options instead).
 type Request struct {
 	Build *prepare.Build
+	// ArtifactsDir is the absolute directory steps' artifacts are written to, a build's in
+	// ArtifactsDir/BUILD/ (scheduler.Options.ArtifactsDir); "" collects none.
+	ArtifactsDir string
 }
 
 // Handle is a running build.

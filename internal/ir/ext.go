@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"path"
+	"slices"
+	"strings"
 )
 
 // hm's extension fields (ir-v0.md § hm extensions): other executors ignore them, so a
@@ -77,4 +80,81 @@ func convertSource(raw json.RawMessage) (Source, error) {
 			"the pipeline's source field is invalid: %v", err)
 	}
 	return s, nil
+}
+
+// Bounds of a step's artifacts field (what the patterns may copy is bounded where they are
+// copied, internal/vm/artifact).
+const (
+	MaxArtifacts   = 64
+	MaxArtifactLen = 1024
+)
+
+// convertArtifacts validates a step's artifacts: `"artifacts": ["dist/*.tar.gz", "report.xml",
+// "/workspace/out"]`, paths or globs (* ? [a-z], per path component) under /workspace, copied
+// out of the machine after the step succeeds (schema/README.md). Each is returned clean and
+// relative to /workspace; one that is not under it (absolute elsewhere, escaping with ..,
+// the workspace itself) is refused, as are more than MaxArtifacts of them.
+func convertArtifacts(name string, raw json.RawMessage) ([]string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	fix := fmt.Sprintf(`write artifacts as a list of at most %d paths or globs under /workspace, e.g. ["dist/*.tar.gz", "report.xml"]`, MaxArtifacts)
+	var list []string
+	if err := json.Unmarshal(raw, &list); err != nil {
+		return nil, invalid("ir_artifacts", fix, "%s has invalid artifacts: %v", name, err)
+	}
+	if len(list) > MaxArtifacts {
+		return nil, invalid("ir_artifacts", fix, "%s has %d artifacts patterns, more than %d", name, len(list), MaxArtifacts)
+	}
+	out := make([]string, 0, len(list))
+	for _, p := range list {
+		clean, why := CleanArtifact(p)
+		if why != "" {
+			return nil, invalid("ir_artifacts", fix, "%s has artifact %q: %s", name, truncate(p, 80), why)
+		}
+		if !slices.Contains(out, clean) {
+			out = append(out, clean)
+		}
+	}
+	return out, nil
+}
+
+// CleanArtifact returns artifact pattern p clean and relative to /workspace, or why it cannot
+// be one (for the front ends, which say where it is written).
+func CleanArtifact(p string) (string, string) {
+	switch {
+	case p == "":
+		return "", "it is empty"
+	case len(p) > MaxArtifactLen:
+		return "", fmt.Sprintf("it is longer than %d bytes", MaxArtifactLen)
+	case strings.ContainsRune(p, 0):
+		return "", "it contains a NUL byte"
+	}
+	rel := p
+	if strings.HasPrefix(p, "/") {
+		var ok bool
+		if rel, ok = strings.CutPrefix(path.Clean(p), "/workspace/"); !ok {
+			return "", "an absolute path must be under /workspace"
+		}
+	}
+	for c := range strings.SplitSeq(rel, "/") {
+		if c == ".." {
+			return "", "it escapes /workspace with .."
+		}
+	}
+	rel = path.Clean(rel)
+	if rel == "." {
+		return "", "it names the whole workspace; name the files or directories to keep"
+	}
+	if _, err := path.Match(rel, ""); err != nil {
+		return "", "it is not a valid glob (syntax: * ? [a-z] within a path component)"
+	}
+	return rel, ""
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }

@@ -46,6 +46,9 @@ type Step struct {
 	Runner         string
 	RunnerArgs     json.RawMessage
 	Retry          *Retry // hm extension; nil: no policy (infrastructure errors retried once)
+	// Artifacts (hm extension) are the step's artifact patterns, clean and relative to
+	// /workspace; nil: none.
+	Artifacts []string
 }
 
 // Cache policy names.

@@ -141,6 +141,14 @@ func (lw *lineWriter) write(buf *bytes.Buffer, ev events.Event) {
 			buf.WriteByte('\n')
 		}
 		return
+	case ev.StepArtifact != nil:
+		// Printed whatever the mode (above the live view too): where a build's files went
+		// is worth a line each.
+		prefix()
+		// Unstyled, like log lines: a step may copy thousands, and styling each costs.
+		buf.WriteString(artifactText(ev.StepArtifact))
+		buf.WriteByte('\n')
+		return
 	case ev.BuildAccepted != nil:
 		a := ev.BuildAccepted
 		fmt.Fprintf(buf, "Build #%d accepted (%s/%s)", a.Build.Number, a.Build.Org, a.Build.Pipeline)
@@ -214,4 +222,27 @@ func (lw *lineWriter) write(buf *bytes.Buffer, ev events.Event) {
 		buf.WriteString(summary(lw.b, lw.st))
 		buf.WriteByte('\n')
 	}
+}
+
+// artifactText is a step_artifact's line: the path (escaped: it is the step's file name),
+// the size and the digest's first 12 hex digits.
+func artifactText(a *events.StepArtifact) string {
+	sum := a.SHA256
+	if len(sum) > 12 {
+		sum = sum[:12]
+	}
+	return fmt.Sprintf("↓ artifact %s (%s, sha256 %s)", Escape(a.Path), humanBytes(a.Size), sum)
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

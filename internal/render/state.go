@@ -150,6 +150,8 @@ func (b *build) apply(ev events.Event) *step {
 			s.logs.drop() // only failed steps are replayed
 		}
 		return s
+	case ev.StepArtifact != nil:
+		return b.stepFor(ev.StepArtifact.StepID)
 	case ev.StepRetry != nil:
 		r := ev.StepRetry
 		s := b.stepFor(r.StepID)

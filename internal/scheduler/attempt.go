@@ -73,6 +73,7 @@ func retryAgain(p *ir.Retry, n, code int) (again bool, most int) {
 // from *handoff, which it then owns), given the source, run, and on success committed as the
 // step needs. A failed attempt commits nothing and leaves no machine behind.
 func (r *run) attempt(ctx context.Context, i, n int, spec vm.Spec, handoff *vm.Machine, cached bool, q CacheQuery) outcome {
+	collect, _ := r.wantsArtifacts(i)
 	ps := &r.pl.Steps[i]
 	id := r.steps[i].id
 	// HM_ATTEMPT tells the command which attempt it is, from 1.
@@ -122,7 +123,8 @@ func (r *run) attempt(ctx context.Context, i, n int, spec vm.Spec, handoff *vm.M
 	// child that continues on this machine needs none.
 	_, continuable := m.(vm.Continuer)
 	continuable = continuable && spec.Continuable
-	needEphemeral := len(ps.Children) > 0 && !continuable
+	// Artifacts are read from a snapshot, never from the machine (see artifacts.go).
+	needEphemeral := len(ps.Children) > 0 && !continuable || collect
 	o := outcome{end: endPassed}
 	if cached || needEphemeral {
 		snap, err := m.Commit(ctx, !cached)

@@ -125,6 +125,10 @@ type Options struct {
 	Warnings  [][]string
 	Cache     Cache
 	Workspace *source.Tree
+	// ArtifactsDir is the build's artifacts directory: a step's `artifacts` go to
+	// ArtifactsDir/StepDir(key)/, the manifest to ArtifactsDir/manifest.json (artifacts.go).
+	// "": not collected (a step naming some warns).
+	ArtifactsDir string
 	// Publish receives every event; it must not block (events.Queue.Publish).
 	Publish func(events.Event)
 }
@@ -189,6 +193,7 @@ type run struct {
 	images    imageCache
 	pid       int
 	wg        sync.WaitGroup // ephemeral snapshot removals
+	manifest  manifest
 }
 
 func newRun(pl *plan.Plan, backend vm.Backend, opts Options) *run {

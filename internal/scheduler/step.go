@@ -82,6 +82,21 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 			r.opts.Publish(events.Event{Kind: events.KindStepCacheHit, StepCacheHit: hit})
 			snap := res.Snapshot
 			c.status, c.snapshot = CacheHit, snap
+			// A hit's artifacts come from the cached snapshot, as if the step had run.
+			if collect, why := r.wantsArtifacts(i); collect {
+				select {
+				case r.slots <- struct{}{}:
+				case <-ctx.Done():
+					return r.fail(i, 1, c, start, endCanceled, ctx.Err())
+				}
+				err := r.collect(ctx, i, 1, snap)
+				<-r.slots
+				if err != nil {
+					return r.fail(i, 1, c, start, classify(ctx, ctx), err)
+				}
+			} else if why != "" {
+				r.log(st.id, 1, events.Stderr, "hm: warning: "+why)
+			}
 			r.end(st.id, 1, 0, start, &snap)
 			return c
 		}
@@ -118,6 +133,9 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 			r.log(st.id, 1, events.Stderr, "hm: warning: "+w)
 		}
 	}
+	if _, why := r.wantsArtifacts(i); why != "" {
+		r.log(st.id, 1, events.Stderr, "hm: warning: "+why)
+	}
 
 	spec.Cmd = ps.Cmd
 	spec.Env = append(append(append([]string{}, vm.BaseEnv...), ps.Env...), r.opts.ExtraEnv...)
@@ -133,6 +151,11 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 		switch o.end {
 		case endPassed:
 			c.status, c.snapshot, c.eph, c.handoff = Passed, o.snapshot, o.eph, o.handoff
+			if collect, _ := r.wantsArtifacts(i); collect {
+				if err := r.collect(ctx, i, n, o.snapshot); err != nil {
+					return r.fail(i, n, c, start, classify(ctx, ctx), err)
+				}
+			}
 			var snapPtr *string
 			if c.snapshot != "" {
 				s := c.snapshot

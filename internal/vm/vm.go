@@ -50,9 +50,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/source"
+	"github.com/hmci/hm/internal/vm/artifact"
 )
 
 // Backend creates machines and owns the snapshots they commit.
@@ -130,6 +132,17 @@ type Continuer interface {
 // (another state dir's snapshot); callers ask SnapshotExists for those.
 type SnapshotLister interface {
 	ListSnapshots(ctx context.Context) ([]string, error)
+}
+
+// ArtifactCopier is an optional ability of a Backend: it copies the files under /workspace
+// of a snapshot that patterns (clean, relative to /workspace, as ir validated them) match
+// into dst, reading only what may match (never the whole snapshot), through an
+// artifact.Collector so that every backend refuses symlinks and bounds sizes alike. The
+// scheduler commits a step with artifacts (an ephemeral snapshot when nothing else needs
+// one) and copies from that, and from the cached snapshot on a cache hit. Owner labels
+// anything the copy creates meanwhile (docker's temporary container), for reconcile.
+type ArtifactCopier interface {
+	CopyArtifacts(ctx context.Context, snapshot string, owner Owner, patterns []string, dst *os.Root) (artifact.Result, error)
 }
 
 // Owner identifies the hm run and step a machine or snapshot belongs to.

@@ -81,11 +81,16 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	h := &handle{q: events.NewQueue(), cancel: cancel, done: make(chan struct{})}
 	opts := pb.Options
+	runID := uuid.NewString()
+	artifacts := ""
+	if req.ArtifactsDir != "" {
+		artifacts = filepath.Join(req.ArtifactsDir, runID)
+	}
 	go func() {
 		defer close(h.done)
 		defer cancel()
 		res := scheduler.Run(runCtx, pl, b.VM, scheduler.Options{
-			RunID:       uuid.NewString(),
+			RunID:       runID,
 			Parallelism: opts.Parallelism,
 			KeepGoing:   opts.KeepGoing,
 			NoCache:     opts.NoCache,
@@ -97,6 +102,8 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 			Cache:       schedCache,
 			Workspace:   pb.Source.Tree,
 			Publish:     h.q.Publish,
+			// Written as the steps pass: .hm/artifacts/BUILD/ of the source directory.
+			ArtifactsDir: artifacts,
 		})
 		h.out = execution.Outcome{ExitCode: res.Status.ExitCode(), Err: res.Err}
 		if reg != nil {

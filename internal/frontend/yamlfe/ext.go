@@ -9,7 +9,7 @@ import (
 	"github.com/hmci/hm/internal/ir"
 )
 
-// hm's extension fields: `retry` on a step, `source` on the pipeline.
+// hm's extension fields: `retry` and `artifacts` on a step, `source` on the pipeline.
 
 type retryDef struct {
 	limit int
@@ -96,4 +96,26 @@ func (ps *parser) integer(n *yaml.Node, what string, lo, hi int) (int, error) {
 		return 0, ps.errorf(n, retryFix, "%s must be a whole number from %d to %d, not %s", what, lo, hi, describe(n))
 	}
 	return v, nil
+}
+
+var artifactsFix = fmt.Sprintf("write artifacts as a list of at most %d paths or globs under /workspace, e.g. [dist/*.tar.gz, report.xml]", ir.MaxArtifacts)
+
+// artifacts reads `artifacts: [paths or globs]` (or one string), each checked where it is
+// written.
+func (ps *parser) artifacts(n *yaml.Node) ([]string, error) {
+	list, err := ps.strList(n, "artifacts")
+	if err != nil {
+		return nil, err
+	}
+	if len(list) > ir.MaxArtifacts {
+		return nil, ps.errorf(n, artifactsFix, "artifacts lists %d patterns, more than %d", len(list), ir.MaxArtifacts)
+	}
+	out := make([]string, 0, len(list))
+	for _, it := range list {
+		if _, why := ir.CleanArtifact(it.Value); why != "" {
+			return nil, ps.errorf(it, artifactsFix, "artifact %q: %s", it.Value, why)
+		}
+		out = append(out, it.Value)
+	}
+	return out, nil
 }
