@@ -46,6 +46,9 @@ type Step struct {
 	Runner         string
 	RunnerArgs     json.RawMessage
 	Retry          *Retry // hm extension; nil: no policy (infrastructure errors retried once)
+	// Secrets are the names of the build's secrets the step sees as environment variables
+	// (hm extension, see ValidSecretName); nil: none.
+	Secrets []string
 }
 
 // Cache policy names.

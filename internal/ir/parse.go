@@ -58,7 +58,8 @@ type rawStep struct {
 	Env               map[string]string `json:"env"`
 	BuildsIn          *string           `json:"builds_in"`
 	ContinueOnFailure bool              `json:"continue_on_failure"`
-	Retry             json.RawMessage   `json:"retry"` // hm extension
+	Retry             json.RawMessage   `json:"retry"`   // hm extension
+	Secrets           json.RawMessage   `json:"secrets"` // hm extension
 }
 
 func invalid(code, fix, format string, args ...any) error {
@@ -238,6 +239,9 @@ func convertStep(i int, s *rawStep) (Step, error) {
 		return Step{}, err
 	}
 	st.Retry = r
+	if st.Secrets, err = convertSecrets(name, s.Secrets); err != nil {
+		return Step{}, err
+	}
 	return st, nil
 }
 
