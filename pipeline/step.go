@@ -19,6 +19,7 @@ type Step struct {
 	timeout      time.Duration
 	cache        *Cache
 	retry        *ir.Retry
+	secrets      []string
 	after        []string
 	parent       *Step // builds_in parent; nil for a root
 }
@@ -65,6 +66,15 @@ func (s Step) Timeout(d time.Duration) Step { s.timeout = d; return s }
 // extension of the IR: other executors ignore it.
 func (s Step) Retry(limit int, on ...int) Step {
 	s.retry = &ir.Retry{Limit: limit, On: slices.Clone(on)}
+	return s
+}
+
+// Secrets names secrets of the build (hm run --secret NAME, config [secrets]) that the step
+// sees as environment variables of those names; no other step does. hm masks their values
+// in all output, and a build that was not given one of them is refused before it starts. An
+// hm extension of the IR: other executors ignore it.
+func (s Step) Secrets(names ...string) Step {
+	s.secrets = append(slices.Clip(s.secrets), names...)
 	return s
 }
 
