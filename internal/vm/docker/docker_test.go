@@ -583,7 +583,7 @@ func TestStepEnvValues(t *testing.T) {
 				t.Errorf("stdout %q, want %q", out, tc.want)
 			}
 			snap := commit(t, b, m, true)
-			ins, _, err := b.cli.ImageInspectWithRaw(t.Context(), snap)
+			ins, err := b.cli.ImageInspect(t.Context(), snap)
 			if err != nil {
 				t.Fatal(err)
 			}
