@@ -28,7 +28,8 @@ var secretForms = []string{
 }
 
 // secretPipeline: "leak" prints the secret plainly, split across two writes a moment apart,
-// base64-encoded and in an error message on stderr; its cached child must not see it;
+// base64-encoded and in an error message on stderr (its cache key hashes it: env_keys); its
+// cached child must not see it;
 // "fails" prints it in the error that fails it (the failure's tail in the terminal).
 func secretPipeline(img string) string {
 	sep := ""
@@ -43,7 +44,7 @@ echo "error: authentication failed with token $TOKEN" >&2
 test -n "$PLAIN_E" && echo "plain env set"
 echo built > /opt/leak-ran 2>/dev/null || echo built > leak-ran`
 	return graph(0, []string{
-		stepJSON("leak", leak, img+sep+`"secrets":["TOKEN"],"cache":{"policy":"forever"}`),
+		stepJSON("leak", leak, img+sep+`"secrets":["TOKEN"],"cache":{"policy":"forever","env_keys":["TOKEN"]}`),
 		stepJSON("child", `echo "child sees [${TOKEN-unset}]"`, `"cache":{"policy":"forever"}`),
 		stepJSON("fails", `echo "fatal: token $TOKEN was refused" >&2; exit 3`, img+sep+`"secrets":["TOKEN"]`),
 	}, `[0,1,"builds_in"]`)

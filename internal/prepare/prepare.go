@@ -129,6 +129,7 @@ func New(ctx context.Context, in Input) (*Build, error) {
 	// close as possible to the moment its tree was read.
 	if b.Steps, err = cachekey.Compute(cachekey.Context{
 		Org: b.Org, Slug: in.Slug, Dir: dir, Getenv: in.Getenv,
+		Secret: func(name string) bool { _, ok := in.Options.Secrets[name]; return ok },
 	}, p); err != nil {
 		return nil, err
 	}
