@@ -155,11 +155,6 @@ func (m *Masker) String(s string) string {
 	return string(out)
 }
 
-// Contains reports whether s holds any pattern (for tests and checks).
-func (m *Masker) Contains(s string) bool {
-	return m != nil && m.String(s) != s
-}
-
 // Writer returns a writer that masks what is written to it before passing it to w, whatever
 // the write boundaries. Call Flush after the last write.
 func (m *Masker) Writer(w io.Writer) *Writer {
