@@ -66,7 +66,7 @@ unavailable, 7 pipeline invalid, 124 timed out, 130 canceled.`,
 	fl.StringVar(&f.cpus, "cpus", "", "max CPUs' worth of time per step, fractional, e.g. 1.5 (default: none)")
 	fl.StringArrayVar(&f.mapImage, "map-image", nil, "use image TO wherever the pipeline names FROM (FROM=TO, repeatable)")
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "extra environment for every step (K=V, repeatable)")
-	fl.StringArrayVar(&f.secrets, "secret", nil, "expose a secret as env NAME to the steps that name it (NAME=VALUE, or NAME: the value from the environment, else .env); masked in all output (repeatable)")
+	fl.StringArrayVar(&f.secrets, "secret", nil, "expose a secret as env NAME to the steps that name it: NAME takes the value from the environment, else .env (NAME=VALUE works too, but ps shows it); masked in all output (repeatable)")
 	fl.IntVar(&f.parallelism, "parallelism", 0, "max concurrently executing steps (default: CPUs; 0 = 1)")
 	fl.BoolVarP(&f.keepGoing, "keep-going", "k", false, "do not cancel independent branches after a failure")
 	fl.BoolVar(&f.noCache, "no-cache", false, "run every step; do not register new cache entries")
