@@ -574,7 +574,7 @@ func TestStepEnvValues(t *testing.T) {
 		cmd  string
 		want string
 	}{
-		{"stdin", []string{"V=" + tricky, "V2=first", "V2=second"}, `printf '%s|%s|' "$V" "$V2"; cat; echo "[$e$l]"`, tricky + "|second|[]\n"},
+		{"stdin", []string{"V=" + tricky, "V2=first", "V2=second", "e=E", "l=L"}, `printf '%s|%s|' "$V" "$V2"; cat; echo "[$e$l${__hm_env-}]"`, tricky + "|second|[EL]\n"},
 		{"exec for a name sh cannot export", []string{"V=" + tricky, "A-B=1"}, `printf '%s|' "$V"; cat; echo`, tricky + "|\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -17,9 +17,10 @@ import (
 // envWrapper is the entrypoint of a step container: it reads `export NAME='value'` lines
 // from stdin to its end (shell builtins only, so that /bin/sh is all an image needs), runs
 // them, and execs `/bin/sh -c CMD` ($1) in its place, so that the command's PID, exit
-// status and signals are those of `sh -c CMD` as the container's init.
-const envWrapper = `e=; while IFS= read -r l; do e="$e$l
-"; done; eval "$e"; unset e l; exec /bin/sh -c "$1"`
+// status and signals are those of `sh -c CMD` as the container's init. Its own variables are
+// not exported, so the command never sees them, and a step variable of any name survives.
+const envWrapper = `__hm_env=; while IFS= read -r __hm_line; do __hm_env="$__hm_env$__hm_line
+"; done; eval "$__hm_env"; exec /bin/sh -c "$1"`
 
 // stdinEnv sets up cfg to run cmd with its environment given on stdin (envScript), and
 // reports false, changing nothing, when env has a name a shell cannot export: such a step
