@@ -37,7 +37,11 @@ const minLinePart = 4
 type Masker struct {
 	patterns [][]byte     // longest first
 	byFirst  [256][]int32 // indexes into patterns, by their first byte
-	maxLen   int
+	// pairs has bit a<<8|b set when a pattern starts with bytes a, b; single[a] when a is a
+	// pattern. Together they skip most positions of ordinary text at a glance.
+	pairs  [1 << 16 / 64]uint64
+	single [256]bool
+	maxLen int
 }
 
 // NewMasker returns a masker for values (empty ones are ignored); nil when there is nothing to
@@ -92,6 +96,12 @@ func NewMasker(values ...string) *Masker {
 		m.patterns = append(m.patterns, []byte(p))
 		m.byFirst[p[0]] = append(m.byFirst[p[0]], int32(i))
 		m.maxLen = max(m.maxLen, len(p))
+		if len(p) == 1 {
+			m.single[p[0]] = true
+		} else {
+			pr := uint16(p[0])<<8 | uint16(p[1])
+			m.pairs[pr/64] |= 1 << (pr % 64)
+		}
 	}
 	return m
 }
@@ -110,10 +120,17 @@ func (m *Masker) MaxHold() int {
 func (m *Masker) scan(out, b []byte, final bool) ([]byte, int) {
 	i, plain := 0, 0
 	for i < len(b) {
-		cands := m.byFirst[b[i]]
+		c := b[i]
+		cands := m.byFirst[c]
 		if len(cands) == 0 {
 			i++
 			continue
+		}
+		if i+1 < len(b) && !m.single[c] {
+			if pr := uint16(c)<<8 | uint16(b[i+1]); m.pairs[pr/64]&(1<<(pr%64)) == 0 {
+				i++
+				continue
+			}
 		}
 		rest := b[i:]
 		matched, wait := 0, false

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/hmci/hm/internal/events"
 )
 
 func TestString(t *testing.T) {
@@ -175,23 +177,24 @@ func FuzzMask(f *testing.F) {
 	})
 }
 
-// BenchmarkWriter: masking throughput on log-like text with three secrets, against a writer
-// that masks nothing (the baseline: the same copy).
+// BenchmarkWriter: a step's output path with three secrets (masker, then the line splitter
+// every output byte passes anyway) against the line splitter alone, the baseline.
 func BenchmarkWriter(b *testing.B) {
 	var sb strings.Builder
 	for i := 0; sb.Len() < 1<<20; i++ {
 		sb.WriteString("ok  \tgithub.com/example/pkg/sub" + strings.Repeat("x", i%17) + "\t0.012s coverage: 81.2% of statements\n")
 	}
 	text := []byte(sb.String())
+	m := NewMasker("ghp_0123456789abcdefghijklmnopqrstuvwxyz", "s3cr3t-value", "npm_Token/With+Chars=")
 	for _, bc := range []struct {
 		name string
-		m    *Masker
+		w    func() io.Writer
 	}{
-		{"none", nil},
-		{"three secrets", NewMasker("ghp_0123456789abcdefghijklmnopqrstuvwxyz", "s3cr3t-value", "npm_Token/With+Chars=")},
+		{"lines only", func() io.Writer { return events.NewLineWriter(func(string) {}) }},
+		{"masked lines", func() io.Writer { return m.Writer(events.NewLineWriter(func(string) {})) }},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			w := bc.m.Writer(io.Discard)
+			w := bc.w()
 			b.SetBytes(int64(len(text)))
 			for b.Loop() {
 				for off := 0; off < len(text); off += 4096 {
