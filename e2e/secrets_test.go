@@ -209,6 +209,22 @@ func TestSecretsGiven(t *testing.T) {
 	if strings.Contains(r.stderr, noSecretValue) {
 		t.Errorf("output holds the .env value:\n%s", r.stderr)
 	}
+	// The config's [secrets] names a variable to read the value from (no .env now: one that
+	// supplied nothing stays in the workspace like any file).
+	if err := os.Remove(filepath.Join(e.srcDir, ".env")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(e.srcDir, ".hm"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.srcDir, ".hm", "config.toml"), []byte("[secrets]\nNPM_TOKEN = \"env:CI_NPM\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CI_NPM", "from-config-env-value")
+	r = e.run("run", "--backend", "host", "--file", ir, "--logs")
+	if r.code != 0 || !strings.Contains(r.stderr, "ran ***") || strings.Contains(r.stderr, "from-config-env-value") {
+		t.Errorf("[secrets] env:CI_NPM: exit %d, want 0 with the value masked\n%s", r.code, r.stderr)
+	}
 	r = e.run("run", "--backend", "remote", "--server", "http://127.0.0.1:1", "--org", "o", "--file", ir, "--secret", "NPM_TOKEN")
 	if r.code != 2 || !strings.Contains(r.stderr, "remote backend") {
 		t.Errorf("remote: exit %d, want 2 refusing secrets\n%s", r.code, r.stderr)
