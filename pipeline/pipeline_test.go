@@ -162,7 +162,7 @@ func TestImmutable(t *testing.T) {
 func TestRenderFields(t *testing.T) {
 	p := pipeline.New("ci",
 		pipeline.Sh("build", "make").Label(":hammer: build").Image("debian:bookworm").
-			Timeout(10*time.Minute).Env("CC", "gcc").Cache(pipeline.OnChange("Makefile")),
+			Timeout(10*time.Minute).Env("CC", "gcc").Cache(pipeline.OnChange("Makefile")).Secrets("NPM_TOKEN", "GH_TOKEN"),
 	).DefaultImage("alpine:3.20").Timeout(time.Hour).Env("CI", "true").Env("CC", "cc")
 	got := render(t, p)
 	if got.DefaultImage != "alpine:3.20" || got.TimeoutSeconds != 3600 {
@@ -170,7 +170,7 @@ func TestRenderFields(t *testing.T) {
 	}
 	st := got.Nodes[0].Step
 	want := ir.Step{Key: "build", Cmd: "make", Label: ":hammer: build", Image: "debian:bookworm", TimeoutSeconds: 600,
-		Cache: &ir.Cache{Policy: "on_change", Paths: []string{"Makefile"}, Key: st.Cache.Key}}
+		Cache: &ir.Cache{Policy: "on_change", Paths: []string{"Makefile"}, Key: st.Cache.Key}, Secrets: []string{"NPM_TOKEN", "GH_TOKEN"}}
 	if diff := cmp.Diff(want, st); diff != "" {
 		t.Errorf("step (-want +got):\n%s", diff)
 	}
@@ -233,6 +233,7 @@ func TestErrors(t *testing.T) {
 		{"ttl fraction", pipeline.New("ci", a.Cache(pipeline.TTL(time.Millisecond))), "step_cache", "whole number"},
 		{"env keys on on_change", pipeline.New("ci", a.Cache(pipeline.OnChange("x").EnvKeys("A"))), "step_cache", "env_keys"},
 		{"zero cache", pipeline.New("ci", a.Cache(pipeline.Cache{})), "step_cache", "unknown cache policy"},
+		{"bad secret name", pipeline.New("ci", a.Secrets("NPM-TOKEN")), "step_secrets", `"NPM-TOKEN"`},
 		{"uncached parent", pipeline.New("ci", a.Sh("b", "true").Cache(pipeline.Forever())), "cache_parent_uncached", `"a"`},
 	}
 	for _, tt := range tests {

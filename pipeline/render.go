@@ -280,6 +280,7 @@ type commandStep struct {
 	Cache          *ir.Cache         `json:"cache,omitempty"`
 	Retry          *ir.Retry         `json:"retry,omitempty"`
 	Artifacts      []string          `json:"artifacts,omitempty"`
+	Secrets        []string          `json:"secrets,omitempty"`
 	BuildsIn       *string           `json:"builds_in,omitempty"` // flat form only
 	Env            map[string]string `json:"env,omitempty"`       // flat form only
 }
@@ -319,12 +320,18 @@ func (p Pipeline) document(g *flat) (any, []*ir.Cache, error) {
 	caches := make([]*ir.Cache, len(g.steps))
 	for i, s := range g.steps {
 		secs, _ := seconds(s.timeout) // checked by checkStep
-		steps[i] = commandStep{Key: s.key, Label: s.label, Cmd: s.cmd, Image: s.image, TimeoutSeconds: secs, Retry: s.retry, Artifacts: s.artifacts}
+		steps[i] = commandStep{Key: s.key, Label: s.label, Cmd: s.cmd, Image: s.image, TimeoutSeconds: secs, Retry: s.retry, Artifacts: s.artifacts, Secrets: s.secrets}
 		if err := checkRetry(s.key, s.retry); err != nil {
 			return nil, nil, err
 		}
 		if err := checkArtifacts(s.key, s.artifacts); err != nil {
 			return nil, nil, err
+		}
+		for _, n := range s.secrets {
+			if !ir.ValidSecretName(n) {
+				return nil, nil, invalid("step_secrets", "name secrets as environment variables, e.g. Secrets(\"NPM_TOKEN\")",
+					"step %q: secret %q is not an environment variable name", s.key, n)
+			}
 		}
 		if s.cache != nil {
 			c, err := s.cache.toIR(false)

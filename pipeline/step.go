@@ -20,6 +20,7 @@ type Step struct {
 	cache        *Cache
 	retry        *ir.Retry
 	artifacts    []string
+	secrets      []string
 	after        []string
 	parent       *Step // builds_in parent; nil for a root
 }
@@ -76,6 +77,15 @@ func (s Step) Retry(limit int, on ...int) Step {
 // other executors ignore it. Each call adds to the list.
 func (s Step) Artifacts(patterns ...string) Step {
 	s.artifacts = append(slices.Clip(s.artifacts), patterns...)
+	return s
+}
+
+// Secrets names secrets of the build (hm run --secret NAME, config [secrets]) that the step
+// sees as environment variables of those names; no other step does. hm masks their values
+// in all output, and a build that was not given one of them is refused before it starts. An
+// hm extension of the IR: other executors ignore it.
+func (s Step) Secrets(names ...string) Step {
+	s.secrets = append(slices.Clip(s.secrets), names...)
 	return s
 }
 

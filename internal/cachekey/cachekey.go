@@ -33,6 +33,10 @@ type Context struct {
 	// Dir is the source directory that on_change paths are relative to; "" means the
 	// working directory.
 	Dir string
+	// Secret reports whether an env_keys name is one of the build's secrets: its value goes
+	// into the key as any other, but the Inputs (stored in the registry, quoted when a miss is
+	// explained) keep only a hash of it. nil: none is.
+	Secret func(name string) bool
 }
 
 // Result is the key of one node.
@@ -241,6 +245,9 @@ func (k *keyer) cmdEnvHash(cmd string, envKeys []string, in *Inputs) string {
 		if in.EnvValues == nil {
 			in.EnvValues = map[string]string{}
 		}
+		if k.ctx.Secret != nil && k.ctx.Secret(name) {
+			v = SecretHash(v)
+		}
 		in.EnvValues[name] = v
 	}
 	return hex.EncodeToString(h.Sum(nil))
@@ -309,4 +316,10 @@ func floorDiv(a, b int64) int64 {
 		q--
 	}
 	return q
+}
+
+// SecretHash is what Inputs keep of a secret's value: enough to tell that it changed.
+func SecretHash(v string) string {
+	h := sha256.Sum256([]byte("hm secret\x00" + v))
+	return "sha256:" + hex.EncodeToString(h[:8])
 }

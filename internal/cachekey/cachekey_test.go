@@ -355,3 +355,38 @@ func TestInputsJSON(t *testing.T) {
 		t.Errorf("round trip (-want +got):\n%s", d)
 	}
 }
+
+// TestSecretEnvKey: a secret named in env_keys decides the key by its value, but the inputs
+// (stored in the registry, quoted in miss explanations) keep only a hash of it.
+func TestSecretEnvKey(t *testing.T) {
+	p := chain(ir.Step{Key: "s", Cmd: "c", Cache: &ir.Cache{Policy: ir.PolicyForever, EnvKeys: []string{"TOKEN", "PLAIN"}}})
+	compute := func(token string, secret bool) Result {
+		ctx := Context{Slug: "ci", Getenv: mapEnv(map[string]string{"TOKEN": token, "PLAIN": "p"})}
+		if secret {
+			ctx.Secret = func(n string) bool { return n == "TOKEN" }
+		}
+		res, err := Compute(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res[0]
+	}
+	a, b := compute("value-one", true), compute("value-two", true)
+	if a.Key == b.Key {
+		t.Error("a changed secret did not change the key")
+	}
+	if a.Key != compute("value-one", false).Key {
+		t.Error("marking the name a secret changed the key")
+	}
+	want := map[string]string{"TOKEN": SecretHash("value-one"), "PLAIN": "p"}
+	if d := cmp.Diff(want, a.Inputs.EnvValues); d != "" {
+		t.Errorf("inputs env (-want +got):\n%s", d)
+	}
+	data, _ := json.Marshal(a.Inputs)
+	if strings.Contains(string(data), "value-one") {
+		t.Errorf("stored inputs hold the secret: %s", data)
+	}
+	if diff := strings.Join(Diff(a.Inputs, b.Inputs), "\n"); strings.Contains(diff, "value-") || !strings.Contains(diff, "TOKEN") {
+		t.Errorf("miss explanation %q: want TOKEN named, no value", diff)
+	}
+}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -25,6 +27,7 @@ import (
 	"github.com/hmci/hm/internal/prepare"
 	"github.com/hmci/hm/internal/render"
 	"github.com/hmci/hm/internal/scheduler"
+	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/vm"
 )
 
@@ -32,7 +35,7 @@ type runFlags struct {
 	dir, file, backend, format, timeout string
 	network                             string
 	pidsLimit, memory, cpus             string
-	mapImage, env                       []string
+	mapImage, env, secrets              []string
 	parallelism                         int
 	keepGoing, noCache, logs, noColor   bool
 	verbose                             bool
@@ -64,6 +67,7 @@ unavailable, 7 pipeline invalid, 124 timed out, 130 canceled.`,
 	fl.StringVar(&f.cpus, "cpus", "", "max CPUs' worth of time per step, fractional, e.g. 1.5 (default: none)")
 	fl.StringArrayVar(&f.mapImage, "map-image", nil, "use image TO wherever the pipeline names FROM (FROM=TO, repeatable)")
 	fl.StringArrayVarP(&f.env, "env", "e", nil, "extra environment for every step (K=V, repeatable)")
+	fl.StringArrayVar(&f.secrets, "secret", nil, "expose a secret as env NAME to the steps that name it: NAME takes the value from the environment, else .env (NAME=VALUE works too, but ps shows it); masked in all output (repeatable)")
 	fl.IntVar(&f.parallelism, "parallelism", 0, "max concurrently executing steps (default: CPUs; 0 = 1)")
 	fl.BoolVarP(&f.keepGoing, "keep-going", "k", false, "do not cancel independent branches after a failure")
 	fl.BoolVar(&f.noCache, "no-cache", false, "run every step; do not register new cache entries")
@@ -264,13 +268,26 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return usage("point -d/--dir at an existing directory", "source directory %s does not exist", dir)
 	}
+	secrets, err := secret.Resolve(secret.Request{Flags: f.secrets, Config: s.Secrets, Dir: dir, Getenv: getenv})
+	if err != nil {
+		return err
+	}
+	if remoteExec != nil && len(secrets.Values) > 0 {
+		return usage("run the build locally (--backend auto, sandbox, docker or host), or without --secret",
+			"secrets are not supported by the remote backend yet: the server would have to keep them")
+	}
+	var exclude []string
+	if secrets.FromDotEnv { // the file a secret came from stays out of every snapshot
+		exclude = []string{secret.DotEnv}
+	}
+	mask := secret.NewMasker(slices.Collect(maps.Values(secrets.Values))...)
 	// Everything that does not depend on where the build runs, once, for either backend.
 	build, err := prepare.New(c.Context(), prepare.Input{
 		IR: irData, Slug: slug, Dir: dir, Org: getenv("HM_PIPELINE_ORG"), Getenv: getenv,
-		MaxSourceBytes: int64(s.MaxSourceSize),
+		MaxSourceBytes: int64(s.MaxSourceSize), Exclude: exclude,
 		Options: prepare.Options{
 			Parallelism: s.parallelism, KeepGoing: s.KeepGoing, NoCache: s.NoCache,
-			Timeout: s.timeout, Env: s.env, MapImage: s.Images,
+			Timeout: s.timeout, Env: s.env, MapImage: s.Images, Secrets: secrets.Values,
 		},
 	})
 	if err != nil {
@@ -358,7 +375,10 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	if out.Err != nil {
 		// After the build's own report: why the first step that could not run failed, and
 		// what to do about it. The exit code stays the build's.
-		printError(stdio.Err, out.Err)
+		// An error may quote a step's output or environment: masked like the events.
+		mw := mask.Writer(stdio.Err)
+		printError(mw, out.Err)
+		_ = mw.Flush()
 	}
 	_ = outErr // a closed pipe must not change the build's exit code
 	return exitCode(out.ExitCode).orNil()

@@ -32,8 +32,11 @@ type Config struct {
 	NoColor     bool              `toml:"no_color"`
 	Images      map[string]string `toml:"images"` // --map-image FROM=TO
 	Env         map[string]string `toml:"env"`    // -e K=V
-	Cache       Cache             `toml:"cache"`
-	Builds      Builds            `toml:"builds"`
+	// Secrets are exposed as --secret is: NAME = "" (its value from the environment, else
+	// .env), "env:VAR" or "file:PATH"; never a value (package secret).
+	Secrets map[string]string `toml:"secrets"`
+	Cache   Cache             `toml:"cache"`
+	Builds  Builds            `toml:"builds"`
 	// MaxSourceSize bounds the packed workspace, e.g. "2GiB"; 0 = unlimited.
 	MaxSourceSize Size `toml:"max_source_size"`
 	// Limits of every step on the isolating backends (sandbox, docker); 0 = none.
@@ -184,6 +187,7 @@ func Defaults() Config {
 		Format:      "human",
 		Images:      map[string]string{},
 		Env:         map[string]string{},
+		Secrets:     map[string]string{},
 		Cache:       Cache{MaxEntries: 256},
 		Builds:      Builds{Keep: 50, MaxAge: Duration{30 * 24 * time.Hour}},
 	}

@@ -36,6 +36,8 @@ timeout = "5m"
 "b" = "user-b"
 [cache]
 max_entries = 10
+[secrets]
+NPM_TOKEN = "env:MY_NPM"
 `)
 	writeFile(t, filepath.Join(dir, ".hm", "config.toml"), `
 parallelism = 6
@@ -46,6 +48,8 @@ max_size = "1GiB"
 [builds]
 keep = 5
 max_age = "24h"
+[secrets]
+GH_TOKEN = ""
 `)
 	env := map[string]string{"HM_BACKEND": "host", "HM_CACHE_MAX_ENTRIES": "7", "HM_BUILDS_KEEP": "9"}
 	c, err := Load(dir, func(k string) string { return env[k] })
@@ -58,6 +62,7 @@ max_age = "24h"
 	want.Timeout = Duration{5 * time.Minute}                      // user file over default
 	want.Images = map[string]string{"a": "user-a", "b": "repo-b"} // tables merge key by key
 	want.Cache = Cache{MaxEntries: 7, MaxSize: 1 << 30}
+	want.Secrets = map[string]string{"NPM_TOKEN": "env:MY_NPM", "GH_TOKEN": ""}
 	want.Builds = Builds{Keep: 9, MaxAge: Duration{24 * time.Hour}}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)

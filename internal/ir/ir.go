@@ -49,6 +49,9 @@ type Step struct {
 	// Artifacts (hm extension) are the step's artifact patterns, clean and relative to
 	// /workspace; nil: none.
 	Artifacts []string
+	// Secrets are the names of the build's secrets the step sees as environment variables
+	// (hm extension, see ValidSecretName); nil: none.
+	Secrets []string
 }
 
 // Cache policy names.

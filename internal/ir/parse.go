@@ -60,6 +60,7 @@ type rawStep struct {
 	ContinueOnFailure bool              `json:"continue_on_failure"`
 	Retry             json.RawMessage   `json:"retry"`     // hm extension
 	Artifacts         json.RawMessage   `json:"artifacts"` // hm extension
+	Secrets           json.RawMessage   `json:"secrets"`   // hm extension
 }
 
 func invalid(code, fix, format string, args ...any) error {
@@ -240,6 +241,9 @@ func convertStep(i int, s *rawStep) (Step, error) {
 	}
 	st.Retry = r
 	if st.Artifacts, err = convertArtifacts(name, s.Artifacts); err != nil {
+		return Step{}, err
+	}
+	if st.Secrets, err = convertSecrets(name, s.Secrets); err != nil {
 		return Step{}, err
 	}
 	return st, nil

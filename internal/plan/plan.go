@@ -44,8 +44,10 @@ type Step struct {
 	Retry *ir.Retry
 	// Artifacts are the step's artifact patterns (ir.Step.Artifacts), nil when it has none.
 	Artifacts []string
-	Preds     []Pred
-	Succs     []int
+	// Secrets are the names of the secrets the step sees (ir.Step.Secrets).
+	Secrets []string
+	Preds   []Pred
+	Succs   []int
 	// Children are the builds_in children.
 	Children []int
 	// Chain is the chain's number; ChainIdx the step's position in it.
@@ -85,6 +87,7 @@ func New(p *ir.Pipeline) *Plan {
 			RunnerArgs:  n.Step.RunnerArgs,
 			Retry:       n.Step.Retry,
 			Artifacts:   n.Step.Artifacts,
+			Secrets:     n.Step.Secrets,
 		}
 		if n.Step.TimeoutSeconds > 0 {
 			s.Timeout = time.Duration(n.Step.TimeoutSeconds) * time.Second

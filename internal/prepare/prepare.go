@@ -13,6 +13,7 @@ import (
 	"context"
 	"math"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/ir"
 	"github.com/hmci/hm/internal/plan"
+	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/source"
 )
 
@@ -38,6 +40,9 @@ type Input struct {
 	MaxSourceBytes int64
 	// TempDir holds the source archive once one is asked for; "" means os.TempDir().
 	TempDir string
+	// Exclude are paths relative to Dir left out of the workspace: the .env file that
+	// supplied secrets.
+	Exclude []string
 }
 
 // Options mirror the flags of `hm run` that change how the build runs (remote.md's
@@ -51,6 +56,9 @@ type Options struct {
 	// later entry of the same name wins).
 	Env      []string
 	MapImage map[string]string
+	// Secrets are the build's secrets by name (package secret): a step sees those it names.
+	// They are no part of any key, fingerprint or archive, and never leave this process.
+	Secrets map[string]string
 	// No verbosity here: a backend streams every event, and how much of it to show is the
 	// front end's choice (render.Options.Verbose).
 }
@@ -97,6 +105,9 @@ func New(ctx context.Context, in Input) (*Build, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := secret.Check(p, in.Options.Secrets); err != nil {
+		return nil, err
+	}
 	b := &Build{IR: in.IR, Pipeline: p, Plan: plan.New(p), Slug: in.Slug, Org: in.Org, Options: in.Options}
 	if b.Org == "" {
 		b.Org = cachekey.DefaultOrg
@@ -110,11 +121,15 @@ func New(ctx context.Context, in Input) (*Build, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(in.Exclude) > 0 {
+		tree = exclude(tree, in.Exclude)
+	}
 	b.Source = &Source{Dir: dir, Tree: tree, tempDir: in.TempDir}
 	// Keys after the walk, as before the walk existed here: an on_change file is hashed as
 	// close as possible to the moment its tree was read.
 	if b.Steps, err = cachekey.Compute(cachekey.Context{
 		Org: b.Org, Slug: in.Slug, Dir: dir, Getenv: in.Getenv,
+		Secret: func(name string) bool { _, ok := in.Options.Secrets[name]; return ok },
 	}, p); err != nil {
 		return nil, err
 	}
@@ -195,4 +210,19 @@ func (s *Source) close() error {
 	err := s.archive.Remove()
 	s.archive = nil
 	return err
+}
+
+// exclude returns tree without the regular files at paths.
+func exclude(tree *source.Tree, paths []string) *source.Tree {
+	out := &source.Tree{Root: tree.Root, Size: tree.Size}
+	for _, e := range tree.Entries {
+		if e.Type != source.TypeDir && slices.Contains(paths, e.Path) {
+			if e.Type == source.TypeFile {
+				out.Size -= e.Size
+			}
+			continue
+		}
+		out.Entries = append(out.Entries, e)
+	}
+	return out
 }

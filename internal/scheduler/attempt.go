@@ -107,11 +107,15 @@ func (r *run) attempt(ctx context.Context, i, n int, spec vm.Spec, handoff *vm.M
 		runCtx, cancel = context.WithTimeoutCause(ctx, ps.Timeout, errStepTimeout)
 		defer cancel()
 	}
-	stdout := events.NewLineWriter(func(l string) { r.log(id, n, events.Stdout, l) })
-	stderr := events.NewLineWriter(func(l string) { r.log(id, n, events.Stderr, l) })
+	// Secrets are masked in the byte stream, before it is cut into lines: a value split
+	// across writes or lines is still whole there.
+	stdoutL := events.NewLineWriter(func(l string) { r.log(id, n, events.Stdout, l) })
+	stderrL := events.NewLineWriter(func(l string) { r.log(id, n, events.Stderr, l) })
+	stdout, stderr := r.mask.Writer(stdoutL), r.mask.Writer(stderrL)
 	code, err := m.Run(runCtx, stdout, stderr)
-	stdout.Flush()
-	stderr.Flush()
+	_, _ = stdout.Flush(), stderr.Flush() // a LineWriter never fails
+	stdoutL.Flush()
+	stderrL.Flush()
 	if err != nil {
 		return failed(runCtx, err)
 	}

@@ -17,6 +17,8 @@ import (
 // tiny script of space-separated words:
 //
 //	ok | fail N | infra | print TEXT | block (until ctx done) | wait NAME (until signal NAME)
+//	printenv NAME (its value, in two writes split in the middle) | infraerr TEXT (fails as
+//	infra with the error TEXT)
 //	signal NAME (closes NAME, then continues) | gate (see gen)
 //	flaky N CODE (exits CODE, or fails as infra when CODE is "infra", on the command's
 //	first N runs in this backend; then continues)
@@ -153,6 +155,17 @@ func (m *fakeMachine) Run(ctx context.Context, stdout, _ io.Writer) (int, error)
 			return 0, errors.New("daemon went away")
 		case "print":
 			fmt.Fprintln(stdout, arg)
+		case "printenv":
+			v := ""
+			for _, kv := range m.spec.Env {
+				if k, val, _ := strings.Cut(kv, "="); k == arg {
+					v = val
+				}
+			}
+			fmt.Fprint(stdout, "val="+v[:len(v)/2])
+			fmt.Fprintln(stdout, v[len(v)/2:])
+		case "infraerr":
+			return 0, errors.New(arg)
 		case "block":
 			<-ctx.Done()
 			return 0, ctx.Err()

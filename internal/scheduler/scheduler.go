@@ -7,7 +7,9 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"maps"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/events"
 	"github.com/hmci/hm/internal/plan"
+	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/vm"
 )
@@ -115,6 +118,10 @@ type Options struct {
 	Timeout time.Duration
 	// ExtraEnv ("K=V") is applied after the node env (-e flags).
 	ExtraEnv []string
+	// Secrets are the build's secrets by name. A step sees those it names (plan.Step.Secrets)
+	// as environment variables, after ExtraEnv; every value is masked (package secret) in
+	// every event published, its output included.
+	Secrets map[string]string
 	// MapImage substitutes image references (--map-image FROM=TO).
 	MapImage map[string]string
 	// Keys are the steps' cache keys, index-aligned with the plan; "" = not cached.
@@ -192,6 +199,7 @@ type run struct {
 	infraErr  error // the first completion's err
 	images    imageCache
 	pid       int
+	mask      *secret.Masker // nil: no secrets
 	wg        sync.WaitGroup // ephemeral snapshot removals
 	manifest  manifest
 }
@@ -207,8 +215,13 @@ func newRun(pl *plan.Plan, backend vm.Backend, opts Options) *run {
 	if opts.Publish == nil {
 		opts.Publish = func(events.Event) {}
 	}
+	mask := secret.NewMasker(slices.Collect(maps.Values(opts.Secrets))...)
+	if mask != nil {
+		publish := opts.Publish
+		opts.Publish = func(e events.Event) { publish(mask.Event(e)) }
+	}
 	r := &run{
-		pl: pl, backend: backend, opts: opts,
+		pl: pl, backend: backend, opts: opts, mask: mask,
 		steps: make([]stepState, len(pl.Steps)),
 		slots: make(chan struct{}, par),
 		done:  make(chan completion, len(pl.Steps)),

@@ -66,6 +66,7 @@ type step struct {
 	timeout  time.Duration
 	cache    bool
 	retry    *ir.Retry
+	secrets  []string
 }
 
 // build makes a plan from a compact description.
@@ -75,7 +76,7 @@ func build(t *testing.T, steps []step) *plan.Plan {
 	idx := map[string]int{}
 	for i, s := range steps {
 		idx[s.key] = i
-		st := ir.Step{Key: s.key, Cmd: s.cmd, Retry: s.retry}
+		st := ir.Step{Key: s.key, Cmd: s.cmd, Retry: s.retry, Secrets: s.secrets}
 		if s.cache {
 			st.Cache = &ir.Cache{Policy: ir.PolicyForever}
 		}

@@ -139,6 +139,13 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 
 	spec.Cmd = ps.Cmd
 	spec.Env = append(append(append([]string{}, vm.BaseEnv...), ps.Env...), r.opts.ExtraEnv...)
+	for _, name := range ps.Secrets {
+		v, ok := r.opts.Secrets[name]
+		if !ok { // the front end refuses this before the build; never run without it
+			return r.fail(i, 1, c, start, endInfra, fmt.Errorf("%w: secret %s was not given", errs.ErrInvalid, name))
+		}
+		spec.Env = append(spec.Env, name+"="+v)
+	}
 	spec.Owner = vm.Owner{RunID: r.opts.RunID, StepKey: ps.Key, PID: r.pid}
 	// One builds_in child: it may continue on this machine rather than on a snapshot, unless
 	// it may be retried: each attempt starts afresh from this step's snapshot.

@@ -96,6 +96,7 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 			NoCache:     opts.NoCache,
 			Timeout:     opts.Timeout,
 			ExtraEnv:    opts.Env,
+			Secrets:     opts.Secrets,
 			MapImage:    opts.MapImage,
 			Keys:        pb.Keys(),
 			Warnings:    pb.Warnings(),

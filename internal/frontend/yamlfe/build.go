@@ -138,6 +138,9 @@ func buildStep(sd *stepDef, parent *pipeline.Step, built map[string]pipeline.Ste
 	if len(sd.artifacts) > 0 {
 		s = s.Artifacts(sd.artifacts...)
 	}
+	if len(sd.secrets) > 0 {
+		s = s.Secrets(sd.secrets...)
+	}
 	if len(sd.after) > 0 {
 		keys := make([]string, len(sd.after))
 		for i, a := range sd.after {

@@ -119,3 +119,20 @@ func (ps *parser) artifacts(n *yaml.Node) ([]string, error) {
 	}
 	return out, nil
 }
+
+// secrets reads `secrets: [NAME, ...]` (or one NAME): environment variable names.
+func (ps *parser) secrets(n *yaml.Node) ([]string, error) {
+	list, err := ps.strList(n, "secrets")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(list))
+	for i, v := range list {
+		if !ir.ValidSecretName(v.Value) {
+			return nil, ps.errorf(v, "name secrets as environment variables, e.g. secrets: [NPM_TOKEN]",
+				"secret %q is not an environment variable name", v.Value)
+		}
+		out[i] = v.Value
+	}
+	return out, nil
+}

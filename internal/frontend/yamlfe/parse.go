@@ -12,7 +12,7 @@ import (
 
 var (
 	pipelineFields = []string{"slug", "name", "default_image", "timeout", "env", "source", "steps"}
-	stepFields     = []string{"key", "run", "label", "image", "env", "cache", "timeout", "retry", "artifacts", "steps", "from", "after"}
+	stepFields     = []string{"key", "run", "label", "image", "env", "cache", "timeout", "retry", "artifacts", "secrets", "steps", "from", "after"}
 )
 
 // pipelineDef is a parsed document before it becomes a pipeline.Pipeline.
@@ -46,6 +46,7 @@ type stepDef struct {
 	cache               *pipeline.Cache
 	retry               *retryDef
 	artifacts           []string
+	secrets             []string
 	from                string
 	after               []*yaml.Node
 	children            []*stepDef
@@ -243,6 +244,8 @@ func (ps *parser) step(n *yaml.Node, nested bool) (*stepDef, error) {
 			s.retry, err = ps.retry(f.val)
 		case "artifacts":
 			s.artifacts, err = ps.artifacts(f.val)
+		case "secrets":
+			s.secrets, err = ps.secrets(f.val)
 		case "from":
 			s.from, err = ps.str(f.val, "from")
 			s.fromNode = f.val

@@ -130,6 +130,7 @@ func TestGoTwinsRenderIdentically(t *testing.T) {
 		toolchain.Sh("package", "go build -o out/ ./...").Cache(pipeline.Forever()).After(lint),
 		pipeline.Wait(),
 		pipeline.Sh("report", "echo done").Timeout(90*time.Second),
+		pipeline.Sh("publish", "npm publish").Secrets("NPM_TOKEN", "GH_TOKEN"),
 	).DefaultImage("debian:bookworm").Timeout(30*time.Minute).Env("CI", "true").Env("GOFLAGS", "-mod=readonly")
 
 	build := pipeline.Sh("build", "make").Cache(pipeline.Forever())
@@ -228,6 +229,7 @@ func TestErrors(t *testing.T) {
 		{"unknown step field", "steps:\n  - key: a\n    rn: echo\n", "yaml_invalid", "3:5", `unknown field "rn"`},
 		{"missing key", "steps:\n  - run: echo\n", "yaml_invalid", "2:5", "no key"},
 		{"missing run", "steps:\n  - key: a\n", "yaml_invalid", "2:5", `"a" has no command`},
+		{"bad secret name", "steps:\n  - key: a\n    run: x\n    secrets: [a-b]\n", "yaml_invalid", "4:15", "not an environment variable"},
 		{"duplicate field", "steps:\n  - key: a\n    run: x\n    run: y\n", "yaml_invalid", "4:5", `"run" is given twice`},
 		{"duplicate key", "steps:\n  - {key: a, run: x}\n  - key: a\n    run: y\n", "yaml_invalid", "3:10", `"a" is already used at line 2`},
 		{"duplicate nested key", "steps:\n  - key: a\n    run: x\n    steps:\n      - {key: a, run: y}\n", "yaml_invalid", "5:15", "already used"},

@@ -32,11 +32,12 @@
 //
 // # Environment
 //
-// The daemon merges a container's environment into the image it commits, which would bake
-// every step's variables (secrets included) into the snapshot and hand them to children.
-// Commit therefore stores only the base image's own variables plus bare names for the
-// step's: the daemon treats a bare name as "unset", so a child sees exactly its own Spec.Env
-// over the root image's environment, and no step's values are stored in any image.
+// The daemon copies a container's config into the image it commits (Config.Env merged, and
+// the whole ContainerConfig), which would bake every step's variables (secrets included)
+// into the snapshot and hand them to children. A step's environment therefore never enters
+// its container's config: it comes on stdin or with the exec (env.go), and Commit stores the
+// base image's variables as they were. A child sees exactly its own Spec.Env over the root
+// image's environment, and no step's values are stored in any image.
 package docker
 
 import (
@@ -275,7 +276,10 @@ func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 	if n := b.opts.PidsLimit; n > 0 {
 		hc.Resources.PidsLimit = &n
 	}
-	if spec.Continuable {
+	// The environment reaches the step on stdin or with an exec, never through the config
+	// (env.go).
+	execMode := spec.Continuable || !stdinEnv(cfg, spec.Cmd, spec.Env)
+	if execMode {
 		idleConfig(cfg)
 	}
 	resp, err := b.cli.ContainerCreate(ctx, cfg, hc, nil, nil, name)
@@ -289,8 +293,8 @@ func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 		}
 		return nil, apiErr(ctx, "create container", err)
 	}
-	m := &machine{b: b, id: resp.ID, spec: spec, owner: owner, baseEnv: baseEnv, exec: spec.Continuable}
-	if spec.Continuable {
+	m := &machine{b: b, id: resp.ID, spec: spec, owner: owner, baseEnv: baseEnv, exec: execMode}
+	if execMode {
 		if err := b.cli.ContainerStart(context.WithoutCancel(ctx), resp.ID, container.StartOptions{}); err != nil {
 			_ = b.removeContainer(context.WithoutCancel(ctx), resp.ID)
 			return nil, apiErr(ctx, "start container", err)

@@ -2,6 +2,7 @@ package docker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -276,8 +277,21 @@ func TestSnapshotEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := strings.Join(ins.Config.Env, " "); strings.Contains(s, "s3cret") || strings.Contains(s, "/root") {
-		t.Errorf("snapshot config stores step values: Env %q", ins.Config.Env)
+	base, err := b.cli.ImageInspect(t.Context(), img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(base.Config.Env, ins.Config.Env); diff != "" {
+		t.Errorf("snapshot Config.Env is not the image's (-image +snapshot):\n%s", diff)
+	}
+	// The daemon also stores the container's config beside the image's (ContainerConfig on
+	// older daemons): nothing of the step's environment may be in any of it.
+	raw, err := json.Marshal(ins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), "s3cret") {
+		t.Errorf("the snapshot's inspect holds the step's value: %s", raw)
 	}
 	_, out = step(t, b, childSpec(t, snap, show, "ONLYCHILD=c"))
 	if out != "img unset c /root\n" {
@@ -289,25 +303,6 @@ func TestSnapshotEnv(t *testing.T) {
 	_, out = step(t, b, childSpec(t, grand, show, "IMGVAR=override"))
 	if out != "override unset unset /root\n" {
 		t.Errorf("grandchild stdout %q", out)
-	}
-}
-
-func TestCommitEnv(t *testing.T) {
-	for _, tc := range []struct {
-		name       string
-		base, step []string
-		want       []string
-	}{
-		{"nothing", nil, nil, nil},
-		{"base kept", []string{"PATH=/img", "A=1"}, nil, []string{"PATH=/img", "A=1"}},
-		{"step values dropped", []string{"PATH=/img"}, []string{"PATH=/step", "HOME=/root", "S=x", "S=y"},
-			[]string{"PATH=/img", "HOME", "S"}},
-		{"bare names kept", []string{"PATH=/img", "OLD"}, []string{"OLD=again", "NEW=1"},
-			[]string{"PATH=/img", "OLD", "NEW"}},
-	} {
-		if diff := cmp.Diff(tc.want, commitEnv(tc.base, tc.step)); diff != "" {
-			t.Errorf("%s: commitEnv (-want +got):\n%s", tc.name, diff)
-		}
 	}
 }
 
@@ -564,4 +559,38 @@ func (w *markerWriter) Write(p []byte) (int, error) {
 		w.seen = nil
 	}
 	return len(p), nil
+}
+
+// TestStepEnvValues: values reach the step exactly (quotes, newlines, $ and backslashes
+// uninterpreted), by stdin or, for a name a shell cannot export, by exec; the command's
+// stdin is empty either way, and no value reaches the snapshot's inspect.
+func TestStepEnvValues(t *testing.T) {
+	b := newBackend(t)
+	img := resolve(t, b, testImage)
+	const tricky = "it's a \"$HOME\" \\ `x`\nline2 'end"
+	for _, tc := range []struct {
+		name string
+		env  []string
+		cmd  string
+		want string
+	}{
+		{"stdin", []string{"V=" + tricky, "V2=first", "V2=second", "e=E", "l=L"}, `printf '%s|%s|' "$V" "$V2"; cat; echo "[$e$l${__hm_env-}]"`, tricky + "|second|[EL]\n"},
+		{"exec for a name sh cannot export", []string{"V=" + tricky, "A-B=1"}, `printf '%s|' "$V"; cat; echo`, tricky + "|\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, out := step(t, b, rootSpec(t, img, tc.cmd, tc.env...))
+			if out != tc.want {
+				t.Errorf("stdout %q, want %q", out, tc.want)
+			}
+			snap := commit(t, b, m, true)
+			ins, err := b.cli.ImageInspect(t.Context(), snap)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := json.Marshal(ins)
+			if strings.Contains(string(raw), "line2") || strings.Contains(string(raw), "second") {
+				t.Errorf("the snapshot's inspect holds a step value: %s", raw)
+			}
+		})
+	}
 }

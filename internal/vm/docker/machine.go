@@ -84,7 +84,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 		return m.runExec(ctx, stdout, stderr)
 	}
 
-	hj, err := m.b.cli.ContainerAttach(ctx, m.id, container.AttachOptions{Stream: true, Stdout: true, Stderr: true})
+	hj, err := m.b.cli.ContainerAttach(ctx, m.id, container.AttachOptions{Stream: true, Stdin: true, Stdout: true, Stderr: true})
 	if err != nil {
 		return -1, m.runErr(ctx, "attach", err)
 	}
@@ -108,6 +108,12 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	// process in its PID namespace, however it daemonised.
 	stop := context.AfterFunc(ctx, func() { _ = m.b.cli.ContainerKill(bg, m.id, "KILL") })
 	defer stop()
+	// The step's environment, then EOF: the command's stdin is empty (env.go). Not waited
+	// for: a container that never reads it ends the attach stream all the same.
+	go func() {
+		_, _ = io.WriteString(hj.Conn, envScript(m.spec.Env))
+		_ = hj.CloseWrite()
+	}()
 
 	copyErr := <-copied // the attach stream ends when the container has exited
 	var code int
@@ -168,7 +174,7 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 		kind = "e-"
 	}
 	ref := SnapshotRepo + ":" + kind + randomHex(12)
-	env := commitEnv(m.baseEnv, m.spec.Env)
+	env := m.baseEnv // the step's own never entered the container's config (env.go)
 	cfg := &container.Config{Env: env, Labels: m.b.labels(m.spec.Owner, m.owner, ephemeral)}
 	m.b.wrote()
 	resp, err := m.b.cli.ContainerCommit(ctx, m.id, container.CommitOptions{Reference: ref, Config: cfg})
@@ -182,30 +188,6 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 	m.Committed = true
 	m.b.cacheEnv(resp.ID, env)
 	return resp.ID, nil
-}
-
-// commitEnv is the Env to store in a snapshot: the base image's entries as they were, and a
-// bare name (which the daemon reads as "unset") for every other variable the step had. The
-// daemon adds every container variable missing from the committed config, so each one must
-// be named; a bare name keeps its value out of the image and away from children.
-func commitEnv(base, step []string) []string {
-	env := append([]string(nil), base...)
-	seen := map[string]bool{}
-	for _, kv := range base {
-		seen[envKey(kv)] = true
-	}
-	for _, kv := range step {
-		if k := envKey(kv); !seen[k] {
-			seen[k] = true
-			env = append(env, k)
-		}
-	}
-	return env
-}
-
-func envKey(kv string) string {
-	k, _, _ := strings.Cut(kv, "=")
-	return k
 }
 
 // Destroy implements vm.Machine: the container is force-removed, which kills it if it runs
