@@ -133,7 +133,11 @@ func (s *shipper) ackTo(n int64) {
 	for _, c := range s.pending[:drop] {
 		s.bytes -= len(c.Content) + 64
 	}
-	s.pending = append([]agentproto.Chunk(nil), s.pending[drop:]...)
+	// Resliced, not copied: copying what is left on every ack made a long backlog
+	// quadratic. The acked chunks are cleared so their lines can be collected; the array
+	// is replaced by append's growth once the tail reaches its end.
+	clear(s.pending[:drop])
+	s.pending = s.pending[drop:]
 	s.acked += int64(drop)
 	close(s.freed)
 	s.freed = make(chan struct{})

@@ -56,8 +56,10 @@ func (s *Server) agentAlive(w http.ResponseWriter, r *http.Request, req agentpro
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
-// agentClaim long-polls the store: a claim at once, then again after a backoff growing from
-// the poll interval to 1 s, until a job, the wait, the request's end or the server's drain.
+// agentClaim long-polls the store: a claim at once, then again whenever the store says a job
+// of the org was released (store.Watcher), and as the fallback for a lost wake-up after a
+// backoff growing from the poll interval to 1 s, until a job, the wait, the request's end or
+// the server's drain.
 func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentproto.Claim) {
 	wait := time.Duration(req.WaitSeconds) * time.Second
 	if wait <= 0 || wait > agentproto.MaxClaimWait {
@@ -69,6 +71,10 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 	}
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
+	// Watching before the first claim: a release between that claim and the wait below
+	// is not missed.
+	released, unwatch := store.Watch(s.cfg.Store, store.JobsReleased(authOf(r).Org.ID))
+	defer unwatch()
 	backoff := min(s.cfg.PollInterval, 50*time.Millisecond)
 	for {
 		j, ok, err := s.cfg.Store.ClaimJob(r.Context(), store.Claim{AgentID: req.AgentID, OrgID: authOf(r).Org.ID, Now: s.now(), LeaseTTL: s.cfg.AgentLeaseTTL})
@@ -82,6 +88,9 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 		}
 		t := time.NewTimer(backoff)
 		select {
+		case <-released:
+			t.Stop()
+			continue // the backoff is the fallback's: a wake-up does not grow it
 		case <-t.C:
 		case <-deadline.C:
 			t.Stop()

@@ -67,6 +67,10 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	life := m.d.life
 	attempt, after := -1, int64(0)
 	stopped := false // we asked the agent to stop
+	// Woken by the store on the job's transitions and stored chunks; the tick is the
+	// fallback for a lost wake-up. Watching before the first read misses nothing.
+	wake, unwatch := store.Watch(st, store.JobChanged(m.id), store.JobLogs(m.id))
+	defer unwatch()
 	tick := time.NewTicker(m.d.cfg.Poll)
 	defer tick.Stop()
 	for {
@@ -110,6 +114,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 			continue
 		}
 		select {
+		case <-wake:
 		case <-tick.C:
 		case <-life.Done():
 			return 0, context.Cause(life)
