@@ -57,9 +57,9 @@ func (s *Server) agentAlive(w http.ResponseWriter, r *http.Request, req agentpro
 }
 
 // agentClaim long-polls the store: a claim at once, then again whenever the store says a job
-// of the org was released (store.Watcher), and as the fallback for a lost wake-up after a
-// backoff growing from the poll interval to 1 s, until a job, the wait, the request's end or
-// the server's drain.
+// of the org was released (store.Watcher), and every claimFallback (the larger of the poll
+// interval and 1 s) as the fallback for a lost wake-up, until a job, the wait, the request's
+// end or the server's drain.
 func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentproto.Claim) {
 	wait := time.Duration(req.WaitSeconds) * time.Second
 	if wait <= 0 || wait > agentproto.MaxClaimWait {
@@ -75,7 +75,7 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 	// is not missed.
 	released, unwatch := store.Watch(s.cfg.Store, store.JobsReleased(authOf(r).Org.ID))
 	defer unwatch()
-	backoff := min(s.cfg.PollInterval, 50*time.Millisecond)
+	fallback := max(s.cfg.PollInterval, time.Second)
 	for {
 		j, ok, err := s.cfg.Store.ClaimJob(r.Context(), store.Claim{AgentID: req.AgentID, OrgID: authOf(r).Org.ID, Now: s.now(), LeaseTTL: s.cfg.AgentLeaseTTL})
 		if err != nil {
@@ -86,11 +86,10 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 			s.claimed(w, r, j)
 			return
 		}
-		t := time.NewTimer(backoff)
+		t := time.NewTimer(fallback)
 		select {
 		case <-released:
 			t.Stop()
-			continue // the backoff is the fallback's: a wake-up does not grow it
 		case <-t.C:
 		case <-deadline.C:
 			t.Stop()
@@ -104,7 +103,6 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
-		backoff = min(backoff*2, time.Second)
 	}
 }
 
