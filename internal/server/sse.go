@@ -163,6 +163,9 @@ func (s *Server) jobLogs(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if !terminal {
+		history = store.Contiguous(history, after) // see logsAfter
+	}
 	out := startSSE(w)
 	hv := struct {
 		Chunks []chunkView `json:"chunks"`
@@ -198,6 +201,9 @@ func (s *Server) jobLogs(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return
 		}
+		if !terminal {
+			cs = store.Contiguous(cs, after)
+		}
 		for _, c := range cs {
 			data, _ := json.Marshal(newChunkView(c))
 			if out.frame(strconv.FormatInt(c.Seq, 10), "chunk", data) != nil {
@@ -211,7 +217,9 @@ func (s *Server) jobLogs(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// logsAfter reads every chunk of the job's current attempt after seq.
+// logsAfter reads every chunk of the job's current attempt after seq. A running job's chunks
+// can have a gap (an agent's later call stored before an earlier one): a stream sends only
+// up to it (store.Contiguous) until the job is terminal.
 func (s *Server) logsAfter(r *http.Request, j store.Job, after int64) ([]store.LogChunk, error) {
 	if j.Attempt == 0 {
 		return nil, nil

@@ -87,6 +87,13 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 			if err != nil {
 				return 0, err
 			}
+			// An agent has several log calls in flight, so a later batch can be stored
+			// before an earlier one: stream only up to the first gap (it fills, the agent
+			// resends until it has), except once the job is terminal, when what is stored
+			// is all there will be.
+			if !j.State.Terminal() {
+				chunks = store.Contiguous(chunks, after)
+			}
 			for _, c := range chunks {
 				w := stdout
 				if c.Stream != store.StreamStdout {

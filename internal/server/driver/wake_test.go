@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -43,5 +44,50 @@ func TestWakeUps(t *testing.T) {
 				t.Errorf("events differ from local (-local +remote), exit %d vs %d:\n%s", wantExit, gotExit, d)
 			}
 		})
+	}
+}
+
+// TestLogsOutOfOrder: an agent's later log call stored before an earlier one (it pipelines
+// them) still reaches the build's events complete and in seq order.
+func TestLogsOutOfOrder(t *testing.T) {
+	ctx := hang(t)
+	steps := []step{{key: "a", cmd: "print unused"}}
+	f := newFixture(t, ctx, steps, Options{}, 0)
+	a := f.agent
+	go func() {
+		if _, err := a.st.UpsertAgent(ctx, store.Agent{ID: a.id, Name: a.id}, time.Now()); err != nil {
+			t.Error(err)
+			return
+		}
+		var j store.Job
+		for ctx.Err() == nil {
+			var ok bool
+			if j, ok, _ = a.st.ClaimJob(ctx, store.Claim{AgentID: a.id, OrgID: a.org, Now: time.Now(), LeaseTTL: time.Minute}); ok {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		a.st.StartJob(ctx, j.ID, j.Attempt, time.Now())
+		chunk := func(seqs ...int64) []store.LogChunk {
+			var cs []store.LogChunk
+			for _, s := range seqs {
+				cs = append(cs, store.LogChunk{Seq: s, Content: fmt.Sprint("line ", s), TS: time.Now()})
+			}
+			return cs
+		}
+		a.st.AppendLogs(ctx, j.ID, j.Attempt, chunk(3, 4))
+		time.Sleep(100 * time.Millisecond) // the driver reads the gap meanwhile (most likely)
+		a.st.AppendLogs(ctx, j.ID, j.Attempt, chunk(1, 2))
+		a.st.AppendLogs(ctx, j.ID, j.Attempt, chunk(5))
+		a.st.FinishJob(ctx, j.ID, j.Attempt, store.Finish{ExitCode: 0, Now: time.Now()})
+	}()
+	if _, err := Drive(ctx, f.cfg("r1", steps, Options{}, 0), f.build.ID); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := byStep(f.stored(t, ctx))
+	want := []string{"step_queued", "step_start", "step_log:line 1", "step_log:line 2", "step_log:line 3",
+		"step_log:line 4", "step_log:line 5", "step_end:0"}
+	if d := cmp.Diff(want, got["a"]); d != "" {
+		t.Errorf("events of a (-want +got):\n%s", d)
 	}
 }
