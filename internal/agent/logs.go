@@ -97,8 +97,13 @@ func (s *shipper) run(ctx context.Context) {
 		}
 		if inflight < s.window {
 			rest := s.pending[s.sent-s.acked:]
-			// A copy: the acks of other calls drop (and clear) the head of pending.
-			batch = append([]agentproto.Chunk(nil), rest[:batchLen(rest)]...)
+			n := batchLen(rest)
+			// A second call only for a full batch: measured, pipelining small batches
+			// cost more calls and transactions than the overlap saved.
+			if inflight == 0 || n < len(rest) || n == agentproto.MaxLogChunks {
+				// A copy: the acks of other calls drop (and clear) the head of pending.
+				batch = append([]agentproto.Chunk(nil), rest[:n]...)
+			}
 			if len(batch) > 0 {
 				s.sent = batch[len(batch)-1].Seq
 			}
@@ -114,14 +119,8 @@ func (s *shipper) run(ctx context.Context) {
 			continue
 		}
 		if inflight > 0 {
-			// Wait for a reply, or for lines to send in the free call slot: the batches
-			// then grow with the server's latency, as the lines accumulate meanwhile.
-			var more <-chan struct{}
-			if inflight < s.window {
-				more = s.wake
-			}
+			// Wait for a reply: the lines added meanwhile make the next batches.
 			select {
-			case <-more:
 			case r := <-replies:
 				inflight--
 				if r.err != nil {
