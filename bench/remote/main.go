@@ -14,7 +14,7 @@
 // Local and remote runs alternate (local, remote, local, …), so that the load of a shared
 // machine, which changes during a run, weighs on both sides of each ratio alike.
 //
-//     go run ./bench/remote [-runs 5] [-steps 20] [-lines 200000]
+//	go run ./bench/remote [-runs 5] [-steps 20] [-lines 200000]
 package main
 
 import (
