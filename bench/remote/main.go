@@ -9,9 +9,12 @@
 //     duration_ms / steps, median of -runs;
 //
 //   - log throughput: one step printing -lines numbered lines, from the client's first
-//     step_log to build_end, every line checked present once and in order.
+//     step_log to build_end, every line checked present once and in order, median of -runs.
 //
-//     go run ./bench/remote [-runs 5] [-steps 20] [-lines 200000]
+// Local and remote runs alternate (local, remote, local, …), so that the load of a shared
+// machine, which changes during a run, weighs on both sides of each ratio alike.
+//
+//	go run ./bench/remote [-runs 5] [-steps 20] [-lines 200000]
 package main
 
 import (
@@ -96,17 +99,10 @@ func run(runs, steps, lines int) error {
 	fmt.Println("|---|---|---|---|")
 	trivial := ir([]string{"true"}, false)
 	first := func(remote bool) (float64, error) {
-		var v []float64
-		for range runs {
-			r, err := b.runHM(trivial, remote, "")
-			if err != nil {
-				return 0, err
-			}
-			v = append(v, ms(r.firstStart))
-		}
-		return median(v), nil
+		r, err := b.runHM(trivial, remote, "")
+		return ms(r.firstStart), err
 	}
-	if err := row("submit → first step_start (ms, median)", first); err != nil {
+	if err := row(runs, "submit → first step_start (ms, median)", first); err != nil {
 		return err
 	}
 	var cmds []string
@@ -115,17 +111,10 @@ func run(runs, steps, lines int) error {
 	}
 	chain := ir(cmds, true)
 	dispatch := func(remote bool) (float64, error) {
-		var v []float64
-		for range runs {
-			r, err := b.runHM(chain, remote, "")
-			if err != nil {
-				return 0, err
-			}
-			v = append(v, float64(r.durationMS)/float64(steps))
-		}
-		return median(v), nil
+		r, err := b.runHM(chain, remote, "")
+		return float64(r.durationMS) / float64(steps), err
 	}
-	if err := row(fmt.Sprintf("per-step dispatch, %d-step chain (ms/step, median)", steps), dispatch); err != nil {
+	if err := row(runs, fmt.Sprintf("per-step dispatch, %d-step chain (ms/step, median)", steps), dispatch); err != nil {
 		return err
 	}
 	logs := ir([]string{fmt.Sprintf("seq 1 %d", lines)}, false)
@@ -139,22 +128,28 @@ func run(runs, steps, lines int) error {
 		}
 		return float64(lines) / r.logSpan.Seconds(), nil
 	}
-	if err := row(fmt.Sprintf("log throughput, %d lines, zero lost (lines/s)", lines), through); err != nil {
+	if err := row(runs, fmt.Sprintf("log throughput, %d lines, zero lost (lines/s, median)", lines), through); err != nil {
 		return err
 	}
 	fmt.Printf("\nreproduce: go run ./bench/remote -runs %d -steps %d -lines %d\n", runs, steps, lines)
 	return nil
 }
 
-func row(name string, f func(remote bool) (float64, error)) error {
-	l, err := f(false)
-	if err != nil {
-		return err
+// row takes runs samples of each side, alternating, and prints their medians.
+func row(runs int, name string, sample func(remote bool) (float64, error)) error {
+	var local, remote []float64
+	for range runs {
+		l, err := sample(false)
+		if err != nil {
+			return err
+		}
+		r, err := sample(true)
+		if err != nil {
+			return err
+		}
+		local, remote = append(local, l), append(remote, r)
 	}
-	r, err := f(true)
-	if err != nil {
-		return err
-	}
+	l, r := median(local), median(remote)
 	fmt.Printf("| %s | %.1f | %.1f | %.2f× |\n", name, l, r, r/l)
 	return nil
 }

@@ -17,18 +17,26 @@ import (
 // a lost request, a lost reply or a connection cut only resends, never loses or reorders
 // (the server ignores repeats). The buffer is bounded by bytes: a step that writes faster
 // than the server takes blocks in its pipe's write, which is what a full pipe does anyway.
+//
+// Up to window calls are in flight at once (pipelining: the next batch is encoded and sent
+// while the server stores the previous one). Each carries the chunks after those already
+// sent; replies may come back in any order, and the highest contiguous seq any of them
+// reports is what is dropped. When every call has returned and the server still lacks some
+// of what was sent, sending starts again from its contiguous seq.
 type shipper struct {
 	c       *client
 	path    string
 	attempt int
 	limit   int // bytes held before add blocks
 	every   time.Duration
+	window  int // calls in flight at most
 
 	mu      sync.Mutex
 	pending []agentproto.Chunk // seq acked+1 … next-1
 	bytes   int
 	next    int64
 	acked   int64
+	sent    int64         // the highest seq handed to a call (≥ acked)
 	err     error         // the shipper gave up: ErrDropped, ErrAuth or the agent stopping
 	wake    chan struct{} // a line was added (cap 1)
 	freed   chan struct{} // the buffer shrank or the shipper ended (closed and replaced)
@@ -38,7 +46,7 @@ type shipper struct {
 
 func newShipper(c *client, jobID string, attempt int) *shipper {
 	return &shipper{c: c, path: strings.Replace(agentproto.PathLogs, "{job_id}", jobID, 1), attempt: attempt,
-		limit: 32 << 20, every: 50 * time.Millisecond, next: 1,
+		limit: 32 << 20, every: 50 * time.Millisecond, window: 2, next: 1,
 		wake: make(chan struct{}, 1), freed: make(chan struct{}), done: make(chan struct{}), closing: make(chan struct{})}
 }
 
@@ -67,12 +75,66 @@ func (s *shipper) add(stream int, line string) {
 // run sends batches until close was called and everything is acknowledged, or it gives up.
 func (s *shipper) run(ctx context.Context) {
 	defer close(s.done)
+	type reply struct {
+		contiguous int64
+		err        error
+	}
+	replies := make(chan reply, s.window)
+	inflight := 0
+	// On return, wait for the calls in flight: their replies are not needed any more, but
+	// nothing of this shipper may outlive run.
+	defer func() {
+		for ; inflight > 0; inflight-- {
+			<-replies
+		}
+	}()
 	closing := false
 	for {
+		var batch []agentproto.Chunk
 		s.mu.Lock()
-		batch := s.pending[:batchLen(s.pending)]
+		if inflight == 0 && s.sent > s.acked {
+			s.sent = s.acked // every call returned and some of it is missing: resend
+		}
+		if inflight < s.window {
+			rest := s.pending[s.sent-s.acked:]
+			n := batchLen(rest)
+			// A second call only for a full batch: measured, pipelining small batches
+			// cost more calls and transactions than the overlap saved.
+			if inflight == 0 || n < len(rest) || n == agentproto.MaxLogChunks {
+				// A copy: the acks of other calls drop (and clear) the head of pending.
+				batch = append([]agentproto.Chunk(nil), rest[:n]...)
+			}
+			if len(batch) > 0 {
+				s.sent = batch[len(batch)-1].Seq
+			}
+		}
 		s.mu.Unlock()
-		if len(batch) == 0 {
+		if len(batch) > 0 {
+			inflight++
+			go func() {
+				var ack agentproto.LogsAck
+				_, err := s.c.call(ctx, http.MethodPost, s.path, agentproto.Logs{Attempt: s.attempt, Chunks: batch}, &ack, 0, nil)
+				replies <- reply{ack.Contiguous, err}
+			}()
+			continue
+		}
+		if inflight > 0 {
+			// Wait for a reply: the lines added meanwhile make the next batches.
+			select {
+			case r := <-replies:
+				inflight--
+				if r.err != nil {
+					s.fail(r.err)
+					return
+				}
+				s.ackTo(r.contiguous)
+			case <-ctx.Done():
+				s.fail(context.Cause(ctx))
+				return
+			}
+			continue
+		}
+		if s.idle() {
 			if closing {
 				return
 			}
@@ -98,14 +160,14 @@ func (s *shipper) run(ctx context.Context) {
 			}
 			continue
 		}
-		var ack agentproto.LogsAck
-		_, err := s.c.call(ctx, http.MethodPost, s.path, agentproto.Logs{Attempt: s.attempt, Chunks: batch}, &ack, 0, nil)
-		if err != nil {
-			s.fail(err)
-			return
-		}
-		s.ackTo(ack.Contiguous)
 	}
+}
+
+// idle says every line added so far is acknowledged.
+func (s *shipper) idle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending) == 0
 }
 
 // batchLen is how many of pending the next Logs call carries: at most MaxLogChunks, and no
@@ -129,12 +191,18 @@ func (s *shipper) ackTo(n int64) {
 	if n <= s.acked {
 		return
 	}
-	drop := int(min(n, s.next-1) - s.acked)
+	n = min(n, s.next-1)
+	drop := int(n - s.acked)
 	for _, c := range s.pending[:drop] {
 		s.bytes -= len(c.Content) + 64
 	}
-	s.pending = append([]agentproto.Chunk(nil), s.pending[drop:]...)
-	s.acked += int64(drop)
+	// Resliced, not copied: copying what is left on every ack made a long backlog
+	// quadratic. The acked chunks are cleared so their lines can be collected; the array
+	// is replaced by append's growth once the tail reaches its end.
+	clear(s.pending[:drop])
+	s.pending = s.pending[drop:]
+	s.acked = n
+	s.sent = max(s.sent, n)
 	close(s.freed)
 	s.freed = make(chan struct{})
 }

@@ -88,8 +88,10 @@ func (s *Server) agentAlive(w http.ResponseWriter, r *http.Request, req agentpro
 	writeJSON(w, http.StatusOK, agentproto.AliveReply{Status: "ok", RemoveSnapshots: todo})
 }
 
-// agentClaim long-polls the store: a claim at once, then again after a backoff growing from
-// the poll interval to 1 s, until a job, the wait, the request's end or the server's drain.
+// agentClaim long-polls the store: a claim at once, then again whenever the store says a job
+// of the org was released (store.Watcher), and every claimFallback (the larger of the poll
+// interval and 1 s) as the fallback for a lost wake-up, until a job, the wait, the request's
+// end or the server's drain.
 func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentproto.Claim) {
 	wait := time.Duration(req.WaitSeconds) * time.Second
 	if wait <= 0 || wait > agentproto.MaxClaimWait {
@@ -101,7 +103,11 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 	}
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
-	backoff := min(s.cfg.PollInterval, 50*time.Millisecond)
+	// Watching before the first claim: a release between that claim and the wait below
+	// is not missed.
+	released, unwatch := store.Watch(s.cfg.Store, store.JobsReleased(authOf(r).Org.ID))
+	defer unwatch()
+	fallback := max(s.cfg.PollInterval, time.Second)
 	for {
 		j, ok, err := s.cfg.Store.ClaimJob(r.Context(), store.Claim{AgentID: req.AgentID, OrgID: authOf(r).Org.ID, Now: s.now(), LeaseTTL: s.cfg.AgentLeaseTTL})
 		if err != nil {
@@ -112,8 +118,10 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 			s.claimed(w, r, j)
 			return
 		}
-		t := time.NewTimer(backoff)
+		t := time.NewTimer(fallback)
 		select {
+		case <-released:
+			t.Stop()
 		case <-t.C:
 		case <-deadline.C:
 			t.Stop()
@@ -127,7 +135,6 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
-		backoff = min(backoff*2, time.Second)
 	}
 }
 

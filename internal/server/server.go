@@ -9,7 +9,9 @@
 // the submitted IR, and answers what the store holds; moving jobs and builds on, and
 // appending build events, is the scheduling driver's work, which shares only the store with
 // this package. It keeps no build state in memory: any replica on the same store answers the
-// same. Streams wake up by polling the store every Config.PollInterval.
+// same. Streams and the claim long poll wake up when the store says what they wait on changed
+// (store.Watcher), and poll the store every Config.PollInterval as the fallback for a lost
+// wake-up (another replica wrote, a store without the ability).
 //
 // The client rules of remote.md hold for every route: a path with repeated slashes
 // (`//api/v0/…`, a base URL with a trailing slash) is routed as if cleaned, never redirected;
@@ -155,11 +157,14 @@ func LoadLogKey(path string) ([]byte, error) {
 	return os.ReadFile(path)
 }
 
-// wait sleeps one poll interval; false when the request or the server is ending.
-func (s *Server) wait(ctx context.Context) bool {
+// wait sleeps until woken (a value on wake) or one poll interval passed; false when the
+// request or the server is ending.
+func (s *Server) wait(ctx context.Context, wake <-chan struct{}) bool {
 	t := time.NewTimer(s.cfg.PollInterval)
 	defer t.Stop()
 	select {
+	case <-wake:
+		return true
 	case <-t.C:
 		return true
 	case <-ctx.Done():

@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -21,10 +20,12 @@ const (
 	orphanGrace = 5 * time.Second
 )
 
-// sse writes Server-Sent Events frames and flushes each one.
+// sse writes Server-Sent Events frames. Frames are buffered and written with one flush per
+// batch (send): a page of 1000 step_log events is one write and one flush, not 1000.
 type sse struct {
 	w    io.Writer
 	rc   *http.ResponseController
+	buf  bytes.Buffer
 	last time.Time
 }
 
@@ -39,19 +40,40 @@ func startSSE(w http.ResponseWriter) *sse {
 	return e
 }
 
-// frame writes one event; data must hold no newline (JSON encodes none).
+// maxPending is how many bytes of frames are buffered before they are sent anyway.
+const maxPending = 256 << 10
+
+// frame buffers one event; data must hold no newline (JSON encodes none). It sends the
+// buffer once it holds maxPending bytes; send sends the rest.
 func (e *sse) frame(id, event string, data []byte) error {
-	var b bytes.Buffer
+	b := &e.buf
 	if id != "" {
-		fmt.Fprintf(&b, "id: %s\n", id)
+		b.WriteString("id: ")
+		b.WriteString(id)
+		b.WriteByte('\n')
 	}
 	if event != "" {
-		fmt.Fprintf(&b, "event: %s\n", event)
+		b.WriteString("event: ")
+		b.WriteString(event)
+		b.WriteByte('\n')
 	}
 	b.WriteString("data: ")
 	b.Write(data)
 	b.WriteString("\n\n")
-	if _, err := e.w.Write(b.Bytes()); err != nil {
+	if b.Len() >= maxPending {
+		return e.send()
+	}
+	return nil
+}
+
+// send writes and flushes the buffered frames.
+func (e *sse) send() error {
+	if e.buf.Len() == 0 {
+		return nil
+	}
+	_, err := e.w.Write(e.buf.Bytes())
+	e.buf.Reset()
+	if err != nil {
 		return err
 	}
 	return e.flush()
@@ -131,12 +153,18 @@ func (s *Server) jobLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	after := resumeFrom(r)
+	// Watching before the first read: a change between a read and the wait is not missed.
+	wake, unwatch := store.Watch(s.cfg.Store, store.JobChanged(job.ID), store.JobLogs(job.ID))
+	defer unwatch()
 	// Read the state before the chunks: a job terminal then has every chunk stored.
 	terminal := job.State.Terminal()
 	history, err := s.logsAfter(r, job, after)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
+	}
+	if !terminal {
+		history = store.Contiguous(history, after) // see logsAfter
 	}
 	out := startSSE(w)
 	hv := struct {
@@ -147,16 +175,18 @@ func (s *Server) jobLogs(w http.ResponseWriter, r *http.Request) {
 		after = c.Seq
 	}
 	data, _ := json.Marshal(hv)
-	if out.frame("", "history", data) != nil {
+	if out.frame("", "history", data) != nil || out.send() != nil {
 		return
 	}
 	attempt := job.Attempt
 	for {
 		if terminal {
-			out.frame("", "done", []byte("{}"))
+			if out.frame("", "done", []byte("{}")) == nil {
+				out.send()
+			}
 			return
 		}
-		if !s.wait(ctx) {
+		if !s.wait(ctx, wake) {
 			return
 		}
 		if job, err = s.cfg.Store.GetJob(ctx, job.ID); err != nil {
@@ -171,6 +201,9 @@ func (s *Server) jobLogs(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return
 		}
+		if !terminal {
+			cs = store.Contiguous(cs, after)
+		}
 		for _, c := range cs {
 			data, _ := json.Marshal(newChunkView(c))
 			if out.frame(strconv.FormatInt(c.Seq, 10), "chunk", data) != nil {
@@ -178,13 +211,15 @@ func (s *Server) jobLogs(w http.ResponseWriter, r *http.Request) {
 			}
 			after = c.Seq
 		}
-		if len(cs) == 0 && out.idle() != nil {
+		if out.send() != nil || len(cs) == 0 && out.idle() != nil {
 			return
 		}
 	}
 }
 
-// logsAfter reads every chunk of the job's current attempt after seq.
+// logsAfter reads every chunk of the job's current attempt after seq. A running job's chunks
+// can have a gap (an agent's later call stored before an earlier one): a stream sends only
+// up to it (store.Contiguous) until the job is terminal.
 func (s *Server) logsAfter(r *http.Request, j store.Job, after int64) ([]store.LogChunk, error) {
 	if j.Attempt == 0 {
 		return nil, nil
@@ -213,6 +248,8 @@ func (s *Server) buildEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context()
 	after := resumeFrom(r)
+	wake, unwatch := store.Watch(s.cfg.Store, store.BuildEvents(b.ID), store.BuildChanged(b.ID))
+	defer unwatch()
 	out := startSSE(w)
 	var terminalSince time.Time
 	for {
@@ -226,8 +263,12 @@ func (s *Server) buildEvents(w http.ResponseWriter, r *http.Request) {
 			}
 			after = e.Seq
 			if isBuildEnd(e.Payload) {
+				out.send()
 				return
 			}
+		}
+		if out.send() != nil {
+			return
 		}
 		if len(evs) == eventPage {
 			continue
@@ -242,13 +283,18 @@ func (s *Server) buildEvents(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		if out.idle() != nil || !s.wait(ctx) {
+		if out.idle() != nil || !s.wait(ctx, wake) {
 			return
 		}
 	}
 }
 
 func isBuildEnd(payload []byte) bool {
+	// Decoding every step_log of a big log only to read its kind costs more than the rest of
+	// the stream: a payload without the string cannot be a build_end.
+	if !bytes.Contains(payload, []byte(`"build_end"`)) {
+		return false
+	}
 	var k struct {
 		Kind string `json:"kind"`
 	}

@@ -275,3 +275,39 @@ func TestDrainEndsStreams(t *testing.T) {
 		t.Fatal("the stream did not end on Drain")
 	}
 }
+
+// TestLogStreamGap: chunks stored after a gap (an agent's later call stored first) wait
+// until the gap is filled, so the stream stays in seq order; a terminal job sends what is
+// stored.
+func TestLogStreamGap(t *testing.T) {
+	e := newEnv(t)
+	e.submit("ci", nil)
+	jobID := e.jobs("ci", 1)[0].ID
+	tok := logToken(t, e, 1)
+	j := running(t, e, jobID)
+	chunk := func(seq int64) store.LogChunk { return store.LogChunk{Seq: seq, Content: fmt.Sprint("l", seq, "\n")} }
+	if _, err := e.db.AppendLogs(t.Context(), jobID, j.Attempt, []store.LogChunk{chunk(1), chunk(3)}); err != nil {
+		t.Fatal(err)
+	}
+	s := openStream(t, hangGuard(t, 20*time.Second), e.url+"/v0/jobs/"+jobID+"/logs?token="+tok, e.tokens["acme/user"], "")
+	f, _ := s.next()
+	if want := `{"chunks":[{"seq":1,"stream_kind":0,"content":"l1\n","ts":null}]}`; f.Data != want {
+		t.Errorf("history = %s, want only the chunk before the gap: %s", f.Data, want)
+	}
+	if _, err := e.db.AppendLogs(t.Context(), jobID, j.Attempt, []store.LogChunk{chunk(2), chunk(5)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"2", "3"} {
+		if f, _ := s.next(); f.ID != want {
+			t.Errorf("frame %+v, want chunk %s", f, want)
+		}
+	}
+	// The job ends with 4 never stored: 5 is sent all the same, then done.
+	if _, err := e.db.FinishJob(t.Context(), jobID, j.Attempt, store.Finish{ExitCode: 0, Now: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	rest := s.rest()
+	if len(rest) != 2 || rest[0].ID != "5" || rest[1].Event != "done" {
+		t.Errorf("end of stream: %+v", rest)
+	}
+}

@@ -78,6 +78,17 @@
 // builds.event_seq) incremented in the same transaction as the insert: unique, gap-free and
 // monotonic under concurrent writers on both drivers (the counter row serializes them).
 //
+// # Wake-ups
+//
+// A driver may implement Watcher (watch.go), an optional ability: after a commit it wakes the
+// waiters of the topics the change touched (a job released for an org, a job or build
+// transition, a job's log chunks, a build's events), so that the server's driver, a claim's
+// long poll and the event and log streams react at once instead of at their next poll. It is
+// best effort: waiters re-read the store when woken and keep polling at a slower interval, so
+// a lost wake-up (another process or replica wrote) costs latency, never correctness. The
+// SQLite driver wakes the waiters of its own process (internal/store/wake); a PostgreSQL driver
+// can bridge the low-rate topics (Topic.HighRate false) across replicas with LISTEN/NOTIFY.
+//
 // # Errors
 //
 // A missing entity is a *NotFoundError (errors.Is ErrNotFound; a server answers 404, which is

@@ -299,3 +299,17 @@ type CacheEntry struct {
 	CreatedAt  time.Time
 	LastUsed   time.Time
 }
+
+// Contiguous is the prefix of cs (chunks in seq order, as ListLogs returns them) that
+// continues after without a gap: after+1, after+2, … An agent may have several log calls in
+// flight, so a later batch can be stored before an earlier one; a reader of a running job
+// streams only this prefix, since the gap fills (the agent resends until the server's
+// contiguous seq covers everything it sent).
+func Contiguous(cs []LogChunk, after int64) []LogChunk {
+	for i, c := range cs {
+		if c.Seq != after+int64(i)+1 {
+			return cs[:i]
+		}
+	}
+	return cs
+}

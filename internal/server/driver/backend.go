@@ -116,11 +116,18 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 		}
 		first = t.Attempt + 1
 	}
-	stream := func(a int) error {
+	// An agent has several log calls in flight, so a later batch can be stored before an
+	// earlier one: stream only up to the first gap (it fills, the agent resends until it
+	// has), except once the attempt ended, when what is stored is all there will be.
+	stream := func(a int, ended bool) error {
 		for {
 			chunks, err := st.ListLogs(life, m.id, a, after, 1000)
 			if err != nil {
 				return err
+			}
+			n := len(chunks)
+			if !ended {
+				chunks = store.Contiguous(chunks, after)
 			}
 			for _, c := range chunks {
 				w := stdout
@@ -132,12 +139,16 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 				}
 				after = c.Seq
 			}
-			if len(chunks) < 1000 {
+			if n < 1000 || len(chunks) < n {
 				return nil
 			}
 		}
 	}
 	stopped := false // we asked the agent to stop
+	// Woken by the store on the job's transitions and stored chunks; the tick is the
+	// fallback for a lost wake-up. Watching before the first read misses nothing.
+	wake, unwatch := store.Watch(st, store.JobChanged(m.id), store.JobLogs(m.id))
+	defer unwatch()
 	tick := time.NewTicker(m.d.cfg.Poll)
 	defer tick.Stop()
 	for {
@@ -155,7 +166,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 			if t.Attempt != attempt {
 				after = 0
 			}
-			if err := stream(t.Attempt); err != nil {
+			if err := stream(t.Attempt, true); err != nil {
 				return 0, err
 			}
 			return failedEnd(t.ExitCode, t.ErrorCode, t.ErrorMessage)
@@ -164,7 +175,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 			attempt, after = j.Attempt, 0
 		}
 		if j.Attempt >= first {
-			if err := stream(j.Attempt); err != nil {
+			if err := stream(j.Attempt, j.State.Terminal()); err != nil {
 				return 0, err
 			}
 		}
@@ -181,6 +192,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 			continue
 		}
 		select {
+		case <-wake:
 		case <-tick.C:
 		case <-life.Done():
 			return 0, context.Cause(life)

@@ -7,7 +7,9 @@
 //
 // scheduler.Run executes the build's plan over a vm.Backend whose machines are store jobs
 // (backend.go). Create releases the job (pending → scheduled: claimable by an agent); Run
-// waits until the store says an agent finished it, streaming its stored log chunks into the
+// waits until the store says an agent finished it (woken by the store's wake-ups,
+// store.Watcher, on the job's transitions and log chunks; polling at Config.Poll only as the
+// fallback), streaming its stored log chunks into the
 // step's stdout and stderr in seq order, and returns its exit code; Commit returns the
 // snapshot the agent reported; Destroy is a no-op; RemoveSnapshot (an ephemeral snapshot no
 // child needs any more) queues its removal on the agent holding it (store.SnapshotRemovals),
@@ -89,7 +91,9 @@ type Config struct {
 	// A driver stopped gracefully releases its lease, and the next one takes over at once.
 	// Default DefaultLeaseTTL.
 	LeaseTTL time.Duration
-	// Poll is how often jobs and the build are read back while waiting. Default 50 ms.
+	// Poll is how often jobs and the build are read back while waiting when no wake-up
+	// came: the fallback of a store without store.Watcher, or of a lost wake-up (a change
+	// another replica made). Default 250 ms.
 	Poll time.Duration
 	// Backend is the runner name of step_start events and build_start's default_runner.
 	// Default "remote".
@@ -170,7 +174,7 @@ func (c *Config) defaults() {
 		c.LeaseTTL = DefaultLeaseTTL
 	}
 	if c.Poll <= 0 {
-		c.Poll = 50 * time.Millisecond
+		c.Poll = 250 * time.Millisecond
 	}
 	if c.Backend == "" {
 		c.Backend = "remote"
@@ -301,10 +305,16 @@ func (d *driver) watch(ctx context.Context, epoch int64, stop context.CancelCaus
 	defer renew.Stop()
 	poll := time.NewTicker(d.cfg.Poll)
 	defer poll.Stop()
+	changed, unwatch := store.Watch(d.cfg.Store, store.BuildChanged(d.build.ID))
+	defer unwatch()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-changed:
+			if b, err := d.cfg.Store.GetBuild(d.life, d.build.ID); err == nil && b.Canceled {
+				cancelBuild()
+			}
 		case <-renew.C:
 			e, err := d.cfg.Store.AcquireBuildLease(d.life, d.build.ID, d.cfg.Owner, d.cfg.Now(), d.cfg.LeaseTTL)
 			if err == nil && e != epoch {

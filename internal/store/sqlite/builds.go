@@ -220,6 +220,9 @@ func (s *DB) TransitionBuild(ctx context.Context, id string, from []store.BuildS
 		}
 		return err
 	})
+	if err == nil {
+		s.hub.Notify(store.BuildChanged(id))
+	}
 	return b, err
 }
 
@@ -235,6 +238,9 @@ func (s *DB) CancelBuild(ctx context.Context, id string, now time.Time) (store.B
 		}
 		return err
 	})
+	if err == nil {
+		s.hub.Notify(store.BuildChanged(id))
+	}
 	return b, err
 }
 

@@ -111,7 +111,26 @@ func (s *DB) transition(ctx context.Context, op, id string, attempt int, done fu
 		}
 		return s.labels(ctx, tx, &j)
 	})
+	// A heartbeat only extends a lease: no waiter cares.
+	if err == nil && op != "heartbeat" {
+		s.hub.Notify(store.JobChanged(id))
+	}
 	return j, err
+}
+
+// notifyReleased wakes the claims of the orgs of jobs that became claimable.
+func (s *DB) notifyReleased(ctx context.Context, jobs ...store.Job) {
+	seen := map[string]bool{}
+	for _, j := range jobs {
+		if j.State != store.JobScheduled || seen[j.BuildID] {
+			continue
+		}
+		seen[j.BuildID] = true
+		var org string
+		if err := s.db.QueryRowContext(ctx, `SELECT org_id FROM builds WHERE id = ?`, j.BuildID).Scan(&org); err == nil {
+			s.hub.Notify(store.JobsReleased(org))
+		}
+	}
 }
 
 func in(states ...store.JobState) func(store.Job) bool {
@@ -119,8 +138,12 @@ func in(states ...store.JobState) func(store.Job) bool {
 }
 
 func (s *DB) ReleaseJob(ctx context.Context, id string, now time.Time) (store.Job, error) {
-	return s.transition(ctx, "release job", id, 0, in(store.JobScheduled),
+	j, err := s.transition(ctx, "release job", id, 0, in(store.JobScheduled),
 		`UPDATE jobs SET state = 'scheduled', ready_at = ? WHERE id = ? AND state = 'pending' RETURNING `+jobCols, ns(now), id)
+	if err == nil {
+		s.notifyReleased(ctx, j)
+	}
+	return j, err
 }
 
 func (s *DB) PassCached(ctx context.Context, id, snapshot, agentID string, now time.Time) (store.Job, error) {
@@ -256,6 +279,9 @@ func (s *DB) ClaimJob(ctx context.Context, c store.Claim) (store.Job, bool, erro
 		ok = true
 		return s.labels(ctx, tx, &j)
 	})
+	if err == nil && ok {
+		s.hub.Notify(store.JobChanged(j.ID))
+	}
 	return j, ok, err
 }
 
@@ -329,6 +355,10 @@ func (s *DB) ReapExpiredLeases(ctx context.Context, now time.Time, maxRetries in
 		return nil
 	})
 	slices.SortFunc(jobs, func(a, b store.Job) int { return a.ReadyAt.Compare(b.ReadyAt) })
+	if err == nil {
+		s.notifyJobs(jobs)
+		s.notifyReleased(ctx, jobs...)
+	}
 	return jobs, err
 }
 
@@ -359,5 +389,14 @@ func (s *DB) FailOrphans(ctx context.Context, now time.Time, agentTTL time.Durat
 		}
 		return nil
 	})
+	if err == nil {
+		s.notifyJobs(jobs)
+	}
 	return jobs, err
+}
+
+func (s *DB) notifyJobs(jobs []store.Job) {
+	for _, j := range jobs {
+		s.hub.Notify(store.JobChanged(j.ID))
+	}
 }

@@ -5,6 +5,10 @@
 // (placeholders aside): ON CONFLICT, RETURNING, counters on parent rows, no JSON functions;
 // where the two must differ (the claim's FOR UPDATE SKIP LOCKED) the comment says so.
 //
+// After each committed change the driver notifies its wake.Hub (store.Watcher), so the
+// server's waiters (the scheduler's driver, a claim's long poll, event and log streams) of the
+// same process wake at once instead of at their next poll.
+//
 // Every write runs in one BEGIN IMMEDIATE transaction (_txlock=immediate): SQLite has one
 // writer at a time, and taking the lock up front means a transaction never fails half-way with
 // SQLITE_BUSY because another connection wrote after it read; busy_timeout makes the others
@@ -23,6 +27,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"modernc.org/sqlite"
@@ -32,6 +37,7 @@ import (
 	"github.com/hmci/hm/internal/sqlitemigrate"
 	"github.com/hmci/hm/internal/statedir"
 	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/wake"
 )
 
 // FileName is the database file under the data dir.
@@ -48,9 +54,28 @@ var migrationFS embed.FS
 type DB struct {
 	db   *sql.DB
 	path string
+	// hub wakes this process's waiters after each commit (store.Watcher). Another process
+	// sharing the file is not woken: its waiters' fallback poll sees the change.
+	hub wake.Hub
+
+	// wmu serializes this process's write transactions. SQLite has one writer anyway, and a
+	// connection that finds the lock taken waits in the busy handler, which sleeps in steps
+	// of up to 100 ms: the log path's two writers (agents' chunks, the driver's events)
+	// lost most of their time there. Waiting on a mutex hands the lock over at once; other
+	// processes on the same file still meet busy_timeout.
+	wmu sync.Mutex
+
+	stmtMu sync.Mutex
+	stmts  map[string]*sql.Stmt // see prepared
 }
 
-var _ store.Store = (*DB)(nil)
+var (
+	_ store.Store   = (*DB)(nil)
+	_ store.Watcher = (*DB)(nil)
+)
+
+// Watch implements store.Watcher for the waiters of this process.
+func (s *DB) Watch(topics ...store.Topic) (<-chan struct{}, func()) { return s.hub.Watch(topics...) }
 
 // Open opens (creating and migrating) the store in dataDir.
 func Open(ctx context.Context, dataDir string) (*DB, error) {
@@ -90,7 +115,15 @@ func OpenFile(ctx context.Context, path string) (*DB, error) {
 }
 
 // Close closes the database.
-func (s *DB) Close() error { return s.db.Close() }
+func (s *DB) Close() error {
+	s.stmtMu.Lock()
+	for _, st := range s.stmts {
+		st.Close()
+	}
+	s.stmts = nil
+	s.stmtMu.Unlock()
+	return s.db.Close()
+}
 
 // Path is the database file.
 func (s *DB) Path() string { return s.path }
@@ -126,8 +159,10 @@ func (s *DB) migrate(ctx context.Context) error {
 	})
 }
 
-// write runs fn in one BEGIN IMMEDIATE transaction.
+// write runs fn in one BEGIN IMMEDIATE transaction, one at a time in this process (wmu).
 func (s *DB) write(ctx context.Context, op string, fn func(tx *sql.Tx) error) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return wrap(op, err)

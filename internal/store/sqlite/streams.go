@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hmci/hm/internal/store"
@@ -48,18 +49,17 @@ func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payl
 			return err
 		}
 		first := last - int64(len(payloads)) + 1
-		for i, p := range payloads {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO build_events (build_id, seq, payload, created_at) VALUES (?, ?, ?, ?)`,
-				buildID, first+int64(i), string(p), now); err != nil {
-				return err
-			}
+		for i := range payloads {
 			seqs = append(seqs, first+int64(i))
 		}
-		return nil
+		return s.insertRows(ctx, tx, len(payloads), 4,
+			`INSERT INTO build_events (build_id, seq, payload, created_at) VALUES `, "",
+			func(args []any, i int) []any { return append(args, buildID, first+int64(i), string(payloads[i]), now) })
 	})
 	if err != nil {
 		return nil, err
 	}
+	s.hub.Notify(store.BuildEvents(buildID))
 	return seqs, nil
 }
 
@@ -112,19 +112,29 @@ func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks [
 		if n, _ := res.RowsAffected(); n == 0 && cur != attempt {
 			return &store.ConflictError{Kind: "job", Key: jobID, Reason: "log chunks of a stale attempt", Attempt: cur}
 		}
+		valid := make([]store.LogChunk, 0, len(chunks))
 		for _, c := range chunks {
-			if c.Seq < 1 {
-				continue // seq starts at 1 (remote.md); a 0 would hold the head at 0 forever
+			if c.Seq >= 1 { // seq starts at 1 (remote.md); a 0 would hold the head at 0 forever
+				valid = append(valid, c)
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO log_chunks (job_id, attempt, seq, stream, content, ts)
-				SELECT id, attempt, ?, ?, ?, ? FROM jobs WHERE id = ? AND attempt = ?
-				ON CONFLICT (job_id, attempt, seq) DO NOTHING`,
-				c.Seq, c.Stream, c.Content, ns(c.TS), jobID, attempt); err != nil {
-				return err
-			}
+		}
+		// Each statement is fenced like the head above: rows are inserted only while
+		// (job, attempt) is the job's current attempt.
+		if err := s.insertRows(ctx, tx, len(valid), 4,
+			`INSERT INTO log_chunks (job_id, attempt, seq, stream, content, ts)
+			SELECT j.id, j.attempt, v.column1, v.column2, v.column3, v.column4 FROM jobs j, (VALUES `,
+			`) AS v WHERE j.id = ? AND j.attempt = ? ON CONFLICT (job_id, attempt, seq) DO NOTHING`,
+			func(args []any, i int) []any {
+				c := valid[i]
+				return append(args, c.Seq, c.Stream, c.Content, ns(c.TS))
+			}, jobID, attempt); err != nil {
+			return err
 		}
 		return tx.QueryRowContext(ctx, advanceHead, jobID, attempt).Scan(&head)
 	})
+	if err == nil {
+		s.hub.Notify(store.JobLogs(jobID))
+	}
 	return head, err
 }
 
@@ -137,4 +147,58 @@ func (s *DB) ListLogs(ctx context.Context, jobID string, attempt int, after int6
 		return c, err
 	}, `SELECT seq, stream, content, ts FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq > ? ORDER BY seq LIMIT ?`,
 		jobID, attempt, after, limit)
+}
+
+// rowsPerInsert is how many rows one multi-row INSERT carries: a batch of log chunks or
+// events is a few statements, not one per row (parsing a statement per row was most of the
+// log path's cost), and far below SQLite's limit on bound parameters (32766).
+const rowsPerInsert = 200
+
+// insertRows inserts n rows of width parameters each with statements head + "(?, …), …" +
+// tail, rowsPerInsert rows at a time; row appends row i's values, extra follows each
+// statement's rows (the tail's parameters).
+func (s *DB) insertRows(ctx context.Context, tx *sql.Tx, n, width int, head, tail string, row func(args []any, i int) []any, extra ...any) error {
+	tuple := "(" + strings.TrimSuffix(strings.Repeat("?, ", width), ", ") + ")"
+	for start := 0; start < n; start += rowsPerInsert {
+		end := min(start+rowsPerInsert, n)
+		var q strings.Builder
+		q.WriteString(head)
+		args := make([]any, 0, (end-start)*width+len(extra))
+		for i := start; i < end; i++ {
+			if i > start {
+				q.WriteString(", ")
+			}
+			q.WriteString(tuple)
+			args = row(args, i)
+		}
+		q.WriteString(tail)
+		st, err := s.prepared(ctx, q.String())
+		if err != nil {
+			return err
+		}
+		if _, err := tx.StmtContext(ctx, st).ExecContext(ctx, append(args, extra...)...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// prepared is the statement of query, prepared once per process (database/sql prepares it
+// again on each connection it first runs on, then reuses it there). Only insertRows' queries
+// are cached: at most rowsPerInsert shapes per stream, so the cache is bounded.
+func (s *DB) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
+	s.stmtMu.Lock()
+	defer s.stmtMu.Unlock()
+	if st, ok := s.stmts[query]; ok {
+		return st, nil
+	}
+	st, err := s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if s.stmts == nil {
+		s.stmts = map[string]*sql.Stmt{}
+	}
+	s.stmts[query] = st
+	return st, nil
 }
