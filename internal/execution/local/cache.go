@@ -2,6 +2,7 @@ package local
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -88,6 +89,10 @@ func (c *registryCache) listedUnused(ctx context.Context, q scheduler.CacheQuery
 			return
 		}
 		ids, err := l.ListSnapshots(ctx)
+		if errors.Is(err, vm.ErrNotListed) {
+			c.listed = c.checkEntries(ctx, q.BaseImage)
+			return
+		}
 		if err != nil {
 			return // every hit asks SnapshotExists
 		}
@@ -113,6 +118,41 @@ func (c *registryCache) listedUnused(ctx context.Context, q scheduler.CacheQuery
 		}
 	}
 	return true
+}
+
+// checkEntries stands in for a listing the backend declined (vm.ErrNotListed): the snapshots
+// of this build's registered entries under base, asked of the backend all at once rather
+// than one round trip per hit in turn down a chain. Entries under another base (a chain of
+// another root image) are asked at their lookup, as without a listing.
+func (c *registryCache) checkEntries(ctx context.Context, base string) map[string]bool {
+	var snaps []string
+	for j, key := range c.keys {
+		if key == "" || j >= len(c.results) {
+			continue
+		}
+		s := registry.Scope{Backend: c.vm.Name(), Base: base, Key: key, Fingerprint: c.results[j].Fingerprint}
+		if e, ok, err := c.reg.Peek(ctx, s); err == nil && ok {
+			snaps = append(snaps, e.Snapshot)
+		}
+	}
+	found := make(map[string]bool, len(snaps))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, 8)
+	for _, id := range snaps {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			// An error counts as not found here: the hit asks again.
+			if ok, err := c.vm.SnapshotExists(ctx, id); err == nil && ok {
+				mu.Lock()
+				found[id] = true
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return found
 }
 
 // cannotRun is a miss on an unwritable state dir: the step would have to run, and nothing
