@@ -118,6 +118,12 @@ type Backend struct {
 	// The owner records this backend wrote, and its account of what it made (owners.go).
 	records, live, eph, linger map[string]bool
 	dirty                      bool
+	resolved                   map[string]resolvedRef // ResolveLocal's answers, by reference
+}
+
+type resolvedRef struct {
+	id string
+	at time.Time
 }
 
 var (
@@ -207,10 +213,25 @@ func (b *Backend) ResolveImage(ctx context.Context, ref string) (string, error) 
 // ResolveLocal is ResolveImage without the pull: the id of the image the daemon has now, or
 // an *errs.ImageError (errs.ErrImageNotFound). --backend auto asks it of every candidate
 // before it pulls anything.
+//
+// A reference resolved within the last listingTTL is not asked again: a start resolves each
+// root image twice (choosing the backend, then building), moments apart.
 func (b *Backend) ResolveLocal(ctx context.Context, ref string) (string, error) {
+	b.mu.Lock()
+	r, ok := b.resolved[ref]
+	b.mu.Unlock()
+	if ok && time.Since(r.at) < listingTTL {
+		return r.id, nil
+	}
 	ins, err := b.cli.ImageInspect(ctx, ref)
 	if err == nil {
 		b.cacheEnv(ins.ID, inspectEnv(ins))
+		b.mu.Lock()
+		if b.resolved == nil {
+			b.resolved = map[string]resolvedRef{}
+		}
+		b.resolved[ref] = resolvedRef{id: ins.ID, at: time.Now()}
+		b.mu.Unlock()
 		return ins.ID, nil
 	}
 	if !cerrdefs.IsNotFound(err) {
