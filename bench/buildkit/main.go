@@ -14,7 +14,7 @@
 // ephemeral snapshots the run left behind (scoped to this bench's state dir: colleagues may
 // share the daemon); any leftover fails the bench.
 //
-//	bash scripts/test-image.sh && go run ./bench/buildkit [-rounds 5] [-docker /usr/bin/docker]
+//	bash scripts/test-image.sh && go run ./bench/buildkit [-rounds 5] [-docker /usr/bin/docker] [-only chain|fanout] [-kind cold|cached] [-before OLD-HM-BINARY]
 package main
 
 import (
@@ -42,8 +42,10 @@ func main() {
 	img := flag.String("image", "hm-test-busybox:latest", "base image, local (scripts/test-image.sh)")
 	dockerBin := flag.String("docker", "/usr/bin/docker", "docker CLI (the 20.10 client drives the embedded BuildKit)")
 	only := flag.String("only", "", "run one workload only: chain or fanout")
+	kind := flag.String("kind", "", "run one kind only: cold or cached")
+	before := flag.String("before", "", "an older hm binary to interleave as well (a before/after comparison)")
 	flag.Parse()
-	if err := run(*rounds, *img, *dockerBin, *only); err != nil {
+	if err := run(*rounds, *img, *dockerBin, *only, *kind, *before); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/buildkit:", err)
 		os.Exit(1)
 	}
@@ -107,7 +109,7 @@ type variant struct {
 	eng  []time.Duration
 }
 
-func run(rounds int, img, dockerBin, only string) error {
+func run(rounds int, img, dockerBin, only, kind, before string) error {
 	ctx := context.Background()
 	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err != nil {
@@ -161,7 +163,7 @@ func run(rounds int, img, dockerBin, only string) error {
 		}
 		tag := fmt.Sprintf("hm-bench-buildkit:%d-%d", os.Getpid(), wi)
 		tags = append(tags, tag)
-		hm := func(extra ...string) func() (time.Duration, time.Duration, error) {
+		hmBin := func(bin string, extra ...string) func() (time.Duration, time.Duration, error) {
 			return func() (time.Duration, time.Duration, error) {
 				args := append([]string{"run", "-d", src, "--format", "json", "--backend", "docker",
 					"--map-image", "ubuntu:24.04=" + img}, extra...)
@@ -172,6 +174,7 @@ func run(rounds int, img, dockerBin, only string) error {
 				return wall, eng, err
 			}
 		}
+		hm := func(extra ...string) func() (time.Duration, time.Duration, error) { return hmBin(bin, extra...) }
 		bk := func(extra ...string) func() (time.Duration, time.Duration, error) {
 			return func() (time.Duration, time.Duration, error) {
 				args := append([]string{"build", "-q", "-t", tag, "-f", filepath.Join(dir, "Dockerfile")}, extra...)
@@ -192,11 +195,24 @@ func run(rounds int, img, dockerBin, only string) error {
 				return err
 			}
 		}
-		vs := []*variant{
-			{name: "hm cold (--no-cache)", fn: hm("--no-cache")},
-			{name: "BuildKit cold (--no-cache)", fn: bk("--no-cache")},
-			{name: "hm fully cached", fn: hm()},
-			{name: "BuildKit fully cached", fn: bk()},
+		// Per kind: hm, BuildKit, then the older hm when asked for.
+		var vs []*variant
+		per := 2
+		if before != "" {
+			per = 3
+		}
+		add := func(name string, flags ...string) {
+			vs = append(vs, &variant{name: "hm " + name, fn: hm(flags...)},
+				&variant{name: "BuildKit " + name, fn: bk(flags...)})
+			if before != "" {
+				vs = append(vs, &variant{name: "hm before " + name, fn: hmBin(before, flags...)})
+			}
+		}
+		if kind != "cached" {
+			add("cold (--no-cache)", "--no-cache")
+		}
+		if kind != "cold" {
+			add("fully cached")
 		}
 		for range rounds {
 			for _, v := range vs {
@@ -207,17 +223,20 @@ func run(rounds int, img, dockerBin, only string) error {
 				v.wall, v.eng = append(v.wall, wall), append(v.eng, eng)
 			}
 		}
-		for i := 0; i < len(vs); i += 2 {
-			h, b := vs[i], vs[i+1]
-			kind := strings.TrimPrefix(h.name, "hm ")
-			rows = append(rows, fmt.Sprintf("| %s | %s | %s (engine %s) | %s | %.2f× |", w.name, kind,
-				ms(median(h.wall)), ms(median(h.eng)), ms(median(b.wall)), float64(median(h.wall))/float64(median(b.wall))))
+		for i := 0; i < len(vs); i += per {
+			b := vs[i+1]
+			for _, h := range append([]*variant{vs[i]}, vs[i+2:i+per]...) {
+				kind := strings.TrimPrefix(h.name, "hm ")
+				rows = append(rows, fmt.Sprintf("| %s | %s | %s (%s; engine %s) | %s (%s) | %.2f× (%s) |", w.name, kind,
+					ms(median(h.wall)), spread(h.wall), ms(median(h.eng)), ms(median(b.wall)), spread(b.wall),
+					float64(median(h.wall))/float64(median(b.wall)), ratioSpread(h.wall, b.wall)))
+			}
 		}
 	}
 	ver, _ := cli.ServerVersion(ctx)
 	fmt.Printf("<!-- go run ./bench/buildkit -rounds %d: dockerd %s, image %s, medians of %d interleaved rounds -->\n",
 		rounds, ver.Version, img, rounds)
-	fmt.Println("| workload | run | hm docker (wall) | BuildKit (wall) | hm / BuildKit |")
+	fmt.Println("| workload | run | hm docker (wall, min–max) | BuildKit (wall, min–max) | hm / BuildKit (per-round min–max) |")
 	fmt.Println("|---|---|---:|---:|---:|")
 	for _, r := range rows {
 		fmt.Println(r)
@@ -272,6 +291,21 @@ func median(d []time.Duration) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// spread is the range of d, "min–max".
+func spread(d []time.Duration) string {
+	return fmt.Sprintf("%s–%s", ms(slices.Min(d)), ms(slices.Max(d)))
+}
+
+// ratioSpread is the range of the per-round ratios h[i]/b[i]: the two ran back to back, so
+// a round's ratio saw the same load.
+func ratioSpread(h, b []time.Duration) string {
+	var r []float64
+	for i := range h {
+		r = append(r, float64(h[i])/float64(b[i]))
+	}
+	return fmt.Sprintf("%.2f–%.2f", slices.Min(r), slices.Max(r))
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000) }

@@ -48,6 +48,7 @@ package vm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -130,6 +131,12 @@ type Continuer interface {
 // (those PruneSnapshots considers), so that checking many cache entries at start costs one
 // round trip instead of one SnapshotExists each. An id it does not list may still exist
 // (another state dir's snapshot); callers ask SnapshotExists for those.
+//
+// ListSnapshots may decline with ErrNotListed instead: the backend has no listing at hand and
+// knows, from records of its own, that no hm process died holding anything since its last
+// full reconcile. Housekeeping that compares the registry with the listing (dropping entries
+// of vanished snapshots, pruning unregistered ones) then waits for the next full reconcile;
+// a caller that needs existence checks them one by one.
 type SnapshotLister interface {
 	ListSnapshots(ctx context.Context) ([]string, error)
 }
@@ -144,6 +151,9 @@ type SnapshotLister interface {
 type ArtifactCopier interface {
 	CopyArtifacts(ctx context.Context, snapshot string, owner Owner, patterns []string, dst *os.Root) (artifact.Result, error)
 }
+
+// ErrNotListed is what SnapshotLister.ListSnapshots returns when it declines to list.
+var ErrNotListed = errors.New("snapshots not listed: nothing to reconcile")
 
 // Owner identifies the hm run and step a machine or snapshot belongs to.
 type Owner struct {

@@ -2,6 +2,7 @@ package local
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -28,6 +29,8 @@ type registryCache struct {
 	// the first lookup; nil when the backend has none or the listing failed.
 	listOnce sync.Once
 	listed   map[string]bool
+	// checks stands in for listed when the backend declined to list (vm.ErrNotListed).
+	checks map[string]*check
 
 	stateDir   string
 	unwritable error // see Backend.Unwritable: a miss cannot run
@@ -88,6 +91,10 @@ func (c *registryCache) listedUnused(ctx context.Context, q scheduler.CacheQuery
 			return
 		}
 		ids, err := l.ListSnapshots(ctx)
+		if errors.Is(err, vm.ErrNotListed) {
+			c.checks = c.checkEntries(ctx, q.BaseImage)
+			return
+		}
 		if err != nil {
 			return // every hit asks SnapshotExists
 		}
@@ -96,7 +103,7 @@ func (c *registryCache) listedUnused(ctx context.Context, q scheduler.CacheQuery
 			c.listed[id] = true
 		}
 	})
-	if !c.listed[snapshot] || q.Step >= len(c.children) {
+	if !c.known(ctx, snapshot) || q.Step >= len(c.children) {
 		return false
 	}
 	for _, j := range c.children[q.Step] {
@@ -108,11 +115,74 @@ func (c *registryCache) listedUnused(ctx context.Context, q scheduler.CacheQuery
 			s.Fingerprint = c.results[j].Fingerprint
 		}
 		e, ok, err := c.reg.Peek(ctx, s)
-		if err != nil || !ok || !c.listed[e.Snapshot] {
+		if err != nil || !ok || !c.known(ctx, e.Snapshot) {
 			return false
 		}
 	}
 	return true
+}
+
+// known reports whether the build's listing, or its check (checkEntries), found snapshot;
+// a check still under way is waited for.
+func (c *registryCache) known(ctx context.Context, snapshot string) bool {
+	if c.checks == nil {
+		return c.listed[snapshot]
+	}
+	ch := c.checks[snapshot]
+	if ch == nil {
+		return false
+	}
+	select {
+	case <-ch.done:
+		return ch.found
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// check is one snapshot's existence, asked in the background; found is set before done closes.
+type check struct {
+	done  chan struct{}
+	found bool
+}
+
+// checkEntries stands in for a listing the backend declined (vm.ErrNotListed): the snapshots
+// of this build's registered entries under base are asked of the backend all at once, in
+// the background, rather than one round trip per hit in turn down a chain; each hit waits
+// for its own answer only, so the hits run while later answers come in. Entries under
+// another base (a chain of another root image) are asked at their lookup, as without a
+// listing.
+func (c *registryCache) checkEntries(ctx context.Context, base string) map[string]*check {
+	checks := map[string]*check{}
+	var snaps []string
+	for j, key := range c.keys {
+		if key == "" || j >= len(c.results) {
+			continue
+		}
+		s := registry.Scope{Backend: c.vm.Name(), Base: base, Key: key, Fingerprint: c.results[j].Fingerprint}
+		if e, ok, err := c.reg.Peek(ctx, s); err == nil && ok && checks[e.Snapshot] == nil {
+			checks[e.Snapshot] = &check{done: make(chan struct{})}
+			snaps = append(snaps, e.Snapshot)
+		}
+	}
+	// Not the step's context: a step canceled meanwhile must not turn the others' answers
+	// into misses. The work is bounded by the build's steps.
+	bg := context.WithoutCancel(ctx)
+	go func() {
+		slots := make(chan struct{}, 4) // more measured no faster: the daemon is the bound
+		for _, id := range snaps {      // in step order: the first hits are answered first
+			slots <- struct{}{}
+			ch := checks[id]
+			go func() {
+				defer func() { <-slots }()
+				// An error counts as not found here: the hit asks again.
+				ok, err := c.vm.SnapshotExists(bg, id)
+				ch.found = err == nil && ok
+				close(ch.done)
+			}()
+		}
+	}()
+	return checks
 }
 
 // cannotRun is a miss on an unwritable state dir: the step would have to run, and nothing

@@ -3,7 +3,10 @@ package local
 import (
 	"context"
 	"path/filepath"
+	"sync"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/hmci/hm/internal/cachekey"
 	"github.com/hmci/hm/internal/registry"
@@ -13,18 +16,76 @@ import (
 
 // listingVM is a vm.Backend with vm.SnapshotLister: listed is what ListSnapshots returns,
 // exists what SnapshotExists answers; it counts the SnapshotExists calls.
+// With declined, ListSnapshots returns vm.ErrNotListed.
 type listingVM struct {
 	vm.Backend
-	listed  []string
-	exists  map[string]bool
-	inspect int
+	listed   []string
+	declined bool
+	exists   map[string]bool
+	mu       sync.Mutex
+	inspect  int
 }
 
-func (f *listingVM) Name() string                                    { return "fake" }
-func (f *listingVM) ListSnapshots(context.Context) ([]string, error) { return f.listed, nil }
+func (f *listingVM) Name() string { return "fake" }
+func (f *listingVM) ListSnapshots(context.Context) ([]string, error) {
+	if f.declined {
+		return nil, vm.ErrNotListed
+	}
+	return f.listed, nil
+}
 func (f *listingVM) SnapshotExists(_ context.Context, id string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.inspect++
 	return f.exists[id], nil
+}
+
+// TestLookupChecked: when the backend declines to list, the build's entries are checked at
+// the first lookup, once each; a hit whose child hits is answered from that check, and a
+// snapshot found gone is a miss.
+func TestLookupChecked(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		exists      map[string]bool
+		wantHits    []bool
+		wantInspect int
+	}{
+		{"all present: one check each", map[string]bool{"snap0": true, "snap1": true}, []bool{true, true}, 2},
+		// The parent's child will run: its snapshot is asked again right before its hit; the
+		// child's is asked again at its own lookup.
+		{"child's snapshot gone", map[string]bool{"snap0": true}, []bool{true, false}, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.Context()
+			reg, err := registry.Open(ctx, filepath.Join(t.TempDir(), "registry.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer reg.Close()
+			results := []cachekey.Result{{Key: "k0", Fingerprint: "f0"}, {Key: "k1", Fingerprint: "f1"}}
+			for i, snap := range []string{"snap0", "snap1"} {
+				e := registry.Entry{Backend: "fake", Base: "base", Key: results[i].Key,
+					Fingerprint: results[i].Fingerprint, Snapshot: snap}
+				if _, err := reg.Register(ctx, e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f := &listingVM{declined: true, exists: tc.exists}
+			c := &registryCache{reg: reg, vm: f, results: results, keys: []string{"k0", "k1"},
+				children: [][]int{{1}, nil}}
+			var hits []bool
+			for i := range 2 {
+				res, err := c.Lookup(ctx, scheduler.CacheQuery{Step: i, StepKey: "s", Key: results[i].Key, BaseImage: "base"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				hits = append(hits, res.Hit)
+			}
+			if diff := cmp.Diff(tc.wantHits, hits); diff != "" || f.inspect != tc.wantInspect {
+				t.Errorf("hits (-want +got):\n%s; %d inspects, want %d", diff, f.inspect, tc.wantInspect)
+			}
+		})
+	}
 }
 
 // TestLookupListing: a hit whose children all hit too is answered from the one listing; a

@@ -6,6 +6,7 @@ package local
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -181,6 +182,21 @@ func (b *Backend) doReconcile(ctx context.Context) error {
 	if err := b.VM.Reconcile(ctx); err != nil {
 		return fmt.Errorf("reconcile %s backend: %w", b.VM.Name(), err)
 	}
+	listed := map[string]bool{}
+	if l, ok := b.VM.(vm.SnapshotLister); ok {
+		ids, err := l.ListSnapshots(ctx)
+		if errors.Is(err, vm.ErrNotListed) {
+			// Nothing crashed since the backend's last full reconcile: comparing the
+			// registry with the backend's snapshots waits for the next one.
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reconcile %s snapshots: %w", b.VM.Name(), err)
+		}
+		for _, id := range ids {
+			listed[id] = true
+		}
+	}
 	referenced := map[string]bool{}
 	if _, err := os.Stat(RegistryPath(b.StateDir)); err == nil {
 		reg, err := registry.Open(ctx, RegistryPath(b.StateDir))
@@ -188,16 +204,6 @@ func (b *Backend) doReconcile(ctx context.Context) error {
 			return err
 		}
 		defer reg.Close()
-		listed := map[string]bool{}
-		if l, ok := b.VM.(vm.SnapshotLister); ok {
-			ids, err := l.ListSnapshots(ctx)
-			if err != nil {
-				return fmt.Errorf("reconcile %s snapshots: %w", b.VM.Name(), err)
-			}
-			for _, id := range ids {
-				listed[id] = true
-			}
-		}
 		if _, err := reg.DropMissing(ctx, b.VM.Name(), func(id string) (bool, error) {
 			if listed[id] {
 				return true, nil // one listing instead of an inspect per entry

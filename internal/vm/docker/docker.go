@@ -49,6 +49,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -113,6 +114,17 @@ type Backend struct {
 	// gen counts this backend's commits and snapshot removals; listing is Reconcile's.
 	gen     uint64
 	listing *listing
+	// light: when Reconcile last found nothing to clean without asking the daemon (owners.go).
+	light time.Time
+	// The owner records this backend wrote, and its account of what it made (owners.go).
+	records, live, eph, linger map[string]bool
+	dirty                      bool
+	resolved                   map[string]resolvedRef // ResolveLocal's answers, by reference
+}
+
+type resolvedRef struct {
+	id string
+	at time.Time
 }
 
 var (
@@ -152,8 +164,12 @@ func New(ctx context.Context, opts Options) (*Backend, error) {
 	return &Backend{cli: cli, host: host, state: opts.StateDir, opts: opts, ownerOf: ownerOf, envs: map[string][]string{}}, nil
 }
 
-// Close releases the client's connections.
-func (b *Backend) Close() error { return b.cli.Close() }
+// Close removes this process's owner records when it left nothing behind (owners.go) and
+// releases the client's connections.
+func (b *Backend) Close() error {
+	b.release()
+	return b.cli.Close()
+}
 
 // Client is the Docker API client the backend uses (for benchmarks and diagnostics).
 func (b *Backend) Client() *client.Client { return b.cli }
@@ -198,10 +214,25 @@ func (b *Backend) ResolveImage(ctx context.Context, ref string) (string, error) 
 // ResolveLocal is ResolveImage without the pull: the id of the image the daemon has now, or
 // an *errs.ImageError (errs.ErrImageNotFound). --backend auto asks it of every candidate
 // before it pulls anything.
+//
+// A reference resolved within the last listingTTL is not asked again: a start resolves each
+// root image twice (choosing the backend, then building), moments apart.
 func (b *Backend) ResolveLocal(ctx context.Context, ref string) (string, error) {
+	b.mu.Lock()
+	r, ok := b.resolved[ref]
+	b.mu.Unlock()
+	if ok && time.Since(r.at) < listingTTL {
+		return r.id, nil
+	}
 	ins, err := b.cli.ImageInspect(ctx, ref)
 	if err == nil {
 		b.cacheEnv(ins.ID, inspectEnv(ins))
+		b.mu.Lock()
+		if b.resolved == nil {
+			b.resolved = map[string]resolvedRef{}
+		}
+		b.resolved[ref] = resolvedRef{id: ins.ID, at: time.Now()}
+		b.mu.Unlock()
 		return ins.ID, nil
 	}
 	if !cerrdefs.IsNotFound(err) {
@@ -251,6 +282,9 @@ func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 	if err != nil {
 		return nil, err
 	}
+	if err := b.record(owner); err != nil {
+		return nil, fmt.Errorf("docker: create: %w: record the owner in the state dir: %w", errs.ErrInfra, err)
+	}
 	name := "hm-" + randomHex(8)
 	cfg := &container.Config{
 		Image: base,
@@ -286,13 +320,16 @@ func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 	if err != nil {
 		// A canceled request may still have created the container: remove it by name.
 		if ctx.Err() != nil {
-			_ = b.removeContainer(context.WithoutCancel(ctx), name)
+			if b.removeContainer(context.WithoutCancel(ctx), name) != nil {
+				b.failed()
+			}
 		}
 		if cerrdefs.IsNotFound(err) {
 			return nil, fmt.Errorf("docker: create from %s: %w: %w", base, errs.ErrInfra, err)
 		}
 		return nil, apiErr(ctx, "create container", err)
 	}
+	b.madeContainer(resp.ID)
 	m := &machine{b: b, id: resp.ID, spec: spec, owner: owner, baseEnv: baseEnv, exec: execMode}
 	if execMode {
 		if err := b.cli.ContainerStart(context.WithoutCancel(ctx), resp.ID, container.StartOptions{}); err != nil {
@@ -391,11 +428,14 @@ func (b *Backend) RemoveSnapshot(ctx context.Context, id string) error {
 	b.wrote()
 	ins, err := b.cli.ImageInspect(ctx, id)
 	if cerrdefs.IsNotFound(err) {
+		b.removedSnapshot(id, false)
 		return nil
 	}
 	if err != nil {
+		b.failed()
 		return apiErr(ctx, "remove snapshot "+id, err)
 	}
+	lingering := false
 	for _, tag := range ins.RepoTags {
 		if !strings.HasPrefix(tag, SnapshotRepo+":") {
 			continue
@@ -403,11 +443,14 @@ func (b *Backend) RemoveSnapshot(ctx context.Context, id string) error {
 		// Removing a reference deletes the image when nothing else needs it, and otherwise
 		// only the reference. Force lets it go while a (stopped or running) container uses
 		// the image; the image itself then stays until reconcile finds it untagged.
-		_, err := b.cli.ImageRemove(ctx, tag, image.RemoveOptions{Force: true, PruneChildren: true})
+		resp, err := b.cli.ImageRemove(ctx, tag, image.RemoveOptions{Force: true, PruneChildren: true})
 		if err != nil && !cerrdefs.IsNotFound(err) {
+			b.failed()
 			return apiErr(ctx, "remove snapshot "+id, err)
 		}
+		lingering = err == nil && !slices.ContainsFunc(resp, func(r image.DeleteResponse) bool { return r.Deleted == ins.ID })
 	}
+	b.removedSnapshot(ins.ID, lingering)
 	return nil
 }
 
@@ -424,13 +467,13 @@ func snapshotTag(tags []string) string {
 // removeContainer force-removes a container (killing it if it runs); gone already is fine.
 func (b *Backend) removeContainer(ctx context.Context, id string) error {
 	err := b.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
-	if err == nil || cerrdefs.IsNotFound(err) {
+	// Gone already, or another Destroy or a reconcile is removing it right now.
+	if err == nil || cerrdefs.IsNotFound(err) ||
+		cerrdefs.IsConflict(err) && strings.Contains(err.Error(), "already in progress") {
+		b.removedContainer(id)
 		return nil
 	}
-	// Another Destroy or a reconcile is removing it right now.
-	if cerrdefs.IsConflict(err) && strings.Contains(err.Error(), "already in progress") {
-		return nil
-	}
+	b.failed()
 	return apiErr(ctx, "remove container "+id, err)
 }
 

@@ -181,9 +181,12 @@ func (m *machine) Commit(ctx context.Context, ephemeral bool) (string, error) {
 	if err != nil {
 		// A canceled request may still have committed: drop the image by its tag.
 		if ctx.Err() != nil {
-			_ = m.b.RemoveSnapshot(context.WithoutCancel(ctx), ref)
+			_ = m.b.RemoveSnapshot(context.WithoutCancel(ctx), ref) // marks the account failed if it fails
 		}
 		return "", apiErr(ctx, "commit", err)
+	}
+	if ephemeral {
+		m.b.madeEphemeral(resp.ID)
 	}
 	m.Committed = true
 	m.b.cacheEnv(resp.ID, env)

@@ -12,6 +12,7 @@ import (
 	"github.com/docker/docker/api/types/image"
 
 	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/vm"
 )
 
 // listing is the kept snapshots as Reconcile's one image listing found them. A start-up asks
@@ -56,6 +57,9 @@ func (b *Backend) ListSnapshots(ctx context.Context) ([]string, error) {
 // directory that keep rejects and whose committing hm process is gone.
 func (b *Backend) PruneSnapshots(ctx context.Context, keep func(id string) bool) ([]string, error) {
 	imgs, err := b.keptSnapshots(ctx)
+	if errors.Is(err, vm.ErrNotListed) {
+		return nil, nil // no owner died: no snapshot can be waiting for a registration that never came
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -72,13 +76,20 @@ func (b *Backend) PruneSnapshots(ctx context.Context, keep func(id string) bool)
 	return removed, nil
 }
 
+// keptSnapshots is the live kept snapshots: Reconcile's listing while it is fresh, else
+// vm.ErrNotListed while Reconcile's finding that nothing needs cleaning is (see listingTTL),
+// else a listing of its own.
 func (b *Backend) keptSnapshots(ctx context.Context) ([]image.Summary, error) {
 	b.mu.Lock()
 	l := b.listing
 	fresh := l != nil && l.gen == b.gen && time.Since(l.at) < listingTTL
+	light := !b.light.IsZero() && time.Since(b.light) < listingTTL
 	b.mu.Unlock()
 	if fresh {
 		return l.kept, nil
+	}
+	if light {
+		return nil, vm.ErrNotListed
 	}
 	imgs, err := b.cli.ImageList(ctx, image.ListOptions{Filters: filters.NewArgs(
 		filters.Arg("label", LabelEphemeral+"=false"),
@@ -127,8 +138,25 @@ func (b *Backend) deadOwner(labels map[string]string) bool {
 // Reconcile implements vm.Backend: it removes the containers and the ephemeral snapshots of
 // hm processes on this host that are gone, and images whose snapshot tag was removed while a
 // container still used them. Its one image listing also serves the kept-snapshot listings
-// that follow it (see listing).
+// that follow it (see listing). It asks the daemon nothing when the owner records say that
+// there is nothing to clean (owners.go); ListSnapshots then returns vm.ErrNotListed for a
+// while, and PruneSnapshots finds nothing to prune.
 func (b *Backend) Reconcile(ctx context.Context) error {
+	full, dead := b.needFull()
+	if !full {
+		b.mu.Lock()
+		b.light = time.Now()
+		b.mu.Unlock()
+		return nil
+	}
+	if err := b.reconcileFull(ctx); err != nil {
+		return err
+	}
+	b.fullDone(dead)
+	return nil
+}
+
+func (b *Backend) reconcileFull(ctx context.Context) error {
 	var errList []error
 	cs, err := b.cli.ContainerList(ctx, container.ListOptions{All: true,
 		Filters: filters.NewArgs(filters.Arg("label", LabelOwner))})
@@ -179,6 +207,7 @@ func (b *Backend) Reconcile(ctx context.Context) error {
 	// Only ephemeral and untagged images were removed above: the kept ones are as listed.
 	b.mu.Lock()
 	b.listing = &listing{at: at, gen: gen, kept: b.kept(imgs)}
+	b.light = time.Time{}
 	b.mu.Unlock()
 	return nil
 }
