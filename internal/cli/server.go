@@ -21,19 +21,19 @@ import (
 	"github.com/hmci/hm/internal/server/driver"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/store/blobdir"
-	"github.com/hmci/hm/internal/store/sqlite"
 )
 
 // drainTimeout bounds how long SIGTERM waits for in-flight requests.
 const drainTimeout = 30 * time.Second
 
 func newServerCmd(stdio IO) *cobra.Command {
-	var listen, data, maxSource string
+	var listen, data, db, maxSource string
 	var leaseTTL time.Duration
 	var retries int
+	var noMigrate bool
 	cmd := &cobra.Command{
 		Use:   "server",
-		Short: "Serve the Harmont API v0 subset and hm's event stream over a store in --data",
+		Short: "Serve the Harmont API v0 subset and hm's event stream over a store in --data or --db",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			var max config.Size
@@ -43,23 +43,25 @@ func newServerCmd(stdio IO) *cobra.Command {
 			if retries < 0 {
 				return errs.New(errs.ErrUsage, "usage", "give --agent-retries 0 or more", "--agent-retries %d is negative", retries)
 			}
-			return runServer(c.Context(), stdio, listen, data, int64(max), leaseTTL, retries)
+			return runServer(c.Context(), stdio, listen, data, storeFlags{db: db, noMigrate: noMigrate}, int64(max), leaseTTL, retries)
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to listen on")
-	cmd.Flags().StringVar(&data, "data", "", "data directory: the SQLite store, blobs and the log token key")
+	cmd.Flags().StringVar(&data, "data", "", "data directory: blobs, the log token key and (without --db) the SQLite store")
+	cmd.Flags().StringVar(&db, "db", "", "the store: postgres://USER:PASSWORD@HOST/DB (several replicas) or sqlite:PATH; default DATA/store.db")
+	cmd.Flags().BoolVar(&noMigrate, "no-migrate", false, "refuse a PostgreSQL store that is not at this hm's schema instead of migrating it")
 	cmd.Flags().StringVar(&maxSource, "max-source-size", "256MiB", "largest source archive a build may submit")
 	cmd.Flags().DurationVar(&leaseTTL, "lease-ttl", server.DefaultAgentLeaseTTL, "lease of a claimed step: an agent silent this long is lost")
 	cmd.Flags().IntVar(&retries, "agent-retries", 2, "requeues of a step whose agent was lost before it fails agent_lost")
 	cmd.MarkFlagRequired("data")
-	cmd.AddCommand(newServerTokenCmd(stdio))
+	cmd.AddCommand(newServerTokenCmd(stdio), newServerMigrateCmd(stdio))
 	return cmd
 }
 
-func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int64, leaseTTL time.Duration, retries int) error {
+func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags, maxSource int64, leaseTTL time.Duration, retries int) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	st, err := sqlite.Open(ctx, data)
+	st, err := openStore(ctx, data, sf)
 	if err != nil {
 		return err
 	}
@@ -89,7 +91,7 @@ func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int
 		return errs.New(errs.ErrUnavailable, "listen", "choose a free address with --listen", "cannot listen on %s: %v", listen, err)
 	}
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
-	logger.Info("hm server listening", "addr", ln.Addr().String(), "data", data)
+	logger.Info("hm server listening", "addr", ln.Addr().String(), "data", data, "store", storeName(st))
 	done := make(chan error, 1)
 	go func() { done <- hs.Serve(ln) }()
 	// The drivers stop with the server, without canceling their builds: a restarted server
@@ -119,14 +121,14 @@ func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int
 
 func newServerTokenCmd(stdio IO) *cobra.Command {
 	tok := &cobra.Command{Use: "token", Short: "Manage the server's API tokens"}
-	var data, org, name string
+	var data, db, org, name string
 	var agent bool
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a token for --org (created when new) and print it once; only its hash is stored",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			st, err := sqlite.Open(c.Context(), data)
+			st, err := openStore(c.Context(), data, storeFlags{db: db})
 			if err != nil {
 				return err
 			}
@@ -154,10 +156,11 @@ func newServerTokenCmd(stdio IO) *cobra.Command {
 		},
 	}
 	create.Flags().StringVar(&data, "data", "", "the server's data directory")
+	create.Flags().StringVar(&db, "db", "", "the server's --db, when it has one")
 	create.Flags().StringVar(&org, "org", "", "organization slug (created when it does not exist)")
 	create.Flags().StringVar(&name, "name", "", "a name to recognize the token by")
 	create.Flags().BoolVar(&agent, "agent", false, "an agent token (agent routes only) instead of a user token")
-	create.MarkFlagRequired("data")
+	create.MarkFlagsOneRequired("data", "db")
 	create.MarkFlagRequired("org")
 	tok.AddCommand(create)
 	return tok

@@ -83,10 +83,28 @@ func (e *SchemaError) Code() string {
 // migrates it unless o.NoMigrate. A database that cannot be reached is an
 // *errs.UnavailableError (backend "postgres"); a dsn that does not parse, errs.ErrUsage.
 func Open(ctx context.Context, dsn string, o Options) (*DB, error) {
+	s, err := Connect(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	if o.NoMigrate {
+		err = s.CheckSchema(ctx)
+	} else {
+		_, _, err = s.Migrate(ctx)
+	}
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Connect is Open without a look at the schema: for Migrate and Version.
+func Connect(ctx context.Context, dsn string) (*DB, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		// pgx's message may quote the dsn, password included: keep only its class.
-		return nil, fmt.Errorf("store: --db is not a valid PostgreSQL URL: %w", errs.ErrUsage)
+		return nil, fmt.Errorf("store: the PostgreSQL URL does not parse: %w", errs.ErrUsage)
 	}
 	where := fmt.Sprintf("%s:%d/%s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
@@ -100,17 +118,7 @@ func Open(ctx context.Context, dsn string, o Options) (*DB, error) {
 		}
 		return nil, unavailable(where, err)
 	}
-	s := &DB{pool: pool, where: where}
-	if o.NoMigrate {
-		err = s.CheckSchema(ctx)
-	} else {
-		_, _, err = s.Migrate(ctx)
-	}
-	if err != nil {
-		pool.Close()
-		return nil, err
-	}
-	return s, nil
+	return &DB{pool: pool, where: where}, nil
 }
 
 func unavailable(where string, err error) error {
