@@ -137,12 +137,28 @@ func (s *DB) Ping(ctx context.Context) error { return wrap("ping", s.pool.Ping(c
 
 var integer = regexp.MustCompile(`\bINTEGER\b`)
 
+// dialect lists the other changes to SQLite's migration text, by schema version; each must
+// match exactly once, so that an edit of the SQLite file cannot silently drop one.
+var dialect = []struct {
+	version  int
+	old, new string
+}{
+	// Log chunks are a step's bytes: PostgreSQL's TEXT refuses NUL (SQLite's keeps it).
+	{1, "content TEXT NOT NULL", "content BYTEA NOT NULL"},
+}
+
 // migrations are the SQLite driver's, with INTEGER (SQLite's 64-bit integer) as BIGINT
-// (PostgreSQL's INTEGER is 32 bits; times in nanoseconds need 64).
+// (PostgreSQL's INTEGER is 32 bits; times in nanoseconds need 64), and the dialect changes.
 func migrations() ([]string, error) {
 	ms, err := sqlite.Migrations()
 	if err != nil {
 		return nil, fmt.Errorf("store: migrations: %w", err)
+	}
+	for _, d := range dialect {
+		if n := strings.Count(ms[d.version-1], d.old); n != 1 {
+			return nil, fmt.Errorf("store: migration %d: %q found %d times, want once", d.version, d.old, n)
+		}
+		ms[d.version-1] = strings.Replace(ms[d.version-1], d.old, d.new, 1)
 	}
 	for i := range ms {
 		ms[i] = integer.ReplaceAllString(ms[i], "BIGINT")

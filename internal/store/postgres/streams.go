@@ -48,14 +48,17 @@ func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payl
 			return err
 		}
 		first := last - int64(len(payloads)) + 1
+		texts := make([]string, len(payloads))
 		for i, p := range payloads {
-			if _, err := exec(ctx, tx, `INSERT INTO build_events (build_id, seq, payload, created_at) VALUES (?, ?, ?, ?)`,
-				buildID, first+int64(i), string(p), now); err != nil {
-				return err
-			}
+			texts[i] = string(p)
 			seqs = append(seqs, first+int64(i))
 		}
-		return nil
+		// PostgreSQL only: the batch is one statement over an array, not one round trip
+		// per event while the build row (the counter) is held.
+		_, err = exec(ctx, tx, `INSERT INTO build_events (build_id, seq, payload, created_at)
+			SELECT ?, ?::bigint + x.n - 1, x.payload, ?::bigint FROM unnest(?::text[]) WITH ORDINALITY AS x (payload, n)`,
+			buildID, first, now, texts)
+		return err
 	})
 	if err != nil {
 		return nil, err
@@ -75,19 +78,17 @@ func (s *DB) ListEvents(ctx context.Context, buildID string, after int64, limit 
 		buildID, after, limit)
 }
 
-// advanceHead moves (job, attempt)'s contiguous seq past every chunk now stored after it. The
-// new head is the smallest s that is either the old head with no chunk after it, or a stored
-// chunk above the head with none after it: the end of the run from the head. It reads only
-// chunks above the head, so an in-order stream costs its batch, not its whole log.
-const advanceHead = `UPDATE log_heads SET contiguous = (
-		SELECT MIN(s) FROM (
-			SELECT log_heads.contiguous AS s WHERE NOT EXISTS (SELECT 1 FROM log_chunks d
-				WHERE d.job_id = log_heads.job_id AND d.attempt = log_heads.attempt AND d.seq = log_heads.contiguous + 1)
-			UNION ALL
-			SELECT c.seq AS s FROM log_chunks c
-			WHERE c.job_id = log_heads.job_id AND c.attempt = log_heads.attempt AND c.seq > log_heads.contiguous
-			  AND NOT EXISTS (SELECT 1 FROM log_chunks d WHERE d.job_id = c.job_id AND d.attempt = c.attempt AND d.seq = c.seq + 1)
-		) AS runs)
+// advanceHead moves (job, attempt)'s contiguous seq, h (its head row locked), past the run of
+// chunks h+1, h+2, … now stored. Numbered in order, the chunks above h have seq = h + their
+// rank exactly while the run lasts (seqs are unique), so the run's length is a count over the
+// chunks above the head: an in-order stream costs its batch, not its whole log. PostgreSQL
+// only: the SQLite driver's NOT EXISTS form plans here as an anti-join over every chunk of
+// the table, once per append.
+const advanceHead = `UPDATE log_heads SET contiguous = contiguous + (
+		SELECT COUNT(*) FROM (
+			SELECT c.seq, row_number() OVER (ORDER BY c.seq) AS rn FROM log_chunks c
+			WHERE c.job_id = ? AND c.attempt = ? AND c.seq > ?::bigint
+		) AS above WHERE above.seq = ?::bigint + above.rn)
 	WHERE job_id = ? AND attempt = ? RETURNING contiguous`
 
 func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks []store.LogChunk) (int64, error) {
@@ -115,21 +116,33 @@ func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks [
 		// PostgreSQL only: appends of one (job, attempt) take turns on its head row. Under
 		// READ COMMITTED, advanceHead would otherwise not see chunks a concurrent append
 		// committed after it began, and store a head short of what is stored.
-		if _, err := exec(ctx, tx, `SELECT 1 FROM log_heads WHERE job_id = ? AND attempt = ? FOR UPDATE`, jobID, attempt); err != nil {
+		var h int64
+		if err := row(ctx, tx, `SELECT contiguous FROM log_heads WHERE job_id = ? AND attempt = ? FOR UPDATE`, jobID, attempt).Scan(&h); err != nil {
 			return err
 		}
+		// PostgreSQL only: the batch is one statement over arrays (unnest), not one round
+		// trip per chunk; the first of two chunks with one seq wins, as in the SQLite loop.
+		var seqs, streams, tss []int64
+		var contents [][]byte
 		for _, c := range chunks {
 			if c.Seq < 1 {
 				continue // seq starts at 1 (remote.md); a 0 would hold the head at 0 forever
 			}
+			seqs, streams, tss = append(seqs, c.Seq), append(streams, int64(c.Stream)), append(tss, ns(c.TS))
+			contents = append(contents, []byte(c.Content))
+		}
+		if len(seqs) > 0 {
 			if _, err := exec(ctx, tx, `INSERT INTO log_chunks (job_id, attempt, seq, stream, content, ts)
-				SELECT id, attempt, ?::bigint, ?::bigint, ?::text, ?::bigint FROM jobs WHERE id = ? AND attempt = ?
+				SELECT j.id, j.attempt, c.seq, c.stream, c.content, c.ts
+				FROM jobs j, unnest(?::bigint[], ?::bigint[], ?::bytea[], ?::bigint[]) WITH ORDINALITY AS c (seq, stream, content, ts, n)
+				WHERE j.id = ? AND j.attempt = ?
+				ORDER BY c.n
 				ON CONFLICT (job_id, attempt, seq) DO NOTHING`,
-				c.Seq, c.Stream, c.Content, ns(c.TS), jobID, attempt); err != nil {
+				seqs, streams, contents, tss, jobID, attempt); err != nil {
 				return err
 			}
 		}
-		return row(ctx, tx, advanceHead, jobID, attempt).Scan(&head)
+		return row(ctx, tx, advanceHead, jobID, attempt, h, h, jobID, attempt).Scan(&head)
 	})
 	return head, err
 }
@@ -138,8 +151,9 @@ func (s *DB) ListLogs(ctx context.Context, jobID string, attempt int, after int6
 	return list(ctx, s.pool, "list logs", func(r scanner) (store.LogChunk, error) {
 		var c store.LogChunk
 		var ts int64
-		err := r.Scan(&c.Seq, &c.Stream, &c.Content, &ts)
-		c.TS = tm(ts)
+		var content []byte
+		err := r.Scan(&c.Seq, &c.Stream, &content, &ts)
+		c.Content, c.TS = string(content), tm(ts)
 		return c, err
 	}, `SELECT seq, stream, content, ts FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq > ? ORDER BY seq LIMIT ?`,
 		jobID, attempt, after, limit)
