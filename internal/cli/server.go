@@ -28,7 +28,7 @@ const drainTimeout = 30 * time.Second
 
 func newServerCmd(stdio IO) *cobra.Command {
 	var listen, data, db, maxSource string
-	var leaseTTL time.Duration
+	var leaseTTL, drainDelay time.Duration
 	var retries int
 	var noMigrate bool
 	cmd := &cobra.Command{
@@ -43,7 +43,7 @@ func newServerCmd(stdio IO) *cobra.Command {
 			if retries < 0 {
 				return errs.New(errs.ErrUsage, "usage", "give --agent-retries 0 or more", "--agent-retries %d is negative", retries)
 			}
-			return runServer(c.Context(), stdio, listen, data, storeFlags{db: db, noMigrate: noMigrate}, int64(max), leaseTTL, retries)
+			return runServer(c.Context(), stdio, listen, data, storeFlags{db: db, noMigrate: noMigrate}, int64(max), leaseTTL, retries, drainDelay)
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to listen on")
@@ -52,13 +52,14 @@ func newServerCmd(stdio IO) *cobra.Command {
 	cmd.Flags().BoolVar(&noMigrate, "no-migrate", false, "refuse a PostgreSQL store that is not at this hm's schema instead of migrating it")
 	cmd.Flags().StringVar(&maxSource, "max-source-size", "256MiB", "largest source archive a build may submit")
 	cmd.Flags().DurationVar(&leaseTTL, "lease-ttl", server.DefaultAgentLeaseTTL, "lease of a claimed step: an agent silent this long is lost")
+	cmd.Flags().DurationVar(&drainDelay, "drain-delay", 0, "on SIGTERM, answer /readyz 503 but keep serving this long before draining (a load balancer's probe interval)")
 	cmd.Flags().IntVar(&retries, "agent-retries", 2, "requeues of a step whose agent was lost before it fails agent_lost")
 	cmd.MarkFlagRequired("data")
 	cmd.AddCommand(newServerTokenCmd(stdio), newServerMigrateCmd(stdio))
 	return cmd
 }
 
-func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags, maxSource int64, leaseTTL time.Duration, retries int) error {
+func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags, maxSource int64, leaseTTL time.Duration, retries int, drainDelay time.Duration) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	st, err := openStore(ctx, data, sf)
@@ -90,7 +91,8 @@ func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags
 	if err != nil {
 		return errs.New(errs.ErrUnavailable, "listen", "choose a free address with --listen", "cannot listen on %s: %v", listen, err)
 	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	probes := &health{st: st, next: srv}
+	hs := &http.Server{Handler: probes, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 	logger.Info("hm server listening", "addr", ln.Addr().String(), "data", data, "store", storeName(st))
 	done := make(chan error, 1)
 	go func() { done <- hs.Serve(ln) }()
@@ -104,6 +106,13 @@ func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags
 	case err := <-done:
 		return fmt.Errorf("server: %w: %w", errs.ErrInfra, err)
 	case <-ctx.Done():
+	}
+	// Not ready from now on, so that a load balancer stops sending traffic here, while
+	// requests already routed are still served for drainDelay.
+	probes.draining.Store(true)
+	if drainDelay > 0 {
+		logger.Info("hm server not ready, draining soon", "delay", drainDelay)
+		time.Sleep(drainDelay)
 	}
 	logger.Info("hm server draining")
 	srv.Drain()
