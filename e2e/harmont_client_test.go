@@ -26,8 +26,10 @@ import (
 // non-2xx), one log stream per running job read to `event: done` with `data: {}`, every
 // stream awaited, and the final state mapped to the exit code. Every JSON response is
 // validated against cli-subset.openapi.json.
-func TestHarmontClient(t *testing.T) {
-	c := faultNewCluster(t, "--lease-ttl", "10s")
+func TestHarmontClient(t *testing.T) { remoteStores(t, testHarmontClient) }
+
+func testHarmontClient(t *testing.T, st remoteStore) {
+	c := faultNewCluster(t, st, "--lease-ttl", "10s")
 	faultStart(t, "agent", []string{"HM_AGENT_TOKEN=" + c.agentTok},
 		"agent", "--server", c.url(), "--state", t.TempDir(), "--backend", "host", "--slots", "2")
 	hc := &harmontClient{t: t, base: c.url() + "/", token: c.userTok, spec: harmontLoadSpec(t)}

@@ -40,7 +40,7 @@ type remoteAgent struct {
 // and remotely (hm_options.map_image), so no agent needs an imported image.
 var remoteImages = []string{"--map-image", "ubuntu:24.04=host", "--map-image", "busybox=host"}
 
-func remoteStart(t *testing.T) *remoteCluster {
+func remoteStart(t *testing.T, st remoteStore) *remoteCluster {
 	t.Helper()
 	if !sandboxAvailable(t) {
 		t.Skip("the remote parity suite runs sandbox agents")
@@ -51,8 +51,9 @@ func remoteStart(t *testing.T) *remoteCluster {
 	}
 	c := &remoteCluster{t: t, root: root}
 	data := filepath.Join(root, "server")
+	db := st.dbArgs(t)
 	token := func(extra ...string) string {
-		out, err := exec.Command(hmBin, append([]string{"server", "token", "create", "--data", data, "--org", "acme"}, extra...)...).Output()
+		out, err := exec.Command(hmBin, append(append([]string{"server", "token", "create", "--data", data, "--org", "acme"}, db...), extra...)...).Output()
 		if err != nil {
 			t.Fatalf("hm server token create %v: %v", extra, err)
 		}
@@ -80,7 +81,7 @@ func remoteStart(t *testing.T) *remoteCluster {
 		return cmd, logPath
 	}
 	// The server first (stopped last: procs are stopped in reverse).
-	_, srvLog := start("server", nil, "server", "--data", data, "--listen", "127.0.0.1:0")
+	_, srvLog := start("server", nil, append([]string{"server", "--data", data, "--listen", "127.0.0.1:0"}, db...)...)
 	addr := remoteWaitLog(t, srvLog, regexp.MustCompile(`msg="hm server listening" addr=(\S+)`))
 	c.url = "http://" + addr
 	for i := 1; i <= 2; i++ {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/hmci/hm/internal/events"
 	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/postgres"
 	"github.com/hmci/hm/internal/store/sqlite"
 )
 
@@ -90,6 +91,7 @@ type faultCluster struct {
 	data, addr        string
 	userTok, agentTok string
 	serverArgs        []string
+	db                []string // the store flags beside --data: one database for every start
 	server            *faultProc
 }
 
@@ -104,9 +106,9 @@ func faultFreeAddr(t *testing.T) string {
 }
 
 // faultNewCluster creates the data dir and tokens and starts hm server with extra flags.
-func faultNewCluster(t *testing.T, extra ...string) *faultCluster {
+func faultNewCluster(t *testing.T, st remoteStore, extra ...string) *faultCluster {
 	t.Helper()
-	c := &faultCluster{t: t, data: t.TempDir(), addr: faultFreeAddr(t), serverArgs: extra}
+	c := &faultCluster{t: t, data: t.TempDir(), addr: faultFreeAddr(t), serverArgs: extra, db: st.dbArgs(t)}
 	c.userTok = c.token()
 	c.agentTok = c.token("--agent")
 	c.startServer()
@@ -115,7 +117,7 @@ func faultNewCluster(t *testing.T, extra ...string) *faultCluster {
 
 func (c *faultCluster) token(extra ...string) string {
 	c.t.Helper()
-	out, err := exec.Command(hmBin, append([]string{"server", "token", "create", "--data", c.data, "--org", "acme"}, extra...)...).Output()
+	out, err := exec.Command(hmBin, append(append([]string{"server", "token", "create", "--data", c.data, "--org", "acme"}, c.db...), extra...)...).Output()
 	if err != nil {
 		c.t.Fatalf("token create: %v", err)
 	}
@@ -127,7 +129,7 @@ func (c *faultCluster) url() string { return "http://" + c.addr }
 // startServer starts hm server on c.addr and waits until it answers ping.
 func (c *faultCluster) startServer() {
 	c.t.Helper()
-	c.server = faultStart(c.t, "server", nil, append([]string{"server", "--data", c.data, "--listen", c.addr}, c.serverArgs...)...)
+	c.server = faultStart(c.t, "server", nil, append(append([]string{"server", "--data", c.data, "--listen", c.addr}, c.db...), c.serverArgs...)...)
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		if conn, err := net.DialTimeout("tcp", c.addr, time.Second); err == nil {
@@ -262,7 +264,11 @@ func faultExactlyOnce(t *testing.T, r *faultRun, n int) {
 // kill -9 of the agent running a step: its lease lapses, the step is retried on the other
 // agent (attempt 2) and the build passes.
 func TestFaultAgentKilledRetriedElsewhere(t *testing.T) {
-	c := faultNewCluster(t, "--lease-ttl", "2s")
+	remoteStores(t, testFaultAgentKilledRetriedElsewhere)
+}
+
+func testFaultAgentKilledRetriedElsewhere(t *testing.T, st remoteStore) {
+	c := faultNewCluster(t, st, "--lease-ttl", "2s")
 	first := c.agent("agent-1", c.url())
 	r := c.run(remoteIR("echo started; sleep 3; echo finished"))
 	if !r.until(t, faultLine("started")) {
@@ -298,9 +304,11 @@ func TestFaultAgentKilledRetriedElsewhere(t *testing.T) {
 
 // With no other agent and no retry budget (--agent-retries 0), the step fails agent_lost once
 // the lease lapses.
-func TestFaultAgentKilledAgentLost(t *testing.T) {
+func TestFaultAgentKilledAgentLost(t *testing.T) { remoteStores(t, testFaultAgentKilledAgentLost) }
+
+func testFaultAgentKilledAgentLost(t *testing.T, st remoteStore) {
 	const ttl = 2 * time.Second
-	c := faultNewCluster(t, "--lease-ttl", ttl.String(), "--agent-retries", "0")
+	c := faultNewCluster(t, st, "--lease-ttl", ttl.String(), "--agent-retries", "0")
 	a := c.agent("agent", c.url())
 	r := c.run(remoteIR("echo started; sleep 30"))
 	if !r.until(t, faultLine("started")) {
@@ -328,9 +336,11 @@ func TestFaultAgentKilledAgentLost(t *testing.T) {
 // kill -9 of the server mid-build, restarted on the same data dir and port: the build
 // completes and the client's stream has every line exactly once. The killed server's build
 // lease stays until it lapses (--build-lease-ttl), then the restarted server carries it on.
-func TestFaultServerKilledMidBuild(t *testing.T) {
+func TestFaultServerKilledMidBuild(t *testing.T) { remoteStores(t, testFaultServerKilledMidBuild) }
+
+func testFaultServerKilledMidBuild(t *testing.T, st remoteStore) {
 	const n = 40
-	c := faultNewCluster(t, "--lease-ttl", "30s", "--build-lease-ttl", "3s")
+	c := faultNewCluster(t, st, "--lease-ttl", "30s", "--build-lease-ttl", "3s")
 	c.agent("agent", c.url())
 	r := c.run(faultNumbered(n))
 	if !r.until(t, faultLine("10")) {
@@ -352,8 +362,12 @@ func TestFaultServerKilledMidBuild(t *testing.T) {
 // hold it for --build-lease-ttl, here far longer than the test waits); the build completes
 // and the client's stream has every line exactly once.
 func TestFaultServerRestartedMidBuild(t *testing.T) {
+	remoteStores(t, testFaultServerRestartedMidBuild)
+}
+
+func testFaultServerRestartedMidBuild(t *testing.T, st remoteStore) {
 	const n = 40
-	c := faultNewCluster(t, "--build-lease-ttl", "10m")
+	c := faultNewCluster(t, st, "--build-lease-ttl", "10m")
 	c.agent("agent", c.url())
 	r := c.run(faultNumbered(n))
 	if !r.until(t, faultLine("10")) {
@@ -380,10 +394,7 @@ func TestFaultServerRestartedMidBuild(t *testing.T) {
 func (c *faultCluster) buildLeaseFree() bool {
 	c.t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, c.data)
-	if err != nil {
-		c.t.Fatal(err)
-	}
+	st := c.openStore(ctx)
 	defer st.Close()
 	bs, err := st.ListUnfinishedBuilds(ctx)
 	if err != nil || len(bs) != 1 {
@@ -402,11 +413,29 @@ func (c *faultCluster) buildLeaseFree() bool {
 	return true
 }
 
+// openStore opens the cluster's store as its server does: --db when given, else the data dir.
+func (c *faultCluster) openStore(ctx context.Context) store.Store {
+	c.t.Helper()
+	var st store.Store
+	var err error
+	if len(c.db) == 2 && c.db[0] == "--db" {
+		st, err = postgres.Open(ctx, c.db[1], postgres.Options{})
+	} else {
+		st, err = sqlite.Open(ctx, c.data)
+	}
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return st
+}
+
 // An agent's connection cut for 5 s mid-step (a proxy before the server stops forwarding):
 // it resumes and nothing is lost or retried.
-func TestFaultAgentConnectionCut(t *testing.T) {
+func TestFaultAgentConnectionCut(t *testing.T) { remoteStores(t, testFaultAgentConnectionCut) }
+
+func testFaultAgentConnectionCut(t *testing.T, st remoteStore) {
 	const n = 60
-	c := faultNewCluster(t, "--lease-ttl", "20s")
+	c := faultNewCluster(t, st, "--lease-ttl", "20s")
 	px := faultNewProxy(t, c.addr)
 	c.agent("agent", "http://"+px.addr)
 	r := c.run(faultNumbered(n))

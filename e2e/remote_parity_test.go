@@ -16,8 +16,10 @@ import (
 
 // The e2e pipelines run through `hm run --backend remote` against a server with two sandbox
 // agents give the step results and event sequences of the same build run locally.
-func TestRemoteParity(t *testing.T) {
-	c := remoteStart(t)
+func TestRemoteParity(t *testing.T) { remoteStores(t, testRemoteParity) }
+
+func testRemoteParity(t *testing.T, st remoteStore) {
+	c := remoteStart(t, st)
 
 	// Cases built from one IR, run locally and remotely with the same flags.
 	simple := []struct {

@@ -21,19 +21,19 @@ import (
 	"github.com/hmci/hm/internal/server/driver"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/store/blobdir"
-	"github.com/hmci/hm/internal/store/sqlite"
 )
 
 // drainTimeout bounds how long SIGTERM waits for in-flight requests.
 const drainTimeout = 30 * time.Second
 
 func newServerCmd(stdio IO) *cobra.Command {
-	var listen, data, maxSource string
-	var leaseTTL, buildLeaseTTL time.Duration
+	var listen, data, db, maxSource string
+	var leaseTTL, buildLeaseTTL, drainDelay time.Duration
 	var retries int
+	var noMigrate bool
 	cmd := &cobra.Command{
 		Use:   "server",
-		Short: "Serve the Harmont API v0 subset and hm's event stream over a store in --data",
+		Short: "Serve the Harmont API v0 subset and hm's event stream over a store in --data or --db",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			var max config.Size
@@ -46,25 +46,28 @@ func newServerCmd(stdio IO) *cobra.Command {
 			if buildLeaseTTL < time.Second {
 				return errs.New(errs.ErrUsage, "usage", "give --build-lease-ttl 1s or more", "--build-lease-ttl %s is too short", buildLeaseTTL)
 			}
-			return runServer(c.Context(), stdio, listen, data, int64(max), leaseTTL, buildLeaseTTL, retries)
+			return runServer(c.Context(), stdio, listen, data, storeFlags{db: db, noMigrate: noMigrate}, int64(max), leaseTTL, buildLeaseTTL, retries, drainDelay)
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to listen on")
-	cmd.Flags().StringVar(&data, "data", "", "data directory: the SQLite store, blobs and the log token key")
+	cmd.Flags().StringVar(&data, "data", "", "data directory: blobs, the log token key and (without --db) the SQLite store")
+	cmd.Flags().StringVar(&db, "db", "", "the store: postgres://USER:PASSWORD@HOST/DB (several replicas) or sqlite:PATH; default DATA/store.db")
+	cmd.Flags().BoolVar(&noMigrate, "no-migrate", false, "refuse a PostgreSQL store that is not at this hm's schema instead of migrating it")
 	cmd.Flags().StringVar(&maxSource, "max-source-size", "256MiB", "largest source archive a build may submit")
 	cmd.Flags().DurationVar(&leaseTTL, "lease-ttl", server.DefaultAgentLeaseTTL, "lease of a claimed step: an agent silent this long is lost")
 	cmd.Flags().DurationVar(&buildLeaseTTL, "build-lease-ttl", driver.DefaultLeaseTTL,
 		"lease of a build's driver: after a crash (kill -9) its builds wait this long before a server carries them on")
+	cmd.Flags().DurationVar(&drainDelay, "drain-delay", 0, "on SIGTERM, answer /readyz 503 but keep serving this long before draining (a load balancer's probe interval)")
 	cmd.Flags().IntVar(&retries, "agent-retries", 2, "requeues of a step whose agent was lost before it fails agent_lost")
 	cmd.MarkFlagRequired("data")
-	cmd.AddCommand(newServerTokenCmd(stdio))
+	cmd.AddCommand(newServerTokenCmd(stdio), newServerMigrateCmd(stdio))
 	return cmd
 }
 
-func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int64, leaseTTL, buildLeaseTTL time.Duration, retries int) error {
+func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags, maxSource int64, leaseTTL, buildLeaseTTL time.Duration, retries int, drainDelay time.Duration) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	st, err := sqlite.Open(ctx, data)
+	st, err := openStore(ctx, data, sf)
 	if err != nil {
 		return err
 	}
@@ -94,8 +97,9 @@ func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int
 	if err != nil {
 		return errs.New(errs.ErrUnavailable, "listen", "choose a free address with --listen", "cannot listen on %s: %v", listen, err)
 	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
-	logger.Info("hm server listening", "addr", ln.Addr().String(), "data", data)
+	probes := &health{st: st, next: srv}
+	hs := &http.Server{Handler: probes, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	logger.Info("hm server listening", "addr", ln.Addr().String(), "data", data, "store", storeName(st))
 	done := make(chan error, 1)
 	go func() { done <- hs.Serve(ln) }()
 	// The drivers stop with the server, without canceling their builds, and release their
@@ -108,6 +112,13 @@ func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int
 	case err := <-done:
 		return fmt.Errorf("server: %w: %w", errs.ErrInfra, err)
 	case <-ctx.Done():
+	}
+	// Not ready from now on, so that a load balancer stops sending traffic here, while
+	// requests already routed are still served for drainDelay.
+	probes.draining.Store(true)
+	if drainDelay > 0 {
+		logger.Info("hm server not ready, draining soon", "delay", drainDelay)
+		time.Sleep(drainDelay)
 	}
 	logger.Info("hm server draining")
 	srv.Drain()
@@ -125,14 +136,14 @@ func runServer(ctx context.Context, stdio IO, listen, data string, maxSource int
 
 func newServerTokenCmd(stdio IO) *cobra.Command {
 	tok := &cobra.Command{Use: "token", Short: "Manage the server's API tokens"}
-	var data, org, name string
+	var data, db, org, name string
 	var agent bool
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create a token for --org (created when new) and print it once; only its hash is stored",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			st, err := sqlite.Open(c.Context(), data)
+			st, err := openStore(c.Context(), data, storeFlags{db: db})
 			if err != nil {
 				return err
 			}
@@ -160,10 +171,11 @@ func newServerTokenCmd(stdio IO) *cobra.Command {
 		},
 	}
 	create.Flags().StringVar(&data, "data", "", "the server's data directory")
+	create.Flags().StringVar(&db, "db", "", "the server's --db, when it has one")
 	create.Flags().StringVar(&org, "org", "", "organization slug (created when it does not exist)")
 	create.Flags().StringVar(&name, "name", "", "a name to recognize the token by")
 	create.Flags().BoolVar(&agent, "agent", false, "an agent token (agent routes only) instead of a user token")
-	create.MarkFlagRequired("data")
+	create.MarkFlagsOneRequired("data", "db")
 	create.MarkFlagRequired("org")
 	tok.AddCommand(create)
 	return tok

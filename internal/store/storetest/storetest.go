@@ -23,6 +23,9 @@ type Fixture struct {
 	// Files are the paths whose bytes hold the database (a file and its WAL), read to check
 	// that no secret is stored in clear; nil for a driver with no local files.
 	Files []string
+	// Dump returns every stored row as text, for the same check on a driver whose bytes
+	// are not local files (a database server); nil when Files are enough.
+	Dump func() ([]byte, error)
 }
 
 // Factory returns a fresh Fixture; it registers t.Cleanup for its own teardown (closing the

@@ -108,6 +108,28 @@ var streamCases = []testCase{
 			t.Errorf("after finish: contiguous = %d, want 10", got)
 		}
 	}},
+	{"LogChunksAnyBytes", func(t *testing.T, e *env) {
+		// A step's output is bytes: NUL, control characters and the replacement character
+		// come back as they went in (a TEXT column of PostgreSQL refuses NUL).
+		e.ready(t, "acme", 1)
+		e.agent(t, "a1", "sandbox")
+		j, _ := e.claim(t, "a1", e.t0)
+		want := []string{"nul\x00in the middle", "\x00", "tab\tbell\a\x1b[31mred\x1b[0m", "\ufffd é 日本", ""}
+		var cs []store.LogChunk
+		for i, c := range want {
+			cs = append(cs, store.LogChunk{Seq: int64(i + 1), Stream: store.StreamStderr, Content: c, TS: e.t0})
+		}
+		if got := get(e.s.AppendLogs(e.ctx, j.ID, 1, cs))(t); got != int64(len(want)) {
+			t.Fatalf("contiguous = %d, want %d", got, len(want))
+		}
+		var got []string
+		for _, c := range get(e.s.ListLogs(e.ctx, j.ID, 1, 0, 100))(t) {
+			got = append(got, c.Content)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("contents %q, want %q", got, want)
+		}
+	}},
 	{"LogChunksConcurrentResends", func(t *testing.T, e *env) {
 		e.ready(t, "acme", 1)
 		e.agent(t, "a1", "sandbox")

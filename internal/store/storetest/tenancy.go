@@ -68,6 +68,18 @@ var tenancyCases = []testCase{
 				t.Errorf("%s holds the token's secret in clear", f)
 			}
 		}
+		if e.Dump != nil {
+			b, err := e.Dump()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Contains(b, []byte(h)) {
+				t.Fatal("the dump does not hold the token's hash: it cannot show the secret is absent either")
+			}
+			if bytes.Contains(b, []byte(secret)) || bytes.Contains(b, []byte(secret[4:])) {
+				t.Error("the database holds the token's secret in clear")
+			}
+		}
 		if err := e.s.DeleteToken(e.ctx, tok.ID); err != nil {
 			t.Fatal(err)
 		}
