@@ -120,7 +120,20 @@ type Store interface {
 	Cache
 	BuildLeases
 	SnapshotRemovals
+	BuildSecrets
 	Close() error
+}
+
+// BuildSecrets are a build's secret values, sealed by the server (the store sees ciphertext
+// only), in one row per build written with the build (NewBuild.Secrets) and deleted once it
+// ended: by its driver, and by the reaper for any ended build whose driver did not.
+type BuildSecrets interface {
+	// GetBuildSecrets returns the sealed secrets of the build, a *NotFoundError for none.
+	GetBuildSecrets(ctx context.Context, buildID string) ([]byte, error)
+	// DeleteBuildSecrets forgets the build's secrets; none is a no-op.
+	DeleteBuildSecrets(ctx context.Context, buildID string) error
+	// DeleteEndedBuildSecrets forgets the secrets of every terminal build and returns how many.
+	DeleteEndedBuildSecrets(ctx context.Context) (int, error)
 }
 
 // SnapshotRemovals are the ephemeral snapshots agents must delete: a build's driver queues
@@ -190,8 +203,9 @@ type Jobs interface {
 	ListJobs(ctx context.Context, buildID string) ([]Job, error)
 	// ReleaseJob moves a pending job to scheduled: claimable from now on.
 	ReleaseJob(ctx context.Context, id string, now time.Time) (Job, error)
-	// PassCached ends a pending or scheduled job passed from a cache hit: snapshot on agent.
-	PassCached(ctx context.Context, id, snapshot, agentID string, now time.Time) (Job, error)
+	// PassCached ends a pending or scheduled job passed from a cache hit: snapshot on agent,
+	// with the cache entry's artifacts (nil for none).
+	PassCached(ctx context.Context, id, snapshot, agentID string, artifacts []byte, now time.Time) (Job, error)
 	// SkipJob ends a pending or scheduled job skipped; reason is its error_code
 	// ("dependency_failed", "canceled").
 	SkipJob(ctx context.Context, id, reason string, now time.Time) (Job, error)

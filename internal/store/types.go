@@ -129,6 +129,7 @@ type Pipeline struct {
 
 // NewBuild is what CreateBuild inserts.
 type NewBuild struct {
+	ID                      string // a UUID; generated when empty
 	OrgID, PipelineID       string
 	Branch, Commit, Message string
 	Source                  string // "api" when empty
@@ -137,7 +138,11 @@ type NewBuild struct {
 	Options                 json.RawMessage // hm_options verbatim; null when empty
 	SourceDigest            string          // the source blob, "" for none
 	Jobs                    []NewJob        // in topological order
-	Now                     time.Time
+	// Secrets are the build's secret values, sealed by the server (never plain: the store
+	// holds only ciphertext it cannot open), kept in their own row until the build ends
+	// (BuildSecrets); nil for none.
+	Secrets []byte
+	Now     time.Time
 }
 
 // NewJob is one job of a NewBuild. DependsOn and ParentID name other jobs of the same build
@@ -207,6 +212,10 @@ type Job struct {
 	// PolicyAttempt is the attempt of the step's retry policy, from 1 (HM_ATTEMPT): RetryJob
 	// increments it. Attempt counts claims, lost agents' requeues included.
 	PolicyAttempt int
+	// Artifacts are the files the step's artifacts patterns collected (a JSON array of
+	// artifact.File: path, size, sha256), their bytes in the server's blob dir by digest:
+	// reported by the agent at finish, or copied from the cache entry on a hit. nil: none.
+	Artifacts     json.RawMessage
 	CreatedAt     time.Time
 	ReadyAt       time.Time // when it became scheduled: the claim order
 	StartedAt     time.Time
@@ -240,7 +249,9 @@ type Finish struct {
 	Snapshot     string // committed snapshot id on the finishing agent, "" for none
 	ErrorCode    string // an infrastructure failure's code, "" for none
 	ErrorMessage string
-	Now          time.Time
+	// Artifacts are the files the agent uploaded (Job.Artifacts); kept only when it passed.
+	Artifacts json.RawMessage
+	Now       time.Time
 }
 
 // Event is one stored build event.
@@ -296,8 +307,11 @@ type CacheEntry struct {
 	PipelineID string
 	StepKey    string
 	Inputs     json.RawMessage
-	CreatedAt  time.Time
-	LastUsed   time.Time
+	// Artifacts are the artifacts of the job that made the snapshot (Job.Artifacts): a hit
+	// publishes them again.
+	Artifacts json.RawMessage
+	CreatedAt time.Time
+	LastUsed  time.Time
 }
 
 // Contiguous is the prefix of cs (chunks in seq order, as ListLogs returns them) that

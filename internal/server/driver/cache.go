@@ -93,7 +93,7 @@ func (c *cache) Lookup(_ context.Context, q scheduler.CacheQuery) (scheduler.Cac
 		_ = st.DeleteCacheEntry(life, e.OrgID, e.Key, e.Scope)
 		return miss(fmt.Sprintf("entry %s points to snapshot %s, which is gone", id, e.Snapshot))
 	}
-	if _, err := st.PassCached(life, j.ID, e.Snapshot, e.AgentID, c.d.cfg.Now()); err != nil {
+	if _, err := st.PassCached(life, j.ID, e.Snapshot, e.AgentID, e.Artifacts, c.d.cfg.Now()); err != nil {
 		return scheduler.CacheResult{}, err
 	}
 	return scheduler.CacheResult{Hit: true, Snapshot: e.Snapshot, Entry: id}, nil
@@ -138,7 +138,7 @@ func (c *cache) Register(_ context.Context, q scheduler.CacheQuery, snapshot str
 	now := c.d.cfg.Now()
 	_, err = st.PutCacheEntry(life, store.CacheEntry{OrgID: c.d.build.OrgID, Key: q.Key, Scope: c.scope(q),
 		Snapshot: snapshot, AgentID: j.SnapshotAgent, PipelineID: c.d.build.PipelineID, StepKey: q.StepKey,
-		Inputs: raw, CreatedAt: now, LastUsed: now})
+		Inputs: raw, Artifacts: j.Artifacts, CreatedAt: now, LastUsed: now})
 	return snapshot, err
 }
 

@@ -68,6 +68,10 @@ func (s *DB) CreateBuild(ctx context.Context, nb store.NewBuild) (store.Build, [
 		source = "api"
 	}
 	now := ns(nowOr(nb.Now))
+	id := nb.ID
+	if id == "" {
+		id = uuid.NewString()
+	}
 	var b store.Build
 	var jobs []store.Job
 	err = s.write(ctx, "create build", func(tx pgx.Tx) error {
@@ -85,10 +89,15 @@ func (s *DB) CreateBuild(ctx context.Context, nb store.NewBuild) (store.Build, [
 		b, err = scanBuild(row(ctx, tx, `INSERT INTO builds (id, org_id, pipeline_id, number, branch, commit_sha,
 			message, source, ir, env, hm_options, source_digest, state, created_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'scheduled', ?) RETURNING `+buildCols,
-			uuid.NewString(), nb.OrgID, nb.PipelineID, number, nb.Branch, nb.Commit, nb.Message, source, nb.IR,
+			id, nb.OrgID, nb.PipelineID, number, nb.Branch, nb.Commit, nb.Message, source, nb.IR,
 			string(env), opts, nb.SourceDigest, now))
 		if err != nil {
 			return err
+		}
+		if nb.Secrets != nil {
+			if _, err := exec(ctx, tx, `INSERT INTO build_secrets (build_id, sealed) VALUES (?, ?)`, b.ID, nb.Secrets); err != nil {
+				return err
+			}
 		}
 		jobs = make([]store.Job, 0, len(nb.Jobs))
 		for i, nj := range nb.Jobs {

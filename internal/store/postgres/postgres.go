@@ -145,6 +145,8 @@ var dialect = []struct {
 }{
 	// Log chunks are a step's bytes: PostgreSQL's TEXT refuses NUL (SQLite's keeps it).
 	{1, "content TEXT NOT NULL", "content BYTEA NOT NULL"},
+	// Sealed secrets are bytes: SQLite's BLOB is PostgreSQL's BYTEA.
+	{7, "sealed   BLOB NOT NULL", "sealed   BYTEA NOT NULL"},
 }
 
 // migrations are the SQLite driver's, with INTEGER (SQLite's 64-bit integer) as BIGINT

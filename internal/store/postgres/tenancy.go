@@ -254,13 +254,16 @@ func (s *DB) TouchAgent(ctx context.Context, id string, now time.Time) error {
 	})
 }
 
-const cacheCols = `org_id, cache_key, scope, snapshot, agent_id, created_at, last_used, pipeline_id, step_key, inputs`
+const cacheCols = `org_id, cache_key, scope, snapshot, agent_id, created_at, last_used, pipeline_id, step_key, inputs, artifacts`
 
 func scanCache(r scanner) (store.CacheEntry, error) {
 	var e store.CacheEntry
 	var c, u int64
-	var inputs string
-	err := r.Scan(&e.OrgID, &e.Key, &e.Scope, &e.Snapshot, &e.AgentID, &c, &u, &e.PipelineID, &e.StepKey, &inputs)
+	var inputs, artifacts string
+	err := r.Scan(&e.OrgID, &e.Key, &e.Scope, &e.Snapshot, &e.AgentID, &c, &u, &e.PipelineID, &e.StepKey, &inputs, &artifacts)
+	if artifacts != "" {
+		e.Artifacts = json.RawMessage(artifacts)
+	}
 	e.CreatedAt, e.LastUsed = tm(c), tm(u)
 	if inputs != "" {
 		e.Inputs = json.RawMessage(inputs)
@@ -273,11 +276,11 @@ func (s *DB) PutCacheEntry(ctx context.Context, e store.CacheEntry) (store.Cache
 	err := s.write(ctx, "put cache entry", func(tx pgx.Tx) error {
 		c := ns(nowOr(e.CreatedAt))
 		var err error
-		out, err = scanCache(row(ctx, tx, `INSERT INTO cache_entries (`+cacheCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		out, err = scanCache(row(ctx, tx, `INSERT INTO cache_entries (`+cacheCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (org_id, cache_key, scope) DO UPDATE SET snapshot = excluded.snapshot, agent_id = excluded.agent_id,
 				created_at = excluded.created_at, last_used = excluded.last_used, pipeline_id = excluded.pipeline_id,
-				step_key = excluded.step_key, inputs = excluded.inputs
-			RETURNING `+cacheCols, e.OrgID, e.Key, e.Scope, e.Snapshot, e.AgentID, c, c, e.PipelineID, e.StepKey, string(e.Inputs)))
+				step_key = excluded.step_key, inputs = excluded.inputs, artifacts = excluded.artifacts
+			RETURNING `+cacheCols, e.OrgID, e.Key, e.Scope, e.Snapshot, e.AgentID, c, c, e.PipelineID, e.StepKey, string(e.Inputs), string(e.Artifacts)))
 		return err
 	})
 	return out, err

@@ -14,19 +14,19 @@ import (
 
 const jobCols = `id, build_id, ordinal, step_key, name, command, depends_on, parent_id, backend, state, attempt,
 	agent_id, lease_expires, exit_code, snapshot, snapshot_agent, error_code, error_message, infra_retries,
-	created_at, ready_at, started_at, finished_at, cache_note, policy_attempt`
+	created_at, ready_at, started_at, finished_at, cache_note, policy_attempt, artifacts`
 
 // leased are the states in which an agent holds the job, as SQL.
 const leased = `('assigned', 'running', 'canceling', 'timing_out')`
 
 func scanJob(r scanner) (store.Job, error) {
 	var j store.Job
-	var deps string
+	var deps, artifacts string
 	var exit sql.NullInt64
 	var lease, c, ready, st, fin int64
 	err := r.Scan(&j.ID, &j.BuildID, &j.Ordinal, &j.StepKey, &j.Name, &j.Command, &deps, &j.ParentID, &j.Backend,
 		&j.State, &j.Attempt, &j.AgentID, &lease, &exit, &j.Snapshot, &j.SnapshotAgent, &j.ErrorCode, &j.ErrorMessage,
-		&j.InfraRetries, &c, &ready, &st, &fin, &j.CacheNote, &j.PolicyAttempt)
+		&j.InfraRetries, &c, &ready, &st, &fin, &j.CacheNote, &j.PolicyAttempt, &artifacts)
 	if err != nil {
 		return j, err
 	}
@@ -36,6 +36,9 @@ func scanJob(r scanner) (store.Job, error) {
 	if exit.Valid {
 		e := int(exit.Int64)
 		j.ExitCode = &e
+	}
+	if artifacts != "" {
+		j.Artifacts = json.RawMessage(artifacts)
 	}
 	j.LeaseExpires, j.CreatedAt, j.ReadyAt, j.StartedAt, j.FinishedAt = tm(lease), tm(c), tm(ready), tm(st), tm(fin)
 	return j, nil
@@ -146,11 +149,11 @@ func (s *DB) ReleaseJob(ctx context.Context, id string, now time.Time) (store.Jo
 	return j, err
 }
 
-func (s *DB) PassCached(ctx context.Context, id, snapshot, agentID string, now time.Time) (store.Job, error) {
+func (s *DB) PassCached(ctx context.Context, id, snapshot, agentID string, artifacts []byte, now time.Time) (store.Job, error) {
 	return s.transition(ctx, "pass cached job", id, 0, func(j store.Job) bool {
 		return j.State == store.JobPassed && j.Snapshot == snapshot && j.Attempt == 0
-	}, `UPDATE jobs SET state = 'passed', exit_code = 0, snapshot = ?, snapshot_agent = ?, finished_at = ?
-		WHERE id = ? AND state IN ('pending', 'scheduled') RETURNING `+jobCols, snapshot, agentID, ns(now), id)
+	}, `UPDATE jobs SET state = 'passed', exit_code = 0, snapshot = ?, snapshot_agent = ?, artifacts = ?, finished_at = ?
+		WHERE id = ? AND state IN ('pending', 'scheduled') RETURNING `+jobCols, snapshot, agentID, string(artifacts), ns(now), id)
 }
 
 func (s *DB) NoteCacheMiss(ctx context.Context, id, note string) (store.Job, error) {
@@ -317,9 +320,11 @@ func (s *DB) FinishJob(ctx context.Context, id string, attempt int, f store.Fini
 			snapshot = CASE WHEN ? = 1 AND state IN ('assigned', 'running') THEN ? ELSE '' END,
 			snapshot_agent = CASE WHEN ? = 1 AND state IN ('assigned', 'running') AND ? <> '' THEN agent_id ELSE '' END,
 			exit_code = ?, error_code = CASE WHEN ? <> '' THEN ? ELSE error_code END, error_message = ?,
+			artifacts = CASE WHEN ? = 1 AND state IN ('assigned', 'running') THEN ? ELSE '' END,
 			finished_at = ?, lease_expires = 0
 		WHERE id = ? AND attempt = ? AND state IN `+leased+` RETURNING `+jobCols,
-		ok, ok, f.Snapshot, ok, f.Snapshot, f.ExitCode, f.ErrorCode, f.ErrorCode, f.ErrorMessage, ns(nowOr(f.Now)), id, attempt)
+		ok, ok, f.Snapshot, ok, f.Snapshot, f.ExitCode, f.ErrorCode, f.ErrorCode, f.ErrorMessage, ok, string(f.Artifacts),
+		ns(nowOr(f.Now)), id, attempt)
 }
 
 func (s *DB) ReapExpiredLeases(ctx context.Context, now time.Time, maxRetries int) ([]store.Job, error) {

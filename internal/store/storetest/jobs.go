@@ -105,11 +105,11 @@ var jobCases = []testCase{
 			t.Errorf("released %+v", j)
 		}
 		get(e.s.ReleaseJob(e.ctx, js[0].ID, e.at(time.Second)))(t) // idempotent
-		j = get(e.s.PassCached(e.ctx, js[0].ID, "snap", "a9", e.at(time.Second)))(t)
+		j = get(e.s.PassCached(e.ctx, js[0].ID, "snap", "a9", nil, e.at(time.Second)))(t)
 		if j.State != store.JobPassed || j.Attempt != 0 || j.Snapshot != "snap" || j.SnapshotAgent != "a9" || *j.ExitCode != 0 {
 			t.Errorf("cache hit job = %+v", j)
 		}
-		get(e.s.PassCached(e.ctx, js[0].ID, "snap", "a9", e.at(time.Second)))(t) // idempotent
+		get(e.s.PassCached(e.ctx, js[0].ID, "snap", "a9", nil, e.at(time.Second)))(t) // idempotent
 		j = get(e.s.SkipJob(e.ctx, js[1].ID, "dependency_failed", e.at(time.Second)))(t)
 		if j.State != store.JobSkipped || j.ErrorCode != "dependency_failed" {
 			t.Errorf("skipped job = %+v", j)
@@ -322,7 +322,7 @@ var claimCases = []testCase{
 		// A cache-hit parent places its children on the agent the registry named.
 		_, js2 := e.build(t, o, p, store.NewJob{ID: "00000000-0000-4000-8000-0000000000bb", StepKey: "deps"},
 			store.NewJob{StepKey: "test", ParentID: "00000000-0000-4000-8000-0000000000bb"})
-		get(e.s.PassCached(e.ctx, js2[0].ID, "snap2", "a2", e.t0))(t)
+		get(e.s.PassCached(e.ctx, js2[0].ID, "snap2", "a2", nil, e.t0))(t)
 		get(e.s.ReleaseJob(e.ctx, js2[1].ID, e.t0))(t)
 		if _, ok := e.claim(t, "a1", e.t0); ok {
 			t.Fatal("a1 claimed the child of a2's cached snapshot")
