@@ -215,11 +215,11 @@ type Job struct {
 	// Artifacts are the files the step's artifacts patterns collected (a JSON array of
 	// artifact.File: path, size, sha256), their bytes in the server's blob dir by digest:
 	// reported by the agent at finish, or copied from the cache entry on a hit. nil: none.
-	Artifacts     json.RawMessage
-	CreatedAt     time.Time
-	ReadyAt       time.Time // when it became scheduled: the claim order
-	StartedAt     time.Time
-	FinishedAt    time.Time
+	Artifacts  json.RawMessage
+	CreatedAt  time.Time
+	ReadyAt    time.Time // when it became scheduled: the claim order
+	StartedAt  time.Time
+	FinishedAt time.Time
 }
 
 // JobTry is a failed policy attempt of a job that was retried (RetryJob): how it ended.
