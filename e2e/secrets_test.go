@@ -225,8 +225,4 @@ func TestSecretsGiven(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stderr, "ran ***") || strings.Contains(r.stderr, "from-config-env-value") {
 		t.Errorf("[secrets] env:CI_NPM: exit %d, want 0 with the value masked\n%s", r.code, r.stderr)
 	}
-	r = e.run("run", "--backend", "remote", "--server", "http://127.0.0.1:1", "--org", "o", "--file", ir, "--secret", "NPM_TOKEN=v")
-	if r.code != 2 || !strings.Contains(r.stderr, "remote backend") {
-		t.Errorf("remote: exit %d, want 2 refusing secrets\n%s", r.code, r.stderr)
-	}
 }

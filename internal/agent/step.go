@@ -5,15 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/hmci/hm/internal/agentproto"
 	"github.com/hmci/hm/internal/events"
+	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/vm"
 )
@@ -28,7 +31,8 @@ func jobPath(p, id string) string { return strings.Replace(p, "{job_id}", id, 1)
 func (a *Agent) runJob(ctx context.Context, j agentproto.Job) {
 	log := a.cfg.Logger.With("job", j.JobID, "step", j.StepKey, "attempt", j.Attempt)
 	start := time.Now()
-	fin, err := a.execute(ctx, j)
+	mask := secret.NewMasker(slices.Collect(maps.Values(j.Secrets))...)
+	fin, err := a.execute(ctx, j, mask)
 	if err != nil {
 		if !errors.Is(err, ErrDropped) && ctx.Err() == nil {
 			log.Warn("step dropped", "err", err.Error())
@@ -38,6 +42,7 @@ func (a *Agent) runJob(ctx context.Context, j agentproto.Job) {
 		return
 	}
 	fin.Attempt = j.Attempt
+	fin.ErrorMessage = mask.String(fin.ErrorMessage) // it may quote the step's environment
 	fin.DurationMillis = time.Since(start).Milliseconds()
 	var st agentproto.State
 	if _, err := a.c.call(ctx, http.MethodPost, jobPath(agentproto.PathFinish, j.JobID), fin, &st, 0, nil); err != nil {
@@ -61,8 +66,10 @@ func infra(err error) agentproto.Finish {
 	return agentproto.Finish{ExitCode: -1, ErrorCode: "agent_error", ErrorMessage: err.Error()}
 }
 
-// execute runs the step and returns its Finish; an error means drop the work.
-func (a *Agent) execute(ctx context.Context, j agentproto.Job) (agentproto.Finish, error) {
+// execute runs the step and returns its Finish; an error means drop the work. The step's
+// secrets are in its environment only (never in a snapshot: a backend commits the
+// filesystem, not the env), and mask masks them in its output before the shipper sees it.
+func (a *Agent) execute(ctx context.Context, j agentproto.Job, mask *secret.Masker) (agentproto.Finish, error) {
 	// The step's context: ctx (the agent killed), or a heartbeat's stop or drop.
 	stepCtx, stopStep := context.WithCancelCause(ctx)
 	defer stopStep(nil)
@@ -80,7 +87,11 @@ func (a *Agent) execute(ctx context.Context, j agentproto.Job) (agentproto.Finis
 	if err != nil {
 		return a.ended(ctx, hb, infra(fmt.Errorf("source: %w", err)))
 	}
-	spec := vm.Spec{Parent: j.ParentSnapshot, Cmd: j.Command, Env: j.Env,
+	env := slices.Clone(j.Env)
+	for _, name := range slices.Sorted(maps.Keys(j.Secrets)) {
+		env = append(env, name+"="+j.Secrets[name])
+	}
+	spec := vm.Spec{Parent: j.ParentSnapshot, Cmd: j.Command, Env: env,
 		Owner: vm.Owner{RunID: j.BuildID, StepKey: j.StepKey, PID: os.Getpid()}}
 	if j.ParentSnapshot == "" {
 		if spec.Image, err = a.cfg.Backend.ResolveImage(stepCtx, j.Image); err != nil {
@@ -105,11 +116,15 @@ func (a *Agent) execute(ctx context.Context, j agentproto.Job) (agentproto.Finis
 	sh := newShipper(a.c, j.JobID, j.Attempt)
 	shDone := make(chan struct{})
 	go func() { defer close(shDone); sh.run(ctx) }()
-	stdout := events.NewLineWriter(sh.stream(agentproto.Stdout))
-	stderr := events.NewLineWriter(sh.stream(agentproto.Stderr))
+	// Masked in the byte stream, before it is cut into lines: a value split across writes or
+	// lines is still whole there.
+	stdoutL := events.NewLineWriter(sh.stream(agentproto.Stdout))
+	stderrL := events.NewLineWriter(sh.stream(agentproto.Stderr))
+	stdout, stderr := mask.Writer(stdoutL), mask.Writer(stderrL)
 	code, runErr := m.Run(stepCtx, stdout, stderr)
-	stdout.Flush()
-	stderr.Flush()
+	_, _ = stdout.Flush(), stderr.Flush()
+	stdoutL.Flush()
+	stderrL.Flush()
 	fin := agentproto.Finish{ExitCode: code}
 	switch {
 	case runErr != nil && hb.stop() != "":

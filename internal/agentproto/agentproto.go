@@ -109,6 +109,10 @@ type Job struct {
 	LeaseTTLMillis int64    `json:"lease_ttl_ms"`
 	Command        string   `json:"command"`
 	Env            []string `json:"env"` // the complete environment, later entries win
+	// Secrets are the values of the secrets the step names (and no other secret of the
+	// build), by name: the agent adds NAME=value to Env for the step only and masks every
+	// value in what it uploads (log chunks, error messages). Never logged, never committed.
+	Secrets map[string]string `json:"secrets,omitempty"`
 	// Exactly one of Image (a root step) and ParentSnapshot (a builds_in child) is set. The
 	// claim's placement guarantees the parent's snapshot is on this agent.
 	Image          string `json:"image,omitempty"`

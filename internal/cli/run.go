@@ -272,10 +272,6 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	if err != nil {
 		return err
 	}
-	if remoteExec != nil && len(secrets.Values) > 0 {
-		return usage("run the build locally (--backend auto, sandbox, docker or host), or without --secret",
-			"secrets are not supported by the remote backend yet: the server would have to keep them")
-	}
 	var exclude []string
 	if secrets.FromDotEnv { // the file a secret came from stays out of every snapshot
 		exclude = []string{secret.DotEnv}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hmci/hm/internal/config"
 	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/server"
 	"github.com/hmci/hm/internal/server/driver"
 	"github.com/hmci/hm/internal/store"
@@ -80,15 +81,23 @@ func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags
 	if err != nil {
 		return err
 	}
+	skey, err := server.LoadKey(filepath.Join(data, "secrets.key"))
+	if err != nil {
+		return err
+	}
+	sealer, err := secret.NewSealer(skey)
+	if err != nil {
+		return err
+	}
 	logger := slog.New(slog.NewTextHandler(stdio.Err, nil))
 	owner := "server-" + uuid.NewString()
 	// The manager's 0 is its default and a negative value no retries.
 	if retries == 0 {
 		retries = -1
 	}
-	mgr := &driver.Manager{Driver: driver.Config{Store: st, Owner: owner, LeaseTTL: buildLeaseTTL}, AgentTTL: leaseTTL,
+	mgr := &driver.Manager{Driver: driver.Config{Store: st, Owner: owner, LeaseTTL: buildLeaseTTL, Secrets: sealer}, AgentTTL: leaseTTL,
 		Logger: logger, MaxRetries: retries}
-	srv, err := server.New(server.Config{Store: st, Blobs: blobs, LogKey: key, MaxSourceBytes: maxSource, Logger: logger,
+	srv, err := server.New(server.Config{Store: st, Blobs: blobs, LogKey: key, Secrets: sealer, MaxSourceBytes: maxSource, Logger: logger,
 		AgentLeaseTTL: leaseTTL, OnBuild: mgr.Kick})
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hmci/hm/internal/agentproto"
 	"github.com/hmci/hm/internal/plan"
+	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/server/driver"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/vm"
@@ -167,7 +168,11 @@ func (s *Server) describe(r *http.Request, j store.Job) (agentproto.Job, error) 
 		return agentproto.Job{}, errors.New("step " + quote(j.StepKey) + " is not in the build's plan")
 	}
 	ps := &pl.Steps[i]
-	out := agentproto.Job{JobID: j.ID, BuildID: b.ID, StepKey: j.StepKey, Attempt: j.Attempt,
+	secrets, err := s.stepSecrets(ctx, b.ID, ps)
+	if err != nil {
+		return agentproto.Job{}, err
+	}
+	out := agentproto.Job{Secrets: secrets, JobID: j.ID, BuildID: b.ID, StepKey: j.StepKey, Attempt: j.Attempt,
 		LeaseTTLMillis: s.cfg.AgentLeaseTTL.Milliseconds(), Command: ps.Cmd,
 		// HM_ATTEMPT last, as the scheduler appends it locally: the attempt of the step's
 		// retry policy, from 1.
@@ -273,9 +278,16 @@ func (s *Server) agentLogs(w http.ResponseWriter, r *http.Request, req agentprot
 			State: string(j.State), Attempt: j.Attempt})
 		return
 	}
+	// The agent masked the chunks; an agent that did not (or a value split across chunks it
+	// missed) is masked here before anything is stored.
+	mask, err := s.masker(r.Context(), j.BuildID)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	chunks := make([]store.LogChunk, len(req.Chunks))
 	for i, c := range req.Chunks {
-		chunks[i] = store.LogChunk{Seq: c.Seq, Stream: c.Stream, Content: c.Content, TS: c.TS}
+		chunks[i] = store.LogChunk{Seq: c.Seq, Stream: c.Stream, Content: mask.String(c.Content), TS: c.TS}
 	}
 	n, err := s.cfg.Store.AppendLogs(r.Context(), j.ID, req.Attempt, chunks)
 	if err != nil {
@@ -287,6 +299,12 @@ func (s *Server) agentLogs(w http.ResponseWriter, r *http.Request, req agentprot
 
 func (s *Server) agentFinish(w http.ResponseWriter, r *http.Request, req agentproto.Finish) {
 	j, err := s.agentJob(r)
+	if err == nil && req.ErrorMessage != "" {
+		var mask *secret.Masker
+		if mask, err = s.masker(r.Context(), j.BuildID); err == nil {
+			req.ErrorMessage = mask.String(req.ErrorMessage)
+		}
+	}
 	if err == nil {
 		j, err = s.cfg.Store.FinishJob(r.Context(), j.ID, req.Attempt, store.Finish{ExitCode: req.ExitCode, Snapshot: req.Snapshot,
 			ErrorCode: req.ErrorCode, ErrorMessage: req.ErrorMessage, Now: s.now()})

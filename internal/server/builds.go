@@ -35,6 +35,9 @@ type createBuildRequest struct {
 	SourceSHA256 *string           `json:"source_sha256"`
 	Env          map[string]string `json:"env"`
 	HMOptions    json.RawMessage   `json:"hm_options"`
+	// HMSecrets are hm's extension: the build's secret values by name (secrets.go), kept
+	// out of env, hm_options and the IR, never stored in clear.
+	HMSecrets map[string]string `json:"hm_secrets"`
 	// createBuildBySource only.
 	RepoName   string `json:"repo_name"`
 	SourceSlug string `json:"source_slug"`
@@ -146,11 +149,15 @@ func (s *Server) newBuild(r *http.Request, p store.Pipeline, req createBuildRequ
 	} else {
 		req.HMOptions = nil
 	}
+	sealed, id, err := s.sealSecrets(pipe, req.HMSecrets)
+	if err != nil {
+		return store.NewBuild{}, err
+	}
 	digest, err := s.storeSource(r, req)
 	if err != nil {
 		return store.NewBuild{}, err
 	}
-	nb := store.NewBuild{OrgID: p.OrgID, PipelineID: p.ID, Branch: req.Branch, Commit: req.Commit,
+	nb := store.NewBuild{ID: id, Secrets: sealed, OrgID: p.OrgID, PipelineID: p.ID, Branch: req.Branch, Commit: req.Commit,
 		IR: *req.PipelineIR, Env: req.Env, Options: req.HMOptions, SourceDigest: digest, Jobs: jobsOf(plan.New(pipe), o.MapImage), Now: s.now()}
 	if req.Message != nil {
 		nb.Message = *req.Message

@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/store/blobdir"
 )
@@ -55,6 +56,10 @@ type Config struct {
 	Blobs *blobdir.Dir
 	// LogKey signs log tokens (HMAC-SHA256); see LoadLogKey.
 	LogKey []byte
+	// Secrets seals the secrets a build is submitted with (hm_secrets) for the store and
+	// opens them for the claims of the steps that name them and for masking; its key is
+	// DATA/secrets.key (LoadKey). Nil: a build with secrets is refused.
+	Secrets *secret.Sealer
 	// MaxSourceBytes bounds a build's decoded source archive; a createBuild body is bounded
 	// by its base64 size plus the largest IR and some room for the other fields.
 	MaxSourceBytes int64
@@ -131,27 +136,31 @@ func (s *Server) maxBuildBody() int64 {
 
 // LoadLogKey reads the log token key from path, creating it (32 random bytes, mode 0600) the
 // first time. Every replica of one deployment must use the same key.
-func LoadLogKey(path string) ([]byte, error) {
+func LoadLogKey(path string) ([]byte, error) { return LoadKey(path) }
+
+// LoadKey reads a key of the server's data dir (the log token key, the secrets key) from
+// path, creating it (32 random bytes, mode 0600) the first time.
+func LoadKey(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err == nil && len(b) >= 32 {
 		return b, nil
 	}
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("server: log key: %w: %w", errs.ErrInfra, err)
+		return nil, fmt.Errorf("server: key %s: %w: %w", path, errs.ErrInfra, err)
 	}
 	b = make([]byte, 32)
 	rand.Read(b)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("server: log key: %w: %w", errs.ErrInfra, err)
+		return nil, fmt.Errorf("server: key %s: %w: %w", path, errs.ErrInfra, err)
 	}
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return nil, fmt.Errorf("server: log key: %w: %w", errs.ErrInfra, err)
+		return nil, fmt.Errorf("server: key %s: %w: %w", path, errs.ErrInfra, err)
 	}
 	// A link, not a rename: two servers starting at once on one data dir keep the first key.
 	if err := os.Link(tmp, path); err != nil && !errors.Is(err, os.ErrExist) {
 		os.Remove(tmp)
-		return nil, fmt.Errorf("server: log key: %w: %w", errs.ErrInfra, err)
+		return nil, fmt.Errorf("server: key %s: %w: %w", path, errs.ErrInfra, err)
 	}
 	os.Remove(tmp)
 	return os.ReadFile(path)

@@ -157,6 +157,10 @@ type createBody struct {
 	SourceSHA256 string            `json:"source_sha256"`
 	Env          map[string]string `json:"env"`
 	HMOptions    hmOptions         `json:"hm_options"`
+	// HMSecrets are the values of the secrets the pipeline's steps name, apart from env and
+	// hm_options (which the server stores as sent): the server seals them, hands each step
+	// only its own and forgets them when the build ends.
+	HMSecrets map[string]string `json:"hm_secrets,omitempty"`
 }
 
 func (b *Backend) body(bd *prepare.Build) createBody {
@@ -175,6 +179,16 @@ func (b *Backend) body(bd *prepare.Build) createBody {
 		HMOptions: hmOptions{Parallelism: o.Parallelism, KeepGoing: o.KeepGoing, NoCache: o.NoCache,
 			TimeoutSeconds: o.TimeoutSeconds(), MapImage: o.MapImage, CacheKeys: keys,
 			CacheInputs: inputs, Warnings: warnings}}
+	for _, st := range bd.Plan.Steps {
+		for _, name := range st.Secrets {
+			if v, ok := o.Secrets[name]; ok {
+				if cb.HMSecrets == nil {
+					cb.HMSecrets = map[string]string{}
+				}
+				cb.HMSecrets[name] = v
+			}
+		}
+	}
 	if b.Message != "" {
 		cb.Message = &b.Message
 	}

@@ -75,9 +75,11 @@ import (
 	"time"
 
 	"github.com/hmci/hm/internal/cachekey"
+	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/ir"
 	"github.com/hmci/hm/internal/plan"
 	"github.com/hmci/hm/internal/scheduler"
+	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/store"
 )
 
@@ -106,6 +108,10 @@ type Config struct {
 	// whose agent was not seen within it is gone (a miss, and the entry is forgotten).
 	// Default 30 s.
 	AgentTTL time.Duration
+	// Secrets opens the build's sealed secrets (store.BuildSecrets) for the scheduler, which
+	// masks them in every event it publishes (the server's last layer of masking) and checks
+	// that each step's are there. Nil: a build with secrets fails secrets_unreadable.
+	Secrets *secret.Sealer
 }
 
 // DefaultLeaseTTL is the build lease's default lifetime: short, since it is how long a
@@ -190,6 +196,21 @@ func (c *Config) defaults() {
 	}
 }
 
+// openSecrets opens the build's secrets; nil when it has none.
+func openSecrets(ctx context.Context, cfg Config, b store.Build) (map[string]string, error) {
+	sealed, err := cfg.Store.GetBuildSecrets(ctx, b.ID)
+	if store.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Secrets == nil {
+		return nil, fmt.Errorf("%w: %w: the server has no secrets key", errs.ErrInfra, secret.ErrUnsealable)
+	}
+	return cfg.Secrets.Open(b.ID, sealed)
+}
+
 // ErrLeaseLost says another driver owns the build now.
 var ErrLeaseLost = errors.New("driver: build lease lost")
 
@@ -221,6 +242,11 @@ func Drive(ctx context.Context, cfg Config, id string) (scheduler.Result, error)
 		_, terr := st.TransitionBuild(life, id, []store.BuildState{b.State}, store.BuildFailed,
 			store.BuildUpdate{ErrorCode: "build_plan_rejected", ErrorMessage: err.Error(), Now: cfg.Now()})
 		return scheduler.Result{}, errors.Join(err, terr)
+	}
+	if opts.Secrets, err = openSecrets(life, cfg, b); err != nil {
+		_, terr := st.TransitionBuild(life, id, []store.BuildState{b.State}, store.BuildFailed,
+			store.BuildUpdate{ErrorCode: "secrets_unreadable", ErrorMessage: err.Error(), Now: cfg.Now()})
+		return scheduler.Result{}, errors.Join(err, terr, st.DeleteBuildSecrets(life, id))
 	}
 	if b.State == store.BuildScheduled {
 		if b, err = st.TransitionBuild(life, id, []store.BuildState{store.BuildScheduled}, store.BuildRunning,
@@ -287,6 +313,11 @@ func Drive(ctx context.Context, cfg Config, id string) (scheduler.Result, error)
 		return res, werr
 	}
 	if err := d.rollUp(res); err != nil {
+		return res, err
+	}
+	// The build ended: its secrets are of no further use (the reaper deletes them too, for
+	// a driver that stopped before this line).
+	if err := st.DeleteBuildSecrets(context.WithoutCancel(ctx), id); err != nil {
 		return res, err
 	}
 	return res, st.ReleaseBuildLease(context.WithoutCancel(ctx), id, cfg.Owner, epoch)

@@ -132,6 +132,10 @@ func (m *Manager) Run(ctx context.Context) {
 		for _, j := range js {
 			m.Logger.Info("no live agent for a requeued job", "job", j.ID, "step", j.StepKey, "state", string(j.State))
 		}
+		// Secrets of builds that ended without their driver deleting them (it stopped).
+		if _, err := m.Driver.Store.DeleteEndedBuildSecrets(ctx); err != nil && ctx.Err() == nil {
+			m.Logger.Warn("deleting ended builds' secrets", "err", err.Error())
+		}
 	}
 	scan()
 	scanT := time.NewTicker(m.Scan)
