@@ -79,7 +79,17 @@ func (c *client) once(ctx context.Context, method, path string, in, out any, tim
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var body io.Reader
-	if in != nil {
+	ctype, length := "application/json", int64(-1)
+	switch in := in.(type) {
+	case nil:
+	case rawBody:
+		rc, err := in.open()
+		if err != nil {
+			return false, err
+		}
+		defer rc.Close()
+		body, ctype, length = rc, "application/octet-stream", in.size
+	default:
 		b, err := json.Marshal(in)
 		if err != nil {
 			return false, err
@@ -90,9 +100,12 @@ func (c *client) once(ctx context.Context, method, path string, in, out any, tim
 	if err != nil {
 		return false, err
 	}
+	if length >= 0 {
+		req.ContentLength = length
+	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", ctype)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {

@@ -141,9 +141,25 @@ func (a *Agent) execute(ctx context.Context, j agentproto.Job, mask *secret.Mask
 		snap, err := m.Commit(stepCtx, j.Ephemeral)
 		if err != nil {
 			fin = infra(fmt.Errorf("commit: %w", err))
-		} else {
-			fin.Snapshot = snap
+			break
 		}
+		fin.Snapshot = snap
+		if len(j.Artifacts) == 0 {
+			break
+		}
+		arts, warnings, err := a.collectArtifacts(stepCtx, j, snap)
+		if err != nil {
+			// The step fails as one that could not run; its snapshot is nobody's.
+			a.removeSnapshot(snap)
+			fin = infra(fmt.Errorf("artifacts: %w", err))
+			break
+		}
+		fin.Artifacts = arts
+		for _, w := range warnings {
+			fmt.Fprintln(stderr, "hm: warning: "+w)
+		}
+		_ = stderr.Flush()
+		stderrL.Flush()
 	}
 	if _, err := sh.close(ctx); err != nil {
 		if fin.Snapshot != "" {

@@ -28,6 +28,7 @@ const (
 	PathLogs      = Prefix + "/jobs/{job_id}/logs"
 	PathFinish    = Prefix + "/jobs/{job_id}/finish"
 	PathSource    = Prefix + "/sources/{digest}"
+	PathArtifact  = Prefix + "/jobs/{job_id}/artifacts/{digest}"
 )
 
 // MaxClaimWait bounds a claim's long poll (remote.md: ≤ 30 s).
@@ -127,6 +128,10 @@ type Job struct {
 	Ephemeral     bool   `json:"ephemeral"`
 	CacheKey      string `json:"cache_key,omitempty"`
 	CacheScope    string `json:"cache_scope,omitempty"`
+	// Artifacts are the step's artifacts patterns (clean, relative to /workspace): after
+	// exit 0 the agent commits (NeedsSnapshot is set), copies the matching files out of the
+	// snapshot (vm.ArtifactCopier), uploads each (PathArtifact) and lists them in Finish.
+	Artifacts []string `json:"artifacts,omitempty"`
 }
 
 // LeaseTTL is the Job's lease lifetime.
@@ -200,7 +205,31 @@ type Finish struct {
 	// image missing, source unreadable); ExitCode is then meaningless.
 	ErrorCode    string `json:"error_code,omitempty"`
 	ErrorMessage string `json:"error_message,omitempty"`
+	// Artifacts are the files the step's artifacts patterns matched, each uploaded before
+	// (PathArtifact): the server refuses a Finish naming one it does not hold. At most
+	// MaxArtifacts.
+	Artifacts []Artifact `json:"artifacts,omitempty"`
 }
+
+// Artifact is one artifact file: its path relative to /workspace (slash-separated), size and
+// sha256 (hex), as the step_artifact event lists it.
+type Artifact struct {
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// Artifact upload (PUT PathArtifact?attempt=N, the body the file's bytes, digest
+// "sha256:<hex>"): stores the bytes in the server's blob dir, content-addressed. Fenced by
+// attempt (a job no longer leased to it answers 409); idempotent (the same bytes are the same
+// blob). The server checks the bytes against the digest (422 artifact_digest_mismatch) and
+// refuses one larger than MaxArtifactBytes (413).
+const (
+	MaxArtifacts     = 10_000
+	MaxArtifactBytes = int64(4 << 30)
+	// MaxFinishBody bounds a Finish body: MaxArtifacts entries of a long path each.
+	MaxFinishBody = 32 << 20
+)
 
 // Source (GET PathSource) answers the build's source archive by digest, as stored once. A
 // read: idempotent. The agent checks the bytes against the digest (source.ExtractArchive).

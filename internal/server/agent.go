@@ -32,8 +32,9 @@ func (s *Server) agentRoutes(mux *http.ServeMux) {
 	mux.Handle("POST "+agentproto.PathStart, s.agent(body(s, small, s.agentStart)))
 	mux.Handle("POST "+agentproto.PathHeartbeat, s.agent(body(s, small, s.agentHeartbeat)))
 	mux.Handle("POST "+agentproto.PathLogs, s.agent(body(s, logs, s.agentLogs)))
-	mux.Handle("POST "+agentproto.PathFinish, s.agent(body(s, small, s.agentFinish)))
+	mux.Handle("POST "+agentproto.PathFinish, s.agent(body(s, func() int64 { return agentproto.MaxFinishBody }, s.agentFinish)))
 	mux.Handle("GET "+agentproto.PathSource, s.agent(s.agentSource))
+	mux.Handle("PUT "+agentproto.PathArtifact, s.agent(http.HandlerFunc(s.agentArtifact)))
 }
 
 func (s *Server) agentRegister(w http.ResponseWriter, r *http.Request, req agentproto.Register) {
@@ -198,7 +199,9 @@ func (s *Server) describe(r *http.Request, j store.Job) (agentproto.Job, error) 
 	}
 	key := opts.Keys[i]
 	cached := key != "" && !opts.NoCache
-	out.NeedsSnapshot = cached || len(ps.Children) > 0
+	// A step with artifacts is committed, as locally: they are copied out of a snapshot.
+	out.Artifacts = ps.Artifacts
+	out.NeedsSnapshot = cached || len(ps.Children) > 0 || len(ps.Artifacts) > 0
 	out.Ephemeral = !cached
 	if cached {
 		out.CacheKey, out.CacheScope = key, base
@@ -306,8 +309,16 @@ func (s *Server) agentFinish(w http.ResponseWriter, r *http.Request, req agentpr
 		}
 	}
 	if err == nil {
-		j, err = s.cfg.Store.FinishJob(r.Context(), j.ID, req.Attempt, store.Finish{ExitCode: req.ExitCode, Snapshot: req.Snapshot,
-			ErrorCode: req.ErrorCode, ErrorMessage: req.ErrorMessage, Now: s.now()})
+		f := store.Finish{ExitCode: req.ExitCode, Snapshot: req.Snapshot, ErrorCode: req.ErrorCode, ErrorMessage: req.ErrorMessage, Now: s.now()}
+		if req.ExitCode == 0 && req.ErrorCode == "" {
+			var aerr error
+			if f.Artifacts, aerr = s.finishArtifacts(req.Artifacts); aerr != nil {
+				// The step passed but its artifacts cannot be recorded: it fails, as one
+				// whose copy failed locally.
+				f = store.Finish{ExitCode: -1, ErrorCode: "artifacts_invalid", ErrorMessage: aerr.Error(), Now: f.Now}
+			}
+		}
+		j, err = s.cfg.Store.FinishJob(r.Context(), j.ID, req.Attempt, f)
 	}
 	if err != nil {
 		s.writeError(w, r, err)

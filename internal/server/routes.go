@@ -29,6 +29,8 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET "+buildPath+"/jobs/{job_id}", s.user(s.getJob))
 	mux.Handle("GET "+buildPath+"/log-token", s.user(s.getBuildLogToken))
 	mux.Handle("GET "+buildPath+"/events", s.user(s.buildEvents))
+	mux.Handle("GET "+buildPath+"/artifacts", s.user(http.HandlerFunc(s.getBuildArtifacts)))
+	mux.Handle("GET "+buildPath+"/artifacts/{digest}", s.user(http.HandlerFunc(s.getBuildArtifact)))
 	// The log stream authenticates by its build-scoped token, not by a bearer token.
 	mux.HandleFunc("GET /v0/jobs/{job_id}/logs", s.jobLogs)
 

@@ -2,9 +2,11 @@ package driver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/vm"
+	"github.com/hmci/hm/internal/vm/artifact"
 )
 
 // backend is the vm.Backend whose machines are the build's jobs. Images, snapshots and their
@@ -58,6 +61,30 @@ func policyAttempt(env []string) int {
 		}
 	}
 	return n
+}
+
+var _ vm.ArtifactCopier = (*backend)(nil)
+
+// CopyArtifacts answers the artifacts the step's job records: those its agent copied out of
+// the snapshot and uploaded (FinishJob), or on a cache hit the entry's (PassCached). Their
+// bytes stay in the server's blob dir, so nothing is written to dst: the scheduler publishes
+// the step_artifact events, and a client downloads the files (the build's artifacts route).
+func (b *backend) CopyArtifacts(ctx context.Context, _ string, owner vm.Owner, _ []string, _ *os.Root) (artifact.Result, error) {
+	j, ok := b.d.byKey[owner.StepKey]
+	if !ok {
+		return artifact.Result{}, fmt.Errorf("%w: no job for step %q", errs.ErrInfra, owner.StepKey)
+	}
+	j, err := b.d.cfg.Store.GetJob(b.d.life, j.ID)
+	if err != nil {
+		return artifact.Result{}, err
+	}
+	var res artifact.Result
+	if len(j.Artifacts) > 0 {
+		if err := json.Unmarshal(j.Artifacts, &res.Files); err != nil {
+			return artifact.Result{}, fmt.Errorf("%w: job %s: stored artifacts: %w", errs.ErrInfra, j.ID, err)
+		}
+	}
+	return res, nil
 }
 
 func (b *backend) SnapshotExists(context.Context, string) (bool, error) { return true, nil }

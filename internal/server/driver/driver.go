@@ -72,6 +72,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/hmci/hm/internal/cachekey"
@@ -273,6 +274,14 @@ func Drive(ctx context.Context, cfg Config, id string) (scheduler.Result, error)
 	}
 	opts.RunID = b.ID
 	opts.Publish = pub.publish
+	// The scheduler collects artifacts into a directory: here only its manifest lands there
+	// (the files stay in the blob dir, backend.CopyArtifacts), removed when the driver ends.
+	artDir, err := os.MkdirTemp("", "hm-driver-artifacts-")
+	if err != nil {
+		return scheduler.Result{}, fmt.Errorf("%w: %w", errs.ErrInfra, err)
+	}
+	defer os.RemoveAll(artDir)
+	opts.ArtifactsDir = artDir
 	ho, err := ParseOptions(b)
 	if err != nil {
 		return scheduler.Result{}, err
