@@ -155,11 +155,9 @@ func (a *Agent) execute(ctx context.Context, j agentproto.Job, mask *secret.Mask
 			break
 		}
 		fin.Artifacts = arts
-		for _, w := range warnings {
-			fmt.Fprintln(stderr, "hm: warning: "+w)
+		for _, w := range warnings[:min(len(warnings), agentproto.MaxArtifactWarnings)] {
+			fin.ArtifactWarnings = append(fin.ArtifactWarnings, mask.String(w))
 		}
-		_ = stderr.Flush()
-		stderrL.Flush()
 	}
 	if _, err := sh.close(ctx); err != nil {
 		if fin.Snapshot != "" {

@@ -209,6 +209,10 @@ type Finish struct {
 	// (PathArtifact): the server refuses a Finish naming one it does not hold. At most
 	// MaxArtifacts.
 	Artifacts []Artifact `json:"artifacts,omitempty"`
+	// ArtifactWarnings are the copy's warnings (a pattern matching nothing, a symlink not
+	// copied): the server logs them in the step's log, and again on every cache hit, as a
+	// local build does. At most MaxArtifactWarnings.
+	ArtifactWarnings []string `json:"artifact_warnings,omitempty"`
 }
 
 // Artifact is one artifact file: its path relative to /workspace (slash-separated), size and
@@ -225,7 +229,8 @@ type Artifact struct {
 // blob). The server checks the bytes against the digest (422 artifact_digest_mismatch) and
 // refuses one larger than MaxArtifactBytes (413).
 const (
-	MaxArtifacts     = 10_000
+	MaxArtifacts        = 10_000
+	MaxArtifactWarnings = 1000
 	MaxArtifactBytes = int64(4 << 30)
 	// MaxFinishBody bounds a Finish body: MaxArtifacts entries of a long path each.
 	MaxFinishBody = 32 << 20

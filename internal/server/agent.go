@@ -302,17 +302,20 @@ func (s *Server) agentLogs(w http.ResponseWriter, r *http.Request, req agentprot
 
 func (s *Server) agentFinish(w http.ResponseWriter, r *http.Request, req agentproto.Finish) {
 	j, err := s.agentJob(r)
-	if err == nil && req.ErrorMessage != "" {
+	if err == nil && (req.ErrorMessage != "" || len(req.ArtifactWarnings) > 0) {
 		var mask *secret.Masker
 		if mask, err = s.masker(r.Context(), j.BuildID); err == nil {
 			req.ErrorMessage = mask.String(req.ErrorMessage)
+			for i, w := range req.ArtifactWarnings {
+				req.ArtifactWarnings[i] = mask.String(w)
+			}
 		}
 	}
 	if err == nil {
 		f := store.Finish{ExitCode: req.ExitCode, Snapshot: req.Snapshot, ErrorCode: req.ErrorCode, ErrorMessage: req.ErrorMessage, Now: s.now()}
 		if req.ExitCode == 0 && req.ErrorCode == "" {
 			var aerr error
-			if f.Artifacts, aerr = s.finishArtifacts(req.Artifacts); aerr != nil {
+			if f.Artifacts, aerr = s.finishArtifacts(req.Artifacts, req.ArtifactWarnings); aerr != nil {
 				// The step passed but its artifacts cannot be recorded: it fails, as one
 				// whose copy failed locally.
 				f = store.Finish{ExitCode: -1, ErrorCode: "artifacts_invalid", ErrorMessage: aerr.Error(), Now: f.Now}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hmci/hm/internal/agentproto"
 	"github.com/hmci/hm/internal/scheduler"
+	"github.com/hmci/hm/internal/server/driver"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/store/blobdir"
 	"github.com/hmci/hm/internal/vm/artifact"
@@ -79,12 +80,13 @@ func tooLarge() *apiError {
 // finishArtifacts checks a Finish's artifacts (paths a step's artifacts directory can hold,
 // each file uploaded with its size) and returns them as the job stores them; nil for none.
 // The error is why the step's artifacts cannot be recorded: the step then fails.
-func (s *Server) finishArtifacts(files []agentproto.Artifact) (json.RawMessage, error) {
-	if len(files) == 0 {
+func (s *Server) finishArtifacts(files []agentproto.Artifact, warnings []string) (json.RawMessage, error) {
+	if len(files) == 0 && len(warnings) == 0 {
 		return nil, nil
 	}
-	if len(files) > agentproto.MaxArtifacts {
-		return nil, errors.New("more than " + strconv.Itoa(agentproto.MaxArtifacts) + " artifact files")
+	if len(files) > agentproto.MaxArtifacts || len(warnings) > agentproto.MaxArtifactWarnings {
+		return nil, errors.New("more than " + strconv.Itoa(agentproto.MaxArtifacts) + " artifact files or " +
+			strconv.Itoa(agentproto.MaxArtifactWarnings) + " warnings")
 	}
 	out := make([]artifact.File, 0, len(files))
 	seen := map[string]bool{}
@@ -104,7 +106,7 @@ func (s *Server) finishArtifacts(files []agentproto.Artifact) (json.RawMessage, 
 		}
 		out = append(out, artifact.File{Path: f.Path, Size: f.Size, SHA256: f.SHA256})
 	}
-	return json.Marshal(out)
+	return json.Marshal(driver.Artifacts{Files: out, Warnings: warnings})
 }
 
 // localPath: a clean, relative, slash-separated path of valid UTF-8 that stays inside its
@@ -116,14 +118,11 @@ func localPath(p string) bool {
 
 // jobArtifacts are the files the job stores.
 func jobArtifacts(j store.Job) ([]artifact.File, error) {
-	if len(j.Artifacts) == 0 {
-		return nil, nil
+	a, err := driver.ParseArtifacts(j.Artifacts)
+	if err != nil {
+		return nil, errors.New("job " + j.ID + ": " + err.Error())
 	}
-	var files []artifact.File
-	if err := json.Unmarshal(j.Artifacts, &files); err != nil {
-		return nil, errors.New("job " + j.ID + ": stored artifacts: " + err.Error())
-	}
-	return files, nil
+	return a.Files, nil
 }
 
 // getBuildArtifacts answers the build's manifest: its passed steps with artifacts, in the
@@ -145,8 +144,11 @@ func (s *Server) getBuildArtifacts(w http.ResponseWriter, r *http.Request) {
 			s.writeError(w, r, err)
 			return
 		}
-		if j.State != store.JobPassed || files == nil {
+		if j.State != store.JobPassed || j.Artifacts == nil {
 			continue
+		}
+		if files == nil {
+			files = []artifact.File{} // collected, matching nothing: listed, as locally
 		}
 		m.Steps = append(m.Steps, scheduler.ManifestEntry{Key: j.StepKey, Dir: scheduler.StepDir(j.StepKey), Files: files})
 	}

@@ -32,6 +32,9 @@ type handle struct {
 	retries   int
 	delay     time.Duration
 	idle      time.Duration
+	// runID is the build's id; artifactsDir where its artifacts go once it ended
+	// (download.go), "" for nowhere.
+	runID, artifactsDir string
 
 	cancelOnce sync.Once
 	cancel     chan struct{} // closed once cancelBuild was answered (or failed)
@@ -82,6 +85,7 @@ func (h *handle) run() {
 	for {
 		progressed, ended, err := h.stream(ctx, &last)
 		if ended {
+			h.artifacts(ctx)
 			return
 		}
 		if progressed {

@@ -78,13 +78,30 @@ func (b *backend) CopyArtifacts(ctx context.Context, _ string, owner vm.Owner, _
 	if err != nil {
 		return artifact.Result{}, err
 	}
-	var res artifact.Result
-	if len(j.Artifacts) > 0 {
-		if err := json.Unmarshal(j.Artifacts, &res.Files); err != nil {
-			return artifact.Result{}, fmt.Errorf("%w: job %s: stored artifacts: %w", errs.ErrInfra, j.ID, err)
-		}
+	a, err := ParseArtifacts(j.Artifacts)
+	if err != nil {
+		return artifact.Result{}, fmt.Errorf("%w: job %s: %w", errs.ErrInfra, j.ID, err)
 	}
-	return res, nil
+	return artifact.Result{Files: a.Files, Warnings: a.Warnings}, nil
+}
+
+// Artifacts is a job's (and a cache entry's) store.Job.Artifacts: the files, and the copy's
+// warnings, which the scheduler logs on the run and on every hit, as locally.
+type Artifacts struct {
+	Files    []artifact.File `json:"files"`
+	Warnings []string        `json:"warnings,omitempty"`
+}
+
+// ParseArtifacts reads stored artifacts; none for nil.
+func ParseArtifacts(raw []byte) (Artifacts, error) {
+	var a Artifacts
+	if len(raw) == 0 {
+		return a, nil
+	}
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return Artifacts{}, fmt.Errorf("stored artifacts: %w", err)
+	}
+	return a, nil
 }
 
 func (b *backend) SnapshotExists(context.Context, string) (bool, error) { return true, nil }

@@ -198,6 +198,10 @@ func (p *publisher) rewrite(e events.Event) events.Event {
 		c := *e.StepRetry
 		c.StepID = id(c.StepID)
 		e.StepRetry = &c
+	case e.StepArtifact != nil:
+		c := *e.StepArtifact
+		c.StepID = id(c.StepID)
+		e.StepArtifact = &c
 	case e.ChainFailed != nil:
 		c := *e.ChainFailed
 		c.FailedStepID = id(c.FailedStepID)

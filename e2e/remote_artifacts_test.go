@@ -1,0 +1,61 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/hmci/hm/internal/events"
+)
+
+// TestRemoteArtifact: through the binaries, a remote build's artifacts arrive in the local
+// layout (.hm/artifacts/BUILD/STEP/ and manifest.json) with the machine's bytes, symlinks
+// refused as locally; a second, cached run republishes and downloads the same files.
+func TestRemoteArtifact(t *testing.T) { remoteStores(t, testRemoteArtifact) }
+
+func testRemoteArtifact(t *testing.T, st remoteStore) {
+	c := remoteStart(t, st)
+	e := newEnv(t)
+	writeTree(t, e.srcDir, map[string]string{".hm/ci.json": artifactsPipeline(`"image":"ubuntu:24.04"`)})
+	run := func() artifactRun {
+		t.Helper()
+		r := c.run(e, "-k")
+		if r.code != 1 {
+			t.Fatalf("exit %d, want 1 (fails fails):\n%s\n%s", r.code, r.stderr, r.stdout)
+		}
+		ar := artifactRun{artifacts: map[string]events.StepArtifact{}, stderr: r.stderr}
+		ids := map[string]string{}
+		for _, ev := range parseEvents(t, r.stdout) {
+			switch {
+			case ev.BuildStart != nil:
+				ar.build = ev.BuildStart.RunID
+			case ev.StepQueued != nil:
+				ids[ev.StepQueued.StepID] = ev.StepQueued.Key
+			case ev.StepCacheHit != nil:
+				ar.hit = ids[ev.StepCacheHit.StepID] == "build"
+			case ev.StepArtifact != nil:
+				if k := ids[ev.StepArtifact.StepID]; k != "build" {
+					t.Errorf("step %s has artifact %s: a failed step copies nothing", k, ev.StepArtifact.Path)
+				}
+				ar.artifacts[ev.StepArtifact.Path] = *ev.StepArtifact
+			case ev.StepLog != nil && ids[ev.StepLog.StepID] == "build":
+				ar.stderr += ev.StepLog.Line + "\n"
+			}
+		}
+		return ar
+	}
+	first := run()
+	second := run()
+	if first.hit || !second.hit {
+		t.Fatalf("cache hits: first %v, second %v; want false, true", first.hit, second.hit)
+	}
+	// checkArtifacts also wants each symlink's refusal in the step's log, on the hit too.
+	checkArtifacts(t, e.srcDir, first)
+	checkArtifacts(t, e.srcDir, second)
+	if a, b := first.artifacts["dist/app.bin"].SHA256, second.artifacts["dist/app.bin"].SHA256; a == "" || a != b {
+		t.Errorf("the cache hit's dist/app.bin has sha256 %s, the run's %s", b, a)
+	}
+	l := e.run("logs", second.build)
+	if !strings.Contains(l.stdout, "[build] ↓ artifact dist/app.bin (97.7 KiB, sha256 "+second.artifacts["dist/app.bin"].SHA256[:12]+")") {
+		t.Errorf("hm logs does not list the artifact:\n%s", l.stdout)
+	}
+}
