@@ -231,7 +231,7 @@ type Artifact struct {
 const (
 	MaxArtifacts        = 10_000
 	MaxArtifactWarnings = 1000
-	MaxArtifactBytes = int64(4 << 30)
+	MaxArtifactBytes    = int64(4 << 30)
 	// MaxFinishBody bounds a Finish body: MaxArtifacts entries of a long path each.
 	MaxFinishBody = 32 << 20
 )

@@ -128,7 +128,7 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 		c: c, q: events.NewQueue(), done: make(chan struct{}), cancel: make(chan struct{}),
 		buildPath: apiPath("organizations", b.Org, "pipelines", pipe, "builds", fmt.Sprint(bv.Number)),
 		retries:   b.Retries, delay: b.RetryDelay, idle: b.IdleTimeout,
-		runID:     bv.ID, artifactsDir: req.ArtifactsDir,
+		runID: bv.ID, artifactsDir: req.ArtifactsDir,
 	}
 	if h.retries <= 0 {
 		h.retries = 8
