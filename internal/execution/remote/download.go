@@ -28,13 +28,14 @@ import (
 // maxManifest bounds the manifest's JSON: MaxFiles entries per step with long paths.
 const maxManifest = 64 << 20
 
-// download fetches the build's artifacts into h.artifactsDir/h.runID.
-func (h *handle) download(ctx context.Context) error {
+// download fetches the build's artifacts into h.artifactsDir/h.runID; on a failure nothing
+// of them is left (the build's directory is this build's alone).
+func (h *handle) download(ctx context.Context) (err error) {
 	if h.artifactsDir == "" || h.runID == "" {
 		return nil
 	}
 	var m scheduler.Manifest
-	err := h.c.call(ctx, "getBuildArtifacts", http.MethodGet, h.buildPath+"/artifacts", nil, &m)
+	err = h.c.call(ctx, "getBuildArtifacts", http.MethodGet, h.buildPath+"/artifacts", nil, &m)
 	var re *errs.RemoteError
 	if errors.As(err, &re) && re.Status == http.StatusNotFound {
 		return nil
@@ -52,6 +53,12 @@ func (h *handle) download(ctx context.Context) error {
 	if err := os.MkdirAll(buildDir, 0o755); err != nil {
 		return fmt.Errorf("%w: artifacts: %w", errs.ErrUnavailable, err)
 	}
+	defer func() {
+		if err != nil {
+			_ = os.RemoveAll(buildDir)
+			_ = os.Remove(h.artifactsDir) // only when no other build's are there: empty
+		}
+	}()
 	root, err := os.OpenRoot(buildDir)
 	if err != nil {
 		return fmt.Errorf("%w: artifacts: %w", errs.ErrUnavailable, err)
