@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hmci/hm/internal/agent"
+	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/server"
 	"github.com/hmci/hm/internal/server/driver"
 	"github.com/hmci/hm/internal/source"
@@ -35,6 +36,7 @@ type env struct {
 	t         *testing.T
 	ctx       context.Context
 	db        *sqlite.DB
+	dir       string // the server's data: the database file, the blobs
 	url       string
 	user      string
 	agentTok  string
@@ -95,11 +97,19 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	skey, err := server.LoadKey(filepath.Join(dir, "secrets.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealer, err := secret.NewSealer(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
-	mgr := &driver.Manager{Driver: driver.Config{Store: db, Owner: "test-server", Poll: 20 * time.Millisecond, LeaseTTL: 3 * time.Second},
+	mgr := &driver.Manager{Driver: driver.Config{Store: db, Owner: "test-server", Poll: 20 * time.Millisecond, LeaseTTL: 3 * time.Second, Secrets: sealer},
 		Scan: 500 * time.Millisecond, Reap: 100 * time.Millisecond, MaxRetries: o.maxRetries, AgentTTL: o.leaseTTL, Logger: logger}
-	srv, err := server.New(server.Config{Store: db, Blobs: blobs, LogKey: key, PollInterval: 20 * time.Millisecond,
+	srv, err := server.New(server.Config{Store: db, Blobs: blobs, LogKey: key, Secrets: sealer, PollInterval: 20 * time.Millisecond,
 		AgentLeaseTTL: o.leaseTTL, OnBuild: mgr.Kick, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +128,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 			t.Logf("server log:\n%s", logs.String())
 		}
 	})
-	e := &env{t: t, ctx: ctx, db: db, url: hs.URL, logs: logs}
+	e := &env{t: t, ctx: ctx, db: db, dir: dir, url: hs.URL, logs: logs}
 	org, err := db.CreateOrg(ctx, "acme", "acme")
 	if err != nil {
 		t.Fatal(err)
@@ -183,11 +193,14 @@ func (e *env) request(method, path, token string, body any) (int, []byte) {
 }
 
 // submit creates a build of ir through the Harmont createBuild API; it returns its id.
-func (e *env) submit(ir string, opts map[string]any) store.Build {
+func (e *env) submit(ir string, opts map[string]any, secrets ...map[string]string) store.Build {
 	e.t.Helper()
 	body := map[string]any{"branch": "main", "commit": "abc", "pipeline_ir": ir, "source_b64": e.srcB64}
 	if opts != nil {
 		body["hm_options"] = opts
+	}
+	if len(secrets) > 0 {
+		body["hm_secrets"] = secrets[0]
 	}
 	code, b := e.request("POST", "/api/v0/organizations/acme/pipelines/ci/builds", e.user, body)
 	if code != http.StatusCreated {
