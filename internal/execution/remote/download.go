@@ -25,9 +25,6 @@ import (
 // its size and sha256 before the manifest names it. A server without the route (a Harmont
 // server) has no artifacts: nothing is written.
 
-// maxManifest bounds the manifest's JSON: MaxFiles entries per step with long paths.
-const maxManifest = 64 << 20
-
 // download fetches the build's artifacts into h.artifactsDir/h.runID; on a failure nothing
 // of them is left (the build's directory is this build's alone).
 func (h *handle) download(ctx context.Context) (err error) {
