@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/google/uuid"
 
@@ -79,13 +80,36 @@ func (s *Server) buildSecrets(ctx context.Context, buildID string) (map[string]s
 	return s.cfg.Secrets.Open(buildID, sealed)
 }
 
-// masker masks the build's secrets; nil when it has none.
+// masker masks the build's secrets; nil when it has none. Every log call asks, so the answer
+// is kept per build (a build's secrets are written with it and never change; a masker kept
+// after they were deleted still masks what a late call sends), at most maskerCacheSize builds.
 func (s *Server) masker(ctx context.Context, buildID string) (*secret.Masker, error) {
+	s.maskers.mu.Lock()
+	m, ok := s.maskers.m[buildID]
+	s.maskers.mu.Unlock()
+	if ok {
+		return m, nil
+	}
 	vs, err := s.buildSecrets(ctx, buildID)
-	if err != nil || len(vs) == 0 {
+	if err != nil {
 		return nil, err
 	}
-	return secret.NewMasker(slices.Collect(maps.Values(vs))...), nil
+	m = secret.NewMasker(slices.Collect(maps.Values(vs))...)
+	s.maskers.mu.Lock()
+	defer s.maskers.mu.Unlock()
+	if s.maskers.m == nil || len(s.maskers.m) >= maskerCacheSize {
+		s.maskers.m = map[string]*secret.Masker{}
+	}
+	s.maskers.m[buildID] = m
+	return m, nil
+}
+
+const maskerCacheSize = 1024
+
+// maskers is Server.masker's cache.
+type maskers struct {
+	mu sync.Mutex
+	m  map[string]*secret.Masker
 }
 
 // stepSecrets are the values of the secrets step ps names, and no other.

@@ -62,7 +62,8 @@ func TestSecretsThroughAClaim(t *testing.T) {
 	if r := e.do("", "POST", agentproto.PathRegister, tok, agentproto.Register{AgentID: "ag", Backend: "sandbox"}); r.Status != 200 {
 		t.Fatalf("register: %d %s", r.Status, r.Body)
 	}
-	b := e.submit("ci", map[string]any{"pipeline_ir": irSecret, "hm_secrets": map[string]string{"TOKEN": secretValue, "UNUSED": "unused-value-77"}})
+	// keep_going: the failing "plain" must not cancel "uses" before it is claimed.
+	b := e.submit("ci", map[string]any{"pipeline_ir": irSecret, "hm_options": map[string]any{"keep_going": true}, "hm_secrets": map[string]string{"TOKEN": secretValue, "UNUSED": "unused-value-77"}})
 	if dbHolds(t, e.dir, secretValue) || dbHolds(t, e.dir, "unused-value-77") {
 		t.Fatal("the database holds a secret in clear after createBuild")
 	}

@@ -84,6 +84,7 @@ type Server struct {
 	handler http.Handler
 	closing chan struct{}
 	once    sync.Once
+	maskers maskers // the builds' secret maskers (secrets.go)
 }
 
 // New checks cfg, fills in defaults and builds the routes.
