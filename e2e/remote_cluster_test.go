@@ -29,6 +29,7 @@ type remoteCluster struct {
 	url       string
 	userToken string
 	agents    []remoteAgent
+	db        []string // the server's store flags (dbArgs)
 }
 
 type remoteAgent struct {
@@ -52,6 +53,7 @@ func remoteStart(t *testing.T, st remoteStore) *remoteCluster {
 	c := &remoteCluster{t: t, root: root}
 	data := filepath.Join(root, "server")
 	db := st.dbArgs(t)
+	c.db = db
 	token := func(extra ...string) string {
 		out, err := exec.Command(hmBin, append(append([]string{"server", "token", "create", "--data", data, "--org", "acme"}, db...), extra...)...).Output()
 		if err != nil {

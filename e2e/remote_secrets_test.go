@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/hex"
 	"io/fs"
 	"net/http"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hmci/hm/internal/store/postgres/pgtest"
 )
 
 // TestRemoteSecret: through the binaries (hm server, two hm agents, hm run --backend remote
@@ -77,6 +80,21 @@ func testRemoteSecret(t *testing.T, st remoteStore) {
 	walk(filepath.Join(c.root, "server"), secretForms)
 	for _, a := range c.agents {
 		walk(a.state, append(slices.Clone(secretForms), plainEnv))
+	}
+	if st == storePostgres { // every row of the server's schema
+		d, err := pgtest.Dump(c.db[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(d, []byte("plain=***")) {
+			t.Fatal("the dump lacks the build's masked log: it cannot show the secret is absent either")
+		}
+		// Log chunks are BYTEA, which a row's text shows in hex.
+		for _, f := range secretForms {
+			if bytes.Contains(d, []byte(f)) || bytes.Contains(d, []byte(hex.EncodeToString([]byte(f)))) {
+				t.Errorf("the PostgreSQL store holds %q", f)
+			}
+		}
 	}
 }
 

@@ -35,39 +35,8 @@ func open(t *testing.T, url string) *postgres.DB {
 func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) storetest.Fixture {
 		url := pgtest.URL(t)
-		return storetest.Fixture{Store: open(t, url), Dump: func() ([]byte, error) { return dump(url) }}
+		return storetest.Fixture{Store: open(t, url), Dump: func() ([]byte, error) { return pgtest.Dump(url) }}
 	})
-}
-
-// dump is every row of every table of the test's schema, as text.
-func dump(url string) ([]byte, error) {
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, `SELECT quote_ident(table_name) FROM information_schema.tables WHERE table_schema = current_schema()`)
-	if err != nil {
-		return nil, err
-	}
-	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, err
-	}
-	var out bytes.Buffer
-	for _, tb := range tables {
-		rows, err := conn.Query(ctx, `SELECT t::text FROM `+tb+` t`)
-		if err != nil {
-			return nil, err
-		}
-		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return nil, err
-		}
-		out.WriteString(strings.Join(lines, "\n"))
-	}
-	return out.Bytes(), nil
 }
 
 // TestMain lets the test binary be a second claiming process (TestTwoProcessesClaim).

@@ -5,11 +5,13 @@
 package pgtest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"net/url"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,4 +87,36 @@ func drop(t testing.TB, base, schema string) {
 	if _, err := conn.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
 		t.Errorf("drop schema %s: %v", schema, err)
 	}
+}
+
+// Dump is every row of every table of url's schema, as text: what a test greps for a value
+// that must not be stored.
+func Dump(url string) ([]byte, error) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT quote_ident(table_name) FROM information_schema.tables WHERE table_schema = current_schema()`)
+	if err != nil {
+		return nil, err
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	var out bytes.Buffer
+	for _, tb := range tables {
+		rows, err := conn.Query(ctx, `SELECT t::text FROM `+tb+` t`)
+		if err != nil {
+			return nil, err
+		}
+		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return nil, err
+		}
+		out.WriteString(strings.Join(lines, "\n"))
+	}
+	return out.Bytes(), nil
 }
