@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -333,6 +334,9 @@ type flaky struct {
 	base http.RoundTripper
 	down atomic.Bool
 	hits atomic.Int64 // requests refused
+	// sent is every Logs and Finish body the agent sent: what it uploads, before the server
+	// sees it.
+	sent syncBuffer
 }
 
 var errCut = errors.New("connection cut by the test")
@@ -344,6 +348,15 @@ func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
 			r.Body.Close()
 		}
 		return nil, errCut
+	}
+	if p := r.URL.Path; r.Body != nil && (strings.HasSuffix(p, "/logs") || strings.HasSuffix(p, "/finish")) {
+		b, err := io.ReadAll(r.Body)
+		r.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		f.sent.Write(append(b, '\n'))
+		r.Body = io.NopCloser(bytes.NewReader(b))
 	}
 	return f.base.RoundTrip(r)
 }

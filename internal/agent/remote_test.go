@@ -3,6 +3,7 @@ package agent_test
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"os"
@@ -28,7 +29,7 @@ const agentSecret = "agent-s3cr3t-9f1c"
 // the secret once the build ended.
 func TestSecretsAndArtifacts(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	e.startAgent(agentOpts{})
+	ra := e.startAgent(agentOpts{})
 	b := e.submit(ir(
 		step("uses", `echo "tok=$TOKEN"; a=${TOKEN%"${TOKEN#?????}"}; printf 'split=%s' "$a"; sleep 0.2; printf '%s\n' "${TOKEN#?????}"; `+
 			`printf %s "$TOKEN" | base64; mkdir -p dist; echo data > dist/a.txt; ln -s /etc/passwd dist/pw`,
@@ -48,6 +49,11 @@ func TestSecretsAndArtifacts(t *testing.T) {
 	}
 	if cs := e.logLines(js["plain"], 1); len(cs) != 1 || cs[0].Content != "plain sees [unset]" {
 		t.Errorf("plain's log %+v: a step naming no secret saw one", cs)
+	}
+	// The agent masked them itself: the server's masking is a second layer.
+	b64 := base64.StdEncoding.EncodeToString([]byte(agentSecret))
+	if sent := ra.tr.sent.String(); strings.Contains(sent, agentSecret) || strings.Contains(sent, b64) || !strings.Contains(sent, "tok=***") {
+		t.Errorf("the agent uploaded (want the secret masked):\n%s", sent)
 	}
 
 	a, err := driver.ParseArtifacts(js["uses"].Artifacts)
