@@ -46,6 +46,9 @@ type Step struct {
 	Runner         string
 	RunnerArgs     json.RawMessage
 	Retry          *Retry // hm extension; nil: no policy (infrastructure errors retried once)
+	// CacheDirs (hm extension) are absolute paths in the machine kept between builds (per
+	// pipeline and path), mounted into the step, never part of its snapshot or key.
+	CacheDirs []string
 }
 
 // Cache policy names.

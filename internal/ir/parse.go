@@ -58,7 +58,8 @@ type rawStep struct {
 	Env               map[string]string `json:"env"`
 	BuildsIn          *string           `json:"builds_in"`
 	ContinueOnFailure bool              `json:"continue_on_failure"`
-	Retry             json.RawMessage   `json:"retry"` // hm extension
+	Retry             json.RawMessage   `json:"retry"`      // hm extension
+	CacheDirs         []string          `json:"cache_dirs"` // hm extension
 }
 
 func invalid(code, fix, format string, args ...any) error {
@@ -238,6 +239,9 @@ func convertStep(i int, s *rawStep) (Step, error) {
 		return Step{}, err
 	}
 	st.Retry = r
+	if st.CacheDirs, err = convertCacheDirs(name, s.CacheDirs); err != nil {
+		return Step{}, err
+	}
 	return st, nil
 }
 

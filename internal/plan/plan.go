@@ -42,8 +42,10 @@ type Step struct {
 	RunnerArgs json.RawMessage
 	// Retry is the step's retry policy (ir.Retry), nil when it has none.
 	Retry *ir.Retry
-	Preds []Pred
-	Succs []int
+	// CacheDirs are the step's cache_dirs (ir.Step.CacheDirs).
+	CacheDirs []string
+	Preds     []Pred
+	Succs     []int
 	// Children are the builds_in children.
 	Children []int
 	// Chain is the chain's number; ChainIdx the step's position in it.
@@ -82,6 +84,7 @@ func New(p *ir.Pipeline) *Plan {
 			Runner:      n.Step.Runner,
 			RunnerArgs:  n.Step.RunnerArgs,
 			Retry:       n.Step.Retry,
+			CacheDirs:   n.Step.CacheDirs,
 		}
 		if n.Step.TimeoutSeconds > 0 {
 			s.Timeout = time.Duration(n.Step.TimeoutSeconds) * time.Second

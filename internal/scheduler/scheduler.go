@@ -122,9 +122,12 @@ type Options struct {
 	// Warnings are logged ("hm: warning: ...") at the start of a step that runs, index-aligned
 	// with the plan: what the keys could not use (an on_change path matching nothing). A hit
 	// logs nothing: its events are step_queued, step_cache_hit, step_end (spec/semantics.md).
-	Warnings  [][]string
-	Cache     Cache
-	Workspace *source.Tree
+	Warnings [][]string
+	// CacheScope names whose persistent cache_dirs the steps get (vm.CacheDir): the org and
+	// pipeline of the build.
+	CacheScope vm.CacheDir
+	Cache      Cache
+	Workspace  *source.Tree
 	// Publish receives every event; it must not block (events.Queue.Publish).
 	Publish func(events.Event)
 }

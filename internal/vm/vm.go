@@ -48,6 +48,8 @@ package vm
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 
@@ -107,6 +109,25 @@ type Spec struct {
 	// Continuable hints that a builds_in child will likely Continue on this machine (see
 	// Continuer): the step has exactly one. Backends without the ability ignore it.
 	Continuable bool
+	// CacheDirs are persistent directories mounted at their Path for the step (hm's
+	// cache_dirs): shared by every machine given the same ID, including concurrent ones,
+	// kept between builds, never part of a snapshot. A machine given CacheDirs is never
+	// Continued (the scheduler sees to it), nor marked Continuable.
+	CacheDirs []CacheDir
+}
+
+// CacheDir is one of a machine's persistent directories (Spec.CacheDirs).
+type CacheDir struct {
+	Path     string // where the step sees it: absolute, clean, outside Workdir (ir validates)
+	Org      string // the build's org and pipeline: with Path, what the contents belong to
+	Pipeline string
+}
+
+// ID names the directory's contents across builds: a hash of org, pipeline and path, so
+// that another pipeline's, or another org's on a shared agent, is another directory.
+func (c CacheDir) ID() string {
+	h := sha256.Sum256([]byte(c.Org + "\x00" + c.Pipeline + "\x00" + c.Path))
+	return hex.EncodeToString(h[:16])
 }
 
 // Continuer is an optional ability of a Machine: its one builds_in child runs on it in place
