@@ -153,6 +153,16 @@ type SnapshotLister interface {
 	ListSnapshots(ctx context.Context) ([]string, error)
 }
 
+// CacheDirVolumes is an optional ability of a Backend that keeps cache directories
+// (Spec.CacheDirs) outside the state dir, as docker's volumes; the others' are directories
+// of the state dir that package cachedir sizes and removes itself.
+type CacheDirVolumes interface {
+	// CacheDirSizes returns the bytes held by each cache directory it keeps, by ID.
+	CacheDirSizes(ctx context.Context) (map[string]int64, error)
+	// RemoveCacheDir deletes the cache directory ID. Idempotent; an error for one in use.
+	RemoveCacheDir(ctx context.Context, id string) error
+}
+
 // Owner identifies the hm run and step a machine or snapshot belongs to.
 type Owner struct {
 	RunID   string

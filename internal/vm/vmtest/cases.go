@@ -38,6 +38,7 @@ var cases = []struct {
 	{"SnapshotSize", testSnapshotSize},
 	{"Continue", testContinue},
 	{"ListSnapshots", testListSnapshots},
+	{"CacheDirs", testCacheDirs},
 }
 
 // SnapshotSize counts what the step wrote: a 256 KiB file makes the snapshot at least that
