@@ -279,6 +279,7 @@ type commandStep struct {
 	TimeoutSeconds int               `json:"timeout_seconds,omitempty"`
 	Cache          *ir.Cache         `json:"cache,omitempty"`
 	Retry          *ir.Retry         `json:"retry,omitempty"`
+	CacheDirs      []string          `json:"cache_dirs,omitempty"`
 	BuildsIn       *string           `json:"builds_in,omitempty"` // flat form only
 	Env            map[string]string `json:"env,omitempty"`       // flat form only
 }
@@ -318,7 +319,8 @@ func (p Pipeline) document(g *flat) (any, []*ir.Cache, error) {
 	caches := make([]*ir.Cache, len(g.steps))
 	for i, s := range g.steps {
 		secs, _ := seconds(s.timeout) // checked by checkStep
-		steps[i] = commandStep{Key: s.key, Label: s.label, Cmd: s.cmd, Image: s.image, TimeoutSeconds: secs, Retry: s.retry}
+		steps[i] = commandStep{Key: s.key, Label: s.label, Cmd: s.cmd, Image: s.image, TimeoutSeconds: secs, Retry: s.retry,
+			CacheDirs: s.cacheDirs}
 		if err := checkRetry(s.key, s.retry); err != nil {
 			return nil, nil, err
 		}

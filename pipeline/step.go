@@ -19,6 +19,7 @@ type Step struct {
 	timeout      time.Duration
 	cache        *Cache
 	retry        *ir.Retry
+	cacheDirs    []string // CacheDirs; shared between copies, replaced on change
 	after        []string
 	parent       *Step // builds_in parent; nil for a root
 }
@@ -65,6 +66,17 @@ func (s Step) Timeout(d time.Duration) Step { s.timeout = d; return s }
 // extension of the IR: other executors ignore it.
 func (s Step) Retry(limit int, on ...int) Step {
 	s.retry = &ir.Retry{Limit: limit, On: slices.Clone(on)}
+	return s
+}
+
+// CacheDirs keeps these directories of the step's machine between builds, like BuildKit's
+// cache mounts: absolute paths outside /workspace (at most 16), one persistent directory
+// per pipeline and path, mounted into the step and shared with concurrent steps, never in
+// its snapshot or cache key. For tool caches: CacheDirs("/root/.cache/go-build",
+// "/root/go/pkg/mod"). Each call adds to the list. An hm extension of the IR: other
+// executors ignore it.
+func (s Step) CacheDirs(paths ...string) Step {
+	s.cacheDirs = append(slices.Clip(s.cacheDirs), paths...)
 	return s
 }
 
@@ -120,7 +132,8 @@ func (b Barrier) ContinueOnFailure(on bool) Barrier { b.continueOnFailure = on; 
 // (it may be the root value that Fork attached to a parent).
 func sameStep(a, b *Step) bool {
 	if a.key != b.key || a.cmd != b.cmd || a.label != b.label || a.image != b.image ||
-		a.timeout != b.timeout || !maps.Equal(a.env, b.env) || !slices.Equal(a.after, b.after) {
+		a.timeout != b.timeout || !maps.Equal(a.env, b.env) || !slices.Equal(a.after, b.after) ||
+		!slices.Equal(a.cacheDirs, b.cacheDirs) {
 		return false
 	}
 	if b.parent != nil && (a.parent == nil || a.parent.key != b.parent.key) {

@@ -94,6 +94,13 @@ var cacheDirForbidden = []string{Workspace, "/proc", "/sys", "/dev"}
 // Workspace is where the workspace lives in every machine (vm.Workdir says the same).
 const Workspace = "/workspace"
 
+// CheckCacheDirs validates a step's cache_dirs as the IR does, for front ends that report
+// errors where the user wrote them; name says whose they are ("step test").
+func CheckCacheDirs(name string, paths []string) error {
+	_, err := convertCacheDirs(name, paths)
+	return err
+}
+
 // convertCacheDirs validates a step's cache_dirs: absolute, clean paths, none of them / or
 // in cacheDirForbidden, no duplicates, none inside another (a mount would hide the other).
 func convertCacheDirs(name string, raw []string) ([]string, error) {

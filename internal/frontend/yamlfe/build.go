@@ -135,6 +135,9 @@ func buildStep(sd *stepDef, parent *pipeline.Step, built map[string]pipeline.Ste
 	if sd.retry != nil {
 		s = s.Retry(sd.retry.limit, sd.retry.on...)
 	}
+	if len(sd.cacheDirs) > 0 {
+		s = s.CacheDirs(sd.cacheDirs...)
+	}
 	if len(sd.after) > 0 {
 		keys := make([]string, len(sd.after))
 		for i, a := range sd.after {

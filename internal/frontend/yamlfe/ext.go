@@ -1,11 +1,13 @@
 package yamlfe
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/ir"
 )
 
@@ -96,4 +98,24 @@ func (ps *parser) integer(n *yaml.Node, what string, lo, hi int) (int, error) {
 		return 0, ps.errorf(n, retryFix, "%s must be a whole number from %d to %d, not %s", what, lo, hi, describe(n))
 	}
 	return v, nil
+}
+
+// cacheDirs reads `cache_dirs: [paths]` (or one path), checked as the IR checks them
+// (absolute, clean, outside /workspace, bounded count), the error pointing at the field.
+func (ps *parser) cacheDirs(n *yaml.Node) ([]string, error) {
+	list, err := ps.strList(n, "cache_dirs")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(list))
+	for i, it := range list {
+		out[i] = it.Value
+	}
+	var e *errs.Error
+	if err := ir.CheckCacheDirs("the step", out); errors.As(err, &e) {
+		return nil, ps.errorf(n, e.Fix, "%s", e.Msg)
+	} else if err != nil {
+		return nil, err
+	}
+	return out, nil
 }

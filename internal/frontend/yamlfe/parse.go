@@ -12,7 +12,7 @@ import (
 
 var (
 	pipelineFields = []string{"slug", "name", "default_image", "timeout", "env", "source", "steps"}
-	stepFields     = []string{"key", "run", "label", "image", "env", "cache", "timeout", "retry", "steps", "from", "after"}
+	stepFields     = []string{"key", "run", "label", "image", "env", "cache", "timeout", "retry", "cache_dirs", "steps", "from", "after"}
 )
 
 // pipelineDef is a parsed document before it becomes a pipeline.Pipeline.
@@ -45,6 +45,7 @@ type stepDef struct {
 	timeout             time.Duration
 	cache               *pipeline.Cache
 	retry               *retryDef
+	cacheDirs           []string
 	from                string
 	after               []*yaml.Node
 	children            []*stepDef
@@ -240,6 +241,8 @@ func (ps *parser) step(n *yaml.Node, nested bool) (*stepDef, error) {
 			}
 		case "retry":
 			s.retry, err = ps.retry(f.val)
+		case "cache_dirs":
+			s.cacheDirs, err = ps.cacheDirs(f.val)
 		case "from":
 			s.from, err = ps.str(f.val, "from")
 			s.fromNode = f.val
