@@ -65,7 +65,7 @@ func (m *machine) withCacheDirs(cmd *exec.Cmd) error {
 		return nil
 	}
 	if os.Geteuid() != 0 {
-		return &errs.UnavailableError{Backend: "host", Msg: "cache_dirs on the host backend need root: each step's directories are bind-mounted in a mount namespace of its own"}
+		return &errs.UnavailableError{Backend: "host", Missing: "root", Msg: "cache_dirs on the host backend need root: each step's directories are bind-mounted in a mount namespace of its own"}
 	}
 	self, err := os.Executable()
 	if err != nil {
