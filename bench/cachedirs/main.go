@@ -210,8 +210,9 @@ func run(rounds int, backend, image, goBin string) error {
 	return nil
 }
 
-// hmRun runs the pipeline and returns the wall time of `hm run`; a failed step, or a cache
-// hit, is an error.
+// hmRun runs the pipeline and returns the wall time of `hm run`; a failed step, a cache hit,
+// or go test replaying a cached result instead of building and running the test, is an
+// error.
 func hmRun(bin string, v *variant, backend string) (time.Duration, error) {
 	cmd := exec.Command(bin, "run", "--backend", backend, "--format", "json")
 	cmd.Dir = v.src
@@ -226,13 +227,27 @@ func hmRun(bin string, v *variant, backend string) (time.Duration, error) {
 	}
 	sc := bufio.NewScanner(&out)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	tested := false
 	for sc.Scan() {
 		var ev struct {
 			Kind string `json:"kind"`
+			Line string `json:"line"`
 		}
-		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Kind == "step_cache_hit" {
+		if json.Unmarshal(sc.Bytes(), &ev) != nil {
+			continue
+		}
+		switch {
+		case ev.Kind == "step_cache_hit":
 			return 0, fmt.Errorf("%s: the step was a cache hit", v.name)
+		case ev.Kind == "step_log" && strings.Contains(ev.Line, "(cached)"):
+			// The edit must make go test build and run the test again, not replay it.
+			return 0, fmt.Errorf("%s: go test replayed a cached result: %s", v.name, ev.Line)
+		case ev.Kind == "step_log" && strings.HasPrefix(ev.Line, "ok") && strings.Contains(ev.Line, "example.com/hmbench"):
+			tested = true
 		}
+	}
+	if !tested {
+		return 0, fmt.Errorf("%s: no passing go test line in the output\n%s", v.name, tail(out.String()))
 	}
 	return wall, nil
 }
