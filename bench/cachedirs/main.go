@@ -225,7 +225,7 @@ func hmRun(bin string, v *variant, backend string) (time.Duration, error) {
 	if err != nil {
 		return 0, fmt.Errorf("hm run (%s): %v\n%s\n%s", v.name, err, tail(out.String()), errb.String())
 	}
-	sc := bufio.NewScanner(&out)
+	sc := bufio.NewScanner(bytes.NewReader(out.Bytes())) // out stays whole for the errors
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	tested := false
 	for sc.Scan() {
