@@ -110,6 +110,12 @@ func TestCacheDir(t *testing.T) {
 			if r := e.run("cache", "dirs", "ls"); !strings.Contains(r.stdout, dir) || !strings.Contains(r.stdout, "ci") {
 				t.Errorf("cache dirs ls:\n%s", r.stdout)
 			}
+			// Prune keeps the most recently used / the recently used ones.
+			for _, args := range [][]string{{"--keep", "1"}, {"--older-than", "1h"}} {
+				if r := e.run(append([]string{"cache", "dirs", "prune"}, args...)...); r.code != 0 || !strings.Contains(r.stderr, "removed 0 cache directories") {
+					t.Errorf("cache dirs prune %v: exit %d: %s", args, r.code, r.stderr)
+				}
+			}
 			if r := e.run("cache", "dirs", "clean"); r.code != 0 || !strings.Contains(r.stderr, "removed 1 cache directories") {
 				t.Errorf("cache dirs clean: exit %d: %s", r.code, r.stderr)
 			}
