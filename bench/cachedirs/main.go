@@ -43,7 +43,10 @@ func main() {
 	}
 }
 
-// The module under test; the version constant is what an edit changes.
+// The module under test; version.go (written before every run) holds the constant an edit
+// changes. Parse uses it, so an edit changes the compiled package and go test must build
+// and run the test again: an edit the compiler discards (an unused constant) leaves the test
+// binary identical and go test replays the cached result.
 var module = map[string]string{
 	"go.mod": `module example.com/hmbench
 
@@ -60,6 +63,8 @@ require (
 package hmbench
 
 import (
+	"strconv"
+
 	"github.com/google/uuid"
 	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
@@ -88,7 +93,7 @@ func Parse(args []string, doc []byte) (Config, error) {
 	if *name != "" {
 		c.Name = *name
 	}
-	c.ID = uuid.NewSHA1(uuid.NameSpaceURL, []byte(c.Name+Version)).String()
+	c.ID = uuid.NewSHA1(uuid.NameSpaceURL, []byte(c.Name+Version+strconv.Itoa(edit))).String()
 	return c, nil
 }
 `,
