@@ -2,6 +2,7 @@ package vmtest
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -28,6 +29,9 @@ func testCacheDirs(t *testing.T, e *env) {
 	other := dir
 	other.Pipeline += "-other"
 	t.Cleanup(func() {
+		if !e.fx.IsolatedFS {
+			_ = os.Remove(p) // the host's (empty) mount point
+		}
 		if r, ok := e.fx.Backend.(vm.CacheDirVolumes); ok {
 			for _, d := range []vm.CacheDir{dir, other} {
 				if err := r.RemoveCacheDir(cleanupCtx(), d.ID()); err != nil {
