@@ -123,6 +123,11 @@ type Job struct {
 	Ephemeral     bool   `json:"ephemeral"`
 	CacheKey      string `json:"cache_key,omitempty"`
 	CacheScope    string `json:"cache_scope,omitempty"`
+	// CacheDirs are the step's cache_dirs (paths in the machine), kept on the agent's state
+	// dir per CacheDirOrg, CacheDirPipeline and path (vm.CacheDir).
+	CacheDirs        []string `json:"cache_dirs,omitempty"`
+	CacheDirOrg      string   `json:"cache_dir_org,omitempty"`
+	CacheDirPipeline string   `json:"cache_dir_pipeline,omitempty"`
 }
 
 // LeaseTTL is the Job's lease lifetime.
