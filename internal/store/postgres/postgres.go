@@ -15,6 +15,8 @@
 // deadlock or a serialization failure is retried a few times. Schema: the migrations run in
 // one transaction under a transaction-scoped advisory lock, so replicas starting at once
 // migrate once and the others wait for it; the version is the highest row of hm_schema.
+// Wake-ups: an in-process hub, bridged across replicas with LISTEN/NOTIFY for the low-rate
+// topics only (notify.go).
 package postgres
 
 import (
@@ -51,6 +53,7 @@ type Options struct {
 type DB struct {
 	pool  *pgxpool.Pool
 	where string // host:port/database, for messages: never the password
+	br    bridge // wake-ups, here and across replicas (notify.go)
 }
 
 var _ store.Store = (*DB)(nil)
@@ -92,6 +95,9 @@ func Open(ctx context.Context, dsn string, o Options) (*DB, error) {
 	} else {
 		_, _, err = s.Migrate(ctx)
 	}
+	if err == nil {
+		err = s.startBridge(ctx)
+	}
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -127,7 +133,7 @@ func unavailable(where string, err error) error {
 }
 
 // Close closes the pool; the data stays.
-func (s *DB) Close() error { s.pool.Close(); return nil }
+func (s *DB) Close() error { s.closeBridge(); s.pool.Close(); return nil }
 
 // Where is host:port/database.
 func (s *DB) Where() string { return s.where }
