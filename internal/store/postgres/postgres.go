@@ -82,6 +82,9 @@ func (e *SchemaError) Code() string {
 	return "store_not_migrated"
 }
 
+// defaultMaxConns is the pool's size unless the URL sets pool_max_conns.
+const defaultMaxConns = 16
+
 // Open connects to the database at dsn (a postgres:// URL, or pgx's key=value form) and
 // migrates it unless o.NoMigrate. A database that cannot be reached is an
 // *errs.UnavailableError (backend "postgres"); a dsn that does not parse, errs.ErrUsage.
@@ -113,6 +116,13 @@ func Connect(ctx context.Context, dsn string) (*DB, error) {
 		return nil, fmt.Errorf("store: the PostgreSQL URL does not parse: %w", errs.ErrUsage)
 	}
 	where := fmt.Sprintf("%s:%d/%s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database)
+	if !strings.Contains(dsn, "pool_max_conns") {
+		// pgxpool's default is max(4, CPUs): on a small machine a replica's drivers, event
+		// streams and agents' calls queue for 4 connections (bench/replicas: submit → first
+		// step 4× SQLite's). A replica rarely holds more than this at once, and three of
+		// them stay well under PostgreSQL's default max_connections (100).
+		cfg.MaxConns = defaultMaxConns
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, unavailable(where, err)
