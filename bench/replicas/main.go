@@ -179,6 +179,25 @@ func run(runs, builds, steps, clients int, pgBase string) error {
 	rowOf("submit → first step_start, p99 (ms)", pooled(first, 99))
 	rowOf("per-step dispatch (claimable → running), p50 (ms)", pooled(disp, 50))
 	rowOf("per-step dispatch (claimable → running), p99 (ms)", pooled(disp, 99))
+	// Where the time goes: the store's latency per call as the servers' /metrics saw it over
+	// the whole run (warm-up included), every replica's calls together.
+	for _, op := range []string{"ClaimJob", "StartJob", "FinishJob", "AppendEventsFenced"} {
+		fmt.Printf("| store latency, %s (ms, mean per call) |", op)
+		var base float64
+		for i, d := range deps {
+			v, err := d.meanStore(op)
+			if err != nil {
+				return err
+			}
+			if i == 0 {
+				base = v
+				fmt.Printf(" %.2f |", v)
+			} else {
+				fmt.Printf(" %.2f (%.2f×) |", v, v/base)
+			}
+		}
+		fmt.Println()
+	}
 	fmt.Printf("\nreproduce: go run ./bench/replicas -runs %d -builds %d -steps %d -clients %d\n", runs, builds, steps, clients)
 	return nil
 }
@@ -426,6 +445,38 @@ func (d *deployment) build(c int, doc string) (float64, string, error) {
 		}
 	}
 	return 0, "", fmt.Errorf("build %d: the stream ended before build_end", b.Number)
+}
+
+// meanStore is the mean latency (ms) of the store operation op over every replica's
+// hm_store_seconds.
+func (d *deployment) meanStore(op string) (float64, error) {
+	var sum, count float64
+	for _, u := range d.urls {
+		resp, err := http.Get(u + "/metrics")
+		if err != nil {
+			return 0, err
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(raw), "\n") {
+			for _, m := range []struct {
+				name string
+				to   *float64
+			}{{`hm_store_seconds_sum{op="` + op + `"} `, &sum}, {`hm_store_seconds_count{op="` + op + `"} `, &count}} {
+				if v, ok := strings.CutPrefix(line, m.name); ok {
+					f, err := strconv.ParseFloat(v, 64)
+					if err != nil {
+						return 0, err
+					}
+					*m.to += f
+				}
+			}
+		}
+	}
+	if count == 0 {
+		return 0, fmt.Errorf("%s: no hm_store_seconds samples of %s", d.name, op)
+	}
+	return sum / count * 1000, nil
 }
 
 // pct is the p-th percentile (nearest rank).
