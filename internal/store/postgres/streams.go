@@ -64,6 +64,7 @@ func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payl
 	if err != nil {
 		return nil, err
 	}
+	s.notify(store.BuildEvents(buildID))
 	return seqs, nil
 }
 
@@ -145,6 +146,9 @@ func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks [
 		}
 		return row(ctx, tx, advanceHead, jobID, attempt, h, h, jobID, attempt).Scan(&head)
 	})
+	if err == nil {
+		s.notify(store.JobLogs(jobID))
+	}
 	return head, err
 }
 
