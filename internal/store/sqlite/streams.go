@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/store"
 )
 
@@ -52,9 +53,13 @@ func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payl
 		for i := range payloads {
 			seqs = append(seqs, first+int64(i))
 		}
-		return s.insertRows(ctx, tx, len(payloads), 4,
-			`INSERT INTO build_events (build_id, seq, payload, created_at) VALUES `, "",
-			func(args []any, i int) []any { return append(args, buildID, first+int64(i), string(payloads[i]), now) })
+		packs := store.PackPayloads(first, payloads)
+		return s.insertRows(ctx, tx, len(packs), 5,
+			`INSERT INTO build_events (build_id, seq, n_events, payload, created_at) VALUES `, "",
+			func(args []any, i int) []any {
+				p := packs[i]
+				return append(args, buildID, p.Seq, p.Count, string(p.Payload), now)
+			})
 	})
 	if err != nil {
 		return nil, err
@@ -64,16 +69,36 @@ func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payl
 }
 
 func (s *DB) ListEvents(ctx context.Context, buildID string, after int64, limit int) ([]store.Event, error) {
-	return list(ctx, s.db, "list events", func(r scanner) (store.Event, error) {
-		var e store.Event
+	type row struct {
+		store.EventPack
+		created int64
+	}
+	// From the row holding seq after (it may hold later ones too): limit+1 rows hold at
+	// least limit events after it.
+	rows, err := list(ctx, s.db, "list events", func(r scanner) (row, error) {
+		var v row
 		var p string
-		var c int64
-		err := r.Scan(&e.Seq, &p, &c)
-		e.Payload, e.CreatedAt = []byte(p), tm(c)
-		return e, err
-	}, `SELECT seq, payload, created_at FROM build_events WHERE build_id = ? AND seq > ? ORDER BY seq LIMIT ?`,
-		buildID, after, limit)
+		err := r.Scan(&v.Seq, &v.Count, &p, &v.created)
+		v.Payload = []byte(p)
+		return v, err
+	}, listEvents, buildID, buildID, after, limit+1)
+	if err != nil {
+		return nil, err
+	}
+	var evs []store.Event
+	for _, r := range rows {
+		if evs, err = r.Unpack(evs, after, limit, tm(r.created)); err != nil {
+			return nil, fmt.Errorf("%w: list events: %w", errs.ErrInfra, err)
+		}
+	}
+	return evs, nil
 }
+
+// listEvents reads the rows from the one that holds seq ? (the greatest seq at or before it),
+// in order: an index seek, then the rows after.
+const listEvents = `SELECT seq, n_events, payload, created_at FROM build_events WHERE build_id = ?
+	AND seq >= COALESCE((SELECT MAX(seq) FROM build_events WHERE build_id = ? AND seq <= ?), 0)
+	ORDER BY seq LIMIT ?`
 
 // advanceHead moves (job, attempt)'s contiguous seq past every chunk now stored after it. The
 // new head is the smallest s that is either the old head with no chunk after it, or a stored
