@@ -152,6 +152,16 @@ var streamCases = []testCase{
 		if got := get(e.s.AppendLogs(e.ctx, j.ID, 1, chunk(10)))(t); got != 10 {
 			t.Errorf("after finish: contiguous = %d, want 10", got)
 		}
+		// A batch that extends the run up to chunks stored early continues through them,
+		// and through its own chunks after them; a gap inside a batch stops the run there.
+		for _, c := range []struct {
+			seqs []int64
+			want int64
+		}{{[]int64{13, 14}, 10}, {[]int64{11, 12, 15}, 15}, {[]int64{16, 18}, 16}, {[]int64{18, 16}, 16}, {[]int64{17}, 18}} {
+			if got := get(e.s.AppendLogs(e.ctx, j.ID, 1, chunk(c.seqs...)))(t); got != c.want {
+				t.Errorf("chunks %v: contiguous = %d, want %d", c.seqs, got, c.want)
+			}
+		}
 	}},
 	{"LogChunksAnyBytes", func(t *testing.T, e *env) {
 		// A step's output is bytes: NUL, control characters and the replacement character
