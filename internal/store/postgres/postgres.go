@@ -161,9 +161,9 @@ var dialect = []struct {
 }{
 	// Log chunks are a step's bytes: PostgreSQL's TEXT refuses NUL (SQLite's keeps it).
 	{1, "content TEXT NOT NULL", "content BYTEA NOT NULL"},
-	{8, "content TEXT NOT NULL", "content BYTEA NOT NULL"},
+	{9, "content TEXT NOT NULL", "content BYTEA NOT NULL"},
 	// A PostgreSQL table is a heap beside its indexes whatever the clause; it has no such one.
-	{8, ") WITHOUT ROWID;", ");"},
+	{9, ") WITHOUT ROWID;", ");"},
 }
 
 // migrations are the SQLite driver's, with INTEGER (SQLite's 64-bit integer) as BIGINT

@@ -13,7 +13,7 @@ import (
 )
 
 // A database of schema 6 (one event per row, log_chunks a rowid table) upgrades with its
-// events and chunks intact: schema 7 reads old rows as packs of one, schema 8 copies the
+// events and chunks intact: schema 8 reads old rows as packs of one, schema 9 copies the
 // chunks into the clustered table.
 func TestUpgradeKeepsStreams(t *testing.T) {
 	ctx := context.Background()

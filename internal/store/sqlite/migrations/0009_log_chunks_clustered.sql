@@ -1,4 +1,4 @@
--- Schema 8: log_chunks clustered on its key (SQLite's WITHOUT ROWID; PostgreSQL drops the
+-- Schema 9: log_chunks clustered on its key (SQLite's WITHOUT ROWID; PostgreSQL drops the
 -- clause, see its dialect list). A rowid table kept every chunk twice, in the table and in
 -- the primary key's index: each insert wrote two B-trees and each read looked rows up through
 -- the index. The chunks are copied over in one statement.
