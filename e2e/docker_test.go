@@ -3,6 +3,8 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -74,22 +76,39 @@ func dockerCreated(t *testing.T, stateDir string, since, until time.Time) map[st
 	return n
 }
 
-// A second Ctrl-C exits at once, without waiting for the cleanup (Docker's container
-// removal takes long enough to be caught in between); the next run reconciles what was left.
+// A second Ctrl-C exits at once, without waiting for the cleanup; the next run reconciles
+// what was left. The daemon is reached through a proxy that holds back container removals:
+// the second signal is sent while the canceled step's container is being removed, however
+// fast the daemon is.
 func TestSecondSIGINTExitsAtOnce(t *testing.T) {
 	bc, ok := dockerBackend(t)
 	if !ok {
 		t.Skip("needs the docker backend")
 	}
+	release := make(chan struct{})
+	removing := make(chan struct{}, 1)
+	_, host := startDockerProxy(t, func(r *http.Request) {
+		if r.Method == http.MethodDelete && strings.Contains(r.URL.Path, "/containers/") {
+			select {
+			case removing <- struct{}{}:
+			default:
+			}
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			case <-time.After(time.Minute):
+			}
+		}
+	})
+	t.Cleanup(func() { close(release) })
 	e := newEnv(t)
 	writeTree(t, e.srcDir, map[string]string{".hm/ci.json": graph(0, []string{
 		stepJSON("long", "echo ready; sleep 300", `"image":"ubuntu:24.04"`),
 	}, "")})
-	// The second SIGINT goes once the canceled step has ended, while its container is being
-	// removed: two signals sent back to back would merge into one pending signal.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c := e.cmd(ctx, append([]string{"run", "--format", "json"}, bc.args...)...)
+	c.Env = append(c.Env, "DOCKER_HOST="+host)
 	out, err := c.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -102,17 +121,31 @@ func TestSecondSIGINTExitsAtOnce(t *testing.T) {
 	sc := bufio.NewScanner(out)
 	sent := 0
 	for sc.Scan() {
-		line := sc.Text()
-		if (sent == 0 && strings.Contains(line, `"line":"ready"`)) || (sent == 1 && strings.Contains(line, `"kind":"step_end"`)) {
+		if strings.Contains(sc.Text(), `"line":"ready"`) {
 			sent++
 			if err := c.Process.Signal(syscall.SIGINT); err != nil {
 				t.Fatal(err)
 			}
+			break
 		}
 	}
+	select {
+	case <-removing:
+		sent++
+		if err := c.Process.Signal(syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the canceled step's container was never removed")
+	}
+	start := time.Now()
+	go io.Copy(io.Discard, out)
 	c.Wait()
 	if code := c.ProcessState.ExitCode(); code != 130 || sent != 2 || !strings.Contains(stderr.String(), "interrupted again") {
 		t.Fatalf("exit %d after %d SIGINTs, stderr %q; want 130 from the second Ctrl-C", code, sent, stderr.String())
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("hm took %v to exit after the second Ctrl-C: it waited for the cleanup", d)
 	}
 	writeTree(t, e.srcDir, map[string]string{".hm/ci.json": graph(0, []string{stepJSON("ok", "true", `"image":"ubuntu:24.04"`)}, "")})
 	if r := e.run(append([]string{"run"}, bc.args...)...); r.code != 0 {

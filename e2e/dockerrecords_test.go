@@ -31,6 +31,13 @@ func (l *apiLog) take() []string {
 
 func startAPILog(t *testing.T) (*apiLog, string) {
 	t.Helper()
+	return startDockerProxy(t, nil)
+}
+
+// startDockerProxy is startAPILog with hook called on every request before it is forwarded
+// (it may hold the request back).
+func startDockerProxy(t *testing.T, hook func(*http.Request)) (*apiLog, string) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "docker.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -47,6 +54,9 @@ func startAPILog(t *testing.T) (*apiLog, string) {
 		l.mu.Lock()
 		l.paths = append(l.paths, r.Method+" "+r.URL.Path)
 		l.mu.Unlock()
+		if hook != nil {
+			hook(r)
+		}
 		rp.ServeHTTP(w, r)
 	})}
 	go srv.Serve(ln)

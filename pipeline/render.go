@@ -281,6 +281,7 @@ type commandStep struct {
 	Retry          *ir.Retry         `json:"retry,omitempty"`
 	Artifacts      []string          `json:"artifacts,omitempty"`
 	Secrets        []string          `json:"secrets,omitempty"`
+	CacheDirs      []string          `json:"cache_dirs,omitempty"`
 	BuildsIn       *string           `json:"builds_in,omitempty"` // flat form only
 	Env            map[string]string `json:"env,omitempty"`       // flat form only
 }
@@ -320,7 +321,8 @@ func (p Pipeline) document(g *flat) (any, []*ir.Cache, error) {
 	caches := make([]*ir.Cache, len(g.steps))
 	for i, s := range g.steps {
 		secs, _ := seconds(s.timeout) // checked by checkStep
-		steps[i] = commandStep{Key: s.key, Label: s.label, Cmd: s.cmd, Image: s.image, TimeoutSeconds: secs, Retry: s.retry, Artifacts: s.artifacts, Secrets: s.secrets}
+		steps[i] = commandStep{Key: s.key, Label: s.label, Cmd: s.cmd, Image: s.image, TimeoutSeconds: secs, Retry: s.retry, Artifacts: s.artifacts, Secrets: s.secrets,
+			CacheDirs: s.cacheDirs}
 		if err := checkRetry(s.key, s.retry); err != nil {
 			return nil, nil, err
 		}

@@ -21,6 +21,7 @@ type Step struct {
 	retry        *ir.Retry
 	artifacts    []string
 	secrets      []string
+	cacheDirs    []string // CacheDirs; shared between copies, replaced on change
 	after        []string
 	parent       *Step // builds_in parent; nil for a root
 }
@@ -89,6 +90,17 @@ func (s Step) Secrets(names ...string) Step {
 	return s
 }
 
+// CacheDirs keeps these directories of the step's machine between builds, like BuildKit's
+// cache mounts: absolute paths outside /workspace (at most 16), one persistent directory
+// per pipeline and path, mounted into the step and shared with concurrent steps, never in
+// its snapshot or cache key. For tool caches: CacheDirs("/root/.cache/go-build",
+// "/root/go/pkg/mod"). Each call adds to the list. An hm extension of the IR: other
+// executors ignore it.
+func (s Step) CacheDirs(paths ...string) Step {
+	s.cacheDirs = append(slices.Clip(s.cacheDirs), paths...)
+	return s
+}
+
 // Cache sets the step's cache policy.
 func (s Step) Cache(c Cache) Step { s.cache = &c; return s }
 
@@ -141,7 +153,8 @@ func (b Barrier) ContinueOnFailure(on bool) Barrier { b.continueOnFailure = on; 
 // (it may be the root value that Fork attached to a parent).
 func sameStep(a, b *Step) bool {
 	if a.key != b.key || a.cmd != b.cmd || a.label != b.label || a.image != b.image ||
-		a.timeout != b.timeout || !maps.Equal(a.env, b.env) || !slices.Equal(a.after, b.after) {
+		a.timeout != b.timeout || !maps.Equal(a.env, b.env) || !slices.Equal(a.after, b.after) ||
+		!slices.Equal(a.cacheDirs, b.cacheDirs) {
 		return false
 	}
 	if b.parent != nil && (a.parent == nil || a.parent.key != b.parent.key) {

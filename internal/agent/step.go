@@ -16,6 +16,7 @@ import (
 
 	"github.com/hmci/hm/internal/agentproto"
 	"github.com/hmci/hm/internal/events"
+	"github.com/hmci/hm/internal/ir"
 	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/vm"
@@ -93,6 +94,12 @@ func (a *Agent) execute(ctx context.Context, j agentproto.Job, mask *secret.Mask
 	}
 	spec := vm.Spec{Parent: j.ParentSnapshot, Cmd: j.Command, Env: env,
 		Owner: vm.Owner{RunID: j.BuildID, StepKey: j.StepKey, PID: os.Getpid()}}
+	if err := ir.CheckCacheDirs("step "+j.StepKey, j.CacheDirs); err != nil {
+		return a.ended(ctx, hb, infra(err))
+	}
+	for _, p := range j.CacheDirs {
+		spec.CacheDirs = append(spec.CacheDirs, vm.CacheDir{Org: j.CacheDirOrg, Pipeline: j.CacheDirPipeline, Path: p})
+	}
 	if j.ParentSnapshot == "" {
 		if spec.Image, err = a.cfg.Backend.ResolveImage(stepCtx, j.Image); err != nil {
 			return a.ended(ctx, hb, infra(err))

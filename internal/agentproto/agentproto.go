@@ -128,6 +128,11 @@ type Job struct {
 	Ephemeral     bool   `json:"ephemeral"`
 	CacheKey      string `json:"cache_key,omitempty"`
 	CacheScope    string `json:"cache_scope,omitempty"`
+	// CacheDirs are the step's cache_dirs (paths in the machine), kept on the agent's state
+	// dir per CacheDirOrg, CacheDirPipeline and path (vm.CacheDir).
+	CacheDirs        []string `json:"cache_dirs,omitempty"`
+	CacheDirOrg      string   `json:"cache_dir_org,omitempty"`
+	CacheDirPipeline string   `json:"cache_dir_pipeline,omitempty"`
 	// Artifacts are the step's artifacts patterns (clean, relative to /workspace): after
 	// exit 0 the agent commits (NeedsSnapshot is set), copies the matching files out of the
 	// snapshot (vm.ArtifactCopier), uploads each (PathArtifact) and lists them in Finish.

@@ -133,9 +133,12 @@ func (r *Recording) record(s *Store, in <-chan events.Event, info Info) {
 			}
 		}
 		if w != nil {
-			if err := w.Write(ev); err != nil {
+			wire, err := w.write(ev)
+			if err != nil {
 				failed = true
 				stop(fmt.Errorf("cannot write the build's record: %w", err))
+			} else if ev.Wire == nil {
+				ev.Wire = wire // encoded once, for the NDJSON output too
 			}
 		}
 		// Written before it is passed on, so whatever a consumer has seen is already on disk.

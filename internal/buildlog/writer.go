@@ -1,7 +1,6 @@
 package buildlog
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -30,6 +29,7 @@ type Writer struct {
 	size   int64
 	capped map[string]bool // steps already told that the build reached MaxBuildBytes
 	ended  bool
+	buf    []byte
 }
 
 // Create starts the record of build m.ID (status Running) and takes its lock.
@@ -61,37 +61,55 @@ func (s *Store) Create(m Meta) (*Writer, error) {
 
 // Write appends ev (bounded as the package doc says) and, at build_end, writes the final meta.
 func (w *Writer) Write(ev events.Event) error {
+	_, err := w.write(ev)
+	return err
+}
+
+// write is Write that also returns ev's wire form when it was written as it is (not cut,
+// not capped), for the next writer of the same event (events.Event.Wire).
+func (w *Writer) write(ev events.Event) (wire []byte, _ error) {
+	same := true
 	if l := ev.StepLog; l != nil {
 		if int64(len(l.Line)) > maxLineBytes {
 			cut := *l
 			cut.Line = cutLine(l.Line, maxLineBytes)
 			ev = events.Event{Kind: ev.Kind, StepLog: &cut}
 			w.meta.CutLines++
+			same = false
 		}
 		if w.size+int64(len(ev.StepLog.Line)) >= maxBuildBytes {
 			w.meta.DroppedLines++
 			if w.capped[l.StepID] {
-				return nil
+				return nil, nil
 			}
 			w.capped[l.StepID] = true
+			same = false
 			ev = events.Event{Kind: ev.Kind, StepLog: &events.StepLog{StepID: l.StepID, Stream: events.Stderr, TS: l.TS,
 				Line: fmt.Sprintf("hm: this build's stored log reached its limit of %s: later lines of this step are not kept", sizeText(maxBuildBytes))}}
 		}
 	}
-	b, err := json.Marshal(ev)
+	b, err := events.Encode(ev)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	n, err := w.f.Write(append(b, '\n'))
+	// One write per event, as it comes: hm logs --follow reads the file live.
+	w.buf = append(append(w.buf[:0], b...), '\n')
+	n, err := w.f.Write(w.buf)
+	if cap(w.buf) > 64<<10 {
+		w.buf = nil // do not pin the buffer of one long line
+	}
 	w.size += int64(n)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if e := ev.BuildEnd; e != nil {
 		code := e.ExitCode
-		return w.finish(StatusOf(code), &code, e.DurationMS)
+		return nil, w.finish(StatusOf(code), &code, e.DurationMS)
 	}
-	return nil
+	if !same {
+		return nil, nil
+	}
+	return b[:len(b):len(b)], nil
 }
 
 func cutLine(s string, n int64) string {

@@ -114,7 +114,7 @@ hit lines of hm run show it and hm cache rm takes it.`,
 			})
 		},
 	}
-	cmd.AddCommand(ls, rm, prune, clean)
+	cmd.AddCommand(ls, rm, prune, clean, newCacheDirsCmd(stdio, &backend))
 	return cmd
 }
 

@@ -98,6 +98,8 @@ func unavailableFix(e *errs.UnavailableError) string {
 			"or choose --network none (loopback only) or --network host"
 	case e.Backend == "sandbox":
 		return "run as root, or use --backend docker / host"
+	case e.Backend == "host" && e.Missing == "root":
+		return "run hm as root (cache_dirs on the host backend are bind mounts), or use --backend docker / sandbox"
 	}
 	return "use another --backend (auto, docker, sandbox or host)"
 }

@@ -64,6 +64,10 @@ func TestPrintErrorFix(t *testing.T) {
 			fmt.Errorf("step 'a' could not run: %w", &errs.UnavailableError{Backend: "sandbox", Missing: "slirp4netns", Msg: "the sandbox's private network needs slirp4netns, which is not installed"}),
 			"error[sandbox_unavailable]: the sandbox's private network needs slirp4netns, which is not installed\n" +
 				"  fix    install slirp4netns (Debian: apt-get install slirp4netns) for the sandbox's private network, or choose --network none (loopback only) or --network host\n"},
+		{"host cache_dirs without root",
+			&errs.UnavailableError{Backend: "host", Missing: "root", Msg: "cache_dirs on the host backend need root"},
+			"error[host_unavailable]: cache_dirs on the host backend need root\n" +
+				"  fix    run hm as root (cache_dirs on the host backend are bind mounts), or use --backend docker / sandbox\n"},
 		{"runner",
 			&errs.RunnerError{Step: "a", Runner: "docker", Backend: "sandbox"},
 			"error[runner_mismatch]: step 'a' names runner \"docker\", but this build runs every step on the sandbox backend\n" +

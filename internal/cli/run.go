@@ -305,10 +305,12 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 	}
 
 	// Signals: the first SIGINT/SIGTERM cancels the build (cleanup runs, exit 130); a second
-	// SIGINT exits at once and leaves the cleanup to the next start's reconcile.
+	// SIGINT exits at once and leaves the cleanup to the next start's reconcile. The handler
+	// stays until hm exits: the VM backend closes (deferred above) after this function's
+	// other work, and a Ctrl-C there must still exit 130 with the message, not kill hm by
+	// the signal's default action halfway through that cleanup.
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 
 	artifacts, err := artifactsDir(c.Flags(), f, s, build.Source.Dir)
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/server"
 	"github.com/hmci/hm/internal/server/driver"
+	"github.com/hmci/hm/internal/server/metrics"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/store/blobdir"
 )
@@ -91,6 +92,11 @@ func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags
 	}
 	logger := slog.New(slog.NewTextHandler(stdio.Err, nil))
 	owner := "server-" + uuid.NewString()
+	// Everything but the probes goes through the instrumented store: its latency, claims,
+	// lease expiries and step durations are the metrics.
+	met := metrics.New(st)
+	raw := st
+	st = met.Store(st)
 	// The manager's 0 is its default and a negative value no retries.
 	if retries == 0 {
 		retries = -1
@@ -98,7 +104,7 @@ func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags
 	mgr := &driver.Manager{Driver: driver.Config{Store: st, Owner: owner, LeaseTTL: buildLeaseTTL, Secrets: sealer}, AgentTTL: leaseTTL,
 		Logger: logger, MaxRetries: retries}
 	srv, err := server.New(server.Config{Store: st, Blobs: blobs, LogKey: key, Secrets: sealer, MaxSourceBytes: maxSource, Logger: logger,
-		AgentLeaseTTL: leaseTTL, OnBuild: mgr.Kick})
+		AgentLeaseTTL: leaseTTL, OnBuild: mgr.Kick, Metrics: met.Handler()})
 	if err != nil {
 		return err
 	}
@@ -106,9 +112,9 @@ func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags
 	if err != nil {
 		return errs.New(errs.ErrUnavailable, "listen", "choose a free address with --listen", "cannot listen on %s: %v", listen, err)
 	}
-	probes := &health{st: st, next: srv}
+	probes := &health{st: raw, next: srv}
 	hs := &http.Server{Handler: probes, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
-	logger.Info("hm server listening", "addr", ln.Addr().String(), "data", data, "store", storeName(st))
+	logger.Info("hm server listening", "addr", ln.Addr().String(), "data", data, "store", storeName(raw))
 	done := make(chan error, 1)
 	go func() { done <- hs.Serve(ln) }()
 	// The drivers stop with the server, without canceling their builds, and release their

@@ -37,7 +37,8 @@ type UnavailableError struct {
 	// Address is the daemon address that did not answer; "" when the client could not even
 	// be set up (a malformed DOCKER_HOST) or the backend has no daemon.
 	Address string
-	// Missing is a program the backend needs that is not installed ("slirp4netns").
+	// Missing is a program the backend needs that is not installed ("slirp4netns"), or
+	// "root" for what only root may do (the host backend's cache_dirs).
 	Missing string
 	Msg     string // what is missing, for a person, without advice
 	Err     error  // the cause, or nil

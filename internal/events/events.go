@@ -57,6 +57,12 @@ type Event struct {
 	StepArtifact  *StepArtifact
 	ChainFailed   *ChainFailed
 	BuildEnd      *BuildEnd
+
+	// Wire, when set, is the event's encoding, exactly what MarshalJSON makes of the payload
+	// (never with a newline): Decode keeps the bytes it read and a writer that encoded the
+	// event may hand them on (Encode), so a log line crossing a client is not encoded again
+	// for each of its outputs. Whoever changes the payload of an event must clear it.
+	Wire []byte `json:"-"`
 }
 
 // Plan summarises the plan in build_start.
@@ -235,8 +241,30 @@ func (e Event) StepID() string {
 	return ""
 }
 
-// MarshalJSON writes the wire form: the payload's fields with "kind" first.
+// MarshalJSON writes the wire form: the payload's fields with "kind" first. See Encode.
 func (e Event) MarshalJSON() ([]byte, error) {
+	b, err := Encode(e)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(nil), b...), nil
+}
+
+// Encode returns the wire form of e: e.Wire when set (not to be modified), else the payload
+// encoded. json.Marshal(e) gives the same bytes, at the cost of validating them again.
+func Encode(e Event) ([]byte, error) {
+	if e.Wire != nil {
+		return e.Wire, nil
+	}
+	if l := e.StepLog; l != nil && e.Kind == KindStepLog {
+		if b, ok := appendStepLog(make([]byte, 0, 96+len(l.Line)), l); ok {
+			return b, nil
+		}
+	}
+	return encode(e)
+}
+
+func encode(e Event) ([]byte, error) {
 	p := e.payload()
 	if p == nil {
 		return nil, fmt.Errorf("events: %q event without its payload", e.Kind)
@@ -258,7 +286,7 @@ func (e Event) MarshalJSON() ([]byte, error) {
 	return out, nil
 }
 
-// UnmarshalJSON reads the wire form back; used by the remote backend and by tests.
+// UnmarshalJSON reads the wire form back; see Decode.
 func (e *Event) UnmarshalJSON(b []byte) error {
 	var head struct {
 		Kind Kind `json:"kind"`

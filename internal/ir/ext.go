@@ -158,3 +158,59 @@ func truncate(s string, n int) string {
 	}
 	return s[:n] + "…"
 }
+
+// MaxCacheDirs bounds a step's cache_dirs: each is a mount in the step's machine.
+const MaxCacheDirs = 16
+
+// maxCacheDirPath bounds one cache_dirs entry, in bytes (PATH_MAX).
+const maxCacheDirPath = 4096
+
+// Paths a cache directory may not be at or under: the workspace (it is the source, and the
+// snapshot's), and the kernel filesystems every machine mounts itself.
+var cacheDirForbidden = []string{Workspace, "/proc", "/sys", "/dev"}
+
+// Workspace is where the workspace lives in every machine (vm.Workdir says the same).
+const Workspace = "/workspace"
+
+// CheckCacheDirs validates a step's cache_dirs as the IR does, for front ends that report
+// errors where the user wrote them; name says whose they are ("step test").
+func CheckCacheDirs(name string, paths []string) error {
+	_, err := convertCacheDirs(name, paths)
+	return err
+}
+
+// convertCacheDirs validates a step's cache_dirs: absolute, clean paths, none of them / or
+// in cacheDirForbidden, no duplicates, none inside another (a mount would hide the other).
+func convertCacheDirs(name string, raw []string) ([]string, error) {
+	if len(raw) == 0 {
+		return nil, nil
+	}
+	fix := fmt.Sprintf(`write cache_dirs as a list of at most %d absolute, clean paths outside /workspace, e.g. ["/root/.cache/go-build"]`, MaxCacheDirs)
+	if len(raw) > MaxCacheDirs {
+		return nil, invalid("ir_cache_dirs", fix, "%s has %d cache_dirs, more than %d", name, len(raw), MaxCacheDirs)
+	}
+	for i, p := range raw {
+		switch {
+		case p == "" || len(p) > maxCacheDirPath || strings.IndexByte(p, 0) >= 0:
+			return nil, invalid("ir_cache_dirs", fix, "%s has cache_dirs entry %d that is empty, has a NUL byte or is longer than %d bytes", name, i, maxCacheDirPath)
+		case !path.IsAbs(p) || path.Clean(p) != p:
+			return nil, invalid("ir_cache_dirs", fix, "%s has cache_dirs entry %q: it must be an absolute path without . or .. or a trailing /", name, p)
+		case p == "/":
+			return nil, invalid("ir_cache_dirs", fix, "%s has / as a cache_dirs entry: name the directory to keep", name)
+		}
+		for _, f := range cacheDirForbidden {
+			if under(p, f) {
+				return nil, invalid("ir_cache_dirs", fix, "%s has cache_dirs entry %q, which is %s or under it", name, p, f)
+			}
+		}
+		for _, q := range raw[:i] {
+			if under(p, q) || under(q, p) {
+				return nil, invalid("ir_cache_dirs", fix, "%s has cache_dirs entries %q and %q: one is the other or inside it", name, q, p)
+			}
+		}
+	}
+	return append([]string(nil), raw...), nil
+}
+
+// under reports whether clean absolute path p is dir or inside it.
+func under(p, dir string) bool { return p == dir || strings.HasPrefix(p, dir+"/") }

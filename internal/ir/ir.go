@@ -52,6 +52,9 @@ type Step struct {
 	// Secrets are the names of the build's secrets the step sees as environment variables
 	// (hm extension, see ValidSecretName); nil: none.
 	Secrets []string
+	// CacheDirs (hm extension) are absolute paths in the machine kept between builds (per
+	// pipeline and path), mounted into the step, never part of its snapshot or key.
+	CacheDirs []string
 }
 
 // Cache policy names.

@@ -58,9 +58,10 @@ type rawStep struct {
 	Env               map[string]string `json:"env"`
 	BuildsIn          *string           `json:"builds_in"`
 	ContinueOnFailure bool              `json:"continue_on_failure"`
-	Retry             json.RawMessage   `json:"retry"`     // hm extension
-	Artifacts         json.RawMessage   `json:"artifacts"` // hm extension
-	Secrets           json.RawMessage   `json:"secrets"`   // hm extension
+	Retry             json.RawMessage   `json:"retry"`      // hm extension
+	Artifacts         json.RawMessage   `json:"artifacts"`  // hm extension
+	Secrets           json.RawMessage   `json:"secrets"`    // hm extension
+	CacheDirs         []string          `json:"cache_dirs"` // hm extension
 }
 
 func invalid(code, fix, format string, args ...any) error {
@@ -244,6 +245,9 @@ func convertStep(i int, s *rawStep) (Step, error) {
 		return Step{}, err
 	}
 	if st.Secrets, err = convertSecrets(name, s.Secrets); err != nil {
+		return Step{}, err
+	}
+	if st.CacheDirs, err = convertCacheDirs(name, s.CacheDirs); err != nil {
 		return Step{}, err
 	}
 	return st, nil

@@ -46,8 +46,10 @@ type Step struct {
 	Artifacts []string
 	// Secrets are the names of the secrets the step sees (ir.Step.Secrets).
 	Secrets []string
-	Preds   []Pred
-	Succs   []int
+	// CacheDirs are the step's cache_dirs (ir.Step.CacheDirs).
+	CacheDirs []string
+	Preds     []Pred
+	Succs     []int
 	// Children are the builds_in children.
 	Children []int
 	// Chain is the chain's number; ChainIdx the step's position in it.
@@ -88,6 +90,7 @@ func New(p *ir.Pipeline) *Plan {
 			Retry:       n.Step.Retry,
 			Artifacts:   n.Step.Artifacts,
 			Secrets:     n.Step.Secrets,
+			CacheDirs:   n.Step.CacheDirs,
 		}
 		if n.Step.TimeoutSeconds > 0 {
 			s.Timeout = time.Duration(n.Step.TimeoutSeconds) * time.Second

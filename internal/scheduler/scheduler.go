@@ -136,6 +136,9 @@ type Options struct {
 	// ArtifactsDir/StepDir(key)/, the manifest to ArtifactsDir/manifest.json (artifacts.go).
 	// "": not collected (a step naming some warns).
 	ArtifactsDir string
+	// CacheScope names whose persistent cache_dirs the steps get (vm.CacheDir): the org and
+	// pipeline of the build.
+	CacheScope vm.CacheDir
 	// Publish receives every event; it must not block (events.Queue.Publish).
 	Publish func(events.Event)
 }

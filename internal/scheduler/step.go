@@ -11,6 +11,7 @@ import (
 
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/events"
+	"github.com/hmci/hm/internal/plan"
 	"github.com/hmci/hm/internal/vm"
 )
 
@@ -150,6 +151,12 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 	// One builds_in child: it may continue on this machine rather than on a snapshot, unless
 	// it may be retried: each attempt starts afresh from this step's snapshot.
 	spec.Continuable = len(ps.Children) == 1 && !retries(r.pl.Steps[ps.Children[0]].Retry)
+	// A machine's cache directories are mounted when it is made: a step with its own, or
+	// a child with others, runs on a machine of its own.
+	spec.CacheDirs = r.cacheDirs(ps)
+	if spec.Continuable && (len(ps.CacheDirs) > 0 || len(r.pl.Steps[ps.Children[0]].CacheDirs) > 0) {
+		spec.Continuable = false
+	}
 
 	// Attempts run one after another in this worker, each on a fresh machine from the same
 	// base and source; a failed one commits nothing. The step ends with the last.
@@ -366,4 +373,15 @@ func (c *imageCache) run(ctx context.Context, e *imageEntry, b vm.Backend, ref s
 	}
 	c.mu.Unlock()
 	close(e.done)
+}
+
+// cacheDirs are the step's cache_dirs in the build's scope.
+func (r *run) cacheDirs(ps *plan.Step) []vm.CacheDir {
+	var out []vm.CacheDir
+	for _, p := range ps.CacheDirs {
+		d := r.opts.CacheScope
+		d.Path = p
+		out = append(out, d)
+	}
+	return out
 }

@@ -204,3 +204,25 @@ func BenchmarkWriter(b *testing.B) {
 		})
 	}
 }
+
+// A masked event loses the wire form it came with (events.Event.Wire): a writer would
+// otherwise write the secret; an event with nothing to mask keeps it.
+func TestEventDropsUnmaskedWire(t *testing.T) {
+	m := NewMasker("s3cr3t-value")
+	in := []byte(`{"kind":"step_log","step_id":"j","stream":"stdout","line":"token s3cr3t-value","ts":"2026-12-01T10:00:00Z","attempt":1}`)
+	e, err := events.Decode(in)
+	if err != nil || e.Wire == nil {
+		t.Fatalf("Decode = %+v, %v: want a step_log with its wire form", e, err)
+	}
+	b, err := events.Encode(m.Event(e))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "s3cr3t-value") {
+		t.Errorf("masked event encodes as %s", b)
+	}
+	clean, _ := events.Decode([]byte(`{"kind":"step_log","step_id":"j","stream":"stdout","line":"nothing here","ts":"2026-12-01T10:00:00Z","attempt":1}`))
+	if m.Event(clean).Wire == nil {
+		t.Error("an event with nothing to mask lost its wire form")
+	}
+}

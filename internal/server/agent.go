@@ -206,6 +206,9 @@ func (s *Server) describe(r *http.Request, j store.Job) (agentproto.Job, error) 
 	if cached {
 		out.CacheKey, out.CacheScope = key, base
 	}
+	if len(ps.CacheDirs) > 0 {
+		out.CacheDirs, out.CacheDirOrg, out.CacheDirPipeline = ps.CacheDirs, authOf(r).Org.Slug, b.PipelineID
+	}
 	return out, nil
 }
 

@@ -39,6 +39,10 @@ func (s *Server) routes() http.Handler {
 	s.agentRoutes(mux)
 	mux.Handle(AgentPrefix+"/{rest...}", s.agent(s.notFound))
 
+	if s.cfg.Metrics != nil {
+		mux.Handle("GET /metrics", s.cfg.Metrics)
+	}
+
 	mux.HandleFunc("/", s.notFound)
 	return s.outer(mux)
 }

@@ -76,6 +76,9 @@ type Config struct {
 	OnBuild func(id string)
 	// Now is the clock (tests); time.Now when nil.
 	Now func() time.Time
+	// Metrics serves GET /metrics (Prometheus, internal/server/metrics) without a token, as
+	// probes are: a deployment keeps it off the public side of its proxy. Nil: no route.
+	Metrics http.Handler
 }
 
 // Server serves the API. Its zero value is not usable: New.

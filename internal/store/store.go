@@ -86,8 +86,15 @@
 // long poll and the event and log streams react at once instead of at their next poll. It is
 // best effort: waiters re-read the store when woken and keep polling at a slower interval, so
 // a lost wake-up (another process or replica wrote) costs latency, never correctness. The
-// SQLite driver wakes the waiters of its own process (internal/store/wake); a PostgreSQL driver
-// can bridge the low-rate topics (Topic.HighRate false) across replicas with LISTEN/NOTIFY.
+// SQLite driver wakes the waiters of its own process (internal/store/wake); the PostgreSQL
+// driver also bridges the low-rate topics (Topic.HighRate false) across replicas with
+// LISTEN/NOTIFY, coalesced, never one per log batch.
+//
+// # Leaders
+//
+// Background duties that must run once across replicas (the reaper of job leases and of
+// orphaned jobs) run on the replica holding their LeaderLeases row, taken and renewed by one
+// atomic upsert with an epoch, the same statement on both drivers.
 //
 // # Errors
 //
@@ -119,9 +126,37 @@ type Store interface {
 	Agents
 	Cache
 	BuildLeases
+	LeaderLeases
 	SnapshotRemovals
 	BuildSecrets
+	Stats
 	Close() error
+}
+
+// LeaderLeases elect the one replica that runs a background duty which must run once across
+// the replicas of a deployment (the reaper of lapsed job leases): a lease is (owner, expiry,
+// epoch) on a row named after the duty, taken and renewed by one atomic upsert, as River's
+// leader election does. Whoever holds a live lease is the leader until it lapses or is
+// released; the epoch grows whenever the lease changes hands, so a leader can tell that it
+// lost the lease in between two renewals. The duties themselves stay single atomic
+// statements: a leader that stalled past its lease and runs one more round does no harm,
+// the lease only keeps the replicas from all doing the same work.
+type LeaderLeases interface {
+	// AcquireLeader takes the lease name for owner until now+ttl, or renews it: ok when the
+	// lease was free, lapsed (expiry before now) or owner's. The epoch is unchanged on a
+	// renewal of owner's live lease and incremented otherwise. A live lease of another owner
+	// answers ok false (not an error: every other replica gets that answer).
+	AcquireLeader(ctx context.Context, name, owner string, now time.Time, ttl time.Duration) (epoch int64, ok bool, err error)
+	// ReleaseLeader frees the lease when owner still holds it at epoch; else a no-op.
+	ReleaseLeader(ctx context.Context, name, owner string, epoch int64) error
+}
+
+// Stats are what a server's metrics read from the store.
+type Stats interface {
+	// JobCounts counts the jobs that are not terminal, by state (pending, scheduled: the
+	// queue; assigned, running, canceling, timing_out: on agents). A state with none is
+	// absent.
+	JobCounts(ctx context.Context) (map[JobState]int64, error)
 }
 
 // BuildSecrets are a build's secret values, sealed by the server (the store sees ciphertext

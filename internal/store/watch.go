@@ -24,7 +24,14 @@ const (
 	TopicJobLogs TopicKind = "job_logs"
 	// TopicBuildEvents: events of build ID were appended. High rate (step_log batches).
 	TopicBuildEvents TopicKind = "build_events"
+	// TopicDrivers: a build's driver lease was released before the build ended (its
+	// replica is draining): a driver manager should scan for unfinished builds now rather
+	// than at its next scan. ID is empty. Low rate.
+	TopicDrivers TopicKind = "drivers"
 )
+
+// DriversWanted is the topic of builds left without a driver.
+func DriversWanted() Topic { return Topic{Kind: TopicDrivers} }
 
 // JobsReleased is the topic of org's claimable jobs.
 func JobsReleased(orgID string) Topic { return Topic{TopicJobsReleased, orgID} }

@@ -48,6 +48,8 @@ package vm
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -110,6 +112,25 @@ type Spec struct {
 	// Continuable hints that a builds_in child will likely Continue on this machine (see
 	// Continuer): the step has exactly one. Backends without the ability ignore it.
 	Continuable bool
+	// CacheDirs are persistent directories mounted at their Path for the step (hm's
+	// cache_dirs): shared by every machine given the same ID, including concurrent ones,
+	// kept between builds, never part of a snapshot. A machine given CacheDirs is never
+	// Continued (the scheduler sees to it), nor marked Continuable.
+	CacheDirs []CacheDir
+}
+
+// CacheDir is one of a machine's persistent directories (Spec.CacheDirs).
+type CacheDir struct {
+	Path     string // where the step sees it: absolute, clean, outside Workdir (ir validates)
+	Org      string // the build's org and pipeline: with Path, what the contents belong to
+	Pipeline string
+}
+
+// ID names the directory's contents across builds: a hash of org, pipeline and path, so
+// that another pipeline's, or another org's on a shared agent, is another directory.
+func (c CacheDir) ID() string {
+	h := sha256.Sum256([]byte(c.Org + "\x00" + c.Pipeline + "\x00" + c.Path))
+	return hex.EncodeToString(h[:16])
 }
 
 // Continuer is an optional ability of a Machine: its one builds_in child runs on it in place
@@ -154,6 +175,16 @@ type ArtifactCopier interface {
 
 // ErrNotListed is what SnapshotLister.ListSnapshots returns when it declines to list.
 var ErrNotListed = errors.New("snapshots not listed: nothing to reconcile")
+
+// CacheDirVolumes is an optional ability of a Backend that keeps cache directories
+// (Spec.CacheDirs) outside the state dir, as docker's volumes; the others' are directories
+// of the state dir that package cachedir sizes and removes itself.
+type CacheDirVolumes interface {
+	// CacheDirSizes returns the bytes held by each cache directory it keeps, by ID.
+	CacheDirSizes(ctx context.Context) (map[string]int64, error)
+	// RemoveCacheDir deletes the cache directory ID. Idempotent; an error for one in use.
+	RemoveCacheDir(ctx context.Context, id string) error
+}
 
 // Owner identifies the hm run and step a machine or snapshot belongs to.
 type Owner struct {

@@ -101,6 +101,7 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 			MapImage:    opts.MapImage,
 			Keys:        pb.Keys(),
 			Warnings:    pb.Warnings(),
+			CacheScope:  vm.CacheDir{Org: pb.Org, Pipeline: pb.Slug},
 			Cache:       schedCache,
 			Workspace:   pb.Source.Tree,
 			Publish:     h.q.Publish,

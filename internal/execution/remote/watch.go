@@ -226,8 +226,8 @@ func (h *handle) deliver(id string, data []byte, last *int64) (done bool, _ erro
 	if perr == nil && seq <= *last {
 		return false, nil // sent again after a resume
 	}
-	var e events.Event
-	if err := e.UnmarshalJSON(data); err != nil {
+	e, err := events.Decode(data) // keeps data as the event's wire form: not reused after
+	if err != nil {
 		return false, &errs.RemoteError{Server: h.c.base, Op: "buildEvents", Status: http.StatusOK, Class: errs.ErrInfra, Err: err,
 			Msg: fmt.Sprintf("the server sent an event hm cannot read (id %q): %v", id, err)}
 	}

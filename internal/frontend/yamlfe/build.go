@@ -141,6 +141,9 @@ func buildStep(sd *stepDef, parent *pipeline.Step, built map[string]pipeline.Ste
 	if len(sd.secrets) > 0 {
 		s = s.Secrets(sd.secrets...)
 	}
+	if len(sd.cacheDirs) > 0 {
+		s = s.CacheDirs(sd.cacheDirs...)
+	}
 	if len(sd.after) > 0 {
 		keys := make([]string, len(sd.after))
 		for i, a := range sd.after {

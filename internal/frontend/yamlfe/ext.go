@@ -1,15 +1,17 @@
 package yamlfe
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/ir"
 )
 
-// hm's extension fields: `retry` and `artifacts` on a step, `source` on the pipeline.
+// hm's extension fields: `retry`, `artifacts`, `secrets` and `cache_dirs` on a step, `source` on the pipeline.
 
 type retryDef struct {
 	limit int
@@ -133,6 +135,26 @@ func (ps *parser) secrets(n *yaml.Node) ([]string, error) {
 				"secret %q is not an environment variable name", v.Value)
 		}
 		out[i] = v.Value
+	}
+	return out, nil
+}
+
+// cacheDirs reads `cache_dirs: [paths]` (or one path), checked as the IR checks them
+// (absolute, clean, outside /workspace, bounded count), the error pointing at the field.
+func (ps *parser) cacheDirs(n *yaml.Node) ([]string, error) {
+	list, err := ps.strList(n, "cache_dirs")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(list))
+	for i, it := range list {
+		out[i] = it.Value
+	}
+	var e *errs.Error
+	if err := ir.CheckCacheDirs("the step", out); errors.As(err, &e) {
+		return nil, ps.errorf(n, e.Fix, "%s", e.Msg)
+	} else if err != nil {
+		return nil, err
 	}
 	return out, nil
 }

@@ -12,7 +12,7 @@ import (
 
 var (
 	pipelineFields = []string{"slug", "name", "default_image", "timeout", "env", "source", "steps"}
-	stepFields     = []string{"key", "run", "label", "image", "env", "cache", "timeout", "retry", "artifacts", "secrets", "steps", "from", "after"}
+	stepFields     = []string{"key", "run", "label", "image", "env", "cache", "timeout", "retry", "artifacts", "secrets", "cache_dirs", "steps", "from", "after"}
 )
 
 // pipelineDef is a parsed document before it becomes a pipeline.Pipeline.
@@ -47,6 +47,7 @@ type stepDef struct {
 	retry               *retryDef
 	artifacts           []string
 	secrets             []string
+	cacheDirs           []string
 	from                string
 	after               []*yaml.Node
 	children            []*stepDef
@@ -246,6 +247,8 @@ func (ps *parser) step(n *yaml.Node, nested bool) (*stepDef, error) {
 			s.artifacts, err = ps.artifacts(f.val)
 		case "secrets":
 			s.secrets, err = ps.secrets(f.val)
+		case "cache_dirs":
+			s.cacheDirs, err = ps.cacheDirs(f.val)
 		case "from":
 			s.from, err = ps.str(f.val, "from")
 			s.fromNode = f.val

@@ -99,6 +99,11 @@ func TestSchemaRejectsInvalidPipelines(t *testing.T) {
 		"wait flag not bool":  "steps: [{wait: {continue_on_failure: maybe}}]\n",
 		"wait inside a step":  "steps: [{key: a, run: x, steps: [wait]}]\n",
 		"env value is a list": "env: {A: [1]}\nsteps: [{key: a, run: x}]\n",
+		"relative cache dir":  "steps: [{key: a, run: x, cache_dirs: [.cache]}]\n",
+		"cache dir workspace": "steps: [{key: a, run: x, cache_dirs: [/workspace/node_modules]}]\n",
+		"cache dir not clean": "steps: [{key: a, run: x, cache_dirs: [/root/../etc]}]\n",
+		"cache dir root":      "steps: [{key: a, run: x, cache_dirs: /}]\n",
+		"cache dir twice":     "steps: [{key: a, run: x, cache_dirs: [/c, /c]}]\n",
 	} {
 		if err := validate(s, []byte(doc)); err == nil {
 			t.Errorf("%s: schema accepts %q", name, doc)

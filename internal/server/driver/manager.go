@@ -20,7 +20,11 @@ import (
 // The reaper calls ReapExpiredLeases every Reap: a job whose agent stopped heartbeating goes
 // back to the queue, or fails agent_lost after MaxRetries requeues; and FailOrphans: a
 // requeued job that no agent seen within AgentTTL could run fails agent_lost rather than
-// waiting forever.
+// waiting forever. It runs once across the replicas of a deployment: only on the manager
+// holding the store's leader lease LeaderName (store.LeaderLeases), taken or renewed at each
+// round for LeaderTTL and released when Run ends, so that another replica takes over at its
+// next round rather than after the lease lapsed. A build whose driver lease another replica
+// released mid-build (store.DriversWanted, that replica draining) is scanned for at once.
 type Manager struct {
 	Driver Config
 	// Scan is how often unfinished builds are looked for. Default 2 s.
@@ -33,13 +37,19 @@ type Manager struct {
 	// AgentTTL is how long an agent counts as alive after it was last seen (a claim, a
 	// heartbeat): the agents' lease TTL. Default 30 s.
 	AgentTTL time.Duration
-	Logger   *slog.Logger
+	// LeaderTTL is the reaper's leader lease: how long a dead leader's duties wait before
+	// another replica takes them. Default 5 s (at least 3 Reap rounds).
+	LeaderTTL time.Duration
+	Logger    *slog.Logger
 
 	once    sync.Once
 	kick    chan string
 	mu      sync.Mutex
 	running map[string]bool
 }
+
+// LeaderName is the leader lease of the reaper.
+const LeaderName = "reaper"
 
 func (m *Manager) init() {
 	m.once.Do(func() {
@@ -53,6 +63,9 @@ func (m *Manager) init() {
 		}
 		if m.AgentTTL <= 0 {
 			m.AgentTTL = 30 * time.Second
+		}
+		if m.LeaderTTL <= 0 {
+			m.LeaderTTL = max(5*time.Second, 3*m.Reap)
 		}
 		switch {
 		case m.MaxRetries == 0:
@@ -117,7 +130,37 @@ func (m *Manager) Run(ctx context.Context) {
 			start(b.ID)
 		}
 	}
+	var epoch int64 // of the leader lease, when held
+	leader := func() bool {
+		e, ok, err := m.Driver.Store.AcquireLeader(ctx, LeaderName, m.Driver.Owner, m.Driver.Now(), m.LeaderTTL)
+		switch {
+		case err != nil:
+			if ctx.Err() == nil {
+				m.Logger.Warn("leader lease", "err", err.Error())
+			}
+			return false
+		case ok && e != epoch:
+			m.Logger.Info("leading the reaper", "epoch", e)
+		case !ok && epoch != 0:
+			m.Logger.Info("no longer leading the reaper")
+		}
+		if !ok {
+			e = 0
+		}
+		epoch = e
+		return ok
+	}
+	defer func() {
+		if epoch != 0 {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			m.Driver.Store.ReleaseLeader(rctx, LeaderName, m.Driver.Owner, epoch)
+		}
+	}()
 	reap := func() {
+		if !leader() {
+			return
+		}
 		js, err := m.Driver.Store.ReapExpiredLeases(ctx, m.Driver.Now(), m.MaxRetries)
 		if err != nil && ctx.Err() == nil {
 			m.Logger.Warn("reaping leases", "err", err.Error())
@@ -137,6 +180,9 @@ func (m *Manager) Run(ctx context.Context) {
 			m.Logger.Warn("deleting ended builds' secrets", "err", err.Error())
 		}
 	}
+	// Watching before the first scan: a lease released between the two is not missed.
+	wanted, unwatch := store.Watch(m.Driver.Store, store.DriversWanted())
+	defer unwatch()
 	scan()
 	scanT := time.NewTicker(m.Scan)
 	defer scanT.Stop()
@@ -149,6 +195,8 @@ func (m *Manager) Run(ctx context.Context) {
 		case id := <-m.kick:
 			start(id)
 		case <-scanT.C:
+			scan()
+		case <-wanted:
 			scan()
 		case <-reapT.C:
 			reap()

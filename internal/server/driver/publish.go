@@ -2,7 +2,6 @@ package driver
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
@@ -57,8 +56,8 @@ func newPublisher(life context.Context, st store.Store, b store.Build, epoch int
 		}
 		for _, se := range evs {
 			after = se.Seq
-			var e events.Event
-			if err := json.Unmarshal(se.Payload, &e); err != nil {
+			e, err := events.Decode(se.Payload)
+			if err != nil {
 				return nil, fmt.Errorf("stored event %d: %w", se.Seq, err)
 			}
 			if id := e.StepID(); id != "" {
@@ -138,7 +137,7 @@ func (p *publisher) write(batch []events.Event) error {
 		if p.duplicate(e) {
 			continue
 		}
-		b, err := json.Marshal(e)
+		b, err := events.Encode(e)
 		if err != nil {
 			return err
 		}
@@ -163,6 +162,7 @@ func (p *publisher) rewrite(e events.Event) events.Event {
 	if q := e.StepQueued; q != nil {
 		p.ids[q.StepID] = p.jobs[q.Key]
 	}
+	e.Wire = nil // the payload changes below
 	id := func(s string) string {
 		if j, ok := p.ids[s]; ok && j != "" {
 			return j

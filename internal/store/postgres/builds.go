@@ -229,6 +229,9 @@ func (s *DB) TransitionBuild(ctx context.Context, id string, from []store.BuildS
 		}
 		return err
 	})
+	if err == nil {
+		s.notify(store.BuildChanged(id))
+	}
 	return b, err
 }
 
@@ -244,6 +247,9 @@ func (s *DB) CancelBuild(ctx context.Context, id string, now time.Time) (store.B
 		}
 		return err
 	})
+	if err == nil {
+		s.notify(store.BuildChanged(id))
+	}
 	return b, err
 }
 
@@ -275,9 +281,18 @@ func (s *DB) AcquireBuildLease(ctx context.Context, buildID, owner string, now t
 }
 
 func (s *DB) ReleaseBuildLease(ctx context.Context, buildID, owner string, epoch int64) error {
-	return s.write(ctx, "release build lease", func(tx pgx.Tx) error {
-		_, err := exec(ctx, tx, `UPDATE builds SET driver_expires = 0 WHERE id = ? AND driver_owner = ? AND driver_epoch = ?`,
-			buildID, owner, epoch)
+	var state string
+	err := s.write(ctx, "release build lease", func(tx pgx.Tx) error {
+		err := row(ctx, tx, `UPDATE builds SET driver_expires = 0 WHERE id = ? AND driver_owner = ? AND driver_epoch = ?
+			RETURNING state`, buildID, owner, epoch).Scan(&state)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
 		return err
 	})
+	if err == nil && state != "" && !store.BuildState(state).Terminal() {
+		// Left without a driver (its replica is stopping): another replica takes it now.
+		s.notify(store.DriversWanted())
+	}
+	return err
 }

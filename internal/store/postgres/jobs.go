@@ -115,6 +115,10 @@ func (s *DB) transition(ctx context.Context, op, id string, attempt int, done fu
 		}
 		return s.labels(ctx, tx, &j)
 	})
+	// A heartbeat only extends a lease: no waiter cares.
+	if err == nil && op != "heartbeat" {
+		s.notify(store.JobChanged(id))
+	}
 	return j, err
 }
 
@@ -123,8 +127,12 @@ func in(states ...store.JobState) func(store.Job) bool {
 }
 
 func (s *DB) ReleaseJob(ctx context.Context, id string, now time.Time) (store.Job, error) {
-	return s.transition(ctx, "release job", id, 0, in(store.JobScheduled),
+	j, err := s.transition(ctx, "release job", id, 0, in(store.JobScheduled),
 		`UPDATE jobs SET state = 'scheduled', ready_at = ? WHERE id = ? AND state = 'pending' RETURNING `+jobCols, ns(now), id)
+	if err == nil {
+		s.notifyReleased(ctx, j)
+	}
+	return j, err
 }
 
 func (s *DB) NoteCacheMiss(ctx context.Context, id, note string) (store.Job, error) {
@@ -165,6 +173,10 @@ func (s *DB) RetryJob(ctx context.Context, id string, policyAttempt int, now tim
 		}
 		return s.labels(ctx, tx, &j)
 	})
+	if err == nil && j.State == store.JobScheduled {
+		s.notify(store.JobChanged(id))
+		s.notifyReleased(ctx, j)
+	}
 	return j, err
 }
 
@@ -263,6 +275,9 @@ func (s *DB) ClaimJob(ctx context.Context, c store.Claim) (store.Job, bool, erro
 		ok = true
 		return s.labels(ctx, tx, &j)
 	})
+	if err == nil && ok {
+		s.notify(store.JobChanged(j.ID))
+	}
 	return j, ok, err
 }
 
@@ -338,6 +353,10 @@ func (s *DB) ReapExpiredLeases(ctx context.Context, now time.Time, maxRetries in
 		return nil
 	})
 	slices.SortFunc(jobs, func(a, b store.Job) int { return a.ReadyAt.Compare(b.ReadyAt) })
+	if err == nil {
+		s.notifyJobs(jobs)
+		s.notifyReleased(ctx, jobs...)
+	}
 	return jobs, err
 }
 
@@ -368,5 +387,8 @@ func (s *DB) FailOrphans(ctx context.Context, now time.Time, agentTTL time.Durat
 		}
 		return nil
 	})
+	if err == nil {
+		s.notifyJobs(jobs)
+	}
 	return jobs, err
 }

@@ -15,6 +15,8 @@
 // deadlock or a serialization failure is retried a few times. Schema: the migrations run in
 // one transaction under a transaction-scoped advisory lock, so replicas starting at once
 // migrate once and the others wait for it; the version is the highest row of hm_schema.
+// Wake-ups: an in-process hub, bridged across replicas with LISTEN/NOTIFY for the low-rate
+// topics only (notify.go).
 package postgres
 
 import (
@@ -51,6 +53,7 @@ type Options struct {
 type DB struct {
 	pool  *pgxpool.Pool
 	where string // host:port/database, for messages: never the password
+	br    bridge // wake-ups, here and across replicas (notify.go)
 }
 
 var _ store.Store = (*DB)(nil)
@@ -79,6 +82,9 @@ func (e *SchemaError) Code() string {
 	return "store_not_migrated"
 }
 
+// defaultMaxConns is the pool's size unless the URL sets pool_max_conns.
+const defaultMaxConns = 16
+
 // Open connects to the database at dsn (a postgres:// URL, or pgx's key=value form) and
 // migrates it unless o.NoMigrate. A database that cannot be reached is an
 // *errs.UnavailableError (backend "postgres"); a dsn that does not parse, errs.ErrUsage.
@@ -91,6 +97,9 @@ func Open(ctx context.Context, dsn string, o Options) (*DB, error) {
 		err = s.CheckSchema(ctx)
 	} else {
 		_, _, err = s.Migrate(ctx)
+	}
+	if err == nil {
+		err = s.startBridge(ctx)
 	}
 	if err != nil {
 		s.Close()
@@ -107,6 +116,13 @@ func Connect(ctx context.Context, dsn string) (*DB, error) {
 		return nil, fmt.Errorf("store: the PostgreSQL URL does not parse: %w", errs.ErrUsage)
 	}
 	where := fmt.Sprintf("%s:%d/%s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database)
+	if !strings.Contains(dsn, "pool_max_conns") {
+		// pgxpool's default is max(4, CPUs): on a small machine a replica's drivers, event
+		// streams and agents' calls queue for 4 connections (bench/replicas: submit → first
+		// step 4× SQLite's). A replica rarely holds more than this at once, and three of
+		// them stay well under PostgreSQL's default max_connections (100).
+		cfg.MaxConns = defaultMaxConns
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, unavailable(where, err)
@@ -127,7 +143,7 @@ func unavailable(where string, err error) error {
 }
 
 // Close closes the pool; the data stays.
-func (s *DB) Close() error { s.pool.Close(); return nil }
+func (s *DB) Close() error { s.closeBridge(); s.pool.Close(); return nil }
 
 // Where is host:port/database.
 func (s *DB) Where() string { return s.where }
@@ -145,8 +161,11 @@ var dialect = []struct {
 }{
 	// Log chunks are a step's bytes: PostgreSQL's TEXT refuses NUL (SQLite's keeps it).
 	{1, "content TEXT NOT NULL", "content BYTEA NOT NULL"},
+	{9, "content TEXT NOT NULL", "content BYTEA NOT NULL"},
+	// A PostgreSQL table is a heap beside its indexes whatever the clause; it has no such one.
+	{9, ") WITHOUT ROWID;", ");"},
 	// Sealed secrets are bytes: SQLite's BLOB is PostgreSQL's BYTEA.
-	{7, "sealed   BLOB NOT NULL", "sealed   BYTEA NOT NULL"},
+	{10, "sealed   BLOB NOT NULL", "sealed   BYTEA NOT NULL"},
 }
 
 // migrations are the SQLite driver's, with INTEGER (SQLite's 64-bit integer) as BIGINT

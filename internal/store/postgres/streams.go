@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/store"
 )
 
@@ -49,34 +50,54 @@ func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payl
 			return err
 		}
 		first := last - int64(len(payloads)) + 1
-		texts := make([]string, len(payloads))
-		for i, p := range payloads {
-			texts[i] = string(p)
+		for i := range payloads {
 			seqs = append(seqs, first+int64(i))
 		}
-		// PostgreSQL only: the batch is one statement over an array, not one round trip
-		// per event while the build row (the counter) is held.
-		_, err = exec(ctx, tx, `INSERT INTO build_events (build_id, seq, payload, created_at)
-			SELECT ?, ?::bigint + x.n - 1, x.payload, ?::bigint FROM unnest(?::text[]) WITH ORDINALITY AS x (payload, n)`,
-			buildID, first, now, texts)
+		packs := store.PackPayloads(first, payloads)
+		starts, counts, texts := make([]int64, len(packs)), make([]int64, len(packs)), make([]string, len(packs))
+		for i, p := range packs {
+			starts[i], counts[i], texts[i] = p.Seq, int64(p.Count), string(p.Payload)
+		}
+		// PostgreSQL only: the batch is one statement over arrays, not one round trip per
+		// row while the build row (the counter) is held.
+		_, err = exec(ctx, tx, `INSERT INTO build_events (build_id, seq, n_events, payload, created_at)
+			SELECT ?, x.seq, x.n, x.payload, ?::bigint FROM unnest(?::bigint[], ?::bigint[], ?::text[]) AS x (seq, n, payload)`,
+			buildID, now, starts, counts, texts)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
+	s.notify(store.BuildEvents(buildID))
 	return seqs, nil
 }
 
 func (s *DB) ListEvents(ctx context.Context, buildID string, after int64, limit int) ([]store.Event, error) {
-	return list(ctx, s.pool, "list events", func(r scanner) (store.Event, error) {
-		var e store.Event
+	type row struct {
+		store.EventPack
+		created int64
+	}
+	// From the row holding seq after (it may hold later ones too): limit+1 rows hold at
+	// least limit events after it.
+	rows, err := list(ctx, s.pool, "list events", func(r scanner) (row, error) {
+		var v row
 		var p string
-		var c int64
-		err := r.Scan(&e.Seq, &p, &c)
-		e.Payload, e.CreatedAt = []byte(p), tm(c)
-		return e, err
-	}, `SELECT seq, payload, created_at FROM build_events WHERE build_id = ? AND seq > ? ORDER BY seq LIMIT ?`,
-		buildID, after, limit)
+		err := r.Scan(&v.Seq, &v.Count, &p, &v.created)
+		v.Payload = []byte(p)
+		return v, err
+	}, `SELECT seq, n_events, payload, created_at FROM build_events WHERE build_id = ?
+		AND seq >= COALESCE((SELECT MAX(seq) FROM build_events WHERE build_id = ? AND seq <= ?::bigint), 0)
+		ORDER BY seq LIMIT ?`, buildID, buildID, after, limit+1)
+	if err != nil {
+		return nil, err
+	}
+	var evs []store.Event
+	for _, r := range rows {
+		if evs, err = r.Unpack(evs, after, limit, tm(r.created)); err != nil {
+			return nil, fmt.Errorf("%w: list events: %w", errs.ErrInfra, err)
+		}
+	}
+	return evs, nil
 }
 
 // advanceHead moves (job, attempt)'s contiguous seq, h (its head row locked), past the run of
@@ -145,6 +166,9 @@ func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks [
 		}
 		return row(ctx, tx, advanceHead, jobID, attempt, h, h, jobID, attempt).Scan(&head)
 	})
+	if err == nil {
+		s.notify(store.JobLogs(jobID))
+	}
 	return head, err
 }
 

@@ -281,9 +281,19 @@ func (s *DB) AcquireBuildLease(ctx context.Context, buildID, owner string, now t
 }
 
 func (s *DB) ReleaseBuildLease(ctx context.Context, buildID, owner string, epoch int64) error {
-	return s.write(ctx, "release build lease", func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `UPDATE builds SET driver_expires = 0 WHERE id = ? AND driver_owner = ? AND driver_epoch = ?`,
-			buildID, owner, epoch)
+	var state string
+	err := s.write(ctx, "release build lease", func(tx *sql.Tx) error {
+		err := tx.QueryRowContext(ctx, `UPDATE builds SET driver_expires = 0 WHERE id = ? AND driver_owner = ? AND driver_epoch = ?
+			RETURNING state`, buildID, owner, epoch).Scan(&state)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
 		return err
 	})
+	if err == nil && state != "" && !store.BuildState(state).Terminal() {
+		// Left without a driver: a manager of this process takes it now (other processes
+		// on the file find it at their next scan).
+		s.hub.Notify(store.DriversWanted())
+	}
+	return err
 }

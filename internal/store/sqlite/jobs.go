@@ -194,6 +194,10 @@ func (s *DB) RetryJob(ctx context.Context, id string, policyAttempt int, now tim
 		}
 		return s.labels(ctx, tx, &j)
 	})
+	if err == nil && j.State == store.JobScheduled {
+		s.hub.Notify(store.JobChanged(id))
+		s.notifyReleased(ctx, j)
+	}
 	return j, err
 }
 

@@ -5,9 +5,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/store"
 )
 
@@ -52,9 +54,13 @@ func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payl
 		for i := range payloads {
 			seqs = append(seqs, first+int64(i))
 		}
-		return s.insertRows(ctx, tx, len(payloads), 4,
-			`INSERT INTO build_events (build_id, seq, payload, created_at) VALUES `, "",
-			func(args []any, i int) []any { return append(args, buildID, first+int64(i), string(payloads[i]), now) })
+		packs := store.PackPayloads(first, payloads)
+		return s.insertRows(ctx, tx, len(packs), 5,
+			`INSERT INTO build_events (build_id, seq, n_events, payload, created_at) VALUES `, "",
+			func(args []any, i int) []any {
+				p := packs[i]
+				return append(args, buildID, p.Seq, p.Count, string(p.Payload), now)
+			})
 	})
 	if err != nil {
 		return nil, err
@@ -64,16 +70,36 @@ func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payl
 }
 
 func (s *DB) ListEvents(ctx context.Context, buildID string, after int64, limit int) ([]store.Event, error) {
-	return list(ctx, s.db, "list events", func(r scanner) (store.Event, error) {
-		var e store.Event
+	type row struct {
+		store.EventPack
+		created int64
+	}
+	// From the row holding seq after (it may hold later ones too): limit+1 rows hold at
+	// least limit events after it.
+	rows, err := list(ctx, s.db, "list events", func(r scanner) (row, error) {
+		var v row
 		var p string
-		var c int64
-		err := r.Scan(&e.Seq, &p, &c)
-		e.Payload, e.CreatedAt = []byte(p), tm(c)
-		return e, err
-	}, `SELECT seq, payload, created_at FROM build_events WHERE build_id = ? AND seq > ? ORDER BY seq LIMIT ?`,
-		buildID, after, limit)
+		err := r.Scan(&v.Seq, &v.Count, &p, &v.created)
+		v.Payload = []byte(p)
+		return v, err
+	}, listEvents, buildID, buildID, after, limit+1)
+	if err != nil {
+		return nil, err
+	}
+	var evs []store.Event
+	for _, r := range rows {
+		if evs, err = r.Unpack(evs, after, limit, tm(r.created)); err != nil {
+			return nil, fmt.Errorf("%w: list events: %w", errs.ErrInfra, err)
+		}
+	}
+	return evs, nil
 }
+
+// listEvents reads the rows from the one that holds seq ? (the greatest seq at or before it),
+// in order: an index seek, then the rows after.
+const listEvents = `SELECT seq, n_events, payload, created_at FROM build_events WHERE build_id = ?
+	AND seq >= COALESCE((SELECT MAX(seq) FROM build_events WHERE build_id = ? AND seq <= ?), 0)
+	ORDER BY seq LIMIT ?`
 
 // advanceHead moves (job, attempt)'s contiguous seq past every chunk now stored after it. The
 // new head is the smallest s that is either the old head with no chunk after it, or a stored
@@ -89,6 +115,47 @@ const advanceHead = `UPDATE log_heads SET contiguous = (
 			  AND NOT EXISTS (SELECT 1 FROM log_chunks d WHERE d.job_id = c.job_id AND d.attempt = c.attempt AND d.seq = c.seq + 1)
 		) AS runs)
 	WHERE job_id = ? AND attempt = ? RETURNING contiguous`
+
+// advance moves the head of (job, attempt) after chunks were inserted. The head was maximal
+// before (every append advances it in its transaction), so head+1 was not stored: the new
+// run from the head is the one these chunks make, plus whatever stored chunks continue it.
+// In order, the usual case, that is one seek for the chunk after the batch's run; only when
+// it exists (chunks that came early) does the query over the chunks above the head run.
+func (s *DB) advance(ctx context.Context, tx *sql.Tx, jobID string, attempt int, chunks []store.LogChunk) (int64, error) {
+	var head int64
+	if err := tx.QueryRowContext(ctx, `SELECT contiguous FROM log_heads WHERE job_id = ? AND attempt = ?`, jobID, attempt).Scan(&head); err != nil {
+		return 0, err
+	}
+	seqs := make([]int64, len(chunks))
+	for i, c := range chunks {
+		seqs[i] = c.Seq
+	}
+	slices.Sort(seqs)
+	run := head
+	for _, q := range seqs {
+		if q == run+1 {
+			run++
+		} else if q > run+1 {
+			break
+		}
+	}
+	if run == head {
+		return head, nil // head+1 is still not stored
+	}
+	var more bool
+	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq = ?)`,
+		jobID, attempt, run+1).Scan(&more); err != nil {
+		return 0, err
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE log_heads SET contiguous = ? WHERE job_id = ? AND attempt = ?`, run, jobID, attempt); err != nil {
+		return 0, err
+	}
+	if !more {
+		return run, nil
+	}
+	err := tx.QueryRowContext(ctx, advanceHead, jobID, attempt).Scan(&head)
+	return head, err
+}
 
 func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks []store.LogChunk) (int64, error) {
 	var head int64
@@ -118,19 +185,20 @@ func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks [
 				valid = append(valid, c)
 			}
 		}
-		// Each statement is fenced like the head above: rows are inserted only while
-		// (job, attempt) is the job's current attempt.
-		if err := s.insertRows(ctx, tx, len(valid), 4,
-			`INSERT INTO log_chunks (job_id, attempt, seq, stream, content, ts)
-			SELECT j.id, j.attempt, v.column1, v.column2, v.column3, v.column4 FROM jobs j, (VALUES `,
-			`) AS v WHERE j.id = ? AND j.attempt = ? ON CONFLICT (job_id, attempt, seq) DO NOTHING`,
+		// Fenced by the test above: the transaction is IMMEDIATE (it holds the database's
+		// write lock from its start), so the job's attempt cannot change before it commits.
+		// (A join with jobs per insert, as PostgreSQL's driver needs, cost a third of it.)
+		if err := s.insertRows(ctx, tx, len(valid), 6,
+			`INSERT INTO log_chunks (job_id, attempt, seq, stream, content, ts) VALUES `,
+			` ON CONFLICT (job_id, attempt, seq) DO NOTHING`,
 			func(args []any, i int) []any {
 				c := valid[i]
-				return append(args, c.Seq, c.Stream, c.Content, ns(c.TS))
-			}, jobID, attempt); err != nil {
+				return append(args, jobID, attempt, c.Seq, c.Stream, c.Content, ns(c.TS))
+			}); err != nil {
 			return err
 		}
-		return tx.QueryRowContext(ctx, advanceHead, jobID, attempt).Scan(&head)
+		head, err = s.advance(ctx, tx, jobID, attempt, valid)
+		return err
 	})
 	if err == nil {
 		s.hub.Notify(store.JobLogs(jobID))

@@ -3,6 +3,7 @@ package storetest
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -28,6 +29,50 @@ var streamCases = []testCase{
 		}
 		_, err := e.s.AppendEvents(e.ctx, "nope", []byte(`{}`))
 		isNotFound(t, err, "events of an unknown build")
+	}},
+	{"EventsPackedResumeAnywhere", func(t *testing.T, e *env) {
+		// Appends big enough to span several rows (store.PackEvents, store.PackBytes), with a
+		// payload holding a newline among them: every resume point, every limit, reads the
+		// same events back with their own seqs.
+		o, p := e.org(t, "acme")
+		b, _ := e.build(t, o, p)
+		var want []string
+		appendAll := func(ps ...string) {
+			bs := make([][]byte, len(ps))
+			for i, s := range ps {
+				bs[i] = []byte(s)
+			}
+			seqs := get(e.s.AppendEvents(e.ctx, b.ID, bs...))(t)
+			for i, s := range seqs {
+				if s != int64(len(want)+i+1) {
+					t.Fatalf("seq %d for event %d", s, len(want)+i+1)
+				}
+			}
+			want = append(want, ps...)
+		}
+		var batch []string
+		for i := range store.PackEvents + 10 {
+			batch = append(batch, fmt.Sprintf(`{"kind":"step_log","line":"%d"}`, i))
+		}
+		appendAll(batch...)
+		appendAll(`{"kind":"step_end"}`)
+		big := strings.Repeat("x", store.PackBytes/3)
+		appendAll(`{"a":"`+big+`"}`, `{"b":"`+big+`"}`, `{"c":"`+big+`"}`, "{\n\"multi\":\"line\"\n}", `{"d":1}`, `{"e":2}`)
+		n := int64(len(want))
+		for _, after := range []int64{0, 1, 2, store.PackEvents - 1, store.PackEvents, store.PackEvents + 1, n - 4, n - 3, n - 1, n, n + 5} {
+			for _, limit := range []int{1, 2, 7, store.PackEvents, 1000} {
+				evs := get(e.s.ListEvents(e.ctx, b.ID, after, limit))(t)
+				wantN := min(max(n-after, 0), int64(limit))
+				if int64(len(evs)) != wantN {
+					t.Fatalf("after %d limit %d: %d events, want %d", after, limit, len(evs), wantN)
+				}
+				for i, ev := range evs {
+					if ev.Seq != after+int64(i)+1 || string(ev.Payload) != want[ev.Seq-1] {
+						t.Fatalf("after %d limit %d: event %d is seq %d %q, want seq %d %q", after, limit, i, ev.Seq, ev.Payload, after+int64(i)+1, want[after+int64(i)])
+					}
+				}
+			}
+		}
 	}},
 	{"EventsConcurrentGapFree", func(t *testing.T, e *env) {
 		o, p := e.org(t, "acme")
@@ -106,6 +151,16 @@ var streamCases = []testCase{
 		get(e.s.FinishJob(e.ctx, j.ID, 1, store.Finish{}))(t)
 		if got := get(e.s.AppendLogs(e.ctx, j.ID, 1, chunk(10)))(t); got != 10 {
 			t.Errorf("after finish: contiguous = %d, want 10", got)
+		}
+		// A batch that extends the run up to chunks stored early continues through them,
+		// and through its own chunks after them; a gap inside a batch stops the run there.
+		for _, c := range []struct {
+			seqs []int64
+			want int64
+		}{{[]int64{13, 14}, 10}, {[]int64{11, 12, 15}, 15}, {[]int64{16, 18}, 16}, {[]int64{18, 16}, 16}, {[]int64{17}, 18}} {
+			if got := get(e.s.AppendLogs(e.ctx, j.ID, 1, chunk(c.seqs...)))(t); got != c.want {
+				t.Errorf("chunks %v: contiguous = %d, want %d", c.seqs, got, c.want)
+			}
 		}
 	}},
 	{"LogChunksAnyBytes", func(t *testing.T, e *env) {

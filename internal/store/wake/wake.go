@@ -76,6 +76,21 @@ func (h *Hub) Notify(topics ...store.Topic) {
 	}
 }
 
+// NotifyAll wakes every subscription: whatever they wait on may have changed (a bridge from
+// other replicas reconnected after it may have missed notifications).
+func (h *Hub) NotifyAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, m := range h.subs {
+		for s := range m {
+			select {
+			case s.c <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
 // Watchers is how many subscriptions are open (tests: nothing leaks).
 func (h *Hub) Watchers() int {
 	h.mu.Lock()

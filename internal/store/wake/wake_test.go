@@ -104,3 +104,19 @@ func TestHubConcurrent(t *testing.T) {
 		t.Fatalf("%d watchers left", n)
 	}
 }
+
+// NotifyAll wakes every subscription, whatever its topics, once.
+func TestNotifyAll(t *testing.T) {
+	var h Hub
+	c1, stop1 := h.Watch(store.JobChanged("a"))
+	defer stop1()
+	c2, stop2 := h.Watch(store.BuildEvents("b"), store.DriversWanted())
+	defer stop2()
+	h.NotifyAll()
+	if !received(c1) || !received(c2) {
+		t.Fatal("NotifyAll missed a subscription")
+	}
+	if received(c1) || received(c2) {
+		t.Fatal("NotifyAll woke a subscription twice")
+	}
+}

@@ -316,8 +316,15 @@ func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 	if execMode {
 		idleConfig(cfg)
 	}
+	release := func() {}
+	if len(spec.CacheDirs) > 0 {
+		if hc.Mounts, release, err = b.cacheMounts(ctx, spec.CacheDirs); err != nil {
+			return nil, err
+		}
+	}
 	resp, err := b.cli.ContainerCreate(ctx, cfg, hc, nil, nil, name)
 	if err != nil {
+		release()
 		// A canceled request may still have created the container: remove it by name.
 		if ctx.Err() != nil {
 			if b.removeContainer(context.WithoutCancel(ctx), name) != nil {
@@ -330,10 +337,11 @@ func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 		return nil, apiErr(ctx, "create container", err)
 	}
 	b.madeContainer(resp.ID)
-	m := &machine{b: b, id: resp.ID, spec: spec, owner: owner, baseEnv: baseEnv, exec: execMode}
+	m := &machine{b: b, id: resp.ID, spec: spec, owner: owner, baseEnv: baseEnv, exec: execMode, release: release}
 	if execMode {
 		if err := b.cli.ContainerStart(context.WithoutCancel(ctx), resp.ID, container.StartOptions{}); err != nil {
 			_ = b.removeContainer(context.WithoutCancel(ctx), resp.ID)
+			release()
 			return nil, apiErr(ctx, "start container", err)
 		}
 	}

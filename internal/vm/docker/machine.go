@@ -32,6 +32,8 @@ type machine struct {
 	started bool // Run was called
 	vm.Lifecycle
 	removed bool // the container is gone, or handed on to a continuing child
+	// release unlocks the cache directories of the container (cachedirs.go); nil if none.
+	release func()
 }
 
 // Inject implements vm.Machine: the tree is streamed as a tar rooted at / into the created
@@ -206,6 +208,9 @@ func (m *machine) Destroy(ctx context.Context) error {
 		return err
 	}
 	m.removed = true
+	if m.release != nil {
+		m.release() // the container is gone: nothing writes to its cache volumes any more
+	}
 	return nil
 }
 

@@ -29,8 +29,10 @@ type machine struct {
 	work   string
 
 	mu   sync.Mutex
-	pgid int           // the step's process group while its leader is not reaped, else 0
-	done chan struct{} // closed when Run returns; nil before Run
+	pgid int // the step's process group while its leader is not reaped, else 0
+	// releases unlock the step's cache directories (cachedirs.go).
+	releases []func()
+	done     chan struct{} // closed when Run returns; nil before Run
 	vm.Lifecycle
 }
 
@@ -41,6 +43,7 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 		return -1, err
 	}
 	defer close(m.done)
+	defer m.releaseCacheDirs() // after the kill below: no process of the step writes any more
 	pid := cmd.Process.Pid
 
 	exited := make(chan struct{})
@@ -107,6 +110,9 @@ func (m *machine) start(ctx context.Context, stdout, stderr io.Writer) (*exec.Cm
 	// overridden by the step's environment.
 	cmd.Env = append(slices.Clip(m.spec.Env), proc.CookieVar+"="+m.cookie)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := m.withCacheDirs(cmd); err != nil {
+		return nil, nil, err
+	}
 	var streams []*stream
 	// One lock for both streams: callers may pass the same writer as stdout and stderr.
 	writeMu := &sync.Mutex{}
@@ -115,6 +121,7 @@ func (m *machine) start(ctx context.Context, stdout, stderr io.Writer) (*exec.Cm
 			s.r.Close()
 			s.w.Close()
 		}
+		m.releaseLocked()
 	}
 	for _, w := range []io.Writer{stdout, stderr} {
 		r, pw, err := os.Pipe()

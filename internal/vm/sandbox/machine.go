@@ -128,6 +128,14 @@ func (m *machine) run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	if m.b.network() == NetworkPrivate {
 		cfg.ResolvConf = privateResolvConf()
 	}
+	// Held until every process of the step is gone, which run's return means.
+	binds, release, err := m.b.useCacheDirs(m.spec.CacheDirs)
+	if err != nil {
+		ip.kill()
+		return -1, err
+	}
+	defer release()
+	cfg.Binds = binds
 	if err := m.b.confine(&cfg, ip); err != nil {
 		ip.kill()
 		return -1, err

@@ -39,6 +39,7 @@ var cases = []struct {
 	{"Continue", testContinue},
 	{"ListSnapshots", testListSnapshots},
 	{"Artifacts", testArtifacts},
+	{"CacheDirs", testCacheDirs},
 }
 
 // SnapshotSize counts what the step wrote: a 256 KiB file makes the snapshot at least that

@@ -33,6 +33,9 @@ type Config struct {
 
 	// ResolvConf is the host file bound read-only at /etc/resolv.conf; "" is the host's own.
 	ResolvConf string
+	// Binds are host directories bound read-write into the root, nosuid and nodev, after
+	// everything else is mounted: the step's cache_dirs (vm.CacheDir).
+	Binds []Bind
 
 	// Confinement, applied after the root is set up and before the step's shell starts
 	// (see confine.go).
@@ -48,6 +51,11 @@ type Config struct {
 	// in which the step has a cgroup of its own, mounted read-only under a read-only
 	// tmpfs at /sys/fs/cgroup.
 	Cgroup1 []string
+}
+
+// Bind is a host directory Src seen at Dst, an absolute path inside the root.
+type Bind struct {
+	Src, Dst string
 }
 
 // Failure is what the init reports on its status pipe (StatusFD) when setup fails.

@@ -147,7 +147,31 @@ func (r *rootfs) mountAll(cfg *Config) (string, error) {
 	} else {
 		unix.Close(fd)
 	}
+	for _, b := range cfg.Binds {
+		if err := r.bindDir(b.Src, b.Dst); err != nil {
+			return "mount cache dir " + b.Dst, err
+		}
+	}
 	return "", nil
+}
+
+// bindDir bind-mounts the host directory src onto dst inside the root (made when missing,
+// resolved inside the root: an image's symlink cannot point it at the host), read-write but
+// nosuid and nodev: whatever the step leaves there, no device node or setuid binary of it
+// works, in this step or a later one.
+func (r *rootfs) bindDir(src, dst string) error {
+	fd, err := r.dir(dst)
+	if err != nil {
+		return err
+	}
+	if err := mountAt(fd, src, "", unix.MS_BIND, ""); err != nil {
+		return err
+	}
+	fd, err = r.open(dst, unix.O_DIRECTORY)
+	if err != nil {
+		return err
+	}
+	return mountAt(fd, "", "", unix.MS_BIND|unix.MS_REMOUNT|nosuid|nodev, "")
 }
 
 // mountCgroups mounts the step's own cgroups (the cgroup namespace's root) read-only at
