@@ -278,10 +278,13 @@ type Agent struct {
 	// OrgID is the org of the token that registered it, fixed from then on (UpsertAgent);
 	// "" for an agent registered before orgs were recorded: it counts for any org in the
 	// reaper, and the server makes it register again before it claims.
-	OrgID    string
-	Name     string
-	Labels   []string
-	Backend  string
+	OrgID   string
+	Name    string
+	Labels  []string
+	Backend string
+	// BootID names the agent's process (a fresh one per start; "" from an agent that sends
+	// none). A registration with another one than stored is a restart: see UpsertAgent.
+	BootID   string
 	LastSeen time.Time
 }
 

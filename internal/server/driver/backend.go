@@ -68,6 +68,19 @@ func (b *backend) Reconcile(context.Context) error                      { return
 // those) on the agent that committed it, which learns it from its next alive call. Queuing
 // is idempotent, so a driver replaying the build queues it again harmlessly.
 func (b *backend) RemoveSnapshot(_ context.Context, snapshot string) error {
+	// The job that committed it, by the id Commit gave the scheduler: a parent run again
+	// since (its agent restarted, UpsertAgent) holds another snapshot now, on another
+	// agent, and that one is what no child needs any more.
+	if id, ok := b.d.committed.Load(snapshot); ok {
+		j, err := b.d.cfg.Store.GetJob(b.d.life, id.(string))
+		if err != nil {
+			return err
+		}
+		if j.Snapshot != "" && j.SnapshotAgent != "" && j.Attempt > 0 {
+			return b.d.cfg.Store.QueueSnapshotRemoval(b.d.life, j.SnapshotAgent, j.Snapshot, b.d.cfg.Now())
+		}
+		return nil
+	}
 	js, err := b.d.cfg.Store.ListJobs(b.d.life, b.d.build.ID)
 	if err != nil {
 		return err
@@ -99,6 +112,7 @@ func (m *machine) Commit(context.Context, bool) (string, error) {
 	if m.job.Snapshot == "" {
 		return "", fmt.Errorf("%w: the agent committed no snapshot of step %s", errs.ErrInfra, m.job.StepKey)
 	}
+	m.d.committed.Store(m.job.Snapshot, m.id)
 	return m.job.Snapshot, nil
 }
 

@@ -72,6 +72,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hmci/hm/internal/cachekey"
@@ -297,6 +298,8 @@ type driver struct {
 	life  context.Context
 	build store.Build
 	byKey map[string]store.Job // read-only after Drive starts the scheduler
+	// committed maps a snapshot id Commit returned to its job's id (RemoveSnapshot).
+	committed sync.Map
 }
 
 // watch renews the lease and turns the build's cancel flag into the scheduler's cancel.
