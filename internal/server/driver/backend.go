@@ -179,6 +179,27 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 			}
 		}
 	}
+	// advance moves the stream on to claim upto of the job. The claims of this policy
+	// attempt before it were lost agents' (the store requeued the job), and their lines
+	// are this attempt's as much as the current claim's: each is streamed to its end
+	// first, in claim order, which is what a live watcher saw and what a replay shows. A
+	// claim that was requeued takes no more lines (a stale attempt's are refused), so what
+	// is stored of it is all there will be.
+	advance := func(upto int) error {
+		if upto == attempt {
+			return nil
+		}
+		for a := max(first, attempt); a < upto; a++ {
+			if a != attempt {
+				after = 0
+			}
+			if err := stream(a, true); err != nil {
+				return err
+			}
+		}
+		attempt, after = upto, 0
+		return nil
+	}
 	stopped := false // we asked the agent to stop
 	// Woken by the store on the job's transitions and stored chunks; the tick is the
 	// fallback for a lost wake-up. Watching before the first read misses nothing.
@@ -198,16 +219,16 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 			if err != nil {
 				return 0, err
 			}
-			if t.Attempt != attempt {
-				after = 0
+			if err := advance(t.Attempt); err != nil {
+				return 0, err
 			}
 			if err := stream(t.Attempt, true); err != nil {
 				return 0, err
 			}
 			return failedEnd(t.ExitCode, t.ErrorCode, t.ErrorMessage)
 		}
-		if j.Attempt != attempt { // a retry on another agent streams its own log
-			attempt, after = j.Attempt, 0
+		if err := advance(j.Attempt); err != nil { // a requeue: the lost claim's lines first
+			return 0, err
 		}
 		if j.Attempt >= first {
 			if err := stream(j.Attempt, j.State.Terminal()); err != nil {
