@@ -108,3 +108,27 @@ func TestRestartRunsParentAgain(t *testing.T) {
 		return err == nil && len(l) == 1 && l[0] == js["base"].Snapshot
 	})
 }
+
+// TestGoneAgentRunsParentAgain: the agent holding a builds_in parent's snapshot is gone (not
+// seen within the agents' TTL) before the child ran: the parent runs again on another agent
+// and the child follows it there (remote.md).
+func TestGoneAgentRunsParentAgain(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	a := e.startAgent(agentOpts{cutAfter: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/finish") }})
+	b := e.submit(ir(
+		step("base", "echo base > base.txt"),
+		step("child", "cat base.txt", `"builds_in":"base"`),
+	), nil)
+	e.waitFor("the child to be released", func() bool { return e.jobs(b.ID)["child"].State == store.JobScheduled })
+	first := e.jobs(b.ID)["base"]
+	_ = a.stop(t)
+	other := e.startAgent(agentOpts{alive: time.Hour})
+	if got := e.waitBuild(b.ID); got.State != store.BuildPassed {
+		t.Fatalf("build %s (%s %s)", got.State, got.ErrorCode, got.ErrorMessage)
+	}
+	js := e.jobs(b.ID)
+	if js["base"].Attempt != 2 || js["base"].AgentID != other.a.ID() || js["child"].AgentID != other.a.ID() {
+		t.Errorf("base attempt %d on %s, child on %s; want both on %s (base ran first on %s)",
+			js["base"].Attempt, js["base"].AgentID, js["child"].AgentID, other.a.ID(), first.AgentID)
+	}
+}

@@ -47,6 +47,7 @@
 //	scheduled, requeued ──no live agent could run it (FailOrphans)──► failed, agent_lost
 //	scheduled child whose parent ran again and did not pass (FailOrphans)──► failed, agent_lost
 //	passed parent whose snapshot its agent's restart removed (UpsertAgent)──► scheduled
+//	passed parent whose snapshot's agent is gone (RerunLostParents)──► scheduled
 //	failed ──RetryJob (the step's retry policy)──► scheduled (policy attempt + 1)
 //
 // passed, failed, skipped, canceled and timed_out are terminal, but for two edges: the one a
@@ -281,6 +282,12 @@ type Claims interface {
 	// run stays scheduled, and a job never claimed waits for an agent however long it takes.
 	// It returns the jobs it failed.
 	FailOrphans(ctx context.Context, now time.Time, agentTTL time.Duration) ([]Job, error)
+	// RerunLostParents runs again, in one statement, every passed non-cached parent whose
+	// snapshot is on an agent not seen since now-agentTTL while a builds_in child of it is
+	// not finished (passed → scheduled, as UpsertAgent does for a restarted agent): the
+	// child could never be placed otherwise. A cache hit's parent is left alone (it has no
+	// attempt to run again; its entry misses at the next lookup). It returns the jobs.
+	RerunLostParents(ctx context.Context, now time.Time, agentTTL time.Duration) ([]Job, error)
 }
 
 // BuildLeases fence the driver of a build: the one server replica that runs its scheduler.

@@ -20,7 +20,8 @@ import (
 // The reaper calls ReapExpiredLeases every Reap: a job whose agent stopped heartbeating goes
 // back to the queue, or fails agent_lost after MaxRetries requeues; and FailOrphans: a
 // requeued job that no agent seen within AgentTTL could run fails agent_lost rather than
-// waiting forever; and at most once a minute DropStaleSnapshotRemovals: the removals queued
+// waiting forever; RerunLostParents: a builds_in parent whose snapshot's agent was not seen
+// within AgentTTL runs again while a child needs it; and at most once a minute DropStaleSnapshotRemovals: the removals queued
 // for agents not seen within RemovalRetention, which would otherwise stay forever. It runs
 // once across the replicas of a deployment: only on the manager holding the store's leader
 // lease LeaderName (store.LeaderLeases), taken or renewed at each round for LeaderTTL and
@@ -196,6 +197,13 @@ func (m *Manager) Run(ctx context.Context) {
 		}
 		for _, j := range js {
 			m.Logger.Info("no live agent for a requeued job", "job", j.ID, "step", j.StepKey, "state", string(j.State))
+		}
+		js, err = m.Driver.Store.RerunLostParents(ctx, m.Driver.Now(), m.AgentTTL)
+		if err != nil && ctx.Err() == nil {
+			m.Logger.Warn("running again parents whose agent is gone", "err", err.Error())
+		}
+		for _, j := range js {
+			m.Logger.Info("parent run again: its snapshot's agent is gone", "job", j.ID, "step", j.StepKey)
 		}
 	}
 	// Watching before the first scan: a lease released between the two is not missed.

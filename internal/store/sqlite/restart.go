@@ -25,6 +25,7 @@ const (
 		WHERE state = 'passed' AND attempt > 0 AND ` + lostSnapshot + `
 		  AND EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id
 			AND c.state IN ('pending', 'scheduled', 'assigned', 'running'))
+		  AND EXISTS (SELECT 1 FROM builds b WHERE b.id = jobs.build_id AND b.state NOT IN ('passed', 'failed', 'canceled'))
 		  AND ` + restartCond + `
 		RETURNING id`
 	forgetSnapshots = `UPDATE jobs SET snapshot_agent = '' WHERE ` + lostSnapshot + ` AND ` + restartCond
@@ -74,4 +75,37 @@ func (s *DB) DropStaleSnapshotRemovals(ctx context.Context, now time.Time, reten
 		return err
 	})
 	return n, err
+}
+
+// rerunGoneParents is rerunParents for the parents whose snapshot's agent was not seen since
+// a cutoff. Parameters: ready_at, the cutoff.
+const rerunGoneParents = `UPDATE jobs SET state = 'scheduled', ready_at = ?, agent_id = '', lease_expires = 0,
+		exit_code = NULL, snapshot = '', snapshot_agent = '', error_code = '', error_message = '',
+		started_at = 0, finished_at = 0
+	WHERE state = 'passed' AND attempt > 0 AND snapshot_agent <> ''
+	  AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.id = jobs.snapshot_agent AND a.last_seen >= ?)
+	  AND EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id
+		AND c.state IN ('pending', 'scheduled', 'assigned', 'running'))
+		  AND EXISTS (SELECT 1 FROM builds b WHERE b.id = jobs.build_id AND b.state NOT IN ('passed', 'failed', 'canceled'))
+	RETURNING ` + jobCols
+
+func (s *DB) RerunLostParents(ctx context.Context, now time.Time, agentTTL time.Duration) ([]store.Job, error) {
+	var jobs []store.Job
+	err := s.write(ctx, "rerun lost parents", func(tx *sql.Tx) error {
+		var err error
+		if jobs, err = list(ctx, tx, "rerun lost parents", scanJob, rerunGoneParents, ns(now), ns(now.Add(-agentTTL))); err != nil {
+			return err
+		}
+		for i := range jobs {
+			if err := s.labels(ctx, tx, &jobs[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		s.notifyJobs(jobs)
+		s.notifyReleased(ctx, jobs...)
+	}
+	return jobs, err
 }

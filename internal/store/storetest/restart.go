@@ -157,4 +157,69 @@ var restartCases = []testCase{
 			t.Errorf("a repeat dropped %d", n)
 		}
 	}},
+	{"RerunLostParents", func(t *testing.T, e *env) {
+		o, p := e.org(t, "acme")
+		for _, a := range []string{"gone", "live"} {
+			get(e.s.UpsertAgent(e.ctx, store.Agent{ID: a, Name: a, Backend: "sandbox"}, e.t0))(t)
+		}
+		// parent makes a build of a parent passed on agent and its child, released unless
+		// pending, skipped (finished) when done.
+		var release []string
+		parent := func(id, agent string, child store.JobState) store.Job {
+			t.Helper()
+			_, js := e.build(t, o, p, store.NewJob{ID: id, StepKey: "deps"}, store.NewJob{StepKey: "test", ParentID: id})
+			get(e.s.ReleaseJob(e.ctx, js[0].ID, e.t0))(t)
+			c, ok := e.claim(t, agent, e.t0)
+			if !ok || c.ID != js[0].ID {
+				t.Fatalf("%s claimed %+v (ok %v)", agent, c, ok)
+			}
+			get(e.s.FinishJob(e.ctx, c.ID, c.Attempt, store.Finish{ExitCode: 0, Snapshot: "e-" + id}))(t)
+			switch child {
+			case store.JobScheduled:
+				release = append(release, js[1].ID)
+			case store.JobSkipped:
+				get(e.s.SkipJob(e.ctx, js[1].ID, "canceled", e.t0))(t)
+			}
+			return js[0]
+		}
+		lost := parent("00000000-0000-4000-8000-0000000000a1", "gone", store.JobScheduled)
+		pending := parent("00000000-0000-4000-8000-0000000000a2", "gone", store.JobPending)
+		done := parent("00000000-0000-4000-8000-0000000000a3", "gone", store.JobSkipped)
+		live := parent("00000000-0000-4000-8000-0000000000a4", "live", store.JobScheduled)
+		_, cached := e.build(t, o, p, store.NewJob{ID: "00000000-0000-4000-8000-0000000000a5", StepKey: "deps"},
+			store.NewJob{StepKey: "test", ParentID: "00000000-0000-4000-8000-0000000000a5"})
+		get(e.s.PassCached(e.ctx, cached[0].ID, "c-1", "gone", e.t0))(t)
+		release = append(release, cached[1].ID)
+		for _, id := range release {
+			get(e.s.ReleaseJob(e.ctx, id, e.t0))(t)
+		}
+		if err := e.s.TouchAgent(e.ctx, "live", e.at(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+
+		if got := get(e.s.RerunLostParents(e.ctx, e.at(time.Minute), time.Hour))(t); len(got) != 0 {
+			t.Fatalf("RerunLostParents within the agents' TTL ran %+v", got)
+		}
+		got := get(e.s.RerunLostParents(e.ctx, e.at(time.Hour), 30*time.Second))(t)
+		var ids []string
+		for _, j := range got {
+			ids = append(ids, j.ID)
+			if j.State != store.JobScheduled || j.Snapshot != "" || j.SnapshotAgent != "" {
+				t.Errorf("run again: %+v", j)
+			}
+		}
+		if d := cmp.Diff([]string{lost.ID, pending.ID}, ids, cmpopts.SortSlices(func(a, b string) bool { return a < b })); d != "" {
+			t.Errorf("parents run again (-want +got):\n%s", d)
+		}
+		for _, j := range []store.Job{done, live, cached[0]} {
+			if j = get(e.s.GetJob(e.ctx, j.ID))(t); j.State != store.JobPassed || j.SnapshotAgent == "" {
+				t.Errorf("%s changed: %+v", j.ID, j)
+			}
+		}
+		// An agent holding no snapshot can take nothing but a parent run again.
+		get(e.s.UpsertAgent(e.ctx, store.Agent{ID: "other", Name: "other", Backend: "sandbox"}, e.at(time.Hour)))(t)
+		if c, ok := e.claim(t, "other", e.at(time.Hour)); !ok || (c.ID != lost.ID && c.ID != pending.ID) {
+			t.Errorf("another agent claimed %+v (ok %v), want a parent run again", c, ok)
+		}
+	}},
 }
