@@ -207,6 +207,11 @@ type Job struct {
 	// PolicyAttempt is the attempt of the step's retry policy, from 1 (HM_ATTEMPT): RetryJob
 	// increments it. Attempt counts claims, lost agents' requeues included.
 	PolicyAttempt int
+	// RerunAttempt and RerunSnapshot are the claim and snapshot of the job's first pass
+	// when it ran again since because its snapshot was lost (UpsertAgent,
+	// RerunLostParents); 0 and "" otherwise.
+	RerunAttempt  int
+	RerunSnapshot string
 	CreatedAt     time.Time
 	ReadyAt       time.Time // when it became scheduled: the claim order
 	StartedAt     time.Time

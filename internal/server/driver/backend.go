@@ -227,6 +227,19 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 			}
 			return failedEnd(t.ExitCode, t.ErrorCode, t.ErrorMessage)
 		}
+		if j.RerunAttempt > 0 && j.PolicyAttempt == m.try {
+			// A replay of a step that passed and runs again since (its snapshot was lost
+			// with its agent): it ends as the scheduler saw it end, with that claim's
+			// lines and snapshot; the rerun is the placement's business, not the step's.
+			if err := advance(j.RerunAttempt); err != nil {
+				return 0, err
+			}
+			if err := stream(j.RerunAttempt, true); err != nil {
+				return 0, err
+			}
+			m.job.Snapshot = j.RerunSnapshot
+			return 0, nil
+		}
 		if err := advance(j.Attempt); err != nil { // a requeue: the lost claim's lines first
 			return 0, err
 		}

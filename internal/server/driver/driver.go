@@ -49,7 +49,9 @@
 // at once with its stored result (its logs are replayed from the store, in order); a running
 // one is waited for, not released again, each claim of it the store requeued after a lost
 // agent streamed to its end before the current claim (live and replayed alike: the lines of
-// a policy attempt are all its claims', in claim order); a passed job with no attempt was a cache hit and is
+// a policy attempt are all its claims', in claim order); a parent that passed and runs
+// again since (its snapshot was lost with its agent: Job.RerunAttempt) ends as it passed
+// the first time, its rerun being placement, not a step event; a passed job with no attempt was a cache hit and is
 // a hit again; a job retried by its policy replays each earlier attempt as its JobTry ended
 // (its log chunks, then its exit code) before it waits for the current one; a cache miss logs
 // the note recorded on its job the first time. The events the new run publishes are then deduplicated against the stored

@@ -15,7 +15,7 @@ import (
 
 const jobCols = `id, build_id, ordinal, step_key, name, command, depends_on, parent_id, backend, state, attempt,
 	agent_id, lease_expires, exit_code, snapshot, snapshot_agent, error_code, error_message, infra_retries,
-	created_at, ready_at, started_at, finished_at, cache_note, policy_attempt`
+	created_at, ready_at, started_at, finished_at, cache_note, policy_attempt, rerun_attempt, rerun_snapshot`
 
 // leased are the states in which an agent holds the job, as SQL.
 const leased = `('assigned', 'running', 'canceling', 'timing_out')`
@@ -31,7 +31,7 @@ func scanJob(r scanner) (store.Job, error) {
 	var lease, c, ready, st, fin int64
 	err := r.Scan(&j.ID, &j.BuildID, &j.Ordinal, &j.StepKey, &j.Name, &j.Command, &deps, &j.ParentID, &j.Backend,
 		&j.State, &j.Attempt, &j.AgentID, &lease, &exit, &j.Snapshot, &j.SnapshotAgent, &j.ErrorCode, &j.ErrorMessage,
-		&j.InfraRetries, &c, &ready, &st, &fin, &j.CacheNote, &j.PolicyAttempt)
+		&j.InfraRetries, &c, &ready, &st, &fin, &j.CacheNote, &j.PolicyAttempt, &j.RerunAttempt, &j.RerunSnapshot)
 	if err != nil {
 		return j, err
 	}

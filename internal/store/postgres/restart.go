@@ -14,7 +14,7 @@ import (
 const (
 	restartCond  = `EXISTS (SELECT 1 FROM agents WHERE id = ? AND boot_id <> ? AND (org_id = '' OR org_id = ?))`
 	lostSnapshot = `snapshot_agent = ? AND snapshot NOT IN (SELECT snapshot FROM cache_entries WHERE agent_id = ?)`
-	rerunParents = `UPDATE jobs SET state = 'scheduled', ready_at = ?, agent_id = '', lease_expires = 0,
+	rerunParents = `UPDATE jobs SET state = 'scheduled', ready_at = ?, agent_id = '', lease_expires = 0, ` + keepFirstPass + `,
 			exit_code = NULL, snapshot = '', snapshot_agent = '', error_code = '', error_message = '',
 			started_at = 0, finished_at = 0
 		WHERE state = 'passed' AND attempt > 0 AND ` + lostSnapshot + `
@@ -25,6 +25,9 @@ const (
 		RETURNING id`
 	forgetSnapshots = `UPDATE jobs SET snapshot_agent = '' WHERE ` + lostSnapshot + ` AND ` + restartCond
 )
+
+const keepFirstPass = `rerun_attempt = CASE WHEN rerun_attempt = 0 THEN attempt ELSE rerun_attempt END,
+	rerun_snapshot = CASE WHEN rerun_attempt = 0 THEN snapshot ELSE rerun_snapshot END`
 
 const maxRerunDepth = 64
 
@@ -69,7 +72,7 @@ func (s *DB) DropStaleSnapshotRemovals(ctx context.Context, now time.Time, reten
 
 // rerunGoneParents is rerunParents for the parents whose snapshot's agent was not seen since
 // a cutoff. Parameters: ready_at, the cutoff.
-const rerunGoneParents = `UPDATE jobs SET state = 'scheduled', ready_at = ?, agent_id = '', lease_expires = 0,
+const rerunGoneParents = `UPDATE jobs SET state = 'scheduled', ready_at = ?, agent_id = '', lease_expires = 0, ` + keepFirstPass + `,
 		exit_code = NULL, snapshot = '', snapshot_agent = '', error_code = '', error_message = '',
 		started_at = 0, finished_at = 0
 	WHERE state = 'passed' AND attempt > 0 AND snapshot_agent <> ''

@@ -19,7 +19,7 @@ const (
 	// rerunParents runs again the passed, non-cached parents (attempt > 0: a cache hit has
 	// none) that lost their snapshot while a child still needs it. ready_at, then
 	// lostSnapshot's and restartCond's parameters.
-	rerunParents = `UPDATE jobs SET state = 'scheduled', ready_at = ?, agent_id = '', lease_expires = 0,
+	rerunParents = `UPDATE jobs SET state = 'scheduled', ready_at = ?, agent_id = '', lease_expires = 0, ` + keepFirstPass + `,
 			exit_code = NULL, snapshot = '', snapshot_agent = '', error_code = '', error_message = '',
 			started_at = 0, finished_at = 0
 		WHERE state = 'passed' AND attempt > 0 AND ` + lostSnapshot + `
@@ -30,6 +30,12 @@ const (
 		RETURNING id`
 	forgetSnapshots = `UPDATE jobs SET snapshot_agent = '' WHERE ` + lostSnapshot + ` AND ` + restartCond
 )
+
+// keepFirstPass records, at a job's first rerun, the claim and snapshot of the pass the
+// build's scheduler saw (store.Job.RerunAttempt): a driver replaying the build ends the step
+// as it ended then.
+const keepFirstPass = `rerun_attempt = CASE WHEN rerun_attempt = 0 THEN attempt ELSE rerun_attempt END,
+	rerun_snapshot = CASE WHEN rerun_attempt = 0 THEN snapshot ELSE rerun_snapshot END`
 
 // maxRerunDepth bounds the rounds of rerunParents: a round finds the parents of the jobs the
 // previous one ran again (a chain's depth).
@@ -79,7 +85,7 @@ func (s *DB) DropStaleSnapshotRemovals(ctx context.Context, now time.Time, reten
 
 // rerunGoneParents is rerunParents for the parents whose snapshot's agent was not seen since
 // a cutoff. Parameters: ready_at, the cutoff.
-const rerunGoneParents = `UPDATE jobs SET state = 'scheduled', ready_at = ?, agent_id = '', lease_expires = 0,
+const rerunGoneParents = `UPDATE jobs SET state = 'scheduled', ready_at = ?, agent_id = '', lease_expires = 0, ` + keepFirstPass + `,
 		exit_code = NULL, snapshot = '', snapshot_agent = '', error_code = '', error_message = '',
 		started_at = 0, finished_at = 0
 	WHERE state = 'passed' AND attempt > 0 AND snapshot_agent <> ''

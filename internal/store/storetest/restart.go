@@ -77,6 +77,10 @@ var restartCases = []testCase{
 		if d := cmp.Diff(want, got); d != "" {
 			t.Fatalf("jobs after a1's restart (-want +got):\n%s", d)
 		}
+		// The first pass is kept: what a replaying driver ends the step with.
+		if j := get(e.s.GetJob(e.ctx, chain[1].ID))(t); j.RerunAttempt != 1 || j.RerunSnapshot != "e-2" {
+			t.Errorf("build's first pass: attempt %d snapshot %q, want 1 e-2", j.RerunAttempt, j.RerunSnapshot)
+		}
 		// A queued removal stays: removing a snapshot already gone is a no-op the agent acks.
 		if d := cmp.Diff([]string{"e-0"}, get(e.s.ListSnapshotRemovals(e.ctx, "a1", 10))(t)); d != "" {
 			t.Errorf("a1's removals after its restart (-want +got):\n%s", d)
