@@ -20,7 +20,7 @@ const (
 		WHERE state = 'passed' AND attempt > 0 AND ` + lostSnapshot + `
 		  AND EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id
 			AND c.state IN ('pending', 'scheduled', 'assigned', 'running'))
-		  AND EXISTS (SELECT 1 FROM builds b WHERE b.id = jobs.build_id AND b.state NOT IN ('passed', 'failed', 'canceled'))
+		  AND build_id IN (SELECT id FROM builds WHERE state NOT IN ('passed', 'failed', 'canceled'))
 		  AND ` + restartCond + `
 		RETURNING id`
 	forgetSnapshots = `UPDATE jobs SET snapshot_agent = '' WHERE ` + lostSnapshot + ` AND ` + restartCond
@@ -31,8 +31,8 @@ const keepFirstPass = `rerun_attempt = CASE WHEN rerun_attempt = 0 THEN attempt 
 
 const maxRerunDepth = 64
 
-// agentRestarted forgets what a restart of a removed, before the registration records its
-// boot id, and returns the jobs it runs again.
+// agentRestarted forgets what the restart of agent a removed, before the registration
+// records its boot id, and returns the jobs it runs again.
 func agentRestarted(ctx context.Context, tx pgx.Tx, a store.Agent, now time.Time) ([]string, error) {
 	if a.BootID == "" {
 		return nil, nil
@@ -79,7 +79,7 @@ const rerunGoneParents = `UPDATE jobs SET state = 'scheduled', ready_at = ?, age
 	  AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.id = jobs.snapshot_agent AND a.last_seen >= ?)
 	  AND EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id
 		AND c.state IN ('pending', 'scheduled', 'assigned', 'running'))
-		  AND EXISTS (SELECT 1 FROM builds b WHERE b.id = jobs.build_id AND b.state NOT IN ('passed', 'failed', 'canceled'))
+		  AND build_id IN (SELECT id FROM builds WHERE state NOT IN ('passed', 'failed', 'canceled'))
 	RETURNING ` + jobCols
 
 func (s *DB) RerunLostParents(ctx context.Context, now time.Time, agentTTL time.Duration) ([]store.Job, error) {

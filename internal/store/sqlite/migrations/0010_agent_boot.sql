@@ -4,7 +4,7 @@
 -- no builds_in child is placed on that agent for them. The index finds an agent's snapshots.
 ALTER TABLE agents ADD COLUMN boot_id TEXT NOT NULL DEFAULT '';
 CREATE INDEX jobs_snapshot_agent ON jobs (snapshot_agent) WHERE snapshot_agent <> '';
-CREATE INDEX jobs_parent ON jobs (parent_id) WHERE parent_id <> '';
+CREATE INDEX jobs_parent ON jobs (parent_id);
 -- A parent run again keeps the claim and snapshot of its first pass, the one the build's
 -- scheduler saw: a driver replaying the build ends the step as it ended then.
 ALTER TABLE jobs ADD COLUMN rerun_attempt INTEGER NOT NULL DEFAULT 0;
