@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"context"
 	"testing"
 
+	"github.com/hmci/hm/internal/execution/remote/remotetest"
+	"github.com/hmci/hm/internal/store/postgres"
 	"github.com/hmci/hm/internal/store/postgres/pgtest"
 )
 
@@ -31,4 +34,18 @@ func (st remoteStore) dbArgs(t *testing.T) []string {
 		return []string{"--db", pgtest.URL(t)}
 	}
 	return nil
+}
+
+// testServer is an in-process hm server (remotetest) on the store: the default SQLite one,
+// or a fresh PostgreSQL schema, closed before the schema is dropped (its cleanup runs first).
+func (st remoteStore) testServer(t *testing.T) *remotetest.Env {
+	t.Helper()
+	if st != storePostgres {
+		return remotetest.New(t)
+	}
+	db, err := postgres.Open(context.Background(), pgtest.URL(t), postgres.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return remotetest.NewOn(t, db)
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/hmci/hm/internal/events"
-	"github.com/hmci/hm/internal/execution/remote/remotetest"
 )
 
 // remoteIR is a flat IR whose steps are remotetest's fake agent scripts.
@@ -29,8 +28,10 @@ func remoteIR(cmds ...string) string {
 // hm run --backend remote against a real server (its driver and a fake agent): --format json
 // prints build_accepted, then exactly the server's event stream; exit codes per remote.md,
 // with the error line and its fix for the refusals.
-func TestRemoteRun(t *testing.T) {
-	srv := remotetest.New(t)
+func TestRemoteRun(t *testing.T) { remoteStores(t, testRemoteRun) }
+
+func testRemoteRun(t *testing.T, st remoteStore) {
+	srv := st.testServer(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -99,8 +100,10 @@ func TestRemoteRun(t *testing.T) {
 }
 
 // Ctrl-C sends one cancelBuild and hm exits 130 once the build ended canceled.
-func TestRemoteInterrupt(t *testing.T) {
-	srv := remotetest.New(t)
+func TestRemoteInterrupt(t *testing.T) { remoteStores(t, testRemoteInterrupt) }
+
+func testRemoteInterrupt(t *testing.T, st remoteStore) {
+	srv := st.testServer(t)
 	e := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -32,7 +32,9 @@
 //
 // Drain (SIGTERM) stops claiming and lets running steps finish and report; Run's own context
 // ending kills running steps without a Finish (their leases lapse and the server retries
-// them). At start the backend's Reconcile removes what a previous agent process left.
+// them). At start the backend's Reconcile removes what a previous agent process left; the
+// registration that follows carries a fresh boot id, which tells the server that the
+// previous process's ephemeral snapshots are gone (it runs their builds_in parents again).
 //
 // # Snapshots
 //
@@ -140,7 +142,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.cfg.Backend.Reconcile(ctx); err != nil {
 		return fmt.Errorf("agent: reconcile: %w", err)
 	}
-	reg := agentproto.Register{AgentID: id, Name: a.cfg.Name, Backend: a.cfg.Backend.Name(), Labels: a.cfg.Labels}
+	reg := agentproto.Register{AgentID: id, Name: a.cfg.Name, Backend: a.cfg.Backend.Name(), Labels: a.cfg.Labels,
+		BootID: uuid.NewString()}
 	if _, err := a.c.call(ctx, http.MethodPost, agentproto.PathRegister, reg, &agentproto.Registered{}, 0, nil); err != nil {
 		return fmt.Errorf("agent: register: %w", err)
 	}

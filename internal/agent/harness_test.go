@@ -286,6 +286,8 @@ type agentOpts struct {
 	slots   int
 	state   string        // the agent's state dir (its id); default a new one
 	alive   time.Duration // Config.AlivePeriod
+	// cutAfter cuts the agent's connection once a request it matches was answered.
+	cutAfter func(*http.Request) bool
 }
 
 // startAgent runs a real agent (host backend unless told) against the server.
@@ -301,7 +303,7 @@ func (e *env) startAgent(o agentOpts) *runningAgent {
 	if o.token == "" {
 		o.token = e.agentTok
 	}
-	tr := &flaky{base: http.DefaultTransport}
+	tr := &flaky{base: http.DefaultTransport, cutAfter: o.cutAfter}
 	a, err := agent.New(agent.Config{Server: e.url, Token: o.token, Backend: o.backend, StateDir: state, Slots: o.slots,
 		HTTP: &http.Client{Transport: tr}, StopPoll: 200 * time.Millisecond, ClaimWait: 2 * time.Second, AlivePeriod: o.alive,
 		Logger: slog.New(slog.NewTextHandler(e.logs, nil))})
@@ -337,6 +339,8 @@ type flaky struct {
 	// sent is every Logs and Finish body the agent sent: what it uploads, before the server
 	// sees it.
 	sent syncBuffer
+	// cutAfter, when set, cuts the connection once a request it matches was answered.
+	cutAfter func(*http.Request) bool
 }
 
 var errCut = errors.New("connection cut by the test")
@@ -358,7 +362,11 @@ func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
 		f.sent.Write(append(b, '\n'))
 		r.Body = io.NopCloser(bytes.NewReader(b))
 	}
-	return f.base.RoundTrip(r)
+	resp, err := f.base.RoundTrip(r)
+	if err == nil && f.cutAfter != nil && f.cutAfter(r) {
+		f.down.Store(true)
+	}
+	return resp, err
 }
 
 func ir(steps ...string) string {

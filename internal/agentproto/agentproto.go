@@ -55,6 +55,10 @@ type Register struct {
 	Name    string   `json:"name"`
 	Backend string   `json:"backend"` // sandbox, docker or host
 	Labels  []string `json:"labels"`  // "k=v"; a job's labels must all be among them
+	// BootID is fresh per agent process (hm extension; "" from an agent that sends none).
+	// The agent reconciled its backend before registering, which removed its previous
+	// process's ephemeral snapshots: a new boot id tells the server they are gone.
+	BootID string `json:"boot_id,omitempty"`
 }
 
 // Registered answers Register.

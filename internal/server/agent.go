@@ -42,7 +42,7 @@ func (s *Server) agentRegister(w http.ResponseWriter, r *http.Request, req agent
 		s.writeError(w, r, badRequest("validation_failed", "agent_id and backend are required"))
 		return
 	}
-	a, err := s.cfg.Store.UpsertAgent(r.Context(), store.Agent{ID: req.AgentID, OrgID: authOf(r).Org.ID, Name: req.Name, Labels: req.Labels, Backend: req.Backend}, s.now())
+	a, err := s.cfg.Store.UpsertAgent(r.Context(), store.Agent{ID: req.AgentID, OrgID: authOf(r).Org.ID, Name: req.Name, Labels: req.Labels, Backend: req.Backend, BootID: req.BootID}, s.now())
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -45,11 +45,16 @@
 //	                                                   └──► failed, error_code agent_lost
 //	                                                        (after the retry budget)
 //	scheduled, requeued ──no live agent could run it (FailOrphans)──► failed, agent_lost
+//	scheduled child whose parent ran again and did not pass (FailOrphans)──► failed, agent_lost
+//	passed parent whose snapshot its agent's restart removed (UpsertAgent)──► scheduled
+//	passed parent whose snapshot's agent is gone (RerunLostParents)──► scheduled
 //	failed ──RetryJob (the step's retry policy)──► scheduled (policy attempt + 1)
 //
-// passed, failed, skipped, canceled and timed_out are terminal, but for the one edge a
+// passed, failed, skipped, canceled and timed_out are terminal, but for two edges: the one a
 // build's driver takes when the step's retry policy runs it again (RetryJob: failed →
-// scheduled, PolicyAttempt + 1, the failed attempt kept as a JobTry). pending→scheduled is the
+// scheduled, PolicyAttempt + 1, the failed attempt kept as a JobTry), and a builds_in
+// parent run again because its agent restarted and lost its snapshot while a child still
+// needed it (UpsertAgent: passed → scheduled, a new claim, its snapshot replaced). pending→scheduled is the
 // scheduler's decision (dependencies done, a parallelism slot free); the store only makes the
 // transition atomic.
 //
@@ -184,6 +189,11 @@ type SnapshotRemovals interface {
 	ListSnapshotRemovals(ctx context.Context, agentID string, limit int) ([]string, error)
 	// AckSnapshotRemovals forgets removals agentID has done; unknown ones are ignored.
 	AckSnapshotRemovals(ctx context.Context, agentID string, snapshots []string) error
+	// DropStaleSnapshotRemovals forgets, in one statement, the removals of every agent not
+	// seen since now-retention (or never registered): an agent gone for good never asks for
+	// them, and one that comes back after that long reconciles its backend at start, which
+	// removes its previous process's ephemeral snapshots. It returns how many it dropped.
+	DropStaleSnapshotRemovals(ctx context.Context, now time.Time, retention time.Duration) (int64, error)
 }
 
 // Orgs are tenants: every other entity but agents and blobs belongs to one.
@@ -286,6 +296,12 @@ type Claims interface {
 	// run stays scheduled, and a job never claimed waits for an agent however long it takes.
 	// It returns the jobs it failed.
 	FailOrphans(ctx context.Context, now time.Time, agentTTL time.Duration) ([]Job, error)
+	// RerunLostParents runs again, in one statement, every passed non-cached parent whose
+	// snapshot is on an agent not seen since now-agentTTL while a builds_in child of it is
+	// not finished (passed → scheduled, as UpsertAgent does for a restarted agent): the
+	// child could never be placed otherwise. A cache hit's parent is left alone (it has no
+	// attempt to run again; its entry misses at the next lookup). It returns the jobs.
+	RerunLostParents(ctx context.Context, now time.Time, agentTTL time.Duration) ([]Job, error)
 }
 
 // BuildLeases fence the driver of a build: the one server replica that runs its scheduler.
@@ -340,6 +356,17 @@ type Agents interface {
 	// An agent belongs to the org it was first registered with (or, registered before orgs
 	// were recorded, to the first org that registers it again): re-registering it with
 	// another OrgID changes nothing and answers a *NotFoundError, the tenancy answer.
+	//
+	// A registration whose BootID is not empty and differs from the stored one is the
+	// agent's restart: its start-up reconcile removed every ephemeral snapshot of its
+	// previous process. In the same transaction the store forgets them (snapshot_agent
+	// cleared on every job whose snapshot is on the agent and is no cache entry's of it:
+	// cached snapshots survive a restart and stay usable) and runs again every passed
+	// non-cached parent
+	// whose builds_in child is not finished: passed → scheduled, claimable by any agent,
+	// the child placed where the parent's new snapshot is once it passes (remote.md: "a
+	// child whose parent's agent is gone makes the parent run again"). A parent of such
+	// a parent that lost its snapshot too runs again as well.
 	UpsertAgent(ctx context.Context, a Agent, now time.Time) (Agent, error)
 	GetAgent(ctx context.Context, id string) (Agent, error)
 	ListAgents(ctx context.Context) ([]Agent, error)

@@ -215,11 +215,16 @@ type Job struct {
 	// Artifacts are the files the step's artifacts patterns collected (a JSON array of
 	// artifact.File: path, size, sha256), their bytes in the server's blob dir by digest:
 	// reported by the agent at finish, or copied from the cache entry on a hit. nil: none.
-	Artifacts  json.RawMessage
-	CreatedAt  time.Time
-	ReadyAt    time.Time // when it became scheduled: the claim order
-	StartedAt  time.Time
-	FinishedAt time.Time
+	Artifacts json.RawMessage
+	// RerunAttempt and RerunSnapshot are the claim and snapshot of the job's first pass
+	// when it ran again since because its snapshot was lost (UpsertAgent,
+	// RerunLostParents); 0 and "" otherwise.
+	RerunAttempt  int
+	RerunSnapshot string
+	CreatedAt     time.Time
+	ReadyAt       time.Time // when it became scheduled: the claim order
+	StartedAt     time.Time
+	FinishedAt    time.Time
 }
 
 // JobTry is a failed policy attempt of a job that was retried (RetryJob): how it ended.
@@ -289,10 +294,13 @@ type Agent struct {
 	// OrgID is the org of the token that registered it, fixed from then on (UpsertAgent);
 	// "" for an agent registered before orgs were recorded: it counts for any org in the
 	// reaper, and the server makes it register again before it claims.
-	OrgID    string
-	Name     string
-	Labels   []string
-	Backend  string
+	OrgID   string
+	Name    string
+	Labels  []string
+	Backend string
+	// BootID names the agent's process (a fresh one per start; "" from an agent that sends
+	// none). A registration with another one than stored is a restart: see UpsertAgent.
+	BootID   string
 	LastSeen time.Time
 }
 

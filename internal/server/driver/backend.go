@@ -112,6 +112,19 @@ func (b *backend) Reconcile(context.Context) error                      { return
 // those) on the agent that committed it, which learns it from its next alive call. Queuing
 // is idempotent, so a driver replaying the build queues it again harmlessly.
 func (b *backend) RemoveSnapshot(_ context.Context, snapshot string) error {
+	// The job that committed it, by the id Commit gave the scheduler: a parent run again
+	// since (its agent restarted, UpsertAgent) holds another snapshot now, on another
+	// agent, and that one is what no child needs any more.
+	if id, ok := b.d.committed.Load(snapshot); ok {
+		j, err := b.d.cfg.Store.GetJob(b.d.life, id.(string))
+		if err != nil {
+			return err
+		}
+		if j.Snapshot != "" && j.SnapshotAgent != "" && j.Attempt > 0 {
+			return b.d.cfg.Store.QueueSnapshotRemoval(b.d.life, j.SnapshotAgent, j.Snapshot, b.d.cfg.Now())
+		}
+		return nil
+	}
 	js, err := b.d.cfg.Store.ListJobs(b.d.life, b.d.build.ID)
 	if err != nil {
 		return err
@@ -143,6 +156,7 @@ func (m *machine) Commit(context.Context, bool) (string, error) {
 	if m.job.Snapshot == "" {
 		return "", fmt.Errorf("%w: the agent committed no snapshot of step %s", errs.ErrInfra, m.job.StepKey)
 	}
+	m.d.committed.Store(m.job.Snapshot, m.id)
 	return m.job.Snapshot, nil
 }
 
@@ -209,6 +223,27 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 			}
 		}
 	}
+	// advance moves the stream on to claim upto of the job. The claims of this policy
+	// attempt before it were lost agents' (the store requeued the job), and their lines
+	// are this attempt's as much as the current claim's: each is streamed to its end
+	// first, in claim order, which is what a live watcher saw and what a replay shows. A
+	// claim that was requeued takes no more lines (a stale attempt's are refused), so what
+	// is stored of it is all there will be.
+	advance := func(upto int) error {
+		if upto == attempt {
+			return nil
+		}
+		for a := max(first, attempt); a < upto; a++ {
+			if a != attempt {
+				after = 0
+			}
+			if err := stream(a, true); err != nil {
+				return err
+			}
+		}
+		attempt, after = upto, 0
+		return nil
+	}
 	stopped := false // we asked the agent to stop
 	// Woken by the store on the job's transitions and stored chunks; the tick is the
 	// fallback for a lost wake-up. Watching before the first read misses nothing.
@@ -228,16 +263,29 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 			if err != nil {
 				return 0, err
 			}
-			if t.Attempt != attempt {
-				after = 0
+			if err := advance(t.Attempt); err != nil {
+				return 0, err
 			}
 			if err := stream(t.Attempt, true); err != nil {
 				return 0, err
 			}
 			return failedEnd(t.ExitCode, t.ErrorCode, t.ErrorMessage)
 		}
-		if j.Attempt != attempt { // a retry on another agent streams its own log
-			attempt, after = j.Attempt, 0
+		if j.RerunAttempt > 0 && j.PolicyAttempt == m.try {
+			// A replay of a step that passed and runs again since (its snapshot was lost
+			// with its agent): it ends as the scheduler saw it end, with that claim's
+			// lines and snapshot; the rerun is the placement's business, not the step's.
+			if err := advance(j.RerunAttempt); err != nil {
+				return 0, err
+			}
+			if err := stream(j.RerunAttempt, true); err != nil {
+				return 0, err
+			}
+			m.job.Snapshot = j.RerunSnapshot
+			return 0, nil
+		}
+		if err := advance(j.Attempt); err != nil { // a requeue: the lost claim's lines first
+			return 0, err
 		}
 		if j.Attempt >= first {
 			if err := stream(j.Attempt, j.State.Terminal()); err != nil {

@@ -47,7 +47,11 @@
 // the same build, here or on another replica, carries it on: it rebuilds the scheduler's
 // view from the store, because each step's truth is its job. A job already finished resolves
 // at once with its stored result (its logs are replayed from the store, in order); a running
-// one is waited for, not released again; a passed job with no attempt was a cache hit and is
+// one is waited for, not released again, each claim of it the store requeued after a lost
+// agent streamed to its end before the current claim (live and replayed alike: the lines of
+// a policy attempt are all its claims', in claim order); a parent that passed and runs
+// again since (its snapshot was lost with its agent: Job.RerunAttempt) ends as it passed
+// the first time, its rerun being placement, not a step event; a passed job with no attempt was a cache hit and is
 // a hit again; a job retried by its policy replays each earlier attempt as its JobTry ended
 // (its log chunks, then its exit code) before it waits for the current one; a cache miss logs
 // the note recorded on its job the first time. The events the new run publishes are then deduplicated against the stored
@@ -73,6 +77,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/hmci/hm/internal/cachekey"
@@ -337,6 +342,8 @@ type driver struct {
 	life  context.Context
 	build store.Build
 	byKey map[string]store.Job // read-only after Drive starts the scheduler
+	// committed maps a snapshot id Commit returned to its job's id (RemoveSnapshot).
+	committed sync.Map
 }
 
 // watch renews the lease and turns the build's cancel flag into the scheduler's cancel.

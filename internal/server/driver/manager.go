@@ -20,9 +20,12 @@ import (
 // The reaper calls ReapExpiredLeases every Reap: a job whose agent stopped heartbeating goes
 // back to the queue, or fails agent_lost after MaxRetries requeues; and FailOrphans: a
 // requeued job that no agent seen within AgentTTL could run fails agent_lost rather than
-// waiting forever. It runs once across the replicas of a deployment: only on the manager
-// holding the store's leader lease LeaderName (store.LeaderLeases), taken or renewed at each
-// round for LeaderTTL and released when Run ends, so that another replica takes over at its
+// waiting forever; RerunLostParents: a builds_in parent whose snapshot's agent was not seen
+// within AgentTTL runs again while a child needs it; and at most once a minute DropStaleSnapshotRemovals: the removals queued
+// for agents not seen within RemovalRetention, which would otherwise stay forever. It runs
+// once across the replicas of a deployment: only on the manager holding the store's leader
+// lease LeaderName (store.LeaderLeases), taken or renewed at each round for LeaderTTL and
+// released when Run ends, so that another replica takes over at its
 // next round rather than after the lease lapsed. A build whose driver lease another replica
 // released mid-build (store.DriversWanted, that replica draining) is scanned for at once.
 type Manager struct {
@@ -40,7 +43,11 @@ type Manager struct {
 	// LeaderTTL is the reaper's leader lease: how long a dead leader's duties wait before
 	// another replica takes them. Default 5 s (at least 3 Reap rounds).
 	LeaderTTL time.Duration
-	Logger    *slog.Logger
+	// RemovalRetention is how long the snapshot removals queued for an agent that is not
+	// seen any more are kept (store.DropStaleSnapshotRemovals, by the reaper's leader at
+	// most once a minute). Default 24 h.
+	RemovalRetention time.Duration
+	Logger           *slog.Logger
 
 	once    sync.Once
 	kick    chan string
@@ -63,6 +70,9 @@ func (m *Manager) init() {
 		}
 		if m.AgentTTL <= 0 {
 			m.AgentTTL = 30 * time.Second
+		}
+		if m.RemovalRetention <= 0 {
+			m.RemovalRetention = 24 * time.Hour
 		}
 		if m.LeaderTTL <= 0 {
 			m.LeaderTTL = max(5*time.Second, 3*m.Reap)
@@ -157,9 +167,22 @@ func (m *Manager) Run(ctx context.Context) {
 			m.Driver.Store.ReleaseLeader(rctx, LeaderName, m.Driver.Owner, epoch)
 		}
 	}()
+	var dropped time.Time // when stale snapshot removals were last dropped
 	reap := func() {
 		if !leader() {
 			return
+		}
+		if now := m.Driver.Now(); now.Sub(dropped) >= time.Minute {
+			n, err := m.Driver.Store.DropStaleSnapshotRemovals(ctx, now, m.RemovalRetention)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				m.Logger.Warn("dropping stale snapshot removals", "err", err.Error())
+			case err == nil:
+				dropped = now
+				if n > 0 {
+					m.Logger.Info("snapshot removals of agents gone dropped", "removals", n, "retention", m.RemovalRetention.String())
+				}
+			}
 		}
 		js, err := m.Driver.Store.ReapExpiredLeases(ctx, m.Driver.Now(), m.MaxRetries)
 		if err != nil && ctx.Err() == nil {
@@ -178,6 +201,13 @@ func (m *Manager) Run(ctx context.Context) {
 		// Secrets of builds that ended without their driver deleting them (it stopped).
 		if _, err := m.Driver.Store.DeleteEndedBuildSecrets(ctx); err != nil && ctx.Err() == nil {
 			m.Logger.Warn("deleting ended builds' secrets", "err", err.Error())
+		}
+		js, err = m.Driver.Store.RerunLostParents(ctx, m.Driver.Now(), m.AgentTTL)
+		if err != nil && ctx.Err() == nil {
+			m.Logger.Warn("running again parents whose agent is gone", "err", err.Error())
+		}
+		for _, j := range js {
+			m.Logger.Info("parent run again: its snapshot's agent is gone", "job", j.ID, "step", j.StepKey)
 		}
 	}
 	// Watching before the first scan: a lease released between the two is not missed.

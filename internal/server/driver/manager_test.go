@@ -115,3 +115,38 @@ func TestReaperRunsOnTheLeaderOnly(t *testing.T) {
 	until(t, "the second lapsed lease reaped by r2", requeued)
 	until(t, "r2 logs the reap", func() bool { return l2.has("lease lapsed") })
 }
+
+// TestReaperDropsStaleRemovals: the leader drops the snapshot removals of an agent not seen
+// within the retention and keeps a live agent's.
+func TestReaperDropsStaleRemovals(t *testing.T) {
+	ctx := hang(t)
+	st, err := sqlite.Open(ctx, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now()
+	for id, seen := range map[string]time.Time{"gone": now.Add(-2 * time.Hour), "live": now} {
+		if _, err := st.UpsertAgent(ctx, store.Agent{ID: id, Name: id, Backend: "host"}, seen); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.QueueSnapshotRemoval(ctx, id, "e-"+id, seen); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logs := &logBuf{}
+	m := &Manager{Driver: Config{Store: st, Owner: "r1"}, Reap: 10 * time.Millisecond, Scan: time.Hour,
+		RemovalRetention: time.Hour, Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	mctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(mctx) }()
+	defer func() { cancel(); <-done }()
+	until(t, "gone's removal dropped", func() bool {
+		l, err := st.ListSnapshotRemovals(ctx, "gone", 10)
+		return err == nil && len(l) == 0
+	})
+	if l, err := st.ListSnapshotRemovals(ctx, "live", 10); err != nil || len(l) != 1 {
+		t.Errorf("live's removals = %v, %v; want its one", l, err)
+	}
+	until(t, "the drop logged", func() bool { return logs.has("snapshot removals of agents gone dropped") })
+}

@@ -174,14 +174,19 @@ func (s *DB) GetOrgBlob(ctx context.Context, orgID, digest string) (store.Blob, 
 }
 
 func (s *DB) UpsertAgent(ctx context.Context, a store.Agent, now time.Time) (store.Agent, error) {
+	var rerun []string
 	err := s.write(ctx, "upsert agent", func(tx pgx.Tx) error {
+		var err error
+		if rerun, err = agentRestarted(ctx, tx, a, now); err != nil {
+			return err
+		}
 		// An agent id belongs to the org that registered it first: another org's token cannot
 		// take it over (the row is left alone and the caller told it does not exist).
-		res, err := exec(ctx, tx, `INSERT INTO agents (id, name, backend, org_id, last_seen) VALUES (?, ?, ?, ?, ?)
+		res, err := exec(ctx, tx, `INSERT INTO agents (id, name, backend, org_id, boot_id, last_seen) VALUES (?, ?, ?, ?, ?, ?)
 			ON CONFLICT (id) DO UPDATE SET name = excluded.name, backend = excluded.backend, org_id = excluded.org_id,
-				last_seen = excluded.last_seen
+				boot_id = excluded.boot_id, last_seen = excluded.last_seen
 			WHERE agents.org_id = '' OR agents.org_id = excluded.org_id`,
-			a.ID, a.Name, a.Backend, a.OrgID, ns(now))
+			a.ID, a.Name, a.Backend, a.OrgID, a.BootID, ns(now))
 		if err != nil {
 			return err
 		}
@@ -201,6 +206,12 @@ func (s *DB) UpsertAgent(ctx context.Context, a store.Agent, now time.Time) (sto
 	if err != nil {
 		return store.Agent{}, err
 	}
+	for _, id := range rerun {
+		s.notify(store.JobChanged(id))
+	}
+	if len(rerun) > 0 {
+		s.notify(store.JobsReleased(a.OrgID))
+	}
 	return s.GetAgent(ctx, a.ID)
 }
 
@@ -208,10 +219,10 @@ func (s *DB) scanAgents(ctx context.Context, where string, args ...any) ([]store
 	agents, err := list(ctx, s.pool, "get agent", func(r scanner) (store.Agent, error) {
 		var a store.Agent
 		var seen int64
-		err := r.Scan(&a.ID, &a.Name, &a.Backend, &a.OrgID, &seen)
+		err := r.Scan(&a.ID, &a.Name, &a.Backend, &a.OrgID, &a.BootID, &seen)
 		a.LastSeen = tm(seen)
 		return a, err
-	}, `SELECT id, name, backend, org_id, last_seen FROM agents `+where+` ORDER BY id COLLATE "C"`, args...)
+	}, `SELECT id, name, backend, org_id, boot_id, last_seen FROM agents `+where+` ORDER BY id COLLATE "C"`, args...)
 	if err != nil {
 		return nil, err
 	}

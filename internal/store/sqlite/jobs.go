@@ -14,10 +14,14 @@ import (
 
 const jobCols = `id, build_id, ordinal, step_key, name, command, depends_on, parent_id, backend, state, attempt,
 	agent_id, lease_expires, exit_code, snapshot, snapshot_agent, error_code, error_message, infra_retries,
-	created_at, ready_at, started_at, finished_at, cache_note, policy_attempt, artifacts`
+	created_at, ready_at, started_at, finished_at, cache_note, policy_attempt, artifacts, rerun_attempt, rerun_snapshot`
 
 // leased are the states in which an agent holds the job, as SQL.
 const leased = `('assigned', 'running', 'canceling', 'timing_out')`
+
+// parentFailed are the end states of a parent run again that did not pass, as SQL (a
+// released child's parent had passed).
+const parentFailed = `('failed', 'canceled', 'timed_out', 'skipped')`
 
 func scanJob(r scanner) (store.Job, error) {
 	var j store.Job
@@ -26,7 +30,7 @@ func scanJob(r scanner) (store.Job, error) {
 	var lease, c, ready, st, fin int64
 	err := r.Scan(&j.ID, &j.BuildID, &j.Ordinal, &j.StepKey, &j.Name, &j.Command, &deps, &j.ParentID, &j.Backend,
 		&j.State, &j.Attempt, &j.AgentID, &lease, &exit, &j.Snapshot, &j.SnapshotAgent, &j.ErrorCode, &j.ErrorMessage,
-		&j.InfraRetries, &c, &ready, &st, &fin, &j.CacheNote, &j.PolicyAttempt, &artifacts)
+		&j.InfraRetries, &c, &ready, &st, &fin, &j.CacheNote, &j.PolicyAttempt, &artifacts, &j.RerunAttempt, &j.RerunSnapshot)
 	if err != nil {
 		return j, err
 	}
@@ -374,15 +378,22 @@ func (s *DB) ReapExpiredLeases(ctx context.Context, now time.Time, maxRetries in
 func (s *DB) FailOrphans(ctx context.Context, now time.Time, agentTTL time.Duration) ([]store.Job, error) {
 	// The agent conditions are the claim's (claimQuery), over every agent seen since the
 	// cutoff instead of one.
+	// A child whose parent runs again (an agent's restart lost its snapshot: UpsertAgent)
+	// waits for it wherever it will pass; once that run failed, the child never can run.
 	const q = `UPDATE jobs SET state = 'failed', error_code = 'agent_lost',
-			error_message = 'its agent was lost and no agent that could run it was seen since', finished_at = ?
-		WHERE state = 'scheduled' AND infra_retries > 0
+			error_message = CASE WHEN EXISTS (SELECT 1 FROM jobs p WHERE p.id = jobs.parent_id AND p.state IN ` + parentFailed + `)
+				THEN 'its parent ran again to restore the snapshot its agent lost, and did not pass'
+				ELSE 'its agent was lost and no agent that could run it was seen since' END,
+			finished_at = ?
+		WHERE state = 'scheduled' AND (EXISTS (SELECT 1 FROM jobs p WHERE p.id = jobs.parent_id AND p.state IN ` + parentFailed + `)
+		  OR infra_retries > 0
 		  AND NOT EXISTS (SELECT 1 FROM agents a JOIN builds b ON b.id = jobs.build_id
 			WHERE a.last_seen >= ? AND (a.org_id = '' OR a.org_id = b.org_id)
 			  AND (jobs.backend = '' OR jobs.backend = a.backend OR (jobs.backend = 'image' AND a.backend <> 'host'))
 			  AND NOT EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = jobs.id
 				AND NOT EXISTS (SELECT 1 FROM agent_labels al WHERE al.agent_id = a.id AND al.label = l.label))
-			  AND (jobs.parent_id = '' OR EXISTS (SELECT 1 FROM jobs p WHERE p.id = jobs.parent_id AND p.snapshot_agent = a.id)))
+			  AND (jobs.parent_id = '' OR EXISTS (SELECT 1 FROM jobs p WHERE p.id = jobs.parent_id
+				AND (p.snapshot_agent = a.id OR p.state IN ('scheduled', 'assigned', 'running'))))))
 		RETURNING ` + jobCols
 	var jobs []store.Job
 	err := s.write(ctx, "fail orphans", func(tx *sql.Tx) error {

@@ -1,5 +1,5 @@
 // Package remotetest runs a real hm server for tests of its clients: internal/server on a
-// SQLite store in a temp dir, served on 127.0.0.1, with the scheduling driver running every
+// SQLite store in a temp dir (or a store the test opened: NewOn), served on 127.0.0.1, with the scheduling driver running every
 // submitted build and a fake agent running the steps' scripts in process. It is not the agent.
 package remotetest
 
@@ -22,13 +22,13 @@ import (
 	"github.com/hmci/hm/internal/store/sqlite"
 )
 
-// Env is a real hm server (internal/server on a SQLite store) on 127.0.0.1, with the
-// scheduling driver running every submitted build and a fake agent running its steps. A
-// step's command is a script of ';'-separated words: print TEXT, gate NAME (wait until the
+// Env is a real hm server (internal/server on a SQLite store, or the one given to NewOn) on
+// 127.0.0.1, with the scheduling driver running every submitted build and a fake agent
+// running its steps. A step's command is a script of ';'-separated words: print TEXT, gate NAME (wait until the
 // test opens it), block (until stopped), exit N.
 type Env struct {
 	URL   string // the server's base URL
-	DB    *sqlite.DB
+	DB    store.Store
 	Token string // a user token of the org "acme"
 
 	mu      sync.Mutex
@@ -37,15 +37,22 @@ type Env struct {
 	gates   map[string]chan struct{}
 }
 
-// New starts an Env; it stops when the test ends.
+// New starts an Env on a SQLite store in a temp dir; it stops when the test ends.
 func New(t testing.TB) *Env {
 	t.Helper()
-	dir := t.TempDir()
-	ctx, stop := context.WithCancel(context.Background())
-	db, err := sqlite.Open(ctx, dir)
+	db, err := sqlite.Open(context.Background(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
+	return NewOn(t, db)
+}
+
+// NewOn starts an Env on db, a fresh store (its own schema: another driver, PostgreSQL);
+// the Env closes it when the test ends.
+func NewOn(t testing.TB, db store.Store) *Env {
+	t.Helper()
+	dir := t.TempDir()
+	ctx, stop := context.WithCancel(context.Background())
 	blobs, err := blobdir.Open(filepath.Join(dir, "blobs"))
 	if err != nil {
 		t.Fatal(err)
