@@ -188,13 +188,18 @@ func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks [
 		// Fenced by the test above: the transaction is IMMEDIATE (it holds the database's
 		// write lock from its start), so the job's attempt cannot change before it commits.
 		// (A join with jobs per insert, as PostgreSQL's driver needs, cost a third of it.)
-		if err := s.insertRows(ctx, tx, len(valid), 6,
-			`INSERT INTO log_chunks (job_id, attempt, seq, stream, content, ts) VALUES `,
-			` ON CONFLICT (job_id, attempt, seq) DO NOTHING`,
+		// The job and attempt are bound once per statement (?1, ?2), not per row: binding a
+		// text is a copy into SQLite's memory under the connection's mutex. The rows of
+		// VALUES are inserted in their order, so the first of two chunks with one seq wins.
+		// ("WHERE true": SQLite's parser needs it before an upsert clause after a SELECT.)
+		if err := s.insertRows(ctx, tx, len(valid), 4,
+			`INSERT INTO log_chunks (job_id, attempt, seq, stream, content, ts)
+			SELECT ?1, ?2, column1, column2, column3, column4 FROM (VALUES `,
+			`) WHERE true ON CONFLICT (job_id, attempt, seq) DO NOTHING`,
 			func(args []any, i int) []any {
 				c := valid[i]
-				return append(args, jobID, attempt, c.Seq, c.Stream, c.Content, ns(c.TS))
-			}); err != nil {
+				return append(args, c.Seq, c.Stream, c.Content, ns(c.TS))
+			}, jobID, attempt); err != nil {
 			return err
 		}
 		head, err = s.advance(ctx, tx, jobID, attempt, valid)
@@ -223,15 +228,16 @@ func (s *DB) ListLogs(ctx context.Context, jobID string, attempt int, after int6
 const rowsPerInsert = 200
 
 // insertRows inserts n rows of width parameters each with statements head + "(?, …), …" +
-// tail, rowsPerInsert rows at a time; row appends row i's values, extra follows each
-// statement's rows (the tail's parameters).
-func (s *DB) insertRows(ctx context.Context, tx *sql.Tx, n, width int, head, tail string, row func(args []any, i int) []any, extra ...any) error {
+// tail, rowsPerInsert rows at a time; row appends row i's values. lead are each statement's
+// first parameters (?1, ?2, … in head); the rows' bare ? number after them.
+func (s *DB) insertRows(ctx context.Context, tx *sql.Tx, n, width int, head, tail string, row func(args []any, i int) []any, lead ...any) error {
 	tuple := "(" + strings.TrimSuffix(strings.Repeat("?, ", width), ", ") + ")"
 	for start := 0; start < n; start += rowsPerInsert {
 		end := min(start+rowsPerInsert, n)
 		var q strings.Builder
 		q.WriteString(head)
-		args := make([]any, 0, (end-start)*width+len(extra))
+		args := make([]any, 0, (end-start)*width+len(lead))
+		args = append(args, lead...)
 		for i := start; i < end; i++ {
 			if i > start {
 				q.WriteString(", ")
@@ -244,7 +250,7 @@ func (s *DB) insertRows(ctx context.Context, tx *sql.Tx, n, width int, head, tai
 		if err != nil {
 			return err
 		}
-		if _, err := tx.StmtContext(ctx, st).ExecContext(ctx, append(args, extra...)...); err != nil {
+		if _, err := tx.StmtContext(ctx, st).ExecContext(ctx, args...); err != nil {
 			return err
 		}
 	}

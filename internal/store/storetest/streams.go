@@ -142,6 +142,13 @@ var streamCases = []testCase{
 		if cs := get(e.s.ListLogs(e.ctx, j.ID, 1, 7, 100))(t); len(cs) != 2 || cs[0].Seq != 8 {
 			t.Errorf("logs after 7 = %+v", cs)
 		}
+		// Two chunks with one seq in one batch: the first is kept, in either driver's insert.
+		if got := get(e.s.AppendLogs(e.ctx, j.ID, 1, []store.LogChunk{{Seq: 100, Content: "first"}, {Seq: 100, Content: "second"}}))(t); got != 9 {
+			t.Errorf("a batch with one seq twice: contiguous = %d, want 9", got)
+		}
+		if cs := get(e.s.ListLogs(e.ctx, j.ID, 1, 99, 100))(t); len(cs) != 1 || cs[0].Content != "first" {
+			t.Errorf("a batch with one seq twice stored %+v, want the first chunk only", cs)
+		}
 		_, err := e.s.AppendLogs(e.ctx, j.ID, 2, chunk(1))
 		isConflict(t, err, "chunks of an attempt not yet claimed")
 		_, err = e.s.AppendLogs(e.ctx, "nope", 1, chunk(1))
