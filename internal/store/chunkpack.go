@@ -98,6 +98,9 @@ func (p ChunkPack) Unpack(cs []LogChunk, after int64, limit int) ([]LogChunk, er
 		}
 		return cs, nil
 	}
+	// One string for the row, the chunks' contents slices of it: an allocation per row, not
+	// one per chunk (it stays alive while any of its chunks is held; a row is ≤ PackBytes).
+	whole := string(p.Content)
 	rest := p.Content
 	for i := range p.Count {
 		stream, n := binary.Uvarint(rest)
@@ -114,7 +117,8 @@ func (p ChunkPack) Unpack(cs []LogChunk, after int64, limit int) ([]LogChunk, er
 		if n <= 0 || size > uint64(len(rest)-n) {
 			return cs, fmt.Errorf("log row %d: chunk %d of %d unreadable", p.Seq, i+1, p.Count)
 		}
-		content := rest[n : n+int(size)]
+		start := len(p.Content) - len(rest) + n // where the content starts in the row
+		content := whole[start : start+int(size)]
 		rest = rest[n+int(size):]
 		seq := p.Seq + int64(i)
 		if seq <= after {
@@ -123,7 +127,7 @@ func (p ChunkPack) Unpack(cs []LogChunk, after int64, limit int) ([]LogChunk, er
 		if len(cs) >= limit {
 			return cs, nil
 		}
-		cs = append(cs, LogChunk{Seq: seq, Stream: int(stream), Content: string(content), TS: fromUnixNano(ts)})
+		cs = append(cs, LogChunk{Seq: seq, Stream: int(stream), Content: content, TS: fromUnixNano(ts)})
 	}
 	if len(rest) != 0 {
 		return cs, fmt.Errorf("log row %d holds more than its %d chunks", p.Seq, p.Count)
