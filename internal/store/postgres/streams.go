@@ -100,18 +100,21 @@ func (s *DB) ListEvents(ctx context.Context, buildID string, after int64, limit 
 	return evs, nil
 }
 
-// advanceHead moves (job, attempt)'s contiguous seq, h (its head row locked), past the run of
-// chunks h+1, h+2, … now stored. Numbered in order, the chunks above h have seq = h + their
-// rank exactly while the run lasts (seqs are unique), so the run's length is a count over the
-// chunks above the head: an in-order stream costs its batch, not its whole log. PostgreSQL
-// only: the SQLite driver's NOT EXISTS form plans here as an anti-join over every chunk of
-// the table, once per append.
-const advanceHead = `UPDATE log_heads SET contiguous = contiguous + (
-		SELECT COUNT(*) FROM (
-			SELECT c.seq, row_number() OVER (ORDER BY c.seq) AS rn FROM log_chunks c
-			WHERE c.job_id = ? AND c.attempt = ? AND c.seq > ?::bigint
-		) AS above WHERE above.seq = ?::bigint + above.rn)
-	WHERE job_id = ? AND attempt = ? RETURNING contiguous`
+// advance moves the head of (job, attempt) past the rows stored from head+1 on: one seek per
+// row of the run, so an in-order batch costs a seek or two, not a query over its chunks.
+func advance(ctx context.Context, tx pgx.Tx, jobID string, attempt int, head int64) (int64, error) {
+	for {
+		var n int64
+		err := row(ctx, tx, `SELECT n_chunks FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq = ?::bigint`, jobID, attempt, head+1).Scan(&n)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return head, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		head += n
+	}
+}
 
 func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks []store.LogChunk) (int64, error) {
 	var head int64
@@ -136,35 +139,47 @@ func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks [
 			return &store.ConflictError{Kind: "job", Key: jobID, Reason: "log chunks of a stale attempt", Attempt: cur}
 		}
 		// PostgreSQL only: appends of one (job, attempt) take turns on its head row. Under
-		// READ COMMITTED, advanceHead would otherwise not see chunks a concurrent append
-		// committed after it began, and store a head short of what is stored.
-		var h int64
-		if err := row(ctx, tx, `SELECT contiguous FROM log_heads WHERE job_id = ? AND attempt = ? FOR UPDATE`, jobID, attempt).Scan(&h); err != nil {
+		// READ COMMITTED each statement below then sees every chunk a concurrent append
+		// committed before: the stored rows read for deduplication and the head's run.
+		if err := row(ctx, tx, `SELECT contiguous FROM log_heads WHERE job_id = ? AND attempt = ? FOR UPDATE`, jobID, attempt).Scan(&head); err != nil {
 			return err
 		}
-		// PostgreSQL only: the batch is one statement over arrays (unnest), not one round
-		// trip per chunk; the first of two chunks with one seq wins, as in the SQLite loop.
-		var seqs, streams, tss []int64
-		var contents [][]byte
-		for _, c := range chunks {
-			if c.Seq < 1 {
-				continue // seq starts at 1 (remote.md); a 0 would hold the head at 0 forever
+		valid := store.Normalize(chunks)
+		if len(valid) > 0 {
+			// The rows that may hold a seq of the batch: those starting at most PackChunks
+			// below its lowest seq. Their seqs are not stored again (store.SplitNew).
+			stored, err := list(ctx, tx, "list log rows", func(r scanner) (store.ChunkPack, error) {
+				var p store.ChunkPack
+				return p, r.Scan(&p.Seq, &p.Count)
+			}, `SELECT seq, n_chunks FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq BETWEEN ?::bigint AND ?::bigint`,
+				jobID, attempt, valid[0].Seq-store.PackChunks+1, valid[len(valid)-1].Seq)
+			if err != nil {
+				return err
 			}
-			seqs, streams, tss = append(seqs, c.Seq), append(streams, int64(c.Stream)), append(tss, ns(c.TS))
-			contents = append(contents, []byte(c.Content))
-		}
-		if len(seqs) > 0 {
-			if _, err := exec(ctx, tx, `INSERT INTO log_chunks (job_id, attempt, seq, stream, content, ts)
-				SELECT j.id, j.attempt, c.seq, c.stream, c.content, c.ts
-				FROM jobs j, unnest(?::bigint[], ?::bigint[], ?::bytea[], ?::bigint[]) WITH ORDINALITY AS c (seq, stream, content, ts, n)
-				WHERE j.id = ? AND j.attempt = ?
-				ORDER BY c.n
-				ON CONFLICT (job_id, attempt, seq) DO NOTHING`,
-				seqs, streams, contents, tss, jobID, attempt); err != nil {
+			packs := store.SplitNew(valid, stored)
+			seqs, counts, streams, tss := make([]int64, len(packs)), make([]int64, len(packs)), make([]int64, len(packs)), make([]int64, len(packs))
+			contents := make([][]byte, len(packs))
+			for i, p := range packs {
+				seqs[i], counts[i], streams[i], contents[i], tss[i] = p.Seq, int64(p.Count), int64(p.Stream), p.Content, ns(p.TS)
+			}
+			// PostgreSQL only: the rows are one statement over arrays (unnest), joined with
+			// the job's current attempt (the fence). No ON CONFLICT: the rows do not overlap
+			// the stored ones, and an overlap would be a bug, which fails.
+			if _, err := exec(ctx, tx, `INSERT INTO log_chunks (job_id, attempt, seq, n_chunks, stream, content, ts)
+				SELECT j.id, j.attempt, c.seq, c.n, c.stream, c.content, c.ts
+				FROM jobs j, unnest(?::bigint[], ?::bigint[], ?::bigint[], ?::bytea[], ?::bigint[]) AS c (seq, n, stream, content, ts)
+				WHERE j.id = ? AND j.attempt = ?`,
+				seqs, counts, streams, contents, tss, jobID, attempt); err != nil {
 				return err
 			}
 		}
-		return row(ctx, tx, advanceHead, jobID, attempt, h, h, jobID, attempt).Scan(&head)
+		next, err := advance(ctx, tx, jobID, attempt, head)
+		if err != nil || next == head {
+			return err
+		}
+		head = next
+		_, err = exec(ctx, tx, `UPDATE log_heads SET contiguous = ?::bigint WHERE job_id = ? AND attempt = ?`, head, jobID, attempt)
+		return err
 	})
 	if err == nil {
 		s.notify(store.JobLogs(jobID))
@@ -173,13 +188,29 @@ func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks [
 }
 
 func (s *DB) ListLogs(ctx context.Context, jobID string, attempt int, after int64, limit int) ([]store.LogChunk, error) {
-	return list(ctx, s.pool, "list logs", func(r scanner) (store.LogChunk, error) {
-		var c store.LogChunk
+	// From the row holding seq after (it may hold later ones too): limit+1 rows hold at
+	// least limit chunks after it; no further rows are read once limit chunks are in hand.
+	rows, err := s.pool.Query(ctx, rebind(`SELECT seq, n_chunks, stream, content, ts FROM log_chunks WHERE job_id = ? AND attempt = ?
+		AND seq >= COALESCE((SELECT MAX(seq) FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq <= ?::bigint), 0)
+		ORDER BY seq LIMIT ?`), jobID, attempt, jobID, attempt, after, limit+1)
+	if err != nil {
+		return nil, wrap("list logs", err)
+	}
+	defer rows.Close()
+	var cs []store.LogChunk
+	for len(cs) < limit && rows.Next() {
+		var p store.ChunkPack
 		var ts int64
-		var content []byte
-		err := r.Scan(&c.Seq, &c.Stream, &content, &ts)
-		c.Content, c.TS = string(content), tm(ts)
-		return c, err
-	}, `SELECT seq, stream, content, ts FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq > ? ORDER BY seq LIMIT ?`,
-		jobID, attempt, after, limit)
+		if err := rows.Scan(&p.Seq, &p.Count, &p.Stream, &p.Content, &ts); err != nil {
+			return nil, wrap("list logs", err)
+		}
+		p.TS = tm(ts)
+		if cs, err = p.Unpack(cs, after, limit); err != nil {
+			return nil, fmt.Errorf("%w: list logs: %w", errs.ErrInfra, err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, wrap("list logs", err)
+	}
+	return cs, nil
 }

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -101,60 +100,20 @@ const listEvents = `SELECT seq, n_events, payload, created_at FROM build_events 
 	AND seq >= COALESCE((SELECT MAX(seq) FROM build_events WHERE build_id = ? AND seq <= ?), 0)
 	ORDER BY seq LIMIT ?`
 
-// advanceHead moves (job, attempt)'s contiguous seq past every chunk now stored after it. The
-// new head is the smallest s that is either the old head with no chunk after it, or a stored
-// chunk above the head with none after it: the end of the run from the head. It reads only
-// chunks above the head, so an in-order stream costs its batch, not its whole log.
-const advanceHead = `UPDATE log_heads SET contiguous = (
-		SELECT MIN(s) FROM (
-			SELECT log_heads.contiguous AS s WHERE NOT EXISTS (SELECT 1 FROM log_chunks d
-				WHERE d.job_id = log_heads.job_id AND d.attempt = log_heads.attempt AND d.seq = log_heads.contiguous + 1)
-			UNION ALL
-			SELECT c.seq AS s FROM log_chunks c
-			WHERE c.job_id = log_heads.job_id AND c.attempt = log_heads.attempt AND c.seq > log_heads.contiguous
-			  AND NOT EXISTS (SELECT 1 FROM log_chunks d WHERE d.job_id = c.job_id AND d.attempt = c.attempt AND d.seq = c.seq + 1)
-		) AS runs)
-	WHERE job_id = ? AND attempt = ? RETURNING contiguous`
-
-// advance moves the head of (job, attempt) after chunks were inserted. The head was maximal
-// before (every append advances it in its transaction), so head+1 was not stored: the new
-// run from the head is the one these chunks make, plus whatever stored chunks continue it.
-// In order, the usual case, that is one seek for the chunk after the batch's run; only when
-// it exists (chunks that came early) does the query over the chunks above the head run.
-func (s *DB) advance(ctx context.Context, tx *sql.Tx, jobID string, attempt int, chunks []store.LogChunk) (int64, error) {
-	var head int64
-	if err := tx.QueryRowContext(ctx, `SELECT contiguous FROM log_heads WHERE job_id = ? AND attempt = ?`, jobID, attempt).Scan(&head); err != nil {
-		return 0, err
-	}
-	seqs := make([]int64, len(chunks))
-	for i, c := range chunks {
-		seqs[i] = c.Seq
-	}
-	slices.Sort(seqs)
-	run := head
-	for _, q := range seqs {
-		if q == run+1 {
-			run++
-		} else if q > run+1 {
-			break
+// advance moves the head of (job, attempt) past the rows stored from head+1 on: one seek per
+// row of the run, so an in-order batch costs a seek or two, not a query over its chunks.
+func advance(ctx context.Context, tx *sql.Tx, jobID string, attempt int, head int64) (int64, error) {
+	for {
+		var n int64
+		err := tx.QueryRowContext(ctx, `SELECT n_chunks FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq = ?`, jobID, attempt, head+1).Scan(&n)
+		if errors.Is(err, sql.ErrNoRows) {
+			return head, nil
 		}
+		if err != nil {
+			return 0, err
+		}
+		head += n
 	}
-	if run == head {
-		return head, nil // head+1 is still not stored
-	}
-	var more bool
-	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq = ?)`,
-		jobID, attempt, run+1).Scan(&more); err != nil {
-		return 0, err
-	}
-	if _, err := tx.ExecContext(ctx, `UPDATE log_heads SET contiguous = ? WHERE job_id = ? AND attempt = ?`, run, jobID, attempt); err != nil {
-		return 0, err
-	}
-	if !more {
-		return run, nil
-	}
-	err := tx.QueryRowContext(ctx, advanceHead, jobID, attempt).Scan(&head)
-	return head, err
 }
 
 func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks []store.LogChunk) (int64, error) {
@@ -179,25 +138,42 @@ func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks [
 		if n, _ := res.RowsAffected(); n == 0 && cur != attempt {
 			return &store.ConflictError{Kind: "job", Key: jobID, Reason: "log chunks of a stale attempt", Attempt: cur}
 		}
-		valid := make([]store.LogChunk, 0, len(chunks))
-		for _, c := range chunks {
-			if c.Seq >= 1 { // seq starts at 1 (remote.md); a 0 would hold the head at 0 forever
-				valid = append(valid, c)
-			}
-		}
-		// Fenced by the test above: the transaction is IMMEDIATE (it holds the database's
-		// write lock from its start), so the job's attempt cannot change before it commits.
-		// (A join with jobs per insert, as PostgreSQL's driver needs, cost a third of it.)
-		if err := s.insertRows(ctx, tx, len(valid), 6,
-			`INSERT INTO log_chunks (job_id, attempt, seq, stream, content, ts) VALUES `,
-			` ON CONFLICT (job_id, attempt, seq) DO NOTHING`,
-			func(args []any, i int) []any {
-				c := valid[i]
-				return append(args, jobID, attempt, c.Seq, c.Stream, c.Content, ns(c.TS))
-			}); err != nil {
+		if err := tx.QueryRowContext(ctx, `SELECT contiguous FROM log_heads WHERE job_id = ? AND attempt = ?`, jobID, attempt).Scan(&head); err != nil {
 			return err
 		}
-		head, err = s.advance(ctx, tx, jobID, attempt, valid)
+		valid := store.Normalize(chunks)
+		if len(valid) > 0 {
+			// The rows that may hold a seq of the batch: those starting at most PackChunks
+			// below its lowest seq. Their seqs are not stored again (store.SplitNew).
+			stored, err := list(ctx, tx, "list log rows", func(r scanner) (store.ChunkPack, error) {
+				var p store.ChunkPack
+				return p, r.Scan(&p.Seq, &p.Count)
+			}, `SELECT seq, n_chunks FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq BETWEEN ? AND ?`,
+				jobID, attempt, valid[0].Seq-store.PackChunks+1, valid[len(valid)-1].Seq)
+			if err != nil {
+				return err
+			}
+			packs := store.SplitNew(valid, stored)
+			// Fenced by the test above: the transaction is IMMEDIATE (it holds the database's
+			// write lock from its start), so the job's attempt cannot change before it
+			// commits, and no other append of the attempt runs in between: the rows do not
+			// overlap the stored ones (no ON CONFLICT: an overlap would be a bug, and fails).
+			if err := s.insertRows(ctx, tx, len(packs), 5,
+				`INSERT INTO log_chunks (job_id, attempt, seq, n_chunks, stream, content, ts)
+				SELECT ?1, ?2, column1, column2, column3, column4, column5 FROM (VALUES `, `)`,
+				func(args []any, i int) []any {
+					p := packs[i]
+					return append(args, p.Seq, p.Count, p.Stream, string(p.Content), ns(p.TS))
+				}, jobID, attempt); err != nil {
+				return err
+			}
+		}
+		next, err := advance(ctx, tx, jobID, attempt, head)
+		if err != nil || next == head {
+			return err
+		}
+		head = next
+		_, err = tx.ExecContext(ctx, `UPDATE log_heads SET contiguous = ? WHERE job_id = ? AND attempt = ?`, head, jobID, attempt)
 		return err
 	})
 	if err == nil {
@@ -207,14 +183,32 @@ func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks [
 }
 
 func (s *DB) ListLogs(ctx context.Context, jobID string, attempt int, after int64, limit int) ([]store.LogChunk, error) {
-	return list(ctx, s.db, "list logs", func(r scanner) (store.LogChunk, error) {
-		var c store.LogChunk
+	// From the row holding seq after (it may hold later ones too): limit+1 rows hold at
+	// least limit chunks after it. Rows are read one at a time, and no further once limit
+	// chunks are in hand (a row holds up to PackChunks).
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, n_chunks, stream, content, ts FROM log_chunks WHERE job_id = ? AND attempt = ?
+		AND seq >= COALESCE((SELECT MAX(seq) FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq <= ?), 0)
+		ORDER BY seq LIMIT ?`, jobID, attempt, jobID, attempt, after, limit+1)
+	if err != nil {
+		return nil, wrap("list logs", err)
+	}
+	defer rows.Close()
+	var cs []store.LogChunk
+	for len(cs) < limit && rows.Next() {
+		var p store.ChunkPack
 		var ts int64
-		err := r.Scan(&c.Seq, &c.Stream, &c.Content, &ts)
-		c.TS = tm(ts)
-		return c, err
-	}, `SELECT seq, stream, content, ts FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq > ? ORDER BY seq LIMIT ?`,
-		jobID, attempt, after, limit)
+		if err := rows.Scan(&p.Seq, &p.Count, &p.Stream, &p.Content, &ts); err != nil {
+			return nil, wrap("list logs", err)
+		}
+		p.TS = tm(ts)
+		if cs, err = p.Unpack(cs, after, limit); err != nil {
+			return nil, fmt.Errorf("%w: list logs: %w", errs.ErrInfra, err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, wrap("list logs", err)
+	}
+	return cs, nil
 }
 
 // rowsPerInsert is how many rows one multi-row INSERT carries: a batch of log chunks or
@@ -223,15 +217,16 @@ func (s *DB) ListLogs(ctx context.Context, jobID string, attempt int, after int6
 const rowsPerInsert = 200
 
 // insertRows inserts n rows of width parameters each with statements head + "(?, …), …" +
-// tail, rowsPerInsert rows at a time; row appends row i's values, extra follows each
-// statement's rows (the tail's parameters).
-func (s *DB) insertRows(ctx context.Context, tx *sql.Tx, n, width int, head, tail string, row func(args []any, i int) []any, extra ...any) error {
+// tail, rowsPerInsert rows at a time; row appends row i's values. lead are each statement's
+// first parameters (?1, ?2, … in head); the rows' bare ? number after them.
+func (s *DB) insertRows(ctx context.Context, tx *sql.Tx, n, width int, head, tail string, row func(args []any, i int) []any, lead ...any) error {
 	tuple := "(" + strings.TrimSuffix(strings.Repeat("?, ", width), ", ") + ")"
 	for start := 0; start < n; start += rowsPerInsert {
 		end := min(start+rowsPerInsert, n)
 		var q strings.Builder
 		q.WriteString(head)
-		args := make([]any, 0, (end-start)*width+len(extra))
+		args := make([]any, 0, (end-start)*width+len(lead))
+		args = append(args, lead...)
 		for i := start; i < end; i++ {
 			if i > start {
 				q.WriteString(", ")
@@ -244,7 +239,7 @@ func (s *DB) insertRows(ctx context.Context, tx *sql.Tx, n, width int, head, tai
 		if err != nil {
 			return err
 		}
-		if _, err := tx.StmtContext(ctx, st).ExecContext(ctx, append(args, extra...)...); err != nil {
+		if _, err := tx.StmtContext(ctx, st).ExecContext(ctx, args...); err != nil {
 			return err
 		}
 	}

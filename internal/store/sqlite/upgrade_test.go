@@ -9,12 +9,13 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/hmci/hm/internal/sqlitemigrate"
+	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/store/sqlite"
 )
 
 // A database of schema 6 (one event per row, log_chunks a rowid table) upgrades with its
 // events and chunks intact: schema 8 reads old rows as packs of one, schema 9 copies the
-// chunks into the clustered table.
+// chunks into the clustered table, schema 12 reads them as rows of one chunk.
 func TestUpgradeKeepsStreams(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -80,5 +81,20 @@ func TestUpgradeKeepsStreams(t *testing.T) {
 	}
 	if len(cs) != 2 || cs[0].Content != "one" || cs[1].Content != "two" || cs[1].Stream != 1 || cs[1].Seq != 2 {
 		t.Errorf("chunks after upgrade = %+v", cs)
+	}
+	// Schema 12: new chunks are packed rows after the old single ones, read as one log.
+	if head, err := s.AppendLogs(ctx, "j1", 1, []store.LogChunk{{Seq: 2, Content: "resent"}, {Seq: 3, Content: "three"}, {Seq: 4, Content: "four"}}); err != nil || head != 4 {
+		t.Fatalf("append after upgrade: head %d, %v", head, err)
+	}
+	cs, err = s.ListLogs(ctx, "j1", 1, 1, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var contents []string
+	for _, c := range cs {
+		contents = append(contents, c.Content)
+	}
+	if diff := cmp.Diff([]string{"two", "three", "four"}, contents); diff != "" {
+		t.Errorf("chunks after 1 (-want +got):\n%s", diff)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/hmci/hm/internal/store"
 )
 
@@ -142,6 +144,13 @@ var streamCases = []testCase{
 		if cs := get(e.s.ListLogs(e.ctx, j.ID, 1, 7, 100))(t); len(cs) != 2 || cs[0].Seq != 8 {
 			t.Errorf("logs after 7 = %+v", cs)
 		}
+		// Two chunks with one seq in one batch: the first is kept, in either driver's insert.
+		if got := get(e.s.AppendLogs(e.ctx, j.ID, 1, []store.LogChunk{{Seq: 100, Content: "first"}, {Seq: 100, Content: "second"}}))(t); got != 9 {
+			t.Errorf("a batch with one seq twice: contiguous = %d, want 9", got)
+		}
+		if cs := get(e.s.ListLogs(e.ctx, j.ID, 1, 99, 100))(t); len(cs) != 1 || cs[0].Content != "first" {
+			t.Errorf("a batch with one seq twice stored %+v, want the first chunk only", cs)
+		}
 		_, err := e.s.AppendLogs(e.ctx, j.ID, 2, chunk(1))
 		isConflict(t, err, "chunks of an attempt not yet claimed")
 		_, err = e.s.AppendLogs(e.ctx, "nope", 1, chunk(1))
@@ -208,6 +217,47 @@ var streamCases = []testCase{
 		}
 		if cs := get(e.s.ListLogs(e.ctx, j.ID, 1, 0, 2*n))(t); len(cs) != n {
 			t.Errorf("%d chunks stored, want %d", len(cs), n)
+		}
+	}},
+	{"LogChunksPackedRowsResume", func(t *testing.T, e *env) {
+		// Chunks are stored packed by run (store.ChunkPack): reading resumes inside a row at
+		// any seq, a page ends inside a row, a chunk over PackBytes is a row of its own,
+		// and concurrent batches overlapping each other's rows store each seq once.
+		e.ready(t, "acme", 1)
+		e.agent(t, "a1", "sandbox")
+		j, _ := e.claim(t, "a1", e.t0)
+		big := strings.Repeat("b", store.PackBytes+1)
+		var want []store.LogChunk
+		for s := int64(1); s <= 60; s++ {
+			c := store.LogChunk{Seq: s, Stream: int(s % 3), Content: fmt.Sprintf("line\n%d\x00", s), TS: e.at(time.Duration(s))}
+			if s == 30 {
+				c.Content = big
+			}
+			want = append(want, c)
+		}
+		// Two rows with a gap between them, then a batch over both and the gap.
+		for _, b := range [][2]int{{0, 20}, {40, 60}, {10, 50}} {
+			get(e.s.AppendLogs(e.ctx, j.ID, 1, want[b[0]:b[1]]))(t)
+		}
+		if got := get(e.s.AppendLogs(e.ctx, j.ID, 1, nil))(t); got != 60 {
+			t.Fatalf("contiguous = %d, want 60", got)
+		}
+		for _, page := range []int{1, 7, 19, 100} {
+			var got []store.LogChunk
+			for after := int64(0); ; {
+				cs := get(e.s.ListLogs(e.ctx, j.ID, 1, after, page))(t)
+				if len(cs) > page {
+					t.Fatalf("page of %d: %d chunks", page, len(cs))
+				}
+				if len(cs) == 0 {
+					break
+				}
+				got = append(got, cs...)
+				after = cs[len(cs)-1].Seq
+			}
+			if d := cmp.Diff(want, got); d != "" {
+				t.Fatalf("pages of %d (-want +got):\n%s", page, d)
+			}
 		}
 	}},
 }

@@ -1,0 +1,136 @@
+package agentproto
+
+import (
+	"bytes"
+	"encoding/json"
+	"strconv"
+	"unicode/utf8"
+)
+
+// The Logs fast path. A big log reaches the server as Logs bodies of up to MaxLogChunks
+// chunks, and encoding/json (two scanner passes over the body, then reflection per field)
+// was a tenth of the server's CPU per log line. The agent writes the body with json.Marshal,
+// whose form is fixed (the field order of Logs and Chunk, no spaces), so that form is read
+// here directly; anything else (another field order, spaces, null, an unknown field, a number
+// json.Marshal would not write) makes DecodeWire answer false and the caller decodes with
+// encoding/json. On the fast path the values are the ones encoding/json would decode
+// (wire_test.go compares them).
+
+// DecodeWire reads b into l when b is in json.Marshal's form of a Logs; false (l unchanged)
+// otherwise.
+func (l *Logs) DecodeWire(b []byte) bool {
+	rest, ok := bytes.CutPrefix(b, []byte(`{"attempt":`))
+	var attempt int64
+	if ok {
+		attempt, rest, ok = integer(rest, `,"chunks":[`)
+	}
+	if !ok {
+		return false
+	}
+	// A chunk's wire form is at least 40 bytes: a bounded first guess, not a trust in b.
+	chunks := make([]Chunk, 0, min(len(rest)/40+1, MaxLogChunks))
+	if r, ok := bytes.CutPrefix(rest, []byte("]}")); ok {
+		if len(bytes.TrimRight(r, " \t\r\n")) != 0 {
+			return false
+		}
+		l.Attempt, l.Chunks = int(attempt), chunks
+		return true
+	}
+	for {
+		var c Chunk
+		if rest, ok = bytes.CutPrefix(rest, []byte(`{"seq":`)); !ok {
+			return false
+		}
+		if c.Seq, rest, ok = integer(rest, `,"stream":`); !ok {
+			return false
+		}
+		var stream int64
+		if stream, rest, ok = integer(rest, `,"content":`); !ok {
+			return false
+		}
+		c.Stream = int(stream)
+		if c.Content, rest, ok = str(rest, `,"ts":`); !ok {
+			return false
+		}
+		if len(rest) == 0 || rest[0] != '"' {
+			return false
+		}
+		i := bytes.IndexByte(rest[1:], '"') + 1
+		if i <= 0 || c.TS.UnmarshalJSON(rest[:i+1]) != nil {
+			return false
+		}
+		rest = rest[i+1:]
+		chunks = append(chunks, c)
+		if r, ok := bytes.CutPrefix(rest, []byte("}]}")); ok {
+			if len(bytes.TrimRight(r, " \t\r\n")) != 0 {
+				return false
+			}
+			break
+		}
+		if rest, ok = bytes.CutPrefix(rest, []byte("},")); !ok {
+			return false
+		}
+	}
+	l.Attempt, l.Chunks = int(attempt), chunks
+	return true
+}
+
+// integer reads the decimal at the start of b up to sep, exactly as strconv writes it (no
+// '+', no leading zero, no "-0", no exponent) and within 32 bits, so that an int field holds
+// it on every platform as encoding/json would.
+func integer(b []byte, sep string) (int64, []byte, bool) {
+	i := bytes.IndexByte(b, sep[0])
+	if i <= 0 || i > 11 {
+		return 0, nil, false
+	}
+	rest, ok := bytes.CutPrefix(b[i:], []byte(sep))
+	if !ok {
+		return 0, nil, false
+	}
+	digits := b[:i]
+	n, err := strconv.ParseInt(string(digits), 10, 32)
+	if err != nil || !bytes.Equal(strconv.AppendInt(nil, n, 10), digits) {
+		return 0, nil, false
+	}
+	return n, rest, true
+}
+
+// str reads the JSON string at the start of b, followed by sep. A string without escapes is
+// its bytes when they are valid UTF-8 (encoding/json would replace invalid ones); one with
+// escapes is decoded by encoding/json alone (still without reflection over the batch).
+func str(b []byte, sep string) (_ string, rest []byte, ok bool) {
+	if len(b) == 0 || b[0] != '"' {
+		return "", nil, false
+	}
+	escaped := false
+	i := 1
+	for ; i < len(b); i++ {
+		if c := b[i]; c == '"' {
+			break
+		} else if c == '\\' {
+			escaped = true
+			i++
+		} else if c < 0x20 {
+			return "", nil, false
+		}
+	}
+	if i >= len(b) {
+		return "", nil, false
+	}
+	quoted, rest := b[:i+1], b[i+1:]
+	if rest, ok = bytes.CutPrefix(rest, []byte(sep)); !ok {
+		return "", nil, false
+	}
+	if !escaped {
+		raw := quoted[1 : len(quoted)-1]
+		if !utf8.Valid(raw) {
+			return "", nil, false
+		}
+		return string(raw), rest, true
+	}
+	var s string
+	if json.Unmarshal(quoted, &s) != nil {
+		return "", nil, false
+	}
+	return s, rest, true
+}
