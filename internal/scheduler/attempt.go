@@ -45,6 +45,13 @@ func classify(ctx, runCtx context.Context) attemptEnd {
 	return endInfra
 }
 
+// attemptSpec is spec as attempt n runs it: HM_ATTEMPT tells the command which attempt it
+// is, from 1.
+func attemptSpec(spec vm.Spec, n int) vm.Spec {
+	spec.Env = append(slices.Clip(spec.Env), "HM_ATTEMPT="+strconv.Itoa(n))
+	return spec
+}
+
 // retries reports whether a policy may run a step more than once for its own failures.
 func retries(p *ir.Retry) bool { return p != nil && p.Limit > 0 }
 
@@ -72,30 +79,33 @@ func retryAgain(p *ir.Retry, n, code int) (again bool, most int) {
 // attempt runs attempt n of step i on a machine of its own: created from spec (or continued
 // from *handoff, which it then owns), given the source, run, and on success committed as the
 // step needs. A failed attempt commits nothing and leaves no machine behind.
-func (r *run) attempt(ctx context.Context, i, n int, spec vm.Spec, handoff *vm.Machine, cached bool, q CacheQuery) outcome {
+func (r *run) attempt(ctx context.Context, i, n int, spec vm.Spec, handoff, pre *vm.Machine, cached bool, q CacheQuery) outcome {
 	collect, _ := r.wantsArtifacts(i)
 	ps := &r.pl.Steps[i]
 	id := r.steps[i].id
-	// HM_ATTEMPT tells the command which attempt it is, from 1.
-	spec.Env = append(slices.Clip(spec.Env), "HM_ATTEMPT="+strconv.Itoa(n))
+	spec = attemptSpec(spec, n)
 	cleanup := context.WithoutCancel(ctx)
 	failed := func(runCtx context.Context, err error) outcome {
 		return outcome{end: classify(ctx, runCtx), err: err}
 	}
-	m, err := r.create(ctx, spec, handoff)
-	if err != nil {
-		return failed(ctx, err)
+	// A machine prepared while the step waited for its slot (prepare.go) has its workspace.
+	m, injected := *pre, *pre != nil
+	*pre = nil
+	if m == nil {
+		var err error
+		if m, err = r.create(ctx, spec, handoff); err != nil {
+			return failed(ctx, err)
+		}
 	}
 	keep := false // handed on to the child
 	defer func() {
-		if keep {
-			return
+		// Off the step's slot: nothing of the machine is needed any more, and Run waits
+		// for every destroyLater before it returns.
+		if !keep {
+			r.destroyLater(m)
 		}
-		dctx, cancel := context.WithTimeout(cleanup, cleanupTimeout)
-		defer cancel()
-		_ = m.Destroy(dctx)
 	}()
-	if r.opts.Workspace != nil {
+	if r.opts.Workspace != nil && !injected {
 		if err := m.Inject(ctx, r.opts.Workspace); err != nil {
 			return failed(ctx, err)
 		}

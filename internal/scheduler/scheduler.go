@@ -190,6 +190,7 @@ type run struct {
 	opts    Options
 	steps   []stepState
 	slots   chan struct{}
+	prep    chan struct{} // steps preparing a machine while they wait for a slot (prepare.go)
 	done    chan completion
 	halted  bool // fail-fast triggered: start only protected steps
 	// protected steps may start after fail-fast: behind a continue_on_failure barrier, or
@@ -224,6 +225,7 @@ func newRun(pl *plan.Plan, backend vm.Backend, opts Options) *run {
 		pl: pl, backend: backend, opts: opts, mask: mask,
 		steps: make([]stepState, len(pl.Steps)),
 		slots: make(chan struct{}, par),
+		prep:  make(chan struct{}, par),
 		done:  make(chan completion, len(pl.Steps)),
 		pid:   osPID(),
 	}
