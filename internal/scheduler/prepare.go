@@ -20,8 +20,9 @@ func (r *run) waitSlot(ctx context.Context) bool {
 // and reports false when ctx ends first. When no slot is free and the backend can prepare
 // machines ahead (vm.Preparer), the step's machine is prepared and given the workspace while
 // it waits, so that the slot, once free, is held by the command alone (a Docker container's
-// start is most of a short step). At most cap(r.slots) prepared machines wait at a time: a
-// wide fan-out does not start all its containers at once. The prepared machine is returned
+// start is most of a short step). At most cap(r.slots) steps prepare or hold a prepared
+// machine at a time (a wide fan-out does not start all its containers at once); the others
+// wait for such a turn rather than for a slot, so that freed slots go to prepared machines. The prepared machine is returned
 // (nil when none was made); the caller owns it. When the wait ends without a slot the machine
 // is destroyed here: the step never ran, nothing of it is left.
 func (r *run) slotPreparing(ctx context.Context, spec vm.Spec) (vm.Machine, bool) {
@@ -34,14 +35,19 @@ func (r *run) slotPreparing(ctx context.Context, spec vm.Spec) (vm.Machine, bool
 		return nil, true
 	default:
 	}
+	// Waiting for a turn to prepare, not for a slot: a freed slot goes to a step whose
+	// machine is ready, and a turn comes free whenever one of those takes its slot.
 	select {
-	case r.slots <- struct{}{}:
-		return nil, true
 	case <-ctx.Done():
 		return nil, false
 	case r.prep <- struct{}{}:
 	}
 	defer func() { <-r.prep }() // held until the slot: bounds the machines waiting
+	select {
+	case r.slots <- struct{}{}: // freed meanwhile
+		return nil, true
+	default:
+	}
 	m := r.prepare(ctx, p, attemptSpec(spec, 1))
 	if r.waitSlot(ctx) {
 		return m, true

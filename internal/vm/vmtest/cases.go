@@ -37,6 +37,7 @@ var cases = []struct {
 	{"PruneSnapshotsSparesLiveOwners", testPruneLive},
 	{"SnapshotSize", testSnapshotSize},
 	{"Continue", testContinue},
+	{"Prepare", testPrepare},
 	{"ListSnapshots", testListSnapshots},
 	{"Artifacts", testArtifacts},
 }
