@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 
+	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/vm"
 )
 
@@ -25,7 +26,7 @@ func (r *run) waitSlot(ctx context.Context) bool {
 // wait for such a turn rather than for a slot, so that freed slots go to prepared machines. The prepared machine is returned
 // (nil when none was made); the caller owns it. When the wait ends without a slot the machine
 // is destroyed here: the step never ran, nothing of it is left.
-func (r *run) slotPreparing(ctx context.Context, spec vm.Spec) (vm.Machine, bool) {
+func (r *run) slotPreparing(ctx context.Context, spec vm.Spec, ws *source.Tree) (vm.Machine, bool) {
 	p, can := r.backend.(vm.Preparer)
 	if !can {
 		return nil, r.waitSlot(ctx)
@@ -48,7 +49,7 @@ func (r *run) slotPreparing(ctx context.Context, spec vm.Spec) (vm.Machine, bool
 		return nil, true
 	default:
 	}
-	m := r.prepare(ctx, p, attemptSpec(spec, 1))
+	m := r.prepare(ctx, p, attemptSpec(spec, 1), ws)
 	if r.waitSlot(ctx) {
 		return m, true
 	}
@@ -61,13 +62,13 @@ func (r *run) slotPreparing(ctx context.Context, spec vm.Spec) (vm.Machine, bool
 // prepare makes the step's machine ahead and injects the workspace. Any failure only costs
 // the head start: the machine is destroyed and the step creates one in its slot as usual,
 // where a lasting failure is reported.
-func (r *run) prepare(ctx context.Context, p vm.Preparer, spec vm.Spec) vm.Machine {
+func (r *run) prepare(ctx context.Context, p vm.Preparer, spec vm.Spec, ws *source.Tree) vm.Machine {
 	m, err := p.Prepare(ctx, spec)
 	if err != nil {
 		return nil
 	}
-	if r.opts.Workspace != nil {
-		if err := m.Inject(ctx, r.opts.Workspace); err != nil {
+	if ws != nil {
+		if err := m.Inject(ctx, ws); err != nil {
 			r.destroyLater(m)
 			return nil
 		}

@@ -19,7 +19,8 @@ import (
 // Create would have. Prepare fires signal "prepared".
 type prepVM struct {
 	*fakeVM
-	failPrepare bool
+	failPrepare  bool
+	failReinject bool // children then inject as usual
 
 	mu       sync.Mutex
 	machines []*prepMachine
@@ -29,10 +30,10 @@ type prepVM struct {
 
 type prepMachine struct {
 	*fakeMachine
-	p              *prepVM
-	prepared       bool
-	injects        int
-	ran, destroyed bool
+	p                  *prepVM
+	prepared           bool
+	injects, reinjects int
+	ran, destroyed     bool
 }
 
 func newPrepVM() *prepVM { return &prepVM{fakeVM: newFakeVM()} }
@@ -69,6 +70,16 @@ func (m *prepMachine) Inject(context.Context, *source.Tree) error {
 	return nil
 }
 
+func (m *prepMachine) Reinject(context.Context, *source.Tree) error {
+	m.p.mu.Lock()
+	defer m.p.mu.Unlock()
+	if !m.ran || m.p.failReinject {
+		return errors.New("reinject before Run, or failing")
+	}
+	m.reinjects++
+	return nil
+}
+
 func (m *prepMachine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error) {
 	m.p.mu.Lock()
 	m.ran = true
@@ -100,9 +111,14 @@ func fanout(n int, cmd string) []step {
 
 func runPrep(t *testing.T, ctx context.Context, steps []step, p *prepVM, par int) Result {
 	t.Helper()
+	return runPrepOpts(t, ctx, steps, p, Options{Parallelism: par})
+}
+
+func runPrepOpts(t *testing.T, ctx context.Context, steps []step, p *prepVM, opts Options) Result {
+	t.Helper()
 	pl := build(t, steps)
 	rec := &recorder{}
-	opts := Options{Parallelism: par, Publish: rec.publish, Workspace: &source.Tree{}}
+	opts.Publish, opts.Workspace = rec.publish, &source.Tree{}
 	return guard(t, func() Result { return Run(ctx, pl, p, opts) })
 }
 
@@ -111,6 +127,7 @@ func runPrep(t *testing.T, ctx context.Context, steps []step, p *prepVM, par int
 // commands, at most one prepared machine waits per slot, and every machine is gone at the end.
 func TestPrepareWhileWaiting(t *testing.T) {
 	p := newPrepVM()
+	p.failReinject = true // every machine is injected
 	// The first leaf to run holds the slot until another has been prepared.
 	res := runPrep(t, context.Background(), fanout(4, "wait prepared"), p, 1)
 	if res.Status != BuildPassed {
@@ -210,6 +227,44 @@ func TestParallelismBoundPreparing(t *testing.T) {
 			}
 			if p.maxWait > par {
 				t.Errorf("%d prepared machines waited at once, want at most %d", p.maxWait, par)
+			}
+		})
+	}
+}
+
+// A fork point's ephemeral snapshot gets the workspace overlaid once after its command
+// (vm.Reinjector), and its children inject nothing; a cached fork point's snapshot is left as
+// the step made it (a later run's source differs), and its children inject as usual.
+func TestReinjectAtForkPoint(t *testing.T) {
+	for _, tc := range []struct {
+		name                       string
+		cached                     bool
+		rootReinjects, leafInjects int
+	}{
+		{"ephemeral", false, 1, 0},
+		{"cached", true, 0, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPrepVM()
+			steps := fanout(3, "ok")
+			steps[0].cache = tc.cached
+			opts := Options{Parallelism: 4}
+			if tc.cached {
+				opts.Keys, opts.Cache = keysFor(steps), &fakeCache{entries: map[string]string{}}
+			}
+			if res := runPrepOpts(t, context.Background(), steps, p, opts); res.Status != BuildPassed {
+				t.Fatalf("status %s: %v", res.Status, res.Steps)
+			}
+			for _, m := range p.machines {
+				switch {
+				case m.spec.Cmd != "ok":
+				case m.spec.Parent == "":
+					if m.injects != 1 || m.reinjects != tc.rootReinjects {
+						t.Errorf("root: %d injects, %d reinjects, want 1 and %d", m.injects, m.reinjects, tc.rootReinjects)
+					}
+				case m.injects != tc.leafInjects || m.reinjects != 0:
+					t.Errorf("leaf: %d injects, %d reinjects, want %d and 0", m.injects, m.reinjects, tc.leafInjects)
+				}
 			}
 		})
 	}

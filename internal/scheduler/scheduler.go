@@ -172,6 +172,9 @@ type stepState struct {
 	// handoff is the passed step's machine its one builds_in child continues on
 	// (vm.Continuer), until the child's worker takes it or the child is skipped.
 	handoff vm.Machine
+	// withSource: snapshot has the workspace overlaid already (vm.Reinjector); children
+	// inject nothing.
+	withSource bool
 }
 
 type completion struct {
@@ -182,6 +185,7 @@ type completion struct {
 	base     string
 	err      error      // the infrastructure error that failed the step
 	handoff  vm.Machine // see stepState.handoff
+	src      bool       // see stepState.withSource
 }
 
 type run struct {
@@ -400,7 +404,7 @@ func (r *run) ended(buildCtx context.Context, i int) {
 func (r *run) complete(buildCtx context.Context, c completion) {
 	st := &r.steps[c.step]
 	st.status, st.snapshot, st.ephemeral, st.baseImage = c.status, c.snapshot, c.eph, c.base
-	st.handoff = c.handoff
+	st.handoff, st.withSource = c.handoff, c.src
 	st.done = true
 	r.nDone++
 	st.cancel()

@@ -40,10 +40,14 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 	// successfully before this step was released, so its fields are stable.
 	var spec vm.Spec
 	var imageRef *string
+	ws := r.opts.Workspace // injected into the step's machines
 	if ps.Parent >= 0 {
 		parent := &r.steps[ps.Parent]
 		spec.Parent = parent.snapshot
 		c.base = parent.baseImage
+		if parent.withSource {
+			ws = nil
+		}
 	} else {
 		ref := ps.Image
 		if to, ok := r.opts.MapImage[ref]; ok {
@@ -133,7 +137,7 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 	var pre vm.Machine // prepared for attempt 1, which takes it
 	var ok bool
 	if missing == nil && *handoff == nil {
-		pre, ok = r.slotPreparing(ctx, spec)
+		pre, ok = r.slotPreparing(ctx, spec, ws)
 	} else {
 		ok = r.waitSlot(ctx)
 	}
@@ -170,10 +174,10 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 	// Attempts run one after another in this worker, each on a fresh machine from the same
 	// base and source; a failed one commits nothing. The step ends with the last.
 	for n := 1; ; n++ {
-		o := r.attempt(ctx, i, n, spec, handoff, &pre, cached, q)
+		o := r.attempt(ctx, i, n, spec, ws, handoff, &pre, cached, q)
 		switch o.end {
 		case endPassed:
-			c.status, c.snapshot, c.eph, c.handoff = Passed, o.snapshot, o.eph, o.handoff
+			c.status, c.snapshot, c.eph, c.handoff, c.src = Passed, o.snapshot, o.eph, o.handoff, o.src
 			if collect, _ := r.wantsArtifacts(i); collect {
 				if err := r.collect(ctx, i, n, o.snapshot); err != nil {
 					return r.fail(i, n, c, start, classify(ctx, ctx), err)

@@ -141,6 +141,17 @@ type Preparer interface {
 	Prepare(ctx context.Context, spec Spec) (Machine, error)
 }
 
+// Reinjector is an optional ability of a Machine: after Run returned exit code 0 and before
+// Commit, Reinject overlays the workspace onto /workspace again, exactly as Inject does before
+// Run (files added or overwritten, nothing deleted). The scheduler calls it for an ephemeral
+// snapshot that only this run's children start from, each of which would inject the same
+// tree onto it: overlaying is idempotent, so such a snapshot plus a child's Inject equals the
+// snapshot with the tree already overlaid, and one injection spares one per child. Never for
+// a cached snapshot (a later run's source differs) nor one artifacts are read from.
+type Reinjector interface {
+	Reinject(ctx context.Context, ws *source.Tree) error
+}
+
 // SnapshotLister is an optional ability of a Backend: one call lists the live kept snapshots
 // (those PruneSnapshots considers), so that checking many cache entries at start costs one
 // round trip instead of one SnapshotExists each. An id it does not list may still exist

@@ -38,6 +38,7 @@ var cases = []struct {
 	{"SnapshotSize", testSnapshotSize},
 	{"Continue", testContinue},
 	{"Prepare", testPrepare},
+	{"Reinject", testReinject},
 	{"ListSnapshots", testListSnapshots},
 	{"Artifacts", testArtifacts},
 }

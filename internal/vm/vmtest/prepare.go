@@ -65,3 +65,30 @@ func testPrepare(t *testing.T, e *env) {
 		t.Errorf("canceled prepared machine: exit %d, err %v, want the deadline", r.code, r.err)
 	}
 }
+
+// testReinject checks vm.Reinjector where a backend's machines have it: after a passed Run,
+// the workspace is overlaid again onto what the command left (its own files stay, the
+// source files it changed are the source's again), a child from the snapshot committed then
+// holds exactly that without an Inject of its own, and Reinject is refused before Run.
+func testReinject(t *testing.T, e *env) {
+	m := e.create(e.spec(`echo changed > src.txt; echo made > made.txt; mkdir -p d; echo x > d/own.txt`))
+	ri, ok := m.(vm.Reinjector)
+	if !ok {
+		t.Skip("the backend's machines do not implement vm.Reinjector")
+	}
+	ws := tree(t, map[string]file{"src.txt": {Content: "v1\n"}, "d/in.txt": {Content: "in\n"}})
+	if err := ri.Reinject(t.Context(), ws); err == nil {
+		t.Error("Reinject before Run succeeded")
+	}
+	e.inject(m, ws)
+	if r := e.run(t.Context(), m); r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	if err := ri.Reinject(t.Context(), ws); err != nil {
+		t.Fatalf("Reinject: %v", err)
+	}
+	child := e.create(e.child(e.commit(m, true), `cat src.txt made.txt d/own.txt d/in.txt`))
+	if r := e.run(t.Context(), child); r.code != 0 || r.stdout != "v1\nmade\nx\nin\n" {
+		t.Errorf("child of the reinjected snapshot: exit %d, stdout %q (stderr %q), want the source over the parent's files", r.code, r.stdout, r.stderr)
+	}
+}
