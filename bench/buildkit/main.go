@@ -14,7 +14,10 @@
 // ephemeral snapshots the run left behind (scoped to this bench's state dir: colleagues may
 // share the daemon); any leftover fails the bench.
 //
-//	bash scripts/test-image.sh && go run ./bench/buildkit [-rounds 5] [-docker /usr/bin/docker] [-only chain|fanout] [-kind cold|cached] [-before OLD-HM-BINARY]
+//	bash scripts/test-image.sh && go run ./bench/buildkit [-rounds 5] [-docker /usr/bin/docker] [-only chain|fanout] [-kind cold|cached] [-before OLD-HM-BINARY] [-parallelism N]
+//
+// hm runs with its default parallelism (the CPUs) unless -parallelism adds a variant; the
+// daemon's embedded BuildKit (v0.8 in docker 20.10) runs every ready vertex at once.
 package main
 
 import (
@@ -44,8 +47,9 @@ func main() {
 	only := flag.String("only", "", "run one workload only: chain or fanout")
 	kind := flag.String("kind", "", "run one kind only: cold or cached")
 	before := flag.String("before", "", "an older hm binary to interleave as well (a before/after comparison)")
+	par := flag.Int("parallelism", 0, "also run hm with --parallelism N, interleaved (BuildKit's embedded solver has no bound)")
 	flag.Parse()
-	if err := run(*rounds, *img, *dockerBin, *only, *kind, *before); err != nil {
+	if err := run(*rounds, *img, *dockerBin, *only, *kind, *before, *par); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/buildkit:", err)
 		os.Exit(1)
 	}
@@ -109,7 +113,7 @@ type variant struct {
 	eng  []time.Duration
 }
 
-func run(rounds int, img, dockerBin, only, kind, before string) error {
+func run(rounds int, img, dockerBin, only, kind, before string, par int) error {
 	ctx := context.Background()
 	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err != nil {
@@ -199,13 +203,20 @@ func run(rounds int, img, dockerBin, only, kind, before string) error {
 		var vs []*variant
 		per := 2
 		if before != "" {
-			per = 3
+			per++
+		}
+		if par > 0 {
+			per++
 		}
 		add := func(name string, flags ...string) {
 			vs = append(vs, &variant{name: "hm " + name, fn: hm(flags...)},
 				&variant{name: "BuildKit " + name, fn: bk(flags...)})
 			if before != "" {
 				vs = append(vs, &variant{name: "hm before " + name, fn: hmBin(before, flags...)})
+			}
+			if par > 0 {
+				vs = append(vs, &variant{name: fmt.Sprintf("hm --parallelism %d %s", par, name),
+					fn: hm(append([]string{"--parallelism", fmt.Sprint(par)}, flags...)...)})
 			}
 		}
 		if kind != "cached" {

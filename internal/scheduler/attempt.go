@@ -9,6 +9,7 @@ import (
 
 	"github.com/hmci/hm/internal/events"
 	"github.com/hmci/hm/internal/ir"
+	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/vm"
 )
 
@@ -31,6 +32,7 @@ type outcome struct {
 	snapshot string
 	eph      bool
 	handoff  vm.Machine // the machine a passed step's one child continues on
+	src      bool       // snapshot has the workspace overlaid (vm.Reinjector)
 }
 
 // classify names the end of an attempt that failed with an error: runCtx is the context the
@@ -43,6 +45,13 @@ func classify(ctx, runCtx context.Context) attemptEnd {
 		return endCanceled
 	}
 	return endInfra
+}
+
+// attemptSpec is spec as attempt n runs it: HM_ATTEMPT tells the command which attempt it
+// is, from 1.
+func attemptSpec(spec vm.Spec, n int) vm.Spec {
+	spec.Env = append(slices.Clip(spec.Env), "HM_ATTEMPT="+strconv.Itoa(n))
+	return spec
 }
 
 // retries reports whether a policy may run a step more than once for its own failures.
@@ -72,31 +81,35 @@ func retryAgain(p *ir.Retry, n, code int) (again bool, most int) {
 // attempt runs attempt n of step i on a machine of its own: created from spec (or continued
 // from *handoff, which it then owns), given the source, run, and on success committed as the
 // step needs. A failed attempt commits nothing and leaves no machine behind.
-func (r *run) attempt(ctx context.Context, i, n int, spec vm.Spec, handoff *vm.Machine, cached bool, q CacheQuery) outcome {
+// ws is the workspace to inject, nil when the parent's snapshot has it already.
+func (r *run) attempt(ctx context.Context, i, n int, spec vm.Spec, ws *source.Tree, handoff, pre *vm.Machine, cached bool, q CacheQuery) outcome {
 	collect, _ := r.wantsArtifacts(i)
 	ps := &r.pl.Steps[i]
 	id := r.steps[i].id
-	// HM_ATTEMPT tells the command which attempt it is, from 1.
-	spec.Env = append(slices.Clip(spec.Env), "HM_ATTEMPT="+strconv.Itoa(n))
+	spec = attemptSpec(spec, n)
 	cleanup := context.WithoutCancel(ctx)
 	failed := func(runCtx context.Context, err error) outcome {
 		return outcome{end: classify(ctx, runCtx), err: err}
 	}
-	m, err := r.create(ctx, spec, handoff)
-	if err != nil {
-		return failed(ctx, err)
+	// A machine prepared while the step waited for its slot (prepare.go) has its workspace.
+	m, injected := *pre, *pre != nil
+	*pre = nil
+	if m == nil {
+		var err error
+		if m, err = r.create(ctx, spec, handoff); err != nil {
+			return failed(ctx, err)
+		}
 	}
 	keep := false // handed on to the child
 	defer func() {
-		if keep {
-			return
+		// Off the step's slot: nothing of the machine is needed any more, and Run waits
+		// for every destroyLater before it returns.
+		if !keep {
+			r.destroyLater(m)
 		}
-		dctx, cancel := context.WithTimeout(cleanup, cleanupTimeout)
-		defer cancel()
-		_ = m.Destroy(dctx)
 	}()
-	if r.opts.Workspace != nil {
-		if err := m.Inject(ctx, r.opts.Workspace); err != nil {
+	if ws != nil && !injected {
+		if err := m.Inject(ctx, ws); err != nil {
 			return failed(ctx, err)
 		}
 	}
@@ -130,6 +143,12 @@ func (r *run) attempt(ctx context.Context, i, n int, spec vm.Spec, handoff *vm.M
 	// Artifacts are read from a snapshot, never from the machine (see artifacts.go).
 	needEphemeral := len(ps.Children) > 0 && !continuable || collect
 	o := outcome{end: endPassed}
+	// An ephemeral snapshot for several children, none of which it is cached for nor read
+	// for artifacts: overlay the workspace once here instead of once per child. A failed
+	// overlay costs nothing but that: the children inject as usual (idempotent).
+	if ri, ok := m.(vm.Reinjector); ok && !cached && !collect && len(ps.Children) > 1 && r.opts.Workspace != nil {
+		o.src = ri.Reinject(ctx, r.opts.Workspace) == nil
+	}
 	if cached || needEphemeral {
 		snap, err := m.Commit(ctx, !cached)
 		if err != nil {

@@ -175,6 +175,9 @@ type stepState struct {
 	// handoff is the passed step's machine its one builds_in child continues on
 	// (vm.Continuer), until the child's worker takes it or the child is skipped.
 	handoff vm.Machine
+	// withSource: snapshot has the workspace overlaid already (vm.Reinjector); children
+	// inject nothing.
+	withSource bool
 }
 
 type completion struct {
@@ -185,6 +188,7 @@ type completion struct {
 	base     string
 	err      error      // the infrastructure error that failed the step
 	handoff  vm.Machine // see stepState.handoff
+	src      bool       // see stepState.withSource
 }
 
 type run struct {
@@ -193,6 +197,7 @@ type run struct {
 	opts    Options
 	steps   []stepState
 	slots   chan struct{}
+	prep    chan struct{} // steps preparing a machine while they wait for a slot (prepare.go)
 	done    chan completion
 	halted  bool // fail-fast triggered: start only protected steps
 	// protected steps may start after fail-fast: behind a continue_on_failure barrier, or
@@ -227,6 +232,7 @@ func newRun(pl *plan.Plan, backend vm.Backend, opts Options) *run {
 		pl: pl, backend: backend, opts: opts, mask: mask,
 		steps: make([]stepState, len(pl.Steps)),
 		slots: make(chan struct{}, par),
+		prep:  make(chan struct{}, par),
 		done:  make(chan completion, len(pl.Steps)),
 		pid:   osPID(),
 	}
@@ -401,7 +407,7 @@ func (r *run) ended(buildCtx context.Context, i int) {
 func (r *run) complete(buildCtx context.Context, c completion) {
 	st := &r.steps[c.step]
 	st.status, st.snapshot, st.ephemeral, st.baseImage = c.status, c.snapshot, c.eph, c.base
-	st.handoff = c.handoff
+	st.handoff, st.withSource = c.handoff, c.src
 	st.done = true
 	r.nDone++
 	st.cancel()

@@ -41,10 +41,14 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 	// successfully before this step was released, so its fields are stable.
 	var spec vm.Spec
 	var imageRef *string
+	ws := r.opts.Workspace // injected into the step's machines
 	if ps.Parent >= 0 {
 		parent := &r.steps[ps.Parent]
 		spec.Parent = parent.snapshot
 		c.base = parent.baseImage
+		if parent.withSource {
+			ws = nil
+		}
 	} else {
 		ref := ps.Image
 		if to, ok := r.opts.MapImage[ref]; ok {
@@ -113,12 +117,45 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 		}
 	}
 
-	// Wait for a slot; fail-fast or cancel may end the wait: the step never started.
-	select {
-	case r.slots <- struct{}{}:
-	case <-ctx.Done():
+	spec.Cmd = ps.Cmd
+	spec.Env = append(append(append([]string{}, vm.BaseEnv...), ps.Env...), r.opts.ExtraEnv...)
+	var missing error
+	for _, name := range ps.Secrets {
+		v, ok := r.opts.Secrets[name]
+		if !ok { // the front end refuses this before the build; never run without it
+			missing = fmt.Errorf("%w: secret %s was not given", errs.ErrInvalid, name)
+			break
+		}
+		spec.Env = append(spec.Env, name+"="+v)
+	}
+	spec.Owner = vm.Owner{RunID: r.opts.RunID, StepKey: ps.Key, PID: r.pid}
+	// One builds_in child: it may continue on this machine rather than on a snapshot, unless
+	// it may be retried: each attempt starts afresh from this step's snapshot.
+	spec.Continuable = len(ps.Children) == 1 && !retries(r.pl.Steps[ps.Children[0]].Retry)
+	// A machine's cache directories are mounted when it is made: a step with its own, or
+	// a child with others, runs on a machine of its own.
+	spec.CacheDirs = r.cacheDirs(ps)
+	if spec.Continuable && (len(ps.CacheDirs) > 0 || len(r.pl.Steps[ps.Children[0]].CacheDirs) > 0) {
+		spec.Continuable = false
+	}
+
+	// Wait for a slot, preparing the machine meanwhile where the backend can (prepare.go);
+	// fail-fast or cancel may end the wait: the step never started.
+	var pre vm.Machine // prepared for attempt 1, which takes it
+	var ok bool
+	if missing == nil && *handoff == nil {
+		pre, ok = r.slotPreparing(ctx, spec, ws)
+	} else {
+		ok = r.waitSlot(ctx)
+	}
+	if !ok {
 		return r.notStarted(i, c)
 	}
+	defer func() {
+		if pre != nil {
+			r.destroyLater(pre)
+		}
+	}()
 	defer func() { <-r.slots }()
 	if ctx.Err() != nil {
 		return r.notStarted(i, c)
@@ -137,34 +174,17 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 	if _, why := r.wantsArtifacts(i); why != "" {
 		r.log(st.id, 1, events.Stderr, "hm: warning: "+why)
 	}
-
-	spec.Cmd = ps.Cmd
-	spec.Env = append(append(append([]string{}, vm.BaseEnv...), ps.Env...), r.opts.ExtraEnv...)
-	for _, name := range ps.Secrets {
-		v, ok := r.opts.Secrets[name]
-		if !ok { // the front end refuses this before the build; never run without it
-			return r.fail(i, 1, c, start, endInfra, fmt.Errorf("%w: secret %s was not given", errs.ErrInvalid, name))
-		}
-		spec.Env = append(spec.Env, name+"="+v)
-	}
-	spec.Owner = vm.Owner{RunID: r.opts.RunID, StepKey: ps.Key, PID: r.pid}
-	// One builds_in child: it may continue on this machine rather than on a snapshot, unless
-	// it may be retried: each attempt starts afresh from this step's snapshot.
-	spec.Continuable = len(ps.Children) == 1 && !retries(r.pl.Steps[ps.Children[0]].Retry)
-	// A machine's cache directories are mounted when it is made: a step with its own, or
-	// a child with others, runs on a machine of its own.
-	spec.CacheDirs = r.cacheDirs(ps)
-	if spec.Continuable && (len(ps.CacheDirs) > 0 || len(r.pl.Steps[ps.Children[0]].CacheDirs) > 0) {
-		spec.Continuable = false
+	if missing != nil {
+		return r.fail(i, 1, c, start, endInfra, missing)
 	}
 
 	// Attempts run one after another in this worker, each on a fresh machine from the same
 	// base and source; a failed one commits nothing. The step ends with the last.
 	for n := 1; ; n++ {
-		o := r.attempt(ctx, i, n, spec, handoff, cached, q)
+		o := r.attempt(ctx, i, n, spec, ws, handoff, &pre, cached, q)
 		switch o.end {
 		case endPassed:
-			c.status, c.snapshot, c.eph, c.handoff = Passed, o.snapshot, o.eph, o.handoff
+			c.status, c.snapshot, c.eph, c.handoff, c.src = Passed, o.snapshot, o.eph, o.handoff, o.src
 			if collect, _ := r.wantsArtifacts(i); collect {
 				if err := r.collect(ctx, i, n, o.snapshot); err != nil {
 					return r.fail(i, n, c, start, classify(ctx, ctx), err)

@@ -148,6 +148,31 @@ type Continuer interface {
 	Continue(ctx context.Context, spec Spec) (Machine, error)
 }
 
+// Preparer is an optional ability of a Backend: a machine may be made ready ahead, while its
+// step waits for a parallelism slot, so that the slot is held by the command alone. The
+// scheduler calls Prepare instead of Create for a step that is ready (its parent ended, the
+// cache missed) but finds no free slot, with at most as many prepared machines waiting as
+// there are slots, and injects the workspace into it before the slot too; Run comes once the
+// step has its slot. Prepare returns a machine in the created state (the lifecycle above is
+// unchanged) in which the backend did what it could without running the command: docker
+// starts an idle container, whose start is most of a short step's cost. A prepared machine
+// whose step never runs (fail-fast, cancel) is destroyed; a failed Prepare only costs the
+// head start (the step then creates its machine in its slot as usual).
+type Preparer interface {
+	Prepare(ctx context.Context, spec Spec) (Machine, error)
+}
+
+// Reinjector is an optional ability of a Machine: after Run returned exit code 0 and before
+// Commit, Reinject overlays the workspace onto /workspace again, exactly as Inject does before
+// Run (files added or overwritten, nothing deleted). The scheduler calls it for an ephemeral
+// snapshot that only this run's children start from, each of which would inject the same
+// tree onto it: overlaying is idempotent, so such a snapshot plus a child's Inject equals the
+// snapshot with the tree already overlaid, and one injection spares one per child. Never for
+// a cached snapshot (a later run's source differs) nor one artifacts are read from.
+type Reinjector interface {
+	Reinject(ctx context.Context, ws *source.Tree) error
+}
+
 // SnapshotLister is an optional ability of a Backend: one call lists the live kept snapshots
 // (those PruneSnapshots considers), so that checking many cache entries at start costs one
 // round trip instead of one SnapshotExists each. An id it does not list may still exist

@@ -36,6 +36,20 @@ type machine struct {
 	release func()
 }
 
+var _ vm.Reinjector = (*machine)(nil)
+
+// Reinject implements vm.Reinjector: Inject into the container the step left (exited, or the
+// idle container of an exec step).
+func (m *machine) Reinject(ctx context.Context, ws *source.Tree) error {
+	m.mu.Lock()
+	err := m.CommitAllowed()
+	m.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("docker: reinject: %w", err)
+	}
+	return m.Inject(ctx, ws)
+}
+
 // Inject implements vm.Machine: the tree is streamed as a tar rooted at / into the created
 // container's filesystem; nothing is extracted on the host.
 func (m *machine) Inject(ctx context.Context, ws *source.Tree) error {

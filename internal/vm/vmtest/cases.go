@@ -37,6 +37,8 @@ var cases = []struct {
 	{"PruneSnapshotsSparesLiveOwners", testPruneLive},
 	{"SnapshotSize", testSnapshotSize},
 	{"Continue", testContinue},
+	{"Prepare", testPrepare},
+	{"Reinject", testReinject},
 	{"ListSnapshots", testListSnapshots},
 	{"Artifacts", testArtifacts},
 	{"CacheDirs", testCacheDirs},

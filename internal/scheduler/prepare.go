@@ -1,0 +1,77 @@
+package scheduler
+
+import (
+	"context"
+
+	"github.com/hmci/hm/internal/source"
+	"github.com/hmci/hm/internal/vm"
+)
+
+// waitSlot takes a parallelism slot, or reports false when ctx ends first.
+func (r *run) waitSlot(ctx context.Context) bool {
+	select {
+	case r.slots <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// slotPreparing takes a parallelism slot for a step about to run with spec's first attempt,
+// and reports false when ctx ends first. When no slot is free and the backend can prepare
+// machines ahead (vm.Preparer), the step's machine is prepared and given the workspace while
+// it waits, so that the slot, once free, is held by the command alone (a Docker container's
+// start is most of a short step). At most cap(r.slots) steps prepare or hold a prepared
+// machine at a time (a wide fan-out does not start all its containers at once); the others
+// wait for such a turn rather than for a slot, so that freed slots go to prepared machines. The prepared machine is returned
+// (nil when none was made); the caller owns it. When the wait ends without a slot the machine
+// is destroyed here: the step never ran, nothing of it is left.
+func (r *run) slotPreparing(ctx context.Context, spec vm.Spec, ws *source.Tree) (vm.Machine, bool) {
+	p, can := r.backend.(vm.Preparer)
+	if !can {
+		return nil, r.waitSlot(ctx)
+	}
+	select {
+	case r.slots <- struct{}{}: // free now: nothing to win
+		return nil, true
+	default:
+	}
+	// Waiting for a turn to prepare, not for a slot: a freed slot goes to a step whose
+	// machine is ready, and a turn comes free whenever one of those takes its slot.
+	select {
+	case <-ctx.Done():
+		return nil, false
+	case r.prep <- struct{}{}:
+	}
+	defer func() { <-r.prep }() // held until the slot: bounds the machines waiting
+	select {
+	case r.slots <- struct{}{}: // freed meanwhile
+		return nil, true
+	default:
+	}
+	m := r.prepare(ctx, p, attemptSpec(spec, 1), ws)
+	if r.waitSlot(ctx) {
+		return m, true
+	}
+	if m != nil {
+		r.destroyLater(m)
+	}
+	return nil, false
+}
+
+// prepare makes the step's machine ahead and injects the workspace. Any failure only costs
+// the head start: the machine is destroyed and the step creates one in its slot as usual,
+// where a lasting failure is reported.
+func (r *run) prepare(ctx context.Context, p vm.Preparer, spec vm.Spec, ws *source.Tree) vm.Machine {
+	m, err := p.Prepare(ctx, spec)
+	if err != nil {
+		return nil
+	}
+	if ws != nil {
+		if err := m.Inject(ctx, ws); err != nil {
+			r.destroyLater(m)
+			return nil
+		}
+	}
+	return m
+}
