@@ -241,6 +241,43 @@ func (e Event) StepID() string {
 	return ""
 }
 
+// WithStepID returns e with its step's id (StepID) replaced by id: the payload is copied, not
+// changed in place (it may be shared with other readers), and the encoded bytes (Wire) are
+// dropped since they no longer match. An event of no step is returned as it is.
+func (e Event) WithStepID(id string) Event {
+	switch {
+	case e.StepQueued != nil:
+		e.StepQueued = withID(e.StepQueued, func(c *StepQueued) { c.StepID = id })
+	case e.StepStart != nil:
+		e.StepStart = withID(e.StepStart, func(c *StepStart) { c.StepID = id })
+	case e.StepLog != nil:
+		e.StepLog = withID(e.StepLog, func(c *StepLog) { c.StepID = id })
+	case e.StepCacheHit != nil:
+		e.StepCacheHit = withID(e.StepCacheHit, func(c *StepCacheHit) { c.StepID = id })
+	case e.StepEnd != nil:
+		e.StepEnd = withID(e.StepEnd, func(c *StepEnd) { c.StepID = id })
+	case e.StepSkipped != nil:
+		e.StepSkipped = withID(e.StepSkipped, func(c *StepSkipped) { c.StepID = id })
+	case e.StepRetry != nil:
+		e.StepRetry = withID(e.StepRetry, func(c *StepRetry) { c.StepID = id })
+	case e.StepArtifact != nil:
+		e.StepArtifact = withID(e.StepArtifact, func(c *StepArtifact) { c.StepID = id })
+	case e.ChainFailed != nil:
+		e.ChainFailed = withID(e.ChainFailed, func(c *ChainFailed) { c.FailedStepID = id })
+	default:
+		return e
+	}
+	e.Wire = nil
+	return e
+}
+
+// withID is a copy of *p changed by set.
+func withID[T any](p *T, set func(*T)) *T {
+	c := *p
+	set(&c)
+	return &c
+}
+
 // MarshalJSON writes the wire form: the payload's fields with "kind" first. See Encode.
 func (e Event) MarshalJSON() ([]byte, error) {
 	b, err := Encode(e)

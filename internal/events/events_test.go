@@ -117,3 +117,37 @@ func TestWireFormat(t *testing.T) {
 		t.Error("an event without its payload was encoded")
 	}
 }
+
+// WithStepID renames the step of every kind that has one, on a copy: the event it came from
+// (which other readers may hold) keeps its id, and no stale encoding travels with the copy.
+func TestWithStepID(t *testing.T) {
+	for _, e := range []Event{
+		{Kind: KindStepQueued, StepQueued: &StepQueued{StepID: "s"}},
+		{Kind: KindStepStart, StepStart: &StepStart{StepID: "s"}},
+		{Kind: KindStepLog, StepLog: &StepLog{StepID: "s", Line: "x"}},
+		{Kind: KindStepCacheHit, StepCacheHit: &StepCacheHit{StepID: "s"}},
+		{Kind: KindStepEnd, StepEnd: &StepEnd{StepID: "s"}},
+		{Kind: KindStepSkipped, StepSkipped: &StepSkipped{StepID: "s"}},
+		{Kind: KindStepRetry, StepRetry: &StepRetry{StepID: "s"}},
+		{Kind: KindStepArtifact, StepArtifact: &StepArtifact{StepID: "s"}},
+		{Kind: KindChainFailed, ChainFailed: &ChainFailed{FailedStepID: "s"}},
+	} {
+		t.Run(string(e.Kind), func(t *testing.T) {
+			e.Wire = []byte("stale")
+			got := e.WithStepID("job-1")
+			if id := got.StepID(); id != "job-1" {
+				t.Errorf("renamed: step id %q, want job-1", id)
+			}
+			if id := e.StepID(); id != "s" {
+				t.Errorf("original: step id %q, want s (changed in place)", id)
+			}
+			if got.Wire != nil {
+				t.Errorf("renamed event kept its encoding %q", got.Wire)
+			}
+		})
+	}
+	b := Event{Kind: KindBuildEnd, BuildEnd: &BuildEnd{ExitCode: 1}, Wire: []byte("w")}
+	if got := b.WithStepID("x"); string(got.Wire) != "w" || got.BuildEnd != b.BuildEnd {
+		t.Errorf("an event of no step changed: %+v", got)
+	}
+}

@@ -163,49 +163,8 @@ func (p *publisher) rewrite(e events.Event) events.Event {
 		p.ids[q.StepID] = p.jobs[q.Key]
 	}
 	e.Wire = nil // the payload changes below
-	id := func(s string) string {
-		if j, ok := p.ids[s]; ok && j != "" {
-			return j
-		}
-		return s
-	}
-	switch {
-	case e.StepQueued != nil:
-		c := *e.StepQueued
-		c.StepID = id(c.StepID)
-		e.StepQueued = &c
-	case e.StepStart != nil:
-		c := *e.StepStart
-		c.StepID = id(c.StepID)
-		e.StepStart = &c
-	case e.StepLog != nil:
-		c := *e.StepLog
-		c.StepID = id(c.StepID)
-		e.StepLog = &c
-	case e.StepCacheHit != nil:
-		c := *e.StepCacheHit
-		c.StepID = id(c.StepID)
-		e.StepCacheHit = &c
-	case e.StepEnd != nil:
-		c := *e.StepEnd
-		c.StepID = id(c.StepID)
-		e.StepEnd = &c
-	case e.StepSkipped != nil:
-		c := *e.StepSkipped
-		c.StepID = id(c.StepID)
-		e.StepSkipped = &c
-	case e.StepRetry != nil:
-		c := *e.StepRetry
-		c.StepID = id(c.StepID)
-		e.StepRetry = &c
-	case e.StepArtifact != nil:
-		c := *e.StepArtifact
-		c.StepID = id(c.StepID)
-		e.StepArtifact = &c
-	case e.ChainFailed != nil:
-		c := *e.ChainFailed
-		c.FailedStepID = id(c.FailedStepID)
-		e.ChainFailed = &c
+	if j, ok := p.ids[e.StepID()]; ok && j != "" {
+		e = e.WithStepID(j)
 	}
 	return e
 }
