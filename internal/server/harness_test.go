@@ -38,26 +38,9 @@ type env struct {
 	url     string
 	db      *sqlite.DB
 	dir     string
-	logs    *syncBuffer
+	logs    *testutil.SyncBuffer
 	tokens  map[string]string // "acme/user", "acme/agent", "other/user", "other/agent"
 	schemas *specSchemas
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func newEnv(t *testing.T, tweak ...func(*Config)) *env {
@@ -76,7 +59,7 @@ func newEnv(t *testing.T, tweak ...func(*Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	cfg := Config{Store: db, Blobs: blobs, LogKey: key, PollInterval: 10 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	for _, f := range tweak {
@@ -327,18 +310,6 @@ func (e *env) jobs(pipeline string, number int64) []jobView {
 	var l jobList
 	r.decode(e.t, &l)
 	return l.Data
-}
-
-// hangGuard fails the test (instead of the whole binary timing out) when it runs near its
-// deadline, and gives contexts a bound.
-func hangGuard(t *testing.T, d time.Duration) context.Context {
-	t.Helper()
-	if dl, ok := t.Deadline(); ok && time.Until(dl)-5*time.Second < d {
-		d = time.Until(dl) - 5*time.Second
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 func storeUpdate(code string) store.BuildUpdate {
