@@ -22,9 +22,9 @@ import (
 	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/server"
 	"github.com/hmci/hm/internal/server/driver"
+	"github.com/hmci/hm/internal/server/servertest"
 	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/store"
-	"github.com/hmci/hm/internal/store/blobdir"
 	"github.com/hmci/hm/internal/store/sqlite"
 	"github.com/hmci/hm/internal/testutil"
 	"github.com/hmci/hm/internal/vm"
@@ -57,15 +57,8 @@ func newEnv(t *testing.T, o envOpts) *env {
 		o.leaseTTL = 3 * time.Second
 	}
 	ctx := testutil.HangGuard(t, 60*time.Second)
-	dir := t.TempDir()
-	db, err := sqlite.Open(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blobs, err := blobdir.Open(filepath.Join(dir, "blobs"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := servertest.Open(ctx, t)
+	db, dir := st.DB, st.Dir
 	key, err := server.LoadLogKey(filepath.Join(dir, "log-token.key"))
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +75,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	logger := slog.New(slog.NewTextHandler(logs, nil))
 	mgr := &driver.Manager{Driver: driver.Config{Store: db, Owner: "test-server", Poll: 20 * time.Millisecond, LeaseTTL: 3 * time.Second, Secrets: sealer},
 		Scan: 500 * time.Millisecond, Reap: 100 * time.Millisecond, MaxRetries: o.maxRetries, AgentTTL: o.leaseTTL, Logger: logger}
-	srv, err := server.New(server.Config{Store: db, Blobs: blobs, LogKey: key, Secrets: sealer, PollInterval: 20 * time.Millisecond,
+	srv, err := server.New(server.Config{Store: db, Blobs: st.Blobs, LogKey: key, Secrets: sealer, PollInterval: 20 * time.Millisecond,
 		AgentLeaseTTL: o.leaseTTL, OnBuild: mgr.Kick, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
@@ -96,27 +89,13 @@ func newEnv(t *testing.T, o envOpts) *env {
 		stopMgr()
 		<-mdone
 		hs.Close()
-		db.Close()
 		if t.Failed() {
 			t.Logf("server log:\n%s", logs.String())
 		}
 	})
 	e := &env{t: t, ctx: ctx, db: db, dir: dir, url: hs.URL, logs: logs}
-	org, err := db.CreateOrg(ctx, "acme", "acme")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []store.TokenKind{store.TokenUser, store.TokenAgent} {
-		secret, h := store.NewToken(k)
-		if _, err := db.CreateToken(ctx, store.Token{OrgID: org.ID, Kind: k, Name: "t", Hash: h}); err != nil {
-			t.Fatal(err)
-		}
-		if k == store.TokenUser {
-			e.user = secret
-		} else {
-			e.agentTok = secret
-		}
-	}
+	tokens := st.Org(ctx, t, "acme")
+	e.user, e.agentTok = tokens[store.TokenUser], tokens[store.TokenAgent]
 	e.packSource()
 	return e
 }
