@@ -41,6 +41,33 @@ type artifactRun struct {
 	stderr    string
 }
 
+// readArtifactRun reads a run's JSON events: its build, whether the build step was a cache
+// hit, its artifacts (only the build step may have any: a failed step copies nothing) and the
+// build step's log after the run's stderr.
+func readArtifactRun(t *testing.T, stdout, stderr string) artifactRun {
+	t.Helper()
+	ar := artifactRun{artifacts: map[string]events.StepArtifact{}, stderr: stderr}
+	ids := map[string]string{}
+	for _, ev := range parseEvents(t, stdout) {
+		switch {
+		case ev.BuildStart != nil:
+			ar.build = ev.BuildStart.RunID
+		case ev.StepQueued != nil:
+			ids[ev.StepQueued.StepID] = ev.StepQueued.Key
+		case ev.StepCacheHit != nil:
+			ar.hit = ids[ev.StepCacheHit.StepID] == "build"
+		case ev.StepArtifact != nil:
+			if k := ids[ev.StepArtifact.StepID]; k != "build" {
+				t.Errorf("step %s has artifact %s: a failed step copies nothing", k, ev.StepArtifact.Path)
+			}
+			ar.artifacts[ev.StepArtifact.Path] = *ev.StepArtifact
+		case ev.StepLog != nil && ids[ev.StepLog.StepID] == "build":
+			ar.stderr += ev.StepLog.Line + "\n"
+		}
+	}
+	return ar
+}
+
 func TestArtifacts(t *testing.T) {
 	for _, bc := range cacheBackends(t) {
 		t.Run(bc.name, func(t *testing.T) {
@@ -59,26 +86,7 @@ func TestArtifacts(t *testing.T) {
 				if left := bc.leftovers(t, e.stateDir); len(left) > 0 {
 					t.Errorf("left behind: %v", left)
 				}
-				ar := artifactRun{artifacts: map[string]events.StepArtifact{}, stderr: r.stderr}
-				ids := map[string]string{}
-				for _, ev := range parseEvents(t, r.stdout) {
-					switch {
-					case ev.BuildStart != nil:
-						ar.build = ev.BuildStart.RunID
-					case ev.StepQueued != nil:
-						ids[ev.StepQueued.StepID] = ev.StepQueued.Key
-					case ev.StepCacheHit != nil:
-						ar.hit = ids[ev.StepCacheHit.StepID] == "build"
-					case ev.StepArtifact != nil:
-						if k := ids[ev.StepArtifact.StepID]; k != "build" {
-							t.Errorf("step %s has artifact %s: a failed step copies nothing", k, ev.StepArtifact.Path)
-						}
-						ar.artifacts[ev.StepArtifact.Path] = *ev.StepArtifact
-					case ev.StepLog != nil && ids[ev.StepLog.StepID] == "build":
-						ar.stderr += ev.StepLog.Line + "\n"
-					}
-				}
-				return ar
+				return readArtifactRun(t, r.stdout, r.stderr)
 			}
 			first := run()
 			second := run()

@@ -3,8 +3,6 @@ package e2e
 import (
 	"strings"
 	"testing"
-
-	"github.com/hmci/hm/internal/events"
 )
 
 // TestRemoteArtifact: through the binaries, a remote build's artifacts arrive in the local
@@ -22,26 +20,7 @@ func testRemoteArtifact(t *testing.T, st remoteStore) {
 		if r.code != 1 {
 			t.Fatalf("exit %d, want 1 (fails fails):\n%s\n%s", r.code, r.stderr, r.stdout)
 		}
-		ar := artifactRun{artifacts: map[string]events.StepArtifact{}, stderr: r.stderr}
-		ids := map[string]string{}
-		for _, ev := range parseEvents(t, r.stdout) {
-			switch {
-			case ev.BuildStart != nil:
-				ar.build = ev.BuildStart.RunID
-			case ev.StepQueued != nil:
-				ids[ev.StepQueued.StepID] = ev.StepQueued.Key
-			case ev.StepCacheHit != nil:
-				ar.hit = ids[ev.StepCacheHit.StepID] == "build"
-			case ev.StepArtifact != nil:
-				if k := ids[ev.StepArtifact.StepID]; k != "build" {
-					t.Errorf("step %s has artifact %s: a failed step copies nothing", k, ev.StepArtifact.Path)
-				}
-				ar.artifacts[ev.StepArtifact.Path] = *ev.StepArtifact
-			case ev.StepLog != nil && ids[ev.StepLog.StepID] == "build":
-				ar.stderr += ev.StepLog.Line + "\n"
-			}
-		}
-		return ar
+		return readArtifactRun(t, r.stdout, r.stderr)
 	}
 	first := run()
 	second := run()

@@ -81,6 +81,24 @@ func (rs *replicaSet) api(t *testing.T, i int, method, path string, in, out any)
 }
 
 // sseFrame is one frame of hm's event stream.
+// agentAndBuild starts a host agent on replica 1 and submits, through replica 0, a build of
+// faultNumbered(n) in a new pipeline p; it returns the build's API path.
+func (rs *replicaSet) agentAndBuild(t *testing.T, n int) string {
+	t.Helper()
+	faultStart(t, "agent", []string{"HM_AGENT_TOKEN=" + rs.agentTok},
+		"agent", "--server", rs.url(1), "--state", t.TempDir(), "--backend", "host")
+	rs.api(t, 0, "POST", "/api/v0/organizations/acme/pipelines", map[string]any{"name": "p", "repository": "local", "default_branch": "main"}, nil)
+	var b struct {
+		Number int64 `json:"number"`
+	}
+	rs.api(t, 0, "POST", "/api/v0/organizations/acme/pipelines/p/builds",
+		map[string]any{"branch": "main", "commit": "0000000", "pipeline_ir": faultNumbered(n), "source": "api"}, &b)
+	if t.Failed() {
+		t.FailNow()
+	}
+	return fmt.Sprintf("/api/v0/organizations/acme/pipelines/p/builds/%d", b.Number)
+}
+
 type sseFrame struct {
 	id    int64
 	event events.Event
@@ -187,18 +205,7 @@ func testReplicasDriverKilled(t *testing.T, st remoteStore) {
 	const n = 40
 	rs := newReplicas(t, st, 2, "--build-lease-ttl", "2s", "--lease-ttl", "30s")
 	// The agent talks to the survivor: the step goes on while its driver changes hands.
-	faultStart(t, "agent", []string{"HM_AGENT_TOKEN=" + rs.agentTok},
-		"agent", "--server", rs.url(1), "--state", t.TempDir(), "--backend", "host")
-	rs.api(t, 0, "POST", "/api/v0/organizations/acme/pipelines", map[string]any{"name": "p", "repository": "local", "default_branch": "main"}, nil)
-	var b struct {
-		Number int64 `json:"number"`
-	}
-	rs.api(t, 0, "POST", "/api/v0/organizations/acme/pipelines/p/builds",
-		map[string]any{"branch": "main", "commit": "0000000", "pipeline_ir": faultNumbered(n), "source": "api"}, &b)
-	if t.Failed() {
-		t.FailNow()
-	}
-	path := fmt.Sprintf("/api/v0/organizations/acme/pipelines/p/builds/%d", b.Number)
+	path := rs.agentAndBuild(t, n)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -390,18 +397,7 @@ func TestReplicasDrain(t *testing.T) { remoteStores(t, testReplicasDrain) }
 func testReplicasDrain(t *testing.T, st remoteStore) {
 	const n = 40
 	rs := newReplicas(t, st, 2, "--build-lease-ttl", "10m", "--drain-delay", "1s")
-	faultStart(t, "agent", []string{"HM_AGENT_TOKEN=" + rs.agentTok},
-		"agent", "--server", rs.url(1), "--state", t.TempDir(), "--backend", "host")
-	rs.api(t, 0, "POST", "/api/v0/organizations/acme/pipelines", map[string]any{"name": "p", "repository": "local", "default_branch": "main"}, nil)
-	var b struct {
-		Number int64 `json:"number"`
-	}
-	rs.api(t, 0, "POST", "/api/v0/organizations/acme/pipelines/p/builds",
-		map[string]any{"branch": "main", "commit": "0000000", "pipeline_ir": faultNumbered(n), "source": "api"}, &b)
-	if t.Failed() {
-		t.FailNow()
-	}
-	path := fmt.Sprintf("/api/v0/organizations/acme/pipelines/p/builds/%d", b.Number)
+	path := rs.agentAndBuild(t, n)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	line10 := make(chan struct{})

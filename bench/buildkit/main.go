@@ -38,6 +38,8 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
+
+	"github.com/hmci/hm/bench/internal/stats"
 )
 
 func main() {
@@ -239,8 +241,8 @@ func run(rounds int, img, dockerBin, only, kind, before string, par int) error {
 			for _, h := range append([]*variant{vs[i]}, vs[i+2:i+per]...) {
 				kind := strings.TrimPrefix(h.name, "hm ")
 				rows = append(rows, fmt.Sprintf("| %s | %s | %s (%s; engine %s) | %s (%s) | %.2f× (%s) |", w.name, kind,
-					ms(median(h.wall)), spread(h.wall), ms(median(h.eng)), ms(median(b.wall)), spread(b.wall),
-					float64(median(h.wall))/float64(median(b.wall)), ratioSpread(h.wall, b.wall)))
+					ms(stats.Median(h.wall)), spread(h.wall), ms(stats.Median(h.eng)), ms(stats.Median(b.wall)), spread(b.wall),
+					float64(stats.Median(h.wall))/float64(stats.Median(b.wall)), ratioSpread(h.wall, b.wall)))
 			}
 		}
 	}
@@ -296,12 +298,6 @@ func leftovers(ctx context.Context, cli *client.Client, state string) error {
 		return fmt.Errorf("left behind: %d containers, %d ephemeral images", len(cs), len(imgs))
 	}
 	return nil
-}
-
-func median(d []time.Duration) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 // spread is the range of d, "min–max".

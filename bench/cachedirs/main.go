@@ -26,9 +26,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
+
+	"github.com/hmci/hm/bench/internal/stats"
 )
 
 func main() {
@@ -203,15 +204,15 @@ func run(rounds int, backend, image, goBin string) error {
 		}
 	}
 	without, with := vs[0], vs[1]
-	base := median(without.second)
+	base := stats.Median(without.second)
 	fmt.Printf("| step `go test ./...` (%s, image %s), median of %d | wall time of `hm run` | vs the same run without cache_dirs |\n", backend, image, rounds)
 	fmt.Println("|---|---:|---:|")
-	fmt.Printf("| without cache_dirs, first run | %.1f s | %.2f× |\n", median(without.first).Seconds(), ratio(median(without.first), median(without.first)))
-	fmt.Printf("| without cache_dirs, second run (source edited) | %.1f s | %.2f× |\n", base.Seconds(), ratio(base, median(without.second)))
-	fmt.Printf("| with cache_dirs, first run (empty cache dirs) | %.1f s | %.2f× |\n", median(with.first).Seconds(), ratio(median(with.first), median(without.first)))
-	fmt.Printf("| with cache_dirs, second run (source edited) | %.1f s | %.2f× |\n", median(with.second).Seconds(), ratio(median(with.second), base))
+	fmt.Printf("| without cache_dirs, first run | %.1f s | %.2f× |\n", stats.Median(without.first).Seconds(), ratio(stats.Median(without.first), stats.Median(without.first)))
+	fmt.Printf("| without cache_dirs, second run (source edited) | %.1f s | %.2f× |\n", base.Seconds(), ratio(base, stats.Median(without.second)))
+	fmt.Printf("| with cache_dirs, first run (empty cache dirs) | %.1f s | %.2f× |\n", stats.Median(with.first).Seconds(), ratio(stats.Median(with.first), stats.Median(without.first)))
+	fmt.Printf("| with cache_dirs, second run (source edited) | %.1f s | %.2f× |\n", stats.Median(with.second).Seconds(), ratio(stats.Median(with.second), base))
 	fmt.Printf("\nsecond run with cache_dirs: %.1f× faster than its first run, %.1f× faster than the second run without them\n",
-		ratio(median(with.first), median(with.second)), ratio(base, median(with.second)))
+		ratio(stats.Median(with.first), stats.Median(with.second)), ratio(base, stats.Median(with.second)))
 	return nil
 }
 
@@ -269,12 +270,6 @@ func writeFile(p, data string) error {
 		return err
 	}
 	return os.WriteFile(p, []byte(data), 0o644)
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }

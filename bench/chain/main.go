@@ -20,9 +20,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
+
+	"github.com/hmci/hm/bench/internal/stats"
 )
 
 func main() {
@@ -107,7 +108,7 @@ func run(backend, mapImage, image string, steps, runs int, act string) error {
 	}
 	fmt.Printf("| %s | %d-step chain, cold | %s engine, %s wall | | |\n", backend, steps, ms(coldEngine), ms(coldWall))
 	fmt.Printf("| %s | %d-step chain, fully cached (median of %d) | %s engine, %s wall | `hm version` %s | %.0f× faster than cold |\n",
-		backend, steps, runs, ms(median(engines)), ms(median(walls)), ms(median(starts)), float64(coldEngine)/float64(max(median(engines), time.Millisecond)))
+		backend, steps, runs, ms(stats.Median(engines)), ms(stats.Median(walls)), ms(stats.Median(starts)), float64(coldEngine)/float64(max(stats.Median(engines), time.Millisecond)))
 
 	if act == "" {
 		return nil
@@ -159,12 +160,6 @@ func actRun(act, work, image string, n int) (time.Duration, error) {
 		return 0, fmt.Errorf("act: %v\n%s", err, out.String())
 	}
 	return time.Since(t0), nil
-}
-
-func median(d []time.Duration) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }

@@ -24,7 +24,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"slices"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -32,6 +31,7 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 
+	"github.com/hmci/hm/bench/internal/stats"
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/vm"
@@ -112,14 +112,14 @@ func run(n, warm int, ref string, withCLI bool) error {
 		n, ver.Version, cli.ClientVersion(), ver.KernelVersion, runtime.NumCPU(), ref)
 	fmt.Println("| measurement (trivial step `true`, with commit) | median | p90 | vs baseline |")
 	fmt.Println("| --- | ---: | ---: | ---: |")
-	base := median(baseline.d)
+	base := stats.Median(baseline.d)
 	for _, v := range vs {
-		m := median(v.d)
-		fmt.Printf("| %s | %s | %s | %.2fx |\n", v.name, ms(m), ms(pct(v.d, 0.9)), float64(m)/float64(base))
+		m := stats.Median(v.d)
+		fmt.Printf("| %s | %s | %s | %.2fx |\n", v.name, ms(m), ms(stats.Pct(v.d, 0.9)), float64(m)/float64(base))
 	}
 	for _, name := range []string{"Create", "Inject", "Run", "Commit", "Destroy"} {
 		d := ph[name][warm:]
-		fmt.Printf("| · hm step phase: %s | %s | %s | |\n", name, ms(median(d)), ms(pct(d, 0.9)))
+		fmt.Printf("| · hm step phase: %s | %s | %s | |\n", name, ms(stats.Median(d)), ms(stats.Pct(d, 0.9)))
 	}
 	return nil
 }
@@ -319,17 +319,6 @@ func execLifecycle(ctx context.Context, cli *client.Client, img string, ws *sour
 	d := time.Since(start)
 	_, err = cli.ImageRemove(ctx, resp.ID, image.RemoveOptions{Force: true})
 	return d, err
-}
-
-func median(d []time.Duration) time.Duration { return pct(d, 0.5) }
-
-func pct(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[int(p*float64(len(s)-1)+0.5)]
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }

@@ -25,10 +25,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"time"
 
+	"github.com/hmci/hm/bench/internal/stats"
 	"github.com/hmci/hm/internal/imagestore"
 	"github.com/hmci/hm/internal/vm"
 	"github.com/hmci/hm/internal/vm/sandbox"
@@ -129,11 +129,11 @@ func run(n, files, reps int, image, state string) error {
 		fmt.Printf("| %s | %s | %s | %s | %.2f× | %s |\n", what, ms(v), baseWhat, ms(bv), float64(v)/float64(bv), target)
 	}
 	row(fmt.Sprintf("trivial step `true` incl. commit, image %s, steps %v apart (spare init ready), median of %d", image, spacing, n),
-		median(spaced), "`unshare -mpui -f true`", median(base), "≤ 5 ms")
+		stats.Median(spaced), "`unshare -mpui -f true`", stats.Median(base), "≤ 5 ms")
 	fmt.Printf("| … of which Create / Run / Commit / Destroy | %s / %s / %s / %s | | | | |\n",
-		ms(median(spacedParts[0])), ms(median(spacedParts[1])), ms(median(spacedParts[2])), ms(median(spacedParts[3])))
+		ms(stats.Median(spacedParts[0])), ms(stats.Median(spacedParts[1])), ms(stats.Median(spacedParts[2])), ms(stats.Median(spacedParts[3])))
 	row(fmt.Sprintf("trivial step `true` incl. commit, back to back (re-exec of hm per step), median of %d", n),
-		median(packed), "`unshare -mpui -f true`", median(base), "")
+		stats.Median(packed), "`unshare -mpui -f true`", stats.Median(base), "")
 	row(fmt.Sprintf("re-exec of this binary as a sandbox init, exiting at once, median of %d", n), selfT,
 		"fork+exec `/bin/true`", trueT, "")
 	row(fmt.Sprintf("commit of a step that wrote %s files, median of %d", thousands(files), reps), commitT,
@@ -143,7 +143,7 @@ func run(n, files, reps int, image, state string) error {
 	fmt.Println("|---|---|---|---|---|")
 	for _, c := range conf {
 		fmt.Printf("| %s | %s | %s | %+.2f ms | %s |\n", c.name, ms(c.spaced), ms(c.packed),
-			float64(c.spaced-conf[0].spaced)/1e6, ms(median(base)))
+			float64(c.spaced-conf[0].spaced)/1e6, ms(stats.Median(base)))
 	}
 	return nil
 }
@@ -195,7 +195,7 @@ func confinementBench(ctx context.Context, state, img string, n int) ([]confined
 	}
 	out := make([]confined, len(configs))
 	for i, c := range configs {
-		out[i] = confined{name: c.name, spaced: median(spaced[i]), packed: median(packed[i])}
+		out[i] = confined{name: c.name, spaced: stats.Median(spaced[i]), packed: stats.Median(packed[i])}
 	}
 	return out, nil
 }
@@ -227,7 +227,7 @@ func timeCmd(n int, cmd *exec.Cmd) (time.Duration, error) {
 			return 0, fmt.Errorf("%s: %v: %s", cmd.Path, err, out)
 		}
 	}
-	return median(d), nil
+	return stats.Median(d), nil
 }
 
 // steps runs n trivial steps, pause apart, and returns their total times and the times of
@@ -330,16 +330,7 @@ func commitBench(ctx context.Context, b *sandbox.Backend, spec func(string) vm.S
 		os.RemoveAll(src)
 		os.RemoveAll(dst)
 	}
-	return median(commits), median(copies), nil
-}
-
-func median(d []time.Duration) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	return s[len(s)/2]
+	return stats.Median(commits), stats.Median(copies), nil
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }

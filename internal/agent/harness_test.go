@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,10 +22,11 @@ import (
 	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/server"
 	"github.com/hmci/hm/internal/server/driver"
+	"github.com/hmci/hm/internal/server/servertest"
 	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/store"
-	"github.com/hmci/hm/internal/store/blobdir"
 	"github.com/hmci/hm/internal/store/sqlite"
+	"github.com/hmci/hm/internal/testutil"
 	"github.com/hmci/hm/internal/vm"
 	"github.com/hmci/hm/internal/vm/host"
 )
@@ -41,37 +41,9 @@ type env struct {
 	url       string
 	user      string
 	agentTok  string
-	logs      *syncBuffer
+	logs      *testutil.SyncBuffer
 	srcDigest string
 	srcB64    string
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// hangGuard bounds a test: its context ends well before the test binary's deadline.
-func hangGuard(t *testing.T, d time.Duration) context.Context {
-	t.Helper()
-	if dl, ok := t.Deadline(); ok && time.Until(dl)-5*time.Second < d {
-		d = time.Until(dl) - 5*time.Second
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 type envOpts struct {
@@ -84,16 +56,9 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if o.leaseTTL == 0 {
 		o.leaseTTL = 3 * time.Second
 	}
-	ctx := hangGuard(t, 60*time.Second)
-	dir := t.TempDir()
-	db, err := sqlite.Open(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blobs, err := blobdir.Open(filepath.Join(dir, "blobs"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx := testutil.HangGuard(t, 60*time.Second)
+	st := servertest.Open(ctx, t)
+	db, dir := st.DB, st.Dir
 	key, err := server.LoadLogKey(filepath.Join(dir, "log-token.key"))
 	if err != nil {
 		t.Fatal(err)
@@ -106,11 +71,11 @@ func newEnv(t *testing.T, o envOpts) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, nil))
 	mgr := &driver.Manager{Driver: driver.Config{Store: db, Owner: "test-server", Poll: 20 * time.Millisecond, LeaseTTL: 3 * time.Second, Secrets: sealer},
 		Scan: 500 * time.Millisecond, Reap: 100 * time.Millisecond, MaxRetries: o.maxRetries, AgentTTL: o.leaseTTL, Logger: logger}
-	srv, err := server.New(server.Config{Store: db, Blobs: blobs, LogKey: key, Secrets: sealer, PollInterval: 20 * time.Millisecond,
+	srv, err := server.New(server.Config{Store: db, Blobs: st.Blobs, LogKey: key, Secrets: sealer, PollInterval: 20 * time.Millisecond,
 		AgentLeaseTTL: o.leaseTTL, OnBuild: mgr.Kick, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
@@ -124,27 +89,13 @@ func newEnv(t *testing.T, o envOpts) *env {
 		stopMgr()
 		<-mdone
 		hs.Close()
-		db.Close()
 		if t.Failed() {
 			t.Logf("server log:\n%s", logs.String())
 		}
 	})
 	e := &env{t: t, ctx: ctx, db: db, dir: dir, url: hs.URL, logs: logs}
-	org, err := db.CreateOrg(ctx, "acme", "acme")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range []store.TokenKind{store.TokenUser, store.TokenAgent} {
-		secret, h := store.NewToken(k)
-		if _, err := db.CreateToken(ctx, store.Token{OrgID: org.ID, Kind: k, Name: "t", Hash: h}); err != nil {
-			t.Fatal(err)
-		}
-		if k == store.TokenUser {
-			e.user = secret
-		} else {
-			e.agentTok = secret
-		}
-	}
+	tokens := st.Org(ctx, t, "acme")
+	e.user, e.agentTok = tokens[store.TokenUser], tokens[store.TokenAgent]
 	e.packSource()
 	return e
 }
@@ -338,7 +289,7 @@ type flaky struct {
 	hits atomic.Int64 // requests refused
 	// sent is every Logs and Finish body the agent sent: what it uploads, before the server
 	// sees it.
-	sent syncBuffer
+	sent testutil.SyncBuffer
 	// cutAfter, when set, cuts the connection once a request it matches was answered.
 	cutAfter func(*http.Request) bool
 }

@@ -2,9 +2,9 @@ package agentproto
 
 import (
 	"bytes"
-	"encoding/json"
 	"strconv"
-	"unicode/utf8"
+
+	"github.com/hmci/hm/internal/jsonwire"
 )
 
 // The Logs fast path. A big log reaches the server as Logs bodies of up to MaxLogChunks
@@ -49,7 +49,7 @@ func (l *Logs) DecodeWire(b []byte) bool {
 			return false
 		}
 		c.Stream = int(stream)
-		if c.Content, rest, ok = str(rest, `,"ts":`); !ok {
+		if c.Content, rest, ok = jsonwire.String(rest, `,"ts":`); !ok {
 			return false
 		}
 		if len(rest) == 0 || rest[0] != '"' {
@@ -93,44 +93,4 @@ func integer(b []byte, sep string) (int64, []byte, bool) {
 		return 0, nil, false
 	}
 	return n, rest, true
-}
-
-// str reads the JSON string at the start of b, followed by sep. A string without escapes is
-// its bytes when they are valid UTF-8 (encoding/json would replace invalid ones); one with
-// escapes is decoded by encoding/json alone (still without reflection over the batch).
-func str(b []byte, sep string) (_ string, rest []byte, ok bool) {
-	if len(b) == 0 || b[0] != '"' {
-		return "", nil, false
-	}
-	escaped := false
-	i := 1
-	for ; i < len(b); i++ {
-		if c := b[i]; c == '"' {
-			break
-		} else if c == '\\' {
-			escaped = true
-			i++
-		} else if c < 0x20 {
-			return "", nil, false
-		}
-	}
-	if i >= len(b) {
-		return "", nil, false
-	}
-	quoted, rest := b[:i+1], b[i+1:]
-	if rest, ok = bytes.CutPrefix(rest, []byte(sep)); !ok {
-		return "", nil, false
-	}
-	if !escaped {
-		raw := quoted[1 : len(quoted)-1]
-		if !utf8.Valid(raw) {
-			return "", nil, false
-		}
-		return string(raw), rest, true
-	}
-	var s string
-	if json.Unmarshal(quoted, &s) != nil {
-		return "", nil, false
-	}
-	return s, rest, true
 }

@@ -3,31 +3,11 @@ package cli
 import (
 	"bytes"
 	"context"
-	"io"
 	"net/http"
-	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestServerCommand: token create prints a token once; hm server serves it on 127.0.0.1 and
 // stops cleanly (exit 0) when told to, with a stream still open.
@@ -50,21 +30,7 @@ func TestServerCommand(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	logs := &lockedBuffer{}
-	exit := make(chan int, 1)
-	go func() {
-		exit <- Main(ctx, []string{"server", "--listen", "127.0.0.1:0", "--data", data}, IO{Out: io.Discard, Err: logs})
-	}()
-	addr := ""
-	re := regexp.MustCompile(`addr=(127\.0\.0\.1:\d+)`)
-	for deadline := time.Now().Add(20 * time.Second); addr == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if m := re.FindStringSubmatch(logs.String()); m != nil {
-			addr = m[1]
-		}
-	}
-	if addr == "" {
-		t.Fatalf("server did not start: %s", logs.String())
-	}
+	addr, exit, logs := startServerCmd(t, ctx, "--data", data)
 	req, _ := http.NewRequest("POST", "http://"+addr+"//api/v0/organizations/acme/pipelines/ci/builds",
 		strings.NewReader(`{"branch":"main","commit":"c","pipeline_ir":"{\"version\":\"0\",\"steps\":[{\"type\":\"command\",\"key\":\"a\",\"cmd\":\"true\"}]}"}`))
 	req.Header.Set("Authorization", "Bearer "+tok)

@@ -15,12 +15,13 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/hmci/hm/internal/store/postgres/pgtest"
+	"github.com/hmci/hm/internal/testutil"
 )
 
 // startServerCmd runs hm server with args until ctx ends; it returns its address and its exit.
-func startServerCmd(t *testing.T, ctx context.Context, args ...string) (string, <-chan int, *lockedBuffer) {
+func startServerCmd(t *testing.T, ctx context.Context, args ...string) (string, <-chan int, *testutil.SyncBuffer) {
 	t.Helper()
-	logs := &lockedBuffer{}
+	logs := &testutil.SyncBuffer{}
 	exit := make(chan int, 1)
 	go func() {
 		exit <- Main(ctx, append([]string{"server", "--listen", "127.0.0.1:0"}, args...), IO{Out: io.Discard, Err: logs})

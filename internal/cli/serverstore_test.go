@@ -42,21 +42,7 @@ func TestServerPostgres(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	logs := &lockedBuffer{}
-	exit := make(chan int, 1)
-	go func() {
-		exit <- Main(ctx, []string{"server", "--listen", "127.0.0.1:0", "--data", data, "--db", url, "--no-migrate"}, IO{Out: io.Discard, Err: logs})
-	}()
-	addr := ""
-	re := regexp.MustCompile(`addr=(127\.0\.0\.1:\d+)`)
-	for deadline := time.Now().Add(20 * time.Second); addr == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if m := re.FindStringSubmatch(logs.String()); m != nil {
-			addr = m[1]
-		}
-	}
-	if addr == "" {
-		t.Fatalf("server did not start: %s", logs.String())
-	}
+	addr, exit, logs := startServerCmd(t, ctx, "--data", data, "--db", url, "--no-migrate")
 	if !strings.Contains(logs.String(), "store=\"postgres ") {
 		t.Errorf("the log does not name the PostgreSQL store: %s", logs.String())
 	}

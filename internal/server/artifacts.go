@@ -128,11 +128,7 @@ func jobArtifacts(j store.Job) ([]artifact.File, error) {
 // getBuildArtifacts answers the build's manifest: its passed steps with artifacts, in the
 // steps' order, as a local build's manifest.json (scheduler.Manifest).
 func (s *Server) getBuildArtifacts(w http.ResponseWriter, r *http.Request) {
-	_, b, err := s.build(r)
-	var js []store.Job
-	if err == nil {
-		js, err = s.cfg.Store.ListJobs(r.Context(), b.ID)
-	}
+	b, js, err := s.buildJobs(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -157,11 +153,7 @@ func (s *Server) getBuildArtifacts(w http.ResponseWriter, r *http.Request) {
 
 // getBuildArtifact answers the bytes of one artifact file a job of the build lists.
 func (s *Server) getBuildArtifact(w http.ResponseWriter, r *http.Request) {
-	_, b, err := s.build(r)
-	var js []store.Job
-	if err == nil {
-		js, err = s.cfg.Store.ListJobs(r.Context(), b.ID)
-	}
+	b, js, err := s.buildJobs(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

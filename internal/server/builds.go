@@ -323,11 +323,7 @@ func (s *Server) cancelBuild(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
-	_, b, err := s.build(r)
-	var js []store.Job
-	if err == nil {
-		js, err = s.cfg.Store.ListJobs(r.Context(), b.ID)
-	}
+	_, js, err := s.buildJobs(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

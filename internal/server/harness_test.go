@@ -19,8 +19,8 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"github.com/hmci/hm/internal/server/servertest"
 	"github.com/hmci/hm/internal/store"
-	"github.com/hmci/hm/internal/store/blobdir"
 	"github.com/hmci/hm/internal/store/sqlite"
 	"github.com/hmci/hm/internal/testutil"
 )
@@ -38,46 +38,22 @@ type env struct {
 	url     string
 	db      *sqlite.DB
 	dir     string
-	logs    *syncBuffer
+	logs    *testutil.SyncBuffer
 	tokens  map[string]string // "acme/user", "acme/agent", "other/user", "other/agent"
 	schemas *specSchemas
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func newEnv(t *testing.T, tweak ...func(*Config)) *env {
 	t.Helper()
-	dir := t.TempDir()
 	ctx := context.Background()
-	db, err := sqlite.Open(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blobs, err := blobdir.Open(filepath.Join(dir, "blobs"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := servertest.Open(ctx, t)
+	db, dir := st.DB, st.Dir
 	key, err := LoadLogKey(filepath.Join(dir, "log-token.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
-	cfg := Config{Store: db, Blobs: blobs, LogKey: key, PollInterval: 10 * time.Millisecond,
+	logs := &testutil.SyncBuffer{}
+	cfg := Config{Store: db, Blobs: st.Blobs, LogKey: key, PollInterval: 10 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	for _, f := range tweak {
 		f(&cfg)
@@ -90,19 +66,10 @@ func newEnv(t *testing.T, tweak ...func(*Config)) *env {
 	t.Cleanup(func() {
 		srv.Drain()
 		hs.Close()
-		db.Close()
 	})
 	e := &env{t: t, srv: srv, url: hs.URL, db: db, dir: dir, logs: logs, tokens: map[string]string{}, schemas: loadSpec(t)}
 	for _, org := range []string{"acme", "other"} {
-		o, err := db.CreateOrg(ctx, org, org)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, kind := range []store.TokenKind{store.TokenUser, store.TokenAgent} {
-			secret, h := store.NewToken(kind)
-			if _, err := db.CreateToken(ctx, store.Token{OrgID: o.ID, Kind: kind, Name: "t", Hash: h}); err != nil {
-				t.Fatal(err)
-			}
+		for kind, secret := range st.Org(ctx, t, org) {
 			e.tokens[org+"/"+string(kind)] = secret
 		}
 	}
@@ -327,18 +294,6 @@ func (e *env) jobs(pipeline string, number int64) []jobView {
 	var l jobList
 	r.decode(e.t, &l)
 	return l.Data
-}
-
-// hangGuard fails the test (instead of the whole binary timing out) when it runs near its
-// deadline, and gives contexts a bound.
-func hangGuard(t *testing.T, d time.Duration) context.Context {
-	t.Helper()
-	if dl, ok := t.Deadline(); ok && time.Until(dl)-5*time.Second < d {
-		d = time.Until(dl) - 5*time.Second
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 func storeUpdate(code string) store.BuildUpdate {

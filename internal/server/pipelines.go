@@ -81,6 +81,16 @@ func (s *Server) build(r *http.Request) (store.Pipeline, store.Build, error) {
 	return p, b, err
 }
 
+// buildJobs answers the build the request names and its jobs.
+func (s *Server) buildJobs(r *http.Request) (store.Build, []store.Job, error) {
+	_, b, err := s.build(r)
+	if err != nil {
+		return b, nil, err
+	}
+	js, err := s.cfg.Store.ListJobs(r.Context(), b.ID)
+	return b, js, err
+}
+
 // slugify derives a pipeline slug from a name: lowercase letters and digits, runs of anything
 // else one '-', none at the ends.
 func slugify(name string) string {

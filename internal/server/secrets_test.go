@@ -15,6 +15,7 @@ import (
 	"github.com/hmci/hm/internal/server/driver"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/store/sqlite"
+	"github.com/hmci/hm/internal/testutil"
 )
 
 const secretValue = "s3cr3t-value-4242"
@@ -57,7 +58,7 @@ func dbHolds(t *testing.T, dir, s string) bool {
 func TestSecretsThroughAClaim(t *testing.T) {
 	sealer, tweak := withSealer(t)
 	e := newEnv(t, tweak)
-	ctx := hangGuard(t, time.Minute)
+	ctx := testutil.HangGuard(t, time.Minute)
 	tok := e.tokens["acme/agent"]
 	if r := e.do("", "POST", agentproto.PathRegister, tok, agentproto.Register{AgentID: "ag", Backend: "sandbox"}); r.Status != 200 {
 		t.Fatalf("register: %d %s", r.Status, r.Body)

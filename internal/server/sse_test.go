@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/testutil"
 )
 
 type frame struct{ ID, Event, Data string }
@@ -96,7 +97,7 @@ func (s *stream) rest() []frame {
 // streamLogs reads a whole log stream.
 func streamLogs(t *testing.T, e *env, jobID, token, lastID string) []frame {
 	t.Helper()
-	s := openStream(t, hangGuard(t, 20*time.Second), e.url+"/v0/jobs/"+jobID+"/logs?token="+token, "", lastID)
+	s := openStream(t, testutil.HangGuard(t, 20*time.Second), e.url+"/v0/jobs/"+jobID+"/logs?token="+token, "", lastID)
 	if s.resp.StatusCode != 200 {
 		t.Fatalf("log stream: %d", s.resp.StatusCode)
 	}
@@ -148,7 +149,7 @@ func TestLogStream(t *testing.T) {
 		{Seq: 1, Stream: store.StreamStdout, Content: "hello\n", TS: ts}, {Seq: 2, Stream: store.StreamStderr, Content: "oops"}}); err != nil {
 		t.Fatal(err)
 	}
-	s := openStream(t, hangGuard(t, 20*time.Second), e.url+"//v0/jobs/"+jobID+"/logs?token="+tok, e.tokens["acme/user"], "")
+	s := openStream(t, testutil.HangGuard(t, 20*time.Second), e.url+"//v0/jobs/"+jobID+"/logs?token="+tok, e.tokens["acme/user"], "")
 	if s.resp.StatusCode != 200 || s.resp.Header.Get("Content-Type") != "text/event-stream" || s.resp.Header.Get("Cache-Control") != "no-cache" {
 		t.Fatalf("log stream: %d %v", s.resp.StatusCode, s.resp.Header)
 	}
@@ -229,7 +230,7 @@ func TestEventStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := e.url + "/api/v0/organizations/acme/pipelines/ci/builds/1/events"
-	s := openStream(t, hangGuard(t, 20*time.Second), url, e.tokens["acme/user"], "")
+	s := openStream(t, testutil.HangGuard(t, 20*time.Second), url, e.tokens["acme/user"], "")
 	if s.resp.StatusCode != 200 || s.resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("event stream: %d", s.resp.StatusCode)
 	}
@@ -247,12 +248,12 @@ func TestEventStream(t *testing.T) {
 		t.Errorf("the stream ends after build_end (-want +got):\n%s", diff)
 	}
 	// Resumed after Last-Event-ID.
-	s = openStream(t, hangGuard(t, 20*time.Second), url, e.tokens["acme/user"], "2")
+	s = openStream(t, testutil.HangGuard(t, 20*time.Second), url, e.tokens["acme/user"], "2")
 	if diff := cmp.Diff([]frame{{ID: "3", Data: end}}, s.rest()); diff != "" {
 		t.Errorf("resumed (-want +got):\n%s", diff)
 	}
 	// Refused like every user route.
-	if s := openStream(t, hangGuard(t, 5*time.Second), url, e.tokens["acme/agent"], ""); s.resp.StatusCode != 401 {
+	if s := openStream(t, testutil.HangGuard(t, 5*time.Second), url, e.tokens["acme/agent"], ""); s.resp.StatusCode != 401 {
 		t.Errorf("agent token: %d", s.resp.StatusCode)
 	}
 }
@@ -261,7 +262,7 @@ func TestEventStream(t *testing.T) {
 func TestDrainEndsStreams(t *testing.T) {
 	e := newEnv(t)
 	e.submit("ci", nil)
-	s := openStream(t, hangGuard(t, 20*time.Second), e.url+"/api/v0/organizations/acme/pipelines/ci/builds/1/events", e.tokens["acme/user"], "")
+	s := openStream(t, testutil.HangGuard(t, 20*time.Second), e.url+"/api/v0/organizations/acme/pipelines/ci/builds/1/events", e.tokens["acme/user"], "")
 	done := make(chan []frame)
 	go func() { done <- s.rest() }()
 	time.Sleep(50 * time.Millisecond)
@@ -289,7 +290,7 @@ func TestLogStreamGap(t *testing.T) {
 	if _, err := e.db.AppendLogs(t.Context(), jobID, j.Attempt, []store.LogChunk{chunk(1), chunk(3)}); err != nil {
 		t.Fatal(err)
 	}
-	s := openStream(t, hangGuard(t, 20*time.Second), e.url+"/v0/jobs/"+jobID+"/logs?token="+tok, e.tokens["acme/user"], "")
+	s := openStream(t, testutil.HangGuard(t, 20*time.Second), e.url+"/v0/jobs/"+jobID+"/logs?token="+tok, e.tokens["acme/user"], "")
 	f, _ := s.next()
 	if want := `{"chunks":[{"seq":1,"stream_kind":0,"content":"l1\n","ts":null}]}`; f.Data != want {
 		t.Errorf("history = %s, want only the chunk before the gap: %s", f.Data, want)

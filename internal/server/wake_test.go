@@ -9,6 +9,7 @@ import (
 
 	"github.com/hmci/hm/internal/agentproto"
 	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/testutil"
 )
 
 // noWake hides the store's Watcher: every wake-up is lost and only the fallback poll is left.
@@ -29,7 +30,7 @@ func TestWakeUps(t *testing.T) {
 					cfg.Store, cfg.PollInterval = noWake{cfg.Store}, 10*time.Millisecond
 				}
 			})
-			ctx := hangGuard(t, 25*time.Second)
+			ctx := testutil.HangGuard(t, 25*time.Second)
 			tok := e.tokens["acme/agent"]
 			if r := e.do("", "POST", agentproto.PathRegister, tok, agentproto.Register{AgentID: "ag", Backend: "sandbox"}); r.Status != 200 {
 				t.Fatalf("register: %d %s", r.Status, r.Body)
