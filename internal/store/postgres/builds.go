@@ -13,6 +13,7 @@ import (
 
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/sqlq"
 )
 
 const buildCols = `id, org_id, pipeline_id, number, branch, commit_sha, message, source, ir, env, hm_options,
@@ -105,9 +106,9 @@ func (s *DB) CreateBuild(ctx context.Context, nb store.NewBuild) (store.Build, [
 			if nj.DependsOn == nil {
 				deps = []byte("[]")
 			}
-			j, err := scanJob(row(ctx, tx, `INSERT INTO jobs (id, build_id, ordinal, step_key, name, command,
+			j, err := sqlq.ScanJob(row(ctx, tx, `INSERT INTO jobs (id, build_id, ordinal, step_key, name, command,
 				depends_on, parent_id, backend, state, created_at)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) RETURNING `+jobCols,
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) RETURNING `+sqlq.JobCols,
 				nj.ID, b.ID, i, nj.StepKey, nj.Name, nj.Command, string(deps), nj.ParentID, nj.Backend, now))
 			if isUnique(err) {
 				return &store.ConflictError{Kind: "job", Key: nj.ID, Reason: "id already used"}

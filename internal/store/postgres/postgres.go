@@ -35,6 +35,7 @@ import (
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/store/sqlite"
+	"github.com/hmci/hm/internal/store/sqlq"
 )
 
 // IsURL says dsn names a PostgreSQL database (what --db takes for this driver).
@@ -330,29 +331,14 @@ func rebind(q string) string {
 }
 
 // ns is a time as stored: unix nanoseconds, 0 for the zero time.
-func ns(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
+// The time helpers and the row interface are the shared ones (sqlq), under short names.
+var (
+	ns    = sqlq.NS
+	tm    = sqlq.Tm
+	nowOr = sqlq.NowOr
+)
 
-// tm is the inverse of ns, in UTC.
-func tm(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
-}
-
-func nowOr(t time.Time) time.Time {
-	if t.IsZero() {
-		return time.Now()
-	}
-	return t
-}
-
-type scanner interface{ Scan(dest ...any) error }
+type scanner = sqlq.Scanner
 
 // querier is the pool or a transaction.
 type querier interface {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/sqlq"
 )
 
 // Queries of an agent's restart (store.Agents.UpsertAgent). Each is conditioned, in the
@@ -93,13 +94,13 @@ const rerunGoneParents = `UPDATE jobs SET state = 'scheduled', ready_at = ?, age
 	  AND EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id
 		AND c.state IN ('pending', 'scheduled', 'assigned', 'running'))
 		  AND build_id IN (SELECT id FROM builds WHERE state NOT IN ('passed', 'failed', 'canceled'))
-	RETURNING ` + jobCols
+	RETURNING ` + sqlq.JobCols
 
 func (s *DB) RerunLostParents(ctx context.Context, now time.Time, agentTTL time.Duration) ([]store.Job, error) {
 	var jobs []store.Job
 	err := s.write(ctx, "rerun lost parents", func(tx *sql.Tx) error {
 		var err error
-		if jobs, err = list(ctx, tx, "rerun lost parents", scanJob, rerunGoneParents, ns(now), ns(now.Add(-agentTTL))); err != nil {
+		if jobs, err = list(ctx, tx, "rerun lost parents", sqlq.ScanJob, rerunGoneParents, ns(now), ns(now.Add(-agentTTL))); err != nil {
 			return err
 		}
 		for i := range jobs {

@@ -37,6 +37,7 @@ import (
 	"github.com/hmci/hm/internal/sqlitemigrate"
 	"github.com/hmci/hm/internal/statedir"
 	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/sqlq"
 	"github.com/hmci/hm/internal/store/wake"
 )
 
@@ -197,29 +198,14 @@ func isUnique(err error) bool {
 }
 
 // ns is a time as stored: unix nanoseconds, 0 for the zero time.
-func ns(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
+// The time helpers and the row interface are the shared ones (sqlq), under short names.
+var (
+	ns    = sqlq.NS
+	tm    = sqlq.Tm
+	nowOr = sqlq.NowOr
+)
 
-// tm is the inverse of ns, in UTC.
-func tm(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
-}
-
-func nowOr(t time.Time) time.Time {
-	if t.IsZero() {
-		return time.Now()
-	}
-	return t
-}
-
-type scanner interface{ Scan(dest ...any) error }
+type scanner = sqlq.Scanner
 
 type querier interface {
 	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
