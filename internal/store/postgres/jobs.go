@@ -14,10 +14,7 @@ import (
 )
 
 func (s *DB) labels(ctx context.Context, q querier, j *store.Job) error {
-	ls, err := list(ctx, q, "job labels", func(r scanner) (string, error) {
-		var l string
-		return l, r.Scan(&l)
-	}, sqlq.JobLabels+` COLLATE "C"`, j.ID)
+	ls, err := list(ctx, q, "job labels", sqlq.ScanString, sqlq.JobLabels+` COLLATE "C"`, j.ID)
 	j.Labels = ls
 	return err
 }
