@@ -109,7 +109,7 @@ func (s *DB) TransitionBuild(ctx context.Context, id string, from []store.BuildS
 	var b store.Build
 	err := s.write(ctx, "transition build", func(tx pgx.Tx) error {
 		var err error
-		b, err = sqlq.ScanBuild(row(ctx, tx, sqlq.TransitionBuild(in, "::bigint"),
+		b, err = sqlq.ScanBuild(row(ctx, tx, sqlq.TransitionBuild(in, bigint),
 			append([]any{to, u.ErrorCode, u.ErrorCode, u.ErrorMessage, u.ErrorMessage, started, finished, finished, id}, args...)...))
 		if errors.Is(err, pgx.ErrNoRows) {
 			cur, gerr := one(row(ctx, tx, sqlq.GetBuild, id), sqlq.ScanBuild, "build", id)

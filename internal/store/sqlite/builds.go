@@ -108,7 +108,7 @@ func (s *DB) TransitionBuild(ctx context.Context, id string, from []store.BuildS
 	var b store.Build
 	err := s.write(ctx, "transition build", func(tx *sql.Tx) error {
 		var err error
-		b, err = sqlq.ScanBuild(tx.QueryRowContext(ctx, sqlq.TransitionBuild(in, ""),
+		b, err = sqlq.ScanBuild(tx.QueryRowContext(ctx, sqlq.TransitionBuild(in, bigint),
 			append([]any{to, u.ErrorCode, u.ErrorCode, u.ErrorMessage, u.ErrorMessage, started, finished, finished, id}, args...)...))
 		if errors.Is(err, sql.ErrNoRows) {
 			cur, gerr := one(tx.QueryRowContext(ctx, sqlq.GetBuild, id), sqlq.ScanBuild, "build", id)

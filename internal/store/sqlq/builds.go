@@ -156,16 +156,15 @@ const (
 		WHERE state NOT IN ('passed', 'failed', 'canceled') ORDER BY created_at, id`
 )
 
-// TransitionBuild moves a build from one of the states in (an InList) to another. cast follows
-// the finished_at parameter where it is compared with 0 ("::bigint" on PostgreSQL, which
-// cannot infer its type; "" on SQLite). Parameters: to, error code twice, error message
-// twice, started_at, finished_at twice, id, then the from states.
-func TransitionBuild(in, cast string) string {
+// TransitionBuild moves a build from one of the states in (an InList) to another; bigint
+// follows the finished_at parameter compared with 0 (see EventSeq). Parameters: to, error
+// code twice, error message twice, started_at, finished_at twice, id, then the from states.
+func TransitionBuild(in, bigint string) string {
 	return `UPDATE builds SET state = ?,
 			error_code = CASE WHEN ? <> '' THEN ? ELSE error_code END,
 			error_message = CASE WHEN ? <> '' THEN ? ELSE error_message END,
 			started_at = CASE WHEN started_at = 0 THEN ? ELSE started_at END,
-			finished_at = CASE WHEN ?` + cast + ` <> 0 THEN ? ELSE finished_at END
+			finished_at = CASE WHEN ?` + bigint + ` <> 0 THEN ? ELSE finished_at END
 			WHERE id = ? AND state IN (` + in + `) RETURNING ` + BuildCols
 }
 
