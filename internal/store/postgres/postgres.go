@@ -364,22 +364,11 @@ func list[T any](ctx context.Context, q querier, op string, scan func(scanner) (
 		return nil, wrap(op, err)
 	}
 	defer rows.Close()
-	var out []T
-	for rows.Next() {
-		v, err := scan(rows)
-		if err != nil {
-			return nil, wrap(op, err)
-		}
-		out = append(out, v)
-	}
-	return out, wrap(op, rows.Err())
+	out, err := sqlq.Collect(rows, scan)
+	return out, wrap(op, err)
 }
 
 // one scans a single row, turning no row into a NotFoundError of kind/key.
 func one[T any](r scanner, scan func(scanner) (T, error), kind, key string) (T, error) {
-	v, err := scan(r)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return v, &store.NotFoundError{Kind: kind, Key: key}
-	}
-	return v, err
+	return sqlq.One(r, scan, pgx.ErrNoRows, kind, key)
 }

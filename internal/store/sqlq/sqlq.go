@@ -9,7 +9,12 @@
 // Times are unix nanoseconds in INTEGER (SQLite) or BIGINT (PostgreSQL) columns, 0 for none.
 package sqlq
 
-import "time"
+import (
+	"errors"
+	"time"
+
+	"github.com/hmci/hm/internal/store"
+)
 
 // Scanner is a row of either driver: *sql.Row and *sql.Rows, pgx.Row and pgx.Rows.
 type Scanner interface{ Scan(dest ...any) error }
@@ -36,4 +41,35 @@ func NowOr(t time.Time) time.Time {
 		return time.Now()
 	}
 	return t
+}
+
+// Rows is a result of either driver: *sql.Rows, pgx.Rows.
+type Rows interface {
+	Scanner
+	Next() bool
+	Err() error
+}
+
+// Collect scans every row of rows with scan; the caller closes rows. On an error it returns
+// no rows.
+func Collect[T any](rows Rows, scan func(Scanner) (T, error)) ([]T, error) {
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// One scans a single row, turning noRows (the driver's sentinel for no row) into a
+// NotFoundError of kind/key.
+func One[T any](r Scanner, scan func(Scanner) (T, error), noRows error, kind, key string) (T, error) {
+	v, err := scan(r)
+	if errors.Is(err, noRows) {
+		return v, &store.NotFoundError{Kind: kind, Key: key}
+	}
+	return v, err
 }
