@@ -1,13 +1,17 @@
 // Package postgres is the PostgreSQL driver of the server's store (internal/store), on pgx v5
 // and its pool: the driver for several `hm server` replicas on one database. Its schema and
-// queries are the SQLite driver's (internal/store/sqlite): the same migration files, applied
-// with INTEGER widened to BIGINT (times are unix nanoseconds on both), and the same statements
-// with ? rebound to $n. Where the dialects must differ the code says so: the claim's subquery
-// takes FOR UPDATE OF j SKIP LOCKED (concurrent claimers skip each other's rows instead of
-// queueing on them), parameters whose type PostgreSQL cannot infer carry a cast, text orders
-// use COLLATE "C" (SQLite's byte order, whatever the database's collation), and the log head
-// row is locked before the chunks are inserted, because under READ COMMITTED a statement does
-// not see rows another transaction committed after the statement began.
+// queries are the SQLite driver's: the same migration files (internal/store/sqlite/migrations),
+// applied with INTEGER widened to BIGINT (times are unix nanoseconds on both), and the same
+// statement text, written once in internal/store/sqlq with ? placeholders that rebind turns
+// into $n. This package holds only where the dialects must differ, and says so: the claim's
+// subquery takes FOR UPDATE OF j SKIP LOCKED (concurrent claimers skip each other's rows
+// instead of queueing on them; sqlq.Claim takes the clause), parameters whose type PostgreSQL
+// cannot infer carry a cast (the bigint argument of sqlq's statements), text orders use
+// COLLATE "C" (SQLite's byte order, whatever the database's collation; appended to sqlq's
+// statements, which end in their ORDER BY), batch inserts are one statement over arrays
+// (unnest, BYTEA for log content), and the log head row is locked before the chunks are
+// inserted, because under READ COMMITTED a statement does not see rows another transaction
+// committed after the statement began.
 //
 // Every write is one transaction at READ COMMITTED; each transition is still a single
 // UPDATE … WHERE <expected state> RETURNING, so two replicas racing on one row cannot both
@@ -299,7 +303,7 @@ func isUnique(err error) bool {
 	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
-// rebind turns the SQLite driver's ? placeholders into PostgreSQL's $1, $2, … in order. The
+// rebind turns the shared statements' ? placeholders (internal/store/sqlq) into PostgreSQL's $1, $2, … in order. The
 // ? inside a string literal or a -- comment is left alone.
 func rebind(q string) string {
 	var b strings.Builder

@@ -258,9 +258,7 @@ func (s *DB) LastCacheEntry(ctx context.Context, orgID, pipelineID, stepKey stri
 
 func (s *DB) QueueSnapshotRemoval(ctx context.Context, agentID, snapshot string, now time.Time) error {
 	return s.write(ctx, "queue snapshot removal", func(tx pgx.Tx) error {
-		_, err := exec(ctx, tx, `INSERT INTO snapshot_removals (agent_id, snapshot, created_at)
-			SELECT ?::text, ?::text, ?::bigint WHERE NOT EXISTS (SELECT 1 FROM cache_entries WHERE agent_id = ? AND snapshot = ?)
-			ON CONFLICT DO NOTHING`, agentID, snapshot, ns(now), agentID, snapshot)
+		_, err := exec(ctx, tx, sqlq.QueueSnapshotRemoval("::text", bigint), agentID, snapshot, ns(now), agentID, snapshot)
 		return err
 	})
 }

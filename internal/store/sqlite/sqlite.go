@@ -1,9 +1,11 @@
 // Package sqlite is the SQLite driver of the server's store (internal/store), on the pure-Go
 // modernc.org/sqlite: one file, DATA/store.db, in WAL mode, shared safely by the connections of
 // one server and by several processes. It is the one-command default; PostgreSQL is the
-// driver for several replicas. The queries are written to be the PostgreSQL driver's too
-// (placeholders aside): ON CONFLICT, RETURNING, counters on parent rows, no JSON functions;
-// where the two must differ (the claim's FOR UPDATE SKIP LOCKED) the comment says so.
+// driver for several replicas. The statements are shared with the PostgreSQL driver and
+// written once, in internal/store/sqlq (placeholders aside): ON CONFLICT, RETURNING, counters
+// on parent rows, no JSON functions. What stays here is SQLite's own: the multi-row VALUES
+// batch inserts, the snapshot removal ack (a DELETE per snapshot), and LastCacheEntry's rowid
+// tie-break.
 //
 // After each committed change the driver notifies its wake.Hub (store.Watcher), so the
 // server's waiters (the scheduler's driver, a claim's long poll, event and log streams) of the

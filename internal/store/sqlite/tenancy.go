@@ -259,15 +259,13 @@ func (s *DB) DeleteAgentCache(ctx context.Context, agentID string) (int, error) 
 
 func (s *DB) QueueSnapshotRemoval(ctx context.Context, agentID, snapshot string, now time.Time) error {
 	return s.write(ctx, "queue snapshot removal", func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO snapshot_removals (agent_id, snapshot, created_at)
-			SELECT ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM cache_entries WHERE agent_id = ? AND snapshot = ?)
-			ON CONFLICT DO NOTHING`, agentID, snapshot, ns(now), agentID, snapshot)
+		_, err := tx.ExecContext(ctx, sqlq.QueueSnapshotRemoval("", bigint), agentID, snapshot, ns(now), agentID, snapshot)
 		return err
 	})
 }
 
 func (s *DB) ListSnapshotRemovals(ctx context.Context, agentID string, limit int) ([]string, error) {
-	return list(ctx, s.db, "list snapshot removals", sqlq.ScanString, sqlq.ListSnapshotRemovals(``), agentID, limit)
+	return list(ctx, s.db, "list snapshot removals", sqlq.ScanString, sqlq.ListSnapshotRemovals(""), agentID, limit)
 }
 
 func (s *DB) AckSnapshotRemovals(ctx context.Context, agentID string, snapshots []string) error {

@@ -170,3 +170,13 @@ const (
 func ListSnapshotRemovals(collate string) string {
 	return `SELECT snapshot FROM snapshot_removals WHERE agent_id = ? ORDER BY created_at, snapshot` + collate + ` LIMIT ?`
 }
+
+// QueueSnapshotRemoval queues a snapshot's removal on its agent unless a cache entry still
+// names it; text and bigint follow the parameters PostgreSQL cannot type from a bare SELECT
+// list ("::text", "::bigint" there; "" on SQLite). Parameters: agent, snapshot, created_at,
+// agent, snapshot.
+func QueueSnapshotRemoval(text, bigint string) string {
+	return `INSERT INTO snapshot_removals (agent_id, snapshot, created_at)
+			SELECT ?` + text + `, ?` + text + `, ?` + bigint + ` WHERE NOT EXISTS (SELECT 1 FROM cache_entries WHERE agent_id = ? AND snapshot = ?)
+			ON CONFLICT DO NOTHING`
+}
