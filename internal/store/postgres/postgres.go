@@ -303,8 +303,8 @@ func isUnique(err error) bool {
 	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
-// rebind turns the shared statements' ? placeholders (internal/store/sqlq) into PostgreSQL's $1, $2, … in order. The
-// ? inside a string literal or a -- comment is left alone.
+// rebind turns the shared statements' ? placeholders (internal/store/sqlq) into PostgreSQL's
+// $1, $2, … in order. The ? inside a string literal or a -- comment is left alone.
 func rebind(q string) string {
 	var b strings.Builder
 	b.Grow(len(q) + 16)
