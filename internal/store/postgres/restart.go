@@ -47,15 +47,8 @@ func (s *DB) RerunLostParents(ctx context.Context, now time.Time, agentTTL time.
 	var jobs []store.Job
 	err := s.write(ctx, "rerun lost parents", func(tx pgx.Tx) error {
 		var err error
-		if jobs, err = list(ctx, tx, "rerun lost parents", sqlq.ScanJob, sqlq.RerunGoneParents, ns(now), ns(now.Add(-agentTTL))); err != nil {
-			return err
-		}
-		for i := range jobs {
-			if err := s.labels(ctx, tx, &jobs[i]); err != nil {
-				return err
-			}
-		}
-		return nil
+		jobs, err = s.labeledJobs(ctx, tx, "rerun lost parents", sqlq.RerunGoneParents, ns(now), ns(now.Add(-agentTTL)))
+		return err
 	})
 	if err == nil {
 		s.notifyJobs(jobs)

@@ -18,6 +18,20 @@ func (s *DB) labels(ctx context.Context, q querier, j *store.Job) error {
 	return err
 }
 
+// labeledJobs runs a query of jobs (JobCols) in tx and reads each one's labels.
+func (s *DB) labeledJobs(ctx context.Context, tx *sql.Tx, op, query string, args ...any) ([]store.Job, error) {
+	jobs, err := list(ctx, tx, op, sqlq.ScanJob, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	for i := range jobs {
+		if err := s.labels(ctx, tx, &jobs[i]); err != nil {
+			return jobs, err // as read: the caller's transaction fails
+		}
+	}
+	return jobs, nil
+}
+
 func (s *DB) GetJob(ctx context.Context, id string) (store.Job, error) {
 	j, err := one(s.db.QueryRowContext(ctx, sqlq.GetJob, id), sqlq.ScanJob, "job", id)
 	if err == nil {
@@ -251,16 +265,8 @@ func (s *DB) ReapExpiredLeases(ctx context.Context, now time.Time, maxRetries in
 	var jobs []store.Job
 	err := s.write(ctx, "reap leases", func(tx *sql.Tx) error {
 		var err error
-		jobs, err = list(ctx, tx, "reap leases", sqlq.ScanJob, q, m, m, m, m, ns(now), m, m, m, ns(now))
-		if err != nil {
-			return err
-		}
-		for i := range jobs {
-			if err := s.labels(ctx, tx, &jobs[i]); err != nil {
-				return err
-			}
-		}
-		return nil
+		jobs, err = s.labeledJobs(ctx, tx, "reap leases", q, m, m, m, m, ns(now), m, m, m, ns(now))
+		return err
 	})
 	slices.SortFunc(jobs, func(a, b store.Job) int { return a.ReadyAt.Compare(b.ReadyAt) })
 	if err == nil {
@@ -276,16 +282,8 @@ func (s *DB) FailOrphans(ctx context.Context, now time.Time, agentTTL time.Durat
 	var jobs []store.Job
 	err := s.write(ctx, "fail orphans", func(tx *sql.Tx) error {
 		var err error
-		jobs, err = list(ctx, tx, "fail orphans", sqlq.ScanJob, q, ns(now), ns(now.Add(-agentTTL)))
-		if err != nil {
-			return err
-		}
-		for i := range jobs {
-			if err := s.labels(ctx, tx, &jobs[i]); err != nil {
-				return err
-			}
-		}
-		return nil
+		jobs, err = s.labeledJobs(ctx, tx, "fail orphans", q, ns(now), ns(now.Add(-agentTTL)))
+		return err
 	})
 	if err == nil {
 		s.notifyJobs(jobs)
