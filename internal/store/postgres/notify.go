@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/sqlq"
 	"github.com/hmci/hm/internal/store/wake"
 )
 
@@ -107,7 +108,7 @@ func (s *DB) notifyReleased(ctx context.Context, jobs ...store.Job) {
 		}
 		seen[j.BuildID] = true
 		var org string
-		if err := row(ctx, s.pool, `SELECT org_id FROM builds WHERE id = ?`, j.BuildID).Scan(&org); err == nil {
+		if err := row(ctx, s.pool, sqlq.BuildOrg, j.BuildID).Scan(&org); err == nil {
 			s.notify(store.JobsReleased(org))
 		}
 	}

@@ -1,13 +1,17 @@
 // Package postgres is the PostgreSQL driver of the server's store (internal/store), on pgx v5
 // and its pool: the driver for several `hm server` replicas on one database. Its schema and
-// queries are the SQLite driver's (internal/store/sqlite): the same migration files, applied
-// with INTEGER widened to BIGINT (times are unix nanoseconds on both), and the same statements
-// with ? rebound to $n. Where the dialects must differ the code says so: the claim's subquery
-// takes FOR UPDATE OF j SKIP LOCKED (concurrent claimers skip each other's rows instead of
-// queueing on them), parameters whose type PostgreSQL cannot infer carry a cast, text orders
-// use COLLATE "C" (SQLite's byte order, whatever the database's collation), and the log head
-// row is locked before the chunks are inserted, because under READ COMMITTED a statement does
-// not see rows another transaction committed after the statement began.
+// queries are the SQLite driver's: the same migration files (internal/store/sqlite/migrations),
+// applied with INTEGER widened to BIGINT (times are unix nanoseconds on both), and the same
+// statement text, written once in internal/store/sqlq with ? placeholders that rebind turns
+// into $n. This package holds only where the dialects must differ, and says so: the claim's
+// subquery takes FOR UPDATE OF j SKIP LOCKED (concurrent claimers skip each other's rows
+// instead of queueing on them; sqlq.Claim takes the clause), parameters whose type PostgreSQL
+// cannot infer carry a cast (the bigint argument of sqlq's statements), text orders use
+// COLLATE "C" (SQLite's byte order, whatever the database's collation; appended to sqlq's
+// statements, which end in their ORDER BY), batch inserts are one statement over arrays
+// (unnest, BYTEA for log content), and the log head row is locked before the chunks are
+// inserted, because under READ COMMITTED a statement does not see rows another transaction
+// committed after the statement began.
 //
 // Every write is one transaction at READ COMMITTED; each transition is still a single
 // UPDATE … WHERE <expected state> RETURNING, so two replicas racing on one row cannot both
@@ -35,6 +39,7 @@ import (
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/store/sqlite"
+	"github.com/hmci/hm/internal/store/sqlq"
 )
 
 // IsURL says dsn names a PostgreSQL database (what --db takes for this driver).
@@ -298,8 +303,8 @@ func isUnique(err error) bool {
 	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
-// rebind turns the SQLite driver's ? placeholders into PostgreSQL's $1, $2, … in order. The
-// ? inside a string literal or a -- comment is left alone.
+// rebind turns the shared statements' ? placeholders (internal/store/sqlq) into PostgreSQL's
+// $1, $2, … in order. The ? inside a string literal or a -- comment is left alone.
 func rebind(q string) string {
 	var b strings.Builder
 	b.Grow(len(q) + 16)
@@ -330,29 +335,14 @@ func rebind(q string) string {
 }
 
 // ns is a time as stored: unix nanoseconds, 0 for the zero time.
-func ns(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
+// The time helpers and the row interface are the shared ones (sqlq), under short names.
+var (
+	ns    = sqlq.NS
+	tm    = sqlq.Tm
+	nowOr = sqlq.NowOr
+)
 
-// tm is the inverse of ns, in UTC.
-func tm(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
-}
-
-func nowOr(t time.Time) time.Time {
-	if t.IsZero() {
-		return time.Now()
-	}
-	return t
-}
-
-type scanner interface{ Scan(dest ...any) error }
+type scanner = sqlq.Scanner
 
 // querier is the pool or a transaction.
 type querier interface {
@@ -378,22 +368,11 @@ func list[T any](ctx context.Context, q querier, op string, scan func(scanner) (
 		return nil, wrap(op, err)
 	}
 	defer rows.Close()
-	var out []T
-	for rows.Next() {
-		v, err := scan(rows)
-		if err != nil {
-			return nil, wrap(op, err)
-		}
-		out = append(out, v)
-	}
-	return out, wrap(op, rows.Err())
+	out, err := sqlq.Collect(rows, scan)
+	return out, wrap(op, err)
 }
 
 // one scans a single row, turning no row into a NotFoundError of kind/key.
 func one[T any](r scanner, scan func(scanner) (T, error), kind, key string) (T, error) {
-	v, err := scan(r)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return v, &store.NotFoundError{Kind: kind, Key: key}
-	}
-	return v, err
+	return sqlq.One(r, scan, pgx.ErrNoRows, kind, key)
 }

@@ -4,23 +4,19 @@ import (
 	"context"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/hmci/hm/internal/store/sqlq"
 )
 
-// terminalBuild is the SQL list of a build's terminal states.
-const terminalBuild = `('passed', 'failed', 'canceled')`
-
 func (s *DB) GetBuildSecrets(ctx context.Context, buildID string) ([]byte, error) {
-	b, err := one(row(ctx, s.pool, `SELECT sealed FROM build_secrets WHERE build_id = ?`, buildID),
-		func(r scanner) ([]byte, error) {
-			var b []byte
-			return b, r.Scan(&b)
-		}, "build_secrets", buildID)
+	b, err := one(row(ctx, s.pool, sqlq.GetBuildSecrets, buildID),
+		sqlq.ScanBytes, "build_secrets", buildID)
 	return b, wrap("get build secrets", err)
 }
 
 func (s *DB) DeleteBuildSecrets(ctx context.Context, buildID string) error {
 	return s.write(ctx, "delete build secrets", func(tx pgx.Tx) error {
-		_, err := exec(ctx, tx, `DELETE FROM build_secrets WHERE build_id = ?`, buildID)
+		_, err := exec(ctx, tx, sqlq.DeleteBuildSecrets, buildID)
 		return err
 	})
 }
@@ -28,8 +24,7 @@ func (s *DB) DeleteBuildSecrets(ctx context.Context, buildID string) error {
 func (s *DB) DeleteEndedBuildSecrets(ctx context.Context) (int, error) {
 	var n int64
 	err := s.write(ctx, "delete ended build secrets", func(tx pgx.Tx) error {
-		tag, err := exec(ctx, tx, `DELETE FROM build_secrets
-			WHERE build_id IN (SELECT id FROM builds WHERE state IN `+terminalBuild+`)`)
+		tag, err := exec(ctx, tx, sqlq.DeleteEndedBuildSecrets)
 		n = tag.RowsAffected()
 		return err
 	})

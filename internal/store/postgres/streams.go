@@ -10,9 +10,13 @@ import (
 
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/sqlq"
 )
 
 // Build events and log chunks: the two append-only streams.
+
+// bigint follows a parameter whose type PostgreSQL cannot infer (sqlq.EventSeq).
+const bigint = "::bigint"
 
 func (s *DB) AppendEvents(ctx context.Context, buildID string, payloads ...[]byte) ([]int64, error) {
 	return s.appendEvents(ctx, buildID, -1, payloads)
@@ -33,11 +37,10 @@ func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payl
 		// The build row is the counter, taken for the whole batch in the same transaction as
 		// the inserts: gap-free, and a rolled-back append gives its numbers back.
 		var last int64
-		err := row(ctx, tx, `UPDATE builds SET event_seq = event_seq + ? WHERE id = ? AND (?::bigint < 0 OR driver_epoch = ?)
-			RETURNING event_seq`, len(payloads), buildID, epoch, epoch).Scan(&last)
+		err := row(ctx, tx, sqlq.EventSeq(bigint), len(payloads), buildID, epoch, epoch).Scan(&last)
 		if errors.Is(err, pgx.ErrNoRows) {
 			var cur int64
-			if err := row(ctx, tx, `SELECT driver_epoch FROM builds WHERE id = ?`, buildID).Scan(&cur); err != nil {
+			if err := row(ctx, tx, sqlq.BuildEpoch, buildID).Scan(&cur); err != nil {
 				if errors.Is(err, pgx.ErrNoRows) {
 					return &store.NotFoundError{Kind: "build", Key: buildID}
 				}
@@ -73,27 +76,15 @@ func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payl
 }
 
 func (s *DB) ListEvents(ctx context.Context, buildID string, after int64, limit int) ([]store.Event, error) {
-	type row struct {
-		store.EventPack
-		created int64
-	}
 	// From the row holding seq after (it may hold later ones too): limit+1 rows hold at
 	// least limit events after it.
-	rows, err := list(ctx, s.pool, "list events", func(r scanner) (row, error) {
-		var v row
-		var p string
-		err := r.Scan(&v.Seq, &v.Count, &p, &v.created)
-		v.Payload = []byte(p)
-		return v, err
-	}, `SELECT seq, n_events, payload, created_at FROM build_events WHERE build_id = ?
-		AND seq >= COALESCE((SELECT MAX(seq) FROM build_events WHERE build_id = ? AND seq <= ?::bigint), 0)
-		ORDER BY seq LIMIT ?`, buildID, buildID, after, limit+1)
+	rows, err := list(ctx, s.pool, "list events", sqlq.ScanEventRow, sqlq.ListEvents(bigint), buildID, buildID, after, limit+1)
 	if err != nil {
 		return nil, err
 	}
 	var evs []store.Event
 	for _, r := range rows {
-		if evs, err = r.Unpack(evs, after, limit, tm(r.created)); err != nil {
+		if evs, err = r.Unpack(evs, after, limit, tm(r.Created)); err != nil {
 			return nil, fmt.Errorf("%w: list events: %w", errs.ErrInfra, err)
 		}
 	}
@@ -105,7 +96,7 @@ func (s *DB) ListEvents(ctx context.Context, buildID string, after int64, limit 
 func advance(ctx context.Context, tx pgx.Tx, jobID string, attempt int, head int64) (int64, error) {
 	for {
 		var n int64
-		err := row(ctx, tx, `SELECT n_chunks FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq = ?::bigint`, jobID, attempt, head+1).Scan(&n)
+		err := row(ctx, tx, sqlq.NextLogRow(bigint), jobID, attempt, head+1).Scan(&n)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return head, nil
 		}
@@ -122,13 +113,12 @@ func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks [
 		// The fence: the head row exists only for the job's current attempt (created here on
 		// its first chunk), and every insert below is conditional on the same test, so chunks
 		// of an attempt that was reclaimed in between are dropped, not stored.
-		res, err := exec(ctx, tx, `INSERT INTO log_heads (job_id, attempt, contiguous)
-			SELECT id, attempt, 0 FROM jobs WHERE id = ? AND attempt = ? ON CONFLICT DO NOTHING`, jobID, attempt)
+		res, err := exec(ctx, tx, sqlq.InsertLogHead, jobID, attempt)
 		if err != nil {
 			return err
 		}
 		var cur int
-		err = row(ctx, tx, `SELECT attempt FROM jobs WHERE id = ?`, jobID).Scan(&cur)
+		err = row(ctx, tx, sqlq.JobAttempt, jobID).Scan(&cur)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return &store.NotFoundError{Kind: "job", Key: jobID}
 		}
@@ -141,17 +131,14 @@ func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks [
 		// PostgreSQL only: appends of one (job, attempt) take turns on its head row. Under
 		// READ COMMITTED each statement below then sees every chunk a concurrent append
 		// committed before: the stored rows read for deduplication and the head's run.
-		if err := row(ctx, tx, `SELECT contiguous FROM log_heads WHERE job_id = ? AND attempt = ? FOR UPDATE`, jobID, attempt).Scan(&head); err != nil {
+		if err := row(ctx, tx, sqlq.LogHead+` FOR UPDATE`, jobID, attempt).Scan(&head); err != nil {
 			return err
 		}
 		valid := store.Normalize(chunks)
 		if len(valid) > 0 {
 			// The rows that may hold a seq of the batch: those starting at most PackChunks
 			// below its lowest seq. Their seqs are not stored again (store.SplitNew).
-			stored, err := list(ctx, tx, "list log rows", func(r scanner) (store.ChunkPack, error) {
-				var p store.ChunkPack
-				return p, r.Scan(&p.Seq, &p.Count)
-			}, `SELECT seq, n_chunks FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq BETWEEN ?::bigint AND ?::bigint`,
+			stored, err := list(ctx, tx, "list log rows", sqlq.ScanChunkPackHead, sqlq.LogRowsBetween(bigint),
 				jobID, attempt, valid[0].Seq-store.PackChunks+1, valid[len(valid)-1].Seq)
 			if err != nil {
 				return err
@@ -178,7 +165,7 @@ func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks [
 			return err
 		}
 		head = next
-		_, err = exec(ctx, tx, `UPDATE log_heads SET contiguous = ?::bigint WHERE job_id = ? AND attempt = ?`, head, jobID, attempt)
+		_, err = exec(ctx, tx, sqlq.SetLogHead(bigint), head, jobID, attempt)
 		return err
 	})
 	if err == nil {
@@ -190,9 +177,7 @@ func (s *DB) AppendLogs(ctx context.Context, jobID string, attempt int, chunks [
 func (s *DB) ListLogs(ctx context.Context, jobID string, attempt int, after int64, limit int) ([]store.LogChunk, error) {
 	// From the row holding seq after (it may hold later ones too): limit+1 rows hold at
 	// least limit chunks after it; no further rows are read once limit chunks are in hand.
-	rows, err := s.pool.Query(ctx, rebind(`SELECT seq, n_chunks, stream, content, ts FROM log_chunks WHERE job_id = ? AND attempt = ?
-		AND seq >= COALESCE((SELECT MAX(seq) FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq <= ?::bigint), 0)
-		ORDER BY seq LIMIT ?`), jobID, attempt, jobID, attempt, after, limit+1)
+	rows, err := s.pool.Query(ctx, rebind(sqlq.ListLogs(bigint)), jobID, attempt, jobID, attempt, after, limit+1)
 	if err != nil {
 		return nil, wrap("list logs", err)
 	}

@@ -3,62 +3,37 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/sqlq"
 )
 
-const jobCols = `id, build_id, ordinal, step_key, name, command, depends_on, parent_id, backend, state, attempt,
-	agent_id, lease_expires, exit_code, snapshot, snapshot_agent, error_code, error_message, infra_retries,
-	created_at, ready_at, started_at, finished_at, cache_note, policy_attempt, artifacts, rerun_attempt, rerun_snapshot`
-
-// leased are the states in which an agent holds the job, as SQL.
-const leased = `('assigned', 'running', 'canceling', 'timing_out')`
-
-// parentFailed are the end states of a parent run again that did not pass, as SQL (a
-// released child's parent had passed).
-const parentFailed = `('failed', 'canceled', 'timed_out', 'skipped')`
-
-func scanJob(r scanner) (store.Job, error) {
-	var j store.Job
-	var deps, artifacts string
-	var exit sql.NullInt64
-	var lease, c, ready, st, fin int64
-	err := r.Scan(&j.ID, &j.BuildID, &j.Ordinal, &j.StepKey, &j.Name, &j.Command, &deps, &j.ParentID, &j.Backend,
-		&j.State, &j.Attempt, &j.AgentID, &lease, &exit, &j.Snapshot, &j.SnapshotAgent, &j.ErrorCode, &j.ErrorMessage,
-		&j.InfraRetries, &c, &ready, &st, &fin, &j.CacheNote, &j.PolicyAttempt, &artifacts, &j.RerunAttempt, &j.RerunSnapshot)
-	if err != nil {
-		return j, err
-	}
-	if err := json.Unmarshal([]byte(deps), &j.DependsOn); err != nil {
-		return j, fmt.Errorf("job %s: depends_on: %w", j.ID, err)
-	}
-	if exit.Valid {
-		e := int(exit.Int64)
-		j.ExitCode = &e
-	}
-	if artifacts != "" {
-		j.Artifacts = json.RawMessage(artifacts)
-	}
-	j.LeaseExpires, j.CreatedAt, j.ReadyAt, j.StartedAt, j.FinishedAt = tm(lease), tm(c), tm(ready), tm(st), tm(fin)
-	return j, nil
-}
-
 func (s *DB) labels(ctx context.Context, q querier, j *store.Job) error {
-	ls, err := list(ctx, q, "job labels", func(r scanner) (string, error) {
-		var l string
-		return l, r.Scan(&l)
-	}, `SELECT label FROM job_labels WHERE job_id = ? ORDER BY label`, j.ID)
+	ls, err := list(ctx, q, "job labels", sqlq.ScanString, sqlq.JobLabels, j.ID)
 	j.Labels = ls
 	return err
 }
 
+// labeledJobs runs a query of jobs (JobCols) in tx and reads each one's labels.
+func (s *DB) labeledJobs(ctx context.Context, tx *sql.Tx, op, query string, args ...any) ([]store.Job, error) {
+	jobs, err := list(ctx, tx, op, sqlq.ScanJob, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	for i := range jobs {
+		if err := s.labels(ctx, tx, &jobs[i]); err != nil {
+			return jobs, err // as read: the caller's transaction fails
+		}
+	}
+	return jobs, nil
+}
+
 func (s *DB) GetJob(ctx context.Context, id string) (store.Job, error) {
-	j, err := one(s.db.QueryRowContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE id = ?`, id), scanJob, "job", id)
+	j, err := one(s.db.QueryRowContext(ctx, sqlq.GetJob, id), sqlq.ScanJob, "job", id)
 	if err == nil {
 		err = s.labels(ctx, s.db, &j)
 	}
@@ -66,7 +41,7 @@ func (s *DB) GetJob(ctx context.Context, id string) (store.Job, error) {
 }
 
 func (s *DB) ListJobs(ctx context.Context, buildID string) ([]store.Job, error) {
-	jobs, err := list(ctx, s.db, "list jobs", scanJob, `SELECT `+jobCols+` FROM jobs WHERE build_id = ? ORDER BY ordinal`, buildID)
+	jobs, err := list(ctx, s.db, "list jobs", sqlq.ScanJob, sqlq.ListJobs, buildID)
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +49,7 @@ func (s *DB) ListJobs(ctx context.Context, buildID string) ([]store.Job, error) 
 	ls, err := list(ctx, s.db, "list jobs", func(r scanner) (label, error) {
 		var l label
 		return l, r.Scan(&l.job, &l.label)
-	}, `SELECT l.job_id, l.label FROM job_labels l JOIN jobs j ON j.id = l.job_id WHERE j.build_id = ? ORDER BY l.label`, buildID)
+	}, sqlq.BuildJobLabels, buildID)
 	if err != nil {
 		return nil, err
 	}
@@ -95,9 +70,9 @@ func (s *DB) transition(ctx context.Context, op, id string, attempt int, done fu
 	var j store.Job
 	err := s.write(ctx, op, func(tx *sql.Tx) error {
 		var err error
-		j, err = scanJob(tx.QueryRowContext(ctx, query, args...))
+		j, err = sqlq.ScanJob(tx.QueryRowContext(ctx, query, args...))
 		if errors.Is(err, sql.ErrNoRows) {
-			cur, gerr := one(tx.QueryRowContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE id = ?`, id), scanJob, "job", id)
+			cur, gerr := one(tx.QueryRowContext(ctx, sqlq.GetJob, id), sqlq.ScanJob, "job", id)
 			if gerr != nil {
 				return gerr
 			}
@@ -134,7 +109,7 @@ func (s *DB) notifyReleased(ctx context.Context, jobs ...store.Job) {
 		}
 		seen[j.BuildID] = true
 		var org string
-		if err := s.db.QueryRowContext(ctx, `SELECT org_id FROM builds WHERE id = ?`, j.BuildID).Scan(&org); err == nil {
+		if err := s.db.QueryRowContext(ctx, sqlq.BuildOrg, j.BuildID).Scan(&org); err == nil {
 			s.hub.Notify(store.JobsReleased(org))
 		}
 	}
@@ -146,7 +121,7 @@ func in(states ...store.JobState) func(store.Job) bool {
 
 func (s *DB) ReleaseJob(ctx context.Context, id string, now time.Time) (store.Job, error) {
 	j, err := s.transition(ctx, "release job", id, 0, in(store.JobScheduled),
-		`UPDATE jobs SET state = 'scheduled', ready_at = ? WHERE id = ? AND state = 'pending' RETURNING `+jobCols, ns(now), id)
+		sqlq.ReleaseJob, ns(now), id)
 	if err == nil {
 		s.notifyReleased(ctx, j)
 	}
@@ -156,14 +131,13 @@ func (s *DB) ReleaseJob(ctx context.Context, id string, now time.Time) (store.Jo
 func (s *DB) PassCached(ctx context.Context, id, snapshot, agentID string, artifacts []byte, now time.Time) (store.Job, error) {
 	return s.transition(ctx, "pass cached job", id, 0, func(j store.Job) bool {
 		return j.State == store.JobPassed && j.Snapshot == snapshot && j.Attempt == 0
-	}, `UPDATE jobs SET state = 'passed', exit_code = 0, snapshot = ?, snapshot_agent = ?, artifacts = ?, finished_at = ?
-		WHERE id = ? AND state IN ('pending', 'scheduled') RETURNING `+jobCols, snapshot, agentID, string(artifacts), ns(now), id)
+	}, sqlq.PassCached, snapshot, agentID, string(artifacts), ns(now), id)
 }
 
 func (s *DB) NoteCacheMiss(ctx context.Context, id, note string) (store.Job, error) {
 	// The first note stays: a replay must log the line the first run logged.
 	return s.transition(ctx, "note cache miss", id, 0, func(store.Job) bool { return true },
-		`UPDATE jobs SET cache_note = ? WHERE id = ? AND state = 'pending' AND cache_note = '' RETURNING `+jobCols, note, id)
+		sqlq.NoteCacheMiss, note, id)
 }
 
 func (s *DB) RetryJob(ctx context.Context, id string, policyAttempt int, now time.Time) (store.Job, error) {
@@ -171,18 +145,13 @@ func (s *DB) RetryJob(ctx context.Context, id string, policyAttempt int, now tim
 	err := s.write(ctx, "retry job", func(tx *sql.Tx) error {
 		// Both statements are conditioned on the failed previous attempt: when it is not,
 		// neither changes anything and the job is read back to say why.
-		if _, err := tx.ExecContext(ctx, `INSERT INTO job_tries (job_id, policy_attempt, attempt, exit_code, error_code, error_message, finished_at)
-			SELECT id, policy_attempt, attempt, exit_code, error_code, error_message, finished_at FROM jobs
-			WHERE id = ? AND state = 'failed' AND policy_attempt = ?`, id, policyAttempt-1); err != nil {
+		if _, err := tx.ExecContext(ctx, sqlq.RetryJobTry, id, policyAttempt-1); err != nil {
 			return err
 		}
 		var err error
-		j, err = scanJob(tx.QueryRowContext(ctx, `UPDATE jobs SET state = 'scheduled', policy_attempt = ?, ready_at = ?,
-				agent_id = '', lease_expires = 0, exit_code = NULL, snapshot = '', snapshot_agent = '', error_code = '',
-				error_message = '', infra_retries = 0, started_at = 0, finished_at = 0
-			WHERE id = ? AND state = 'failed' AND policy_attempt = ? RETURNING `+jobCols, policyAttempt, ns(now), id, policyAttempt-1))
+		j, err = sqlq.ScanJob(tx.QueryRowContext(ctx, sqlq.RetryJob, policyAttempt, ns(now), id, policyAttempt-1))
 		if errors.Is(err, sql.ErrNoRows) {
-			cur, gerr := one(tx.QueryRowContext(ctx, `SELECT `+jobCols+` FROM jobs WHERE id = ?`, id), scanJob, "job", id)
+			cur, gerr := one(tx.QueryRowContext(ctx, sqlq.GetJob, id), sqlq.ScanJob, "job", id)
 			if gerr != nil {
 				return gerr
 			}
@@ -206,63 +175,27 @@ func (s *DB) RetryJob(ctx context.Context, id string, policyAttempt int, now tim
 }
 
 func (s *DB) ListJobTries(ctx context.Context, id string) ([]store.JobTry, error) {
-	return list(ctx, s.db, "list job tries", func(r scanner) (store.JobTry, error) {
-		var t store.JobTry
-		var exit sql.NullInt64
-		var fin int64
-		err := r.Scan(&t.PolicyAttempt, &t.Attempt, &exit, &t.ErrorCode, &t.ErrorMessage, &fin)
-		if exit.Valid {
-			e := int(exit.Int64)
-			t.ExitCode = &e
-		}
-		t.FinishedAt = tm(fin)
-		return t, err
-	}, `SELECT policy_attempt, attempt, exit_code, error_code, error_message, finished_at FROM job_tries
-		WHERE job_id = ? ORDER BY policy_attempt`, id)
+	return list(ctx, s.db, "list job tries", sqlq.ScanJobTry, sqlq.ListJobTries, id)
 }
 
 func (s *DB) SkipJob(ctx context.Context, id, reason string, now time.Time) (store.Job, error) {
 	return s.transition(ctx, "skip job", id, 0, in(store.JobSkipped),
-		`UPDATE jobs SET state = 'skipped', error_code = ?, finished_at = ?
-		WHERE id = ? AND state IN ('pending', 'scheduled') RETURNING `+jobCols, reason, ns(now), id)
+		sqlq.SkipJob, reason, ns(now), id)
 }
 
 func (s *DB) CancelJob(ctx context.Context, id string, now time.Time) (store.Job, error) {
 	// A job already stopping, or finished, needs nothing more: cancel is idempotent.
 	return s.transition(ctx, "cancel job", id, 0, func(j store.Job) bool { return j.State.Stopping() || j.State.Terminal() },
-		`UPDATE jobs SET state = 'canceling' WHERE id = ? AND state IN ('assigned', 'running') RETURNING `+jobCols, id)
+		sqlq.CancelJob, id)
 }
 
 func (s *DB) TimeOutJob(ctx context.Context, id string, now time.Time) (store.Job, error) {
 	return s.transition(ctx, "time out job", id, 0, func(j store.Job) bool { return j.State.Stopping() || j.State.Terminal() },
-		`UPDATE jobs SET state = 'timing_out', error_code = 'step_timeout' WHERE id = ? AND state IN ('assigned', 'running')
-		RETURNING `+jobCols, id)
+		sqlq.TimeOutJob, id)
 }
 
-// claimQuery hands out the oldest ready job this agent may run. The subquery picks, the outer
-// UPDATE takes it, and state = 'scheduled' is checked again outside so that the statement
-// stays correct where the pick and the take are not serialized: on PostgreSQL the subquery
-// gets FOR UPDATE SKIP LOCKED and concurrent claimers skip each other's rows. Parameters:
-// agent, lease expiry, org, then agent three times.
-const claimQuery = `UPDATE jobs SET state = 'assigned', attempt = attempt + 1, agent_id = ?, lease_expires = ?,
-		started_at = 0, error_code = '', error_message = ''
-	WHERE id = (
-		SELECT j.id FROM jobs j JOIN builds b ON b.id = j.build_id
-		WHERE j.state = 'scheduled'
-		  -- tenancy: only the agent token's org's jobs
-		  AND b.org_id = ?
-		  AND EXISTS (SELECT 1 FROM agents a WHERE a.id = ?
-		        AND (j.backend = '' OR j.backend = a.backend OR (j.backend = 'image' AND a.backend <> 'host')))
-		  -- every label the job needs is one of the agent's
-		  AND NOT EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = j.id
-		        AND NOT EXISTS (SELECT 1 FROM agent_labels al WHERE al.agent_id = ? AND al.label = l.label))
-		  -- a builds_in child runs where its parent's snapshot is
-		  AND (j.parent_id = '' OR EXISTS (SELECT 1 FROM jobs p WHERE p.id = j.parent_id AND p.snapshot_agent = ?))
-		-- oldest ready first; within a build, in plan order
-		ORDER BY j.ready_at, j.created_at, j.build_id, j.ordinal
-		LIMIT 1
-	) AND state = 'scheduled'
-	RETURNING ` + jobCols
+// claimQuery is sqlq.Claim: the writes are serialized, so the pick takes no lock.
+var claimQuery = sqlq.Claim("")
 
 func (s *DB) ClaimJob(ctx context.Context, c store.Claim) (store.Job, bool, error) {
 	var j store.Job
@@ -273,14 +206,14 @@ func (s *DB) ClaimJob(ctx context.Context, c store.Claim) (store.Job, bool, erro
 	err := s.write(ctx, "claim job", func(tx *sql.Tx) error {
 		// Touching the agent is also its existence check: an unknown agent has no labels and
 		// must register first.
-		res, err := tx.ExecContext(ctx, `UPDATE agents SET last_seen = ? WHERE id = ?`, ns(c.Now), c.AgentID)
+		res, err := tx.ExecContext(ctx, sqlq.TouchAgent, ns(c.Now), c.AgentID)
 		if err != nil {
 			return err
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
 			return &store.NotFoundError{Kind: "agent", Key: c.AgentID}
 		}
-		j, err = scanJob(tx.QueryRowContext(ctx, claimQuery, c.AgentID, ns(c.Now.Add(c.LeaseTTL)), c.OrgID, c.AgentID, c.AgentID, c.AgentID))
+		j, err = sqlq.ScanJob(tx.QueryRowContext(ctx, claimQuery, c.AgentID, ns(c.Now.Add(c.LeaseTTL)), c.OrgID, c.AgentID, c.AgentID, c.AgentID))
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil
 		}
@@ -300,14 +233,12 @@ func (s *DB) StartJob(ctx context.Context, id string, attempt int, now time.Time
 	// Stopping states are accepted and kept: a cancel that arrived between claim and start
 	// still reaches the agent through the job it gets back.
 	return s.transition(ctx, "start job", id, attempt, nil,
-		`UPDATE jobs SET state = CASE WHEN state = 'assigned' THEN 'running' ELSE state END,
-			started_at = CASE WHEN started_at = 0 THEN ? ELSE started_at END
-		WHERE id = ? AND attempt = ? AND state IN `+leased+` RETURNING `+jobCols, ns(now), id, attempt)
+		sqlq.StartJob, ns(now), id, attempt)
 }
 
 func (s *DB) Heartbeat(ctx context.Context, id string, attempt int, now time.Time, ttl time.Duration) (store.Job, error) {
 	return s.transition(ctx, "heartbeat", id, attempt, nil,
-		`UPDATE jobs SET lease_expires = ? WHERE id = ? AND attempt = ? AND state IN `+leased+` RETURNING `+jobCols,
+		sqlq.Heartbeat,
 		ns(now.Add(ttl)), id, attempt)
 }
 
@@ -322,50 +253,20 @@ func (s *DB) FinishJob(ctx context.Context, id string, attempt int, f store.Fini
 	return s.transition(ctx, "finish job", id, attempt, func(j store.Job) bool {
 		return j.State.Terminal() && j.ExitCode != nil && *j.ExitCode == f.ExitCode &&
 			(f.ErrorCode == "" || j.ErrorCode == f.ErrorCode)
-	}, `UPDATE jobs SET
-			state = CASE state WHEN 'canceling' THEN 'canceled' WHEN 'timing_out' THEN 'timed_out'
-				ELSE CASE WHEN ? = 1 THEN 'passed' ELSE 'failed' END END,
-			snapshot = CASE WHEN ? = 1 AND state IN ('assigned', 'running') THEN ? ELSE '' END,
-			snapshot_agent = CASE WHEN ? = 1 AND state IN ('assigned', 'running') AND ? <> '' THEN agent_id ELSE '' END,
-			exit_code = ?, error_code = CASE WHEN ? <> '' THEN ? ELSE error_code END, error_message = ?,
-			artifacts = CASE WHEN ? = 1 AND state IN ('assigned', 'running') THEN ? ELSE '' END,
-			finished_at = ?, lease_expires = 0
-		WHERE id = ? AND attempt = ? AND state IN `+leased+` RETURNING `+jobCols,
+	}, sqlq.FinishJob,
 		ok, ok, f.Snapshot, ok, f.Snapshot, f.ExitCode, f.ErrorCode, f.ErrorCode, f.ErrorMessage, ok, string(f.Artifacts),
 		ns(nowOr(f.Now)), id, attempt)
 }
 
 func (s *DB) ReapExpiredLeases(ctx context.Context, now time.Time, maxRetries int) ([]store.Job, error) {
-	// One statement for every lapsed lease; each column's CASE reads the row's old values,
-	// so they all agree on which branch the row takes. A requeued job keeps its ready_at:
-	// it goes back to the head of the queue, not behind work submitted since.
-	const q = `UPDATE jobs SET
-			state = CASE WHEN state = 'canceling' THEN 'canceled' WHEN state = 'timing_out' THEN 'timed_out'
-				WHEN infra_retries < ? THEN 'scheduled' ELSE 'failed' END,
-			error_code = CASE WHEN state IN ('assigned', 'running') AND infra_retries >= ? THEN 'agent_lost' ELSE error_code END,
-			error_message = CASE WHEN state IN ('assigned', 'running') AND infra_retries >= ?
-				THEN 'agent ' || agent_id || ' lost: its lease lapsed' ELSE error_message END,
-			finished_at = CASE WHEN state IN ('assigned', 'running') AND infra_retries < ? THEN finished_at ELSE ? END,
-			agent_id = CASE WHEN state IN ('assigned', 'running') AND infra_retries < ? THEN '' ELSE agent_id END,
-			infra_retries = CASE WHEN state IN ('assigned', 'running') AND infra_retries < ? THEN infra_retries + 1 ELSE infra_retries END,
-			started_at = CASE WHEN state IN ('assigned', 'running') AND infra_retries < ? THEN 0 ELSE started_at END,
-			lease_expires = 0
-		WHERE state IN ` + leased + ` AND lease_expires < ?
-		RETURNING ` + jobCols
+	// One statement for every lapsed lease (sqlq.ReapLeases says how).
+	const q = sqlq.ReapLeases
 	m := maxRetries
 	var jobs []store.Job
 	err := s.write(ctx, "reap leases", func(tx *sql.Tx) error {
 		var err error
-		jobs, err = list(ctx, tx, "reap leases", scanJob, q, m, m, m, m, ns(now), m, m, m, ns(now))
-		if err != nil {
-			return err
-		}
-		for i := range jobs {
-			if err := s.labels(ctx, tx, &jobs[i]); err != nil {
-				return err
-			}
-		}
-		return nil
+		jobs, err = s.labeledJobs(ctx, tx, "reap leases", q, m, m, m, m, ns(now), m, m, m, ns(now))
+		return err
 	})
 	slices.SortFunc(jobs, func(a, b store.Job) int { return a.ReadyAt.Compare(b.ReadyAt) })
 	if err == nil {
@@ -376,38 +277,13 @@ func (s *DB) ReapExpiredLeases(ctx context.Context, now time.Time, maxRetries in
 }
 
 func (s *DB) FailOrphans(ctx context.Context, now time.Time, agentTTL time.Duration) ([]store.Job, error) {
-	// The agent conditions are the claim's (claimQuery), over every agent seen since the
-	// cutoff instead of one.
-	// A child whose parent runs again (an agent's restart lost its snapshot: UpsertAgent)
-	// waits for it wherever it will pass; once that run failed, the child never can run.
-	const q = `UPDATE jobs SET state = 'failed', error_code = 'agent_lost',
-			error_message = CASE WHEN EXISTS (SELECT 1 FROM jobs p WHERE p.id = jobs.parent_id AND p.state IN ` + parentFailed + `)
-				THEN 'its parent ran again to restore the snapshot its agent lost, and did not pass'
-				ELSE 'its agent was lost and no agent that could run it was seen since' END,
-			finished_at = ?
-		WHERE state = 'scheduled' AND (EXISTS (SELECT 1 FROM jobs p WHERE p.id = jobs.parent_id AND p.state IN ` + parentFailed + `)
-		  OR infra_retries > 0
-		  AND NOT EXISTS (SELECT 1 FROM agents a JOIN builds b ON b.id = jobs.build_id
-			WHERE a.last_seen >= ? AND (a.org_id = '' OR a.org_id = b.org_id)
-			  AND (jobs.backend = '' OR jobs.backend = a.backend OR (jobs.backend = 'image' AND a.backend <> 'host'))
-			  AND NOT EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = jobs.id
-				AND NOT EXISTS (SELECT 1 FROM agent_labels al WHERE al.agent_id = a.id AND al.label = l.label))
-			  AND (jobs.parent_id = '' OR EXISTS (SELECT 1 FROM jobs p WHERE p.id = jobs.parent_id
-				AND (p.snapshot_agent = a.id OR p.state IN ('scheduled', 'assigned', 'running'))))))
-		RETURNING ` + jobCols
+	// One statement for every job no agent seen since the cutoff can run (sqlq.FailOrphans).
+	const q = sqlq.FailOrphans
 	var jobs []store.Job
 	err := s.write(ctx, "fail orphans", func(tx *sql.Tx) error {
 		var err error
-		jobs, err = list(ctx, tx, "fail orphans", scanJob, q, ns(now), ns(now.Add(-agentTTL)))
-		if err != nil {
-			return err
-		}
-		for i := range jobs {
-			if err := s.labels(ctx, tx, &jobs[i]); err != nil {
-				return err
-			}
-		}
-		return nil
+		jobs, err = s.labeledJobs(ctx, tx, "fail orphans", q, ns(now), ns(now.Add(-agentTTL)))
+		return err
 	})
 	if err == nil {
 		s.notifyJobs(jobs)

@@ -6,40 +6,8 @@ import (
 	"time"
 
 	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/sqlq"
 )
-
-// Queries of an agent's restart (store.Agents.UpsertAgent). Each is conditioned, in the
-// statement, on the stored boot id differing from the registering one; PostgreSQL's driver
-// runs the same text. Parameters of restartCond: agent, boot id, org.
-const (
-	restartCond = `EXISTS (SELECT 1 FROM agents WHERE id = ? AND boot_id <> ? AND (org_id = '' OR org_id = ?))`
-	// lostSnapshot: the job's snapshot is on the agent and no cache entry of it names it
-	// (a cached snapshot is a kept one, which the reconcile leaves). Parameters: agent twice.
-	lostSnapshot = `snapshot_agent = ? AND snapshot NOT IN (SELECT snapshot FROM cache_entries WHERE agent_id = ?)`
-	// rerunParents runs again the passed, non-cached parents (attempt > 0: a cache hit has
-	// none) that lost their snapshot while a child still needs it. ready_at, then
-	// lostSnapshot's and restartCond's parameters.
-	rerunParents = `UPDATE jobs SET state = 'scheduled', ready_at = ?, agent_id = '', lease_expires = 0, ` + keepFirstPass + `,
-			exit_code = NULL, snapshot = '', snapshot_agent = '', error_code = '', error_message = '',
-			started_at = 0, finished_at = 0
-		WHERE state = 'passed' AND attempt > 0 AND ` + lostSnapshot + `
-		  AND EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id
-			AND c.state IN ('pending', 'scheduled', 'assigned', 'running'))
-		  AND build_id IN (SELECT id FROM builds WHERE state NOT IN ('passed', 'failed', 'canceled'))
-		  AND ` + restartCond + `
-		RETURNING id`
-	forgetSnapshots = `UPDATE jobs SET snapshot_agent = '' WHERE ` + lostSnapshot + ` AND ` + restartCond
-)
-
-// keepFirstPass records, at a job's first rerun, the claim and snapshot of the pass the
-// build's scheduler saw (store.Job.RerunAttempt): a driver replaying the build ends the step
-// as it ended then.
-const keepFirstPass = `rerun_attempt = CASE WHEN rerun_attempt = 0 THEN attempt ELSE rerun_attempt END,
-	rerun_snapshot = CASE WHEN rerun_attempt = 0 THEN snapshot ELSE rerun_snapshot END`
-
-// maxRerunDepth bounds the rounds of rerunParents: a round finds the parents of the jobs the
-// previous one ran again (a chain's depth).
-const maxRerunDepth = 64
 
 // agentRestarted forgets what the restart of agent a removed, before the registration
 // records its boot id, and returns the jobs it runs again.
@@ -48,11 +16,8 @@ func agentRestarted(ctx context.Context, tx *sql.Tx, a store.Agent, now time.Tim
 		return nil, nil // an agent that sends none: nothing is known of its restarts
 	}
 	var rerun []string
-	for range maxRerunDepth {
-		ids, err := list(ctx, tx, "upsert agent", func(r scanner) (string, error) {
-			var id string
-			return id, r.Scan(&id)
-		}, rerunParents, ns(now), a.ID, a.ID, a.ID, a.BootID, a.OrgID)
+	for range sqlq.MaxRerunDepth {
+		ids, err := list(ctx, tx, "upsert agent", sqlq.ScanString, sqlq.RerunParents, ns(now), a.ID, a.ID, a.ID, a.BootID, a.OrgID)
 		if err != nil {
 			return nil, err
 		}
@@ -61,20 +26,16 @@ func agentRestarted(ctx context.Context, tx *sql.Tx, a store.Agent, now time.Tim
 		}
 		rerun = append(rerun, ids...)
 	}
-	if _, err := tx.ExecContext(ctx, forgetSnapshots, a.ID, a.ID, a.ID, a.BootID, a.OrgID); err != nil {
+	if _, err := tx.ExecContext(ctx, sqlq.ForgetSnapshots, a.ID, a.ID, a.ID, a.BootID, a.OrgID); err != nil {
 		return nil, err
 	}
 	return rerun, nil
 }
 
-// dropStaleRemovals: parameter the cutoff (agents seen before it are gone).
-const dropStaleRemovals = `DELETE FROM snapshot_removals WHERE NOT EXISTS
-	(SELECT 1 FROM agents a WHERE a.id = snapshot_removals.agent_id AND a.last_seen >= ?)`
-
 func (s *DB) DropStaleSnapshotRemovals(ctx context.Context, now time.Time, retention time.Duration) (int64, error) {
 	var n int64
 	err := s.write(ctx, "drop stale snapshot removals", func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, dropStaleRemovals, ns(now.Add(-retention)))
+		res, err := tx.ExecContext(ctx, sqlq.DropStaleRemovals, ns(now.Add(-retention)))
 		if err == nil {
 			n, err = res.RowsAffected()
 		}
@@ -83,31 +44,12 @@ func (s *DB) DropStaleSnapshotRemovals(ctx context.Context, now time.Time, reten
 	return n, err
 }
 
-// rerunGoneParents is rerunParents for the parents whose snapshot's agent was not seen since
-// a cutoff. Parameters: ready_at, the cutoff.
-const rerunGoneParents = `UPDATE jobs SET state = 'scheduled', ready_at = ?, agent_id = '', lease_expires = 0, ` + keepFirstPass + `,
-		exit_code = NULL, snapshot = '', snapshot_agent = '', error_code = '', error_message = '',
-		started_at = 0, finished_at = 0
-	WHERE state = 'passed' AND attempt > 0 AND snapshot_agent <> ''
-	  AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.id = jobs.snapshot_agent AND a.last_seen >= ?)
-	  AND EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id
-		AND c.state IN ('pending', 'scheduled', 'assigned', 'running'))
-		  AND build_id IN (SELECT id FROM builds WHERE state NOT IN ('passed', 'failed', 'canceled'))
-	RETURNING ` + jobCols
-
 func (s *DB) RerunLostParents(ctx context.Context, now time.Time, agentTTL time.Duration) ([]store.Job, error) {
 	var jobs []store.Job
 	err := s.write(ctx, "rerun lost parents", func(tx *sql.Tx) error {
 		var err error
-		if jobs, err = list(ctx, tx, "rerun lost parents", scanJob, rerunGoneParents, ns(now), ns(now.Add(-agentTTL))); err != nil {
-			return err
-		}
-		for i := range jobs {
-			if err := s.labels(ctx, tx, &jobs[i]); err != nil {
-				return err
-			}
-		}
-		return nil
+		jobs, err = s.labeledJobs(ctx, tx, "rerun lost parents", sqlq.RerunGoneParents, ns(now), ns(now.Add(-agentTTL)))
+		return err
 	})
 	if err == nil {
 		s.notifyJobs(jobs)

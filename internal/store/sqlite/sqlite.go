@@ -1,9 +1,11 @@
 // Package sqlite is the SQLite driver of the server's store (internal/store), on the pure-Go
 // modernc.org/sqlite: one file, DATA/store.db, in WAL mode, shared safely by the connections of
 // one server and by several processes. It is the one-command default; PostgreSQL is the
-// driver for several replicas. The queries are written to be the PostgreSQL driver's too
-// (placeholders aside): ON CONFLICT, RETURNING, counters on parent rows, no JSON functions;
-// where the two must differ (the claim's FOR UPDATE SKIP LOCKED) the comment says so.
+// driver for several replicas. The statements are shared with the PostgreSQL driver and
+// written once, in internal/store/sqlq (placeholders aside): ON CONFLICT, RETURNING, counters
+// on parent rows, no JSON functions. What stays here is SQLite's own: the multi-row VALUES
+// batch inserts, the snapshot removal ack (a DELETE per snapshot), and LastCacheEntry's rowid
+// tie-break.
 //
 // After each committed change the driver notifies its wake.Hub (store.Watcher), so the
 // server's waiters (the scheduler's driver, a claim's long poll, event and log streams) of the
@@ -37,6 +39,7 @@ import (
 	"github.com/hmci/hm/internal/sqlitemigrate"
 	"github.com/hmci/hm/internal/statedir"
 	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/sqlq"
 	"github.com/hmci/hm/internal/store/wake"
 )
 
@@ -197,29 +200,14 @@ func isUnique(err error) bool {
 }
 
 // ns is a time as stored: unix nanoseconds, 0 for the zero time.
-func ns(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixNano()
-}
+// The time helpers and the row interface are the shared ones (sqlq), under short names.
+var (
+	ns    = sqlq.NS
+	tm    = sqlq.Tm
+	nowOr = sqlq.NowOr
+)
 
-// tm is the inverse of ns, in UTC.
-func tm(n int64) time.Time {
-	if n == 0 {
-		return time.Time{}
-	}
-	return time.Unix(0, n).UTC()
-}
-
-func nowOr(t time.Time) time.Time {
-	if t.IsZero() {
-		return time.Now()
-	}
-	return t
-}
-
-type scanner interface{ Scan(dest ...any) error }
+type scanner = sqlq.Scanner
 
 type querier interface {
 	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
@@ -233,22 +221,11 @@ func list[T any](ctx context.Context, q querier, op string, scan func(scanner) (
 		return nil, wrap(op, err)
 	}
 	defer rows.Close()
-	var out []T
-	for rows.Next() {
-		v, err := scan(rows)
-		if err != nil {
-			return nil, wrap(op, err)
-		}
-		out = append(out, v)
-	}
-	return out, wrap(op, rows.Err())
+	out, err := sqlq.Collect(rows, scan)
+	return out, wrap(op, err)
 }
 
 // one scans a single row, turning no row into a NotFoundError of kind/key.
 func one[T any](row scanner, scan func(scanner) (T, error), kind, key string) (T, error) {
-	v, err := scan(row)
-	if errors.Is(err, sql.ErrNoRows) {
-		return v, &store.NotFoundError{Kind: kind, Key: key}
-	}
-	return v, err
+	return sqlq.One(row, scan, sql.ErrNoRows, kind, key)
 }
