@@ -189,6 +189,10 @@ type completion struct {
 	err      error      // the infrastructure error that failed the step
 	handoff  vm.Machine // see stepState.handoff
 	src      bool       // see stepState.withSource
+	// slot: the step held a parallelism slot, which the loop frees once it has recorded the
+	// completion. Freed by the worker instead, a step waiting for the slot could start in
+	// the moment between a failure and the loop's fail-fast halt.
+	slot bool
 }
 
 type run struct {
@@ -283,6 +287,9 @@ func (r *run) run(userCtx context.Context) Result {
 		select {
 		case c := <-r.done:
 			r.complete(buildCtx, c)
+			if c.slot {
+				<-r.slots
+			}
 		case <-buildDone:
 			// Pipeline timeout or user cancel: stop everything, barriers included.
 			buildDone = nil

@@ -31,7 +31,7 @@ func (r *run) work(ctx context.Context, i int, h vm.Machine) {
 	r.done <- c
 }
 
-func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completion {
+func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) (out completion) {
 	ps := &r.pl.Steps[i]
 	st := &r.steps[i] // only id is read here; the main loop owns the rest
 	c := completion{step: i}
@@ -156,7 +156,7 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) completio
 			r.destroyLater(pre)
 		}
 	}()
-	defer func() { <-r.slots }()
+	defer func() { out.slot = true }() // the loop frees it: see completion.slot
 	if ctx.Err() != nil {
 		return r.notStarted(i, c)
 	}
