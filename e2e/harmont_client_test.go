@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
+	"github.com/hmci/hm/internal/server/servertest"
 	"github.com/hmci/hm/internal/testutil"
 )
 
@@ -264,46 +264,12 @@ type harmontSpec struct {
 
 func harmontLoadSpec(t *testing.T) *harmontSpec {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(testutil.SharedDir(t), "spec", "harmont", "cli-subset.openapi.json"))
+	o, err := servertest.LoadOpenAPI(filepath.Join(testutil.SharedDir(t), "spec", "harmont", "cli-subset.openapi.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var doc map[string]any
-	if err := json.Unmarshal(raw, &doc); err != nil {
-		t.Fatal(err)
-	}
-	harmontNullable(doc)
-	c := jsonschema.NewCompiler()
-	c.AssertFormat()
-	if err := c.AddResource("file:///openapi.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	s := &harmontSpec{c: c, doc: doc, ops: map[string][2]string{}}
-	for path, item := range doc["paths"].(map[string]any) {
-		for method, op := range item.(map[string]any) {
-			s.ops[op.(map[string]any)["operationId"].(string)] = [2]string{method, path}
-		}
-	}
+	s := &harmontSpec{c: o.C, doc: o.Doc, ops: o.Ops}
 	return s
-}
-
-func harmontNullable(v any) {
-	switch x := v.(type) {
-	case map[string]any:
-		if x["nullable"] == true {
-			if ty, ok := x["type"].(string); ok {
-				x["type"] = []any{ty, "null"}
-			}
-			delete(x, "nullable")
-		}
-		for _, c := range x {
-			harmontNullable(c)
-		}
-	case []any:
-		for _, c := range x {
-			harmontNullable(c)
-		}
-	}
 }
 
 // check validates a response body against op's schema for its status (the Error envelope

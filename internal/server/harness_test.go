@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -168,54 +167,18 @@ func loadSpec(t *testing.T) *specSchemas {
 	t.Helper()
 	file := filepath.Join(testutil.SharedDir(t), "spec", "harmont", "cli-subset.openapi.json")
 	specOnce.Do(func() {
-		raw, err := os.ReadFile(file)
+		o, err := servertest.LoadOpenAPI(file)
 		if err != nil {
 			specErr = err
 			return
 		}
-		var doc map[string]any
-		if err = json.Unmarshal(raw, &doc); err != nil {
-			specErr = err
-			return
-		}
-		nullable(doc)
-		c := jsonschema.NewCompiler()
-		c.AssertFormat()
-		if err = c.AddResource("file:///openapi.json", doc); err != nil {
-			specErr = err
-			return
-		}
-		s := &specSchemas{c: c, ops: map[string][2]string{}, doc: doc}
-		for path, item := range doc["paths"].(map[string]any) {
-			for method, op := range item.(map[string]any) {
-				s.ops[op.(map[string]any)["operationId"].(string)] = [2]string{method, path}
-			}
-		}
+		s := &specSchemas{c: o.C, ops: o.Ops, doc: o.Doc}
 		spec = s
 	})
 	if specErr != nil {
 		t.Fatal(specErr)
 	}
 	return spec
-}
-
-func nullable(v any) {
-	switch x := v.(type) {
-	case map[string]any:
-		if x["nullable"] == true {
-			if ty, ok := x["type"].(string); ok {
-				x["type"] = []any{ty, "null"}
-			}
-			delete(x, "nullable")
-		}
-		for _, c := range x {
-			nullable(c)
-		}
-	case []any:
-		for _, c := range x {
-			nullable(c)
-		}
-	}
 }
 
 func ptr(s string) string { return strings.NewReplacer("~", "~0", "/", "~1").Replace(s) }
