@@ -91,12 +91,11 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) (out comp
 			if collect, why := r.wantsArtifacts(i); collect {
 				select {
 				case r.slots <- struct{}{}:
+					c.slot = true // the loop frees it, a failed copy recorded: see completion.slot
 				case <-ctx.Done():
 					return r.fail(i, 1, c, start, endCanceled, ctx.Err())
 				}
-				err := r.collect(ctx, i, 1, snap)
-				<-r.slots
-				if err != nil {
+				if err := r.collect(ctx, i, 1, snap); err != nil {
 					return r.fail(i, 1, c, start, classify(ctx, ctx), err)
 				}
 			} else if why != "" {
