@@ -4,8 +4,10 @@
 // A secret is masked as it is written and as it is commonly printed encoded: base64 (the
 // standard and URL alphabets, with and without padding, of the value alone and of the value
 // followed by a newline, as `echo $S | base64` prints it, also wrapped at 76 columns as
-// base64(1) does) and URL-encoded (query and path escaping). A value of several lines is
-// also masked line by line. The masked form is Mask.
+// base64(1) does), URL-encoded (query and path escaping, with upper- or lowercase hex digits)
+// and as the content of a JSON string (as encoding/json, JSON.stringify and Python's
+// json.dumps write it). A value of several lines is also masked line by line. Forms
+// that coincide (a value with nothing to escape) are one pattern. The masked form is Mask.
 //
 // Masking a stream (Writer) holds back at most the longest pattern less one byte: a write
 // that ends with what could be the start of a secret keeps that tail until the next write
@@ -15,11 +17,15 @@ package secret
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/url"
 	"slices"
 	"strings"
 	"sync"
+	"unicode/utf16"
+	"unicode/utf8"
 )
 
 // Mask replaces every secret.
@@ -69,8 +75,14 @@ func NewMasker(values ...string) *Masker {
 		}
 		for _, f := range forms {
 			add(f)
-			add(url.QueryEscape(f))
-			add(url.PathEscape(f))
+			for _, e := range []string{url.QueryEscape(f), url.PathEscape(f)} {
+				add(e)
+				add(lowerHex(e))
+			}
+			add(jsonGo(f, true))
+			add(jsonGo(f, false))
+			add(jsonMinimal(f))
+			add(jsonASCII(f))
 			for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding, base64.RawStdEncoding, base64.RawURLEncoding} {
 				for _, s := range []string{enc.EncodeToString([]byte(f)), enc.EncodeToString([]byte(f + "\n"))} {
 					add(s)
@@ -228,4 +240,90 @@ func (w *Writer) Flush() error {
 	w.held = nil
 	_, err := w.w.Write(out)
 	return err
+}
+
+// lowerHex is a percent-encoded string with lowercase hex digits ("%2f"), as some encoders
+// write them. Every '%' of url's output starts an escape: a literal one is "%25".
+func lowerHex(s string) string {
+	b := []byte(s)
+	for i := 0; i+2 < len(b); i++ {
+		if b[i] == '%' {
+			b[i+1], b[i+2] = lower(b[i+1]), lower(b[i+2])
+			i += 2
+		}
+	}
+	return string(b)
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// jsonGo is s inside a JSON string as encoding/json writes it, quotes left out: with html
+// as Marshal does ("<", ">", "&" as \u003c...), without as an Encoder told SetEscapeHTML(false);
+// both escape U+2028 and U+2029 and write invalid UTF-8 as \ufffd.
+func jsonGo(s string, html bool) string {
+	var b bytes.Buffer
+	e := json.NewEncoder(&b)
+	e.SetEscapeHTML(html)
+	_ = e.Encode(s)                         // a string always encodes
+	return string(b.Bytes()[1 : b.Len()-2]) // the quotes and Encode's newline
+}
+
+// jsonMinimal is s inside a JSON string with only what JSON requires escaped, quotes left
+// out, as JSON.stringify and serde_json write it.
+func jsonMinimal(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		writeJSONByte(&b, s[i])
+	}
+	return b.String()
+}
+
+// jsonASCII is s inside a JSON string of ASCII only, quotes left out, as Python's json.dumps
+// (ensure_ascii, its default) and jq -a write it: every other character as \uXXXX in
+// lowercase hex, a pair of surrogates beyond the BMP; invalid UTF-8 as \ufffd.
+func jsonASCII(s string) string {
+	var b strings.Builder
+	for _, r := range s { // an invalid byte is utf8.RuneError, U+FFFD
+		switch {
+		case r < utf8.RuneSelf && r != 0x7f:
+			writeJSONByte(&b, byte(r))
+		case r > 0xffff:
+			r1, r2 := utf16.EncodeRune(r)
+			fmt.Fprintf(&b, `\u%04x\u%04x`, r1, r2)
+		default:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		}
+	}
+	return b.String()
+}
+
+// writeJSONByte writes c escaped as JSON requires: '"', '\\' and control characters, with
+// the short forms every encoder uses.
+func writeJSONByte(b *strings.Builder, c byte) {
+	switch c {
+	case '"', '\\':
+		b.WriteByte('\\')
+		b.WriteByte(c)
+	case '\b':
+		b.WriteString(`\b`)
+	case '\f':
+		b.WriteString(`\f`)
+	case '\n':
+		b.WriteString(`\n`)
+	case '\r':
+		b.WriteString(`\r`)
+	case '\t':
+		b.WriteString(`\t`)
+	default:
+		if c < 0x20 {
+			fmt.Fprintf(b, `\u%04x`, c)
+		} else {
+			b.WriteByte(c)
+		}
+	}
 }
