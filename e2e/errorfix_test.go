@@ -50,3 +50,36 @@ func TestRunnerSelection(t *testing.T) {
 		t.Errorf("runner host on the host backend: exit %d\n%s", r.code, r.stderr)
 	}
 }
+
+// A step that could not run (here: its artifacts exceed the 10,000-file bound) is reported
+// once as it happens and its error once, with its fix, after the build: no line of the
+// reason is repeated, in either format, and its end does not read "exit -1".
+func TestStepCouldNotRunReportedOnce(t *testing.T) {
+	const reason = "its artifacts exceed a step's bounds (10000 files, 4 GiB)"
+	for _, format := range []string{"human", "json"} {
+		t.Run(format, func(t *testing.T) {
+			e := newEnv(t)
+			doc := graph(0, []string{stepJSON("many", "mkdir out && cd out && seq 1 10001 | xargs touch", `"artifacts":["out"]`)}, "")
+			r := e.run("run", "--file", e.writeIR("p.json", doc), "--backend", "host", "--format", format)
+			if r.code != 1 {
+				t.Fatalf("exit %d, want 1 (a failed step)\nstderr:\n%s", r.code, r.stderr)
+			}
+			// Once live (the step's log line, or the json mode's note), once in the error.
+			if n := strings.Count(r.stderr, reason); n != 2 {
+				t.Errorf("stderr names the reason %d times, want 2:\n%s", n, r.stderr)
+			}
+			for _, want := range []string{
+				"hm: step 'many' could not run: " + reason,
+				"\nerror[artifacts_too_large]: " + reason,
+				"\n  fix    narrow the step's artifacts patterns",
+			} {
+				if strings.Count(r.stderr, want) != 1 {
+					t.Errorf("stderr has %q not once:\n%s", want, r.stderr)
+				}
+			}
+			if strings.Contains(r.stderr, "exit -1") {
+				t.Errorf("stderr shows an exit code of -1:\n%s", r.stderr)
+			}
+		})
+	}
+}

@@ -348,9 +348,11 @@ func runBuild(c *cobra.Command, stdio IO, f *runFlags, args []string) error {
 			if outErr == nil {
 				outErr = w.Write(e)
 			}
-			// Infrastructure failures also reach stderr: stdout may be a file nobody reads.
+			// Infrastructure failures also reach stderr as they happen: stdout may be a file
+			// nobody reads. As a note, not an error[...] line: the first one's error, with its
+			// code and fix, is printed once after the build.
 			if cf := e.ChainFailed; cf != nil && cf.ExitCode == scheduler.ExitInfra {
-				fmt.Fprintf(stdio.Err, "error[step_infra]: %s\n", cf.Message)
+				fmt.Fprintf(stdio.Err, "hm: %s\n", render.EscapeText(cf.Message))
 			}
 		}
 	} else {

@@ -32,7 +32,7 @@ const drainTimeout = 30 * time.Second
 
 func newServerCmd(stdio IO) *cobra.Command {
 	var listen, data, db, maxSource string
-	var leaseTTL, buildLeaseTTL, drainDelay time.Duration
+	var leaseTTL, buildLeaseTTL, drainDelay, retention time.Duration
 	var retries int
 	var noMigrate bool
 	cmd := &cobra.Command{
@@ -50,7 +50,10 @@ func newServerCmd(stdio IO) *cobra.Command {
 			if buildLeaseTTL < time.Second {
 				return errs.New(errs.ErrUsage, "usage", "give --build-lease-ttl 1s or more", "--build-lease-ttl %s is too short", buildLeaseTTL)
 			}
-			return runServer(c.Context(), stdio, listen, data, storeFlags{db: db, noMigrate: noMigrate}, int64(max), leaseTTL, buildLeaseTTL, retries, drainDelay)
+			if retention < 0 {
+				return errs.New(errs.ErrUsage, "usage", "give --retention 0 (keep every build) or a duration such as 720h", "--retention %s is negative", retention)
+			}
+			return runServer(c.Context(), stdio, listen, data, storeFlags{db: db, noMigrate: noMigrate}, int64(max), leaseTTL, buildLeaseTTL, retries, drainDelay, retention)
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8080", "address to listen on")
@@ -62,13 +65,15 @@ func newServerCmd(stdio IO) *cobra.Command {
 	cmd.Flags().DurationVar(&buildLeaseTTL, "build-lease-ttl", driver.DefaultLeaseTTL,
 		"lease of a build's driver: after a crash (kill -9) its builds wait this long before a server carries them on")
 	cmd.Flags().DurationVar(&drainDelay, "drain-delay", 0, "on SIGTERM, answer /readyz 503 but keep serving this long before draining (a load balancer's probe interval)")
+	cmd.Flags().DurationVar(&retention, "retention", 0,
+		"delete builds (jobs, logs, events, artifacts) that ended longer ago than this, e.g. 720h; 0 keeps every build")
 	cmd.Flags().IntVar(&retries, "agent-retries", 2, "requeues of a step whose agent was lost before it fails agent_lost")
 	cmd.MarkFlagRequired("data")
 	cmd.AddCommand(newServerTokenCmd(stdio), newServerMigrateCmd(stdio))
 	return cmd
 }
 
-func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags, maxSource int64, leaseTTL, buildLeaseTTL time.Duration, retries int, drainDelay time.Duration) error {
+func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags, maxSource int64, leaseTTL, buildLeaseTTL time.Duration, retries int, drainDelay, retention time.Duration) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	serverGC()
@@ -105,7 +110,7 @@ func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags
 		retries = -1
 	}
 	mgr := &driver.Manager{Driver: driver.Config{Store: st, Owner: owner, LeaseTTL: buildLeaseTTL, Secrets: sealer}, AgentTTL: leaseTTL,
-		Logger: logger, MaxRetries: retries}
+		Logger: logger, MaxRetries: retries, Retention: retention, Blobs: blobs}
 	srv, err := server.New(server.Config{Store: st, Blobs: blobs, LogKey: key, Secrets: sealer, MaxSourceBytes: maxSource, Logger: logger,
 		AgentLeaseTTL: leaseTTL, OnBuild: mgr.Kick, Metrics: met.Handler()})
 	if err != nil {

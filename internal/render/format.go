@@ -139,6 +139,7 @@ func (lw *lineWriter) write(buf *bytes.Buffer, ev events.Event) {
 			}
 			buf.WriteString(ev.StepLog.Line)
 			buf.WriteByte('\n')
+			s.lastLog = ev.StepLog.Line
 		}
 		return
 	case ev.StepArtifact != nil:
@@ -194,8 +195,12 @@ func (lw *lineWriter) write(buf *bytes.Buffer, ev events.Event) {
 			buf.WriteByte('\n')
 		case statusFailed:
 			prefix()
-			buf.WriteString(lw.st.fail.Render(fmt.Sprintf("✗ failed (exit %d) in %s%s",
-				s.exitCode, formatDuration(s.duration), attemptNote(s))))
+			what := fmt.Sprintf("failed (exit %d)", s.exitCode)
+			if s.exitCode == exitInfra {
+				what = "could not run" // exit -1 is no process's status
+			}
+			buf.WriteString(lw.st.fail.Render(fmt.Sprintf("✗ %s in %s%s",
+				what, formatDuration(s.duration), attemptNote(s))))
 			buf.WriteByte('\n')
 		}
 	case ev.StepRetry != nil:
@@ -213,6 +218,9 @@ func (lw *lineWriter) write(buf *bytes.Buffer, ev events.Event) {
 		if s == nil {
 			s = &step{key: ev.ChainFailed.FailedStepKey}
 		}
+		if lw.logs && s.lastLog == "hm: "+ev.ChainFailed.Message {
+			return // printed just above as the step's log line
+		}
 		for _, l := range strings.Split(ev.ChainFailed.Message, "\n") {
 			prefix()
 			buf.WriteString(lw.st.fail.Render(Escape(l)))
@@ -223,6 +231,9 @@ func (lw *lineWriter) write(buf *bytes.Buffer, ev events.Event) {
 		buf.WriteByte('\n')
 	}
 }
+
+// exitInfra is the step_end exit code of a step that could not run (scheduler.ExitInfra).
+const exitInfra = -1
 
 // artifactText is a step_artifact's line: the path (escaped: it is the step's file name),
 // the size and the digest's first 12 hex digits.

@@ -78,6 +78,9 @@ func TestPlainGolden(t *testing.T) {
 		{golden: "timed_out", input: "timed_out"},
 		{golden: "canceled", input: "canceled"},
 		{golden: "retried", input: "retried"},
+		// A step that could not run: its reason is printed once (the engine's log line), and
+		// its end says so rather than "exit -1".
+		{golden: "infra", input: "infra"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {

@@ -42,6 +42,9 @@ type step struct {
 	chainFailed   bool     // a chain_failed named it: it failed, rather than being canceled
 	messages      []string // chain_failed messages naming this step
 	logs          *tail    // nil unless the build keeps logs (live mode)
+	// lastLog is the step's last log line the plain renderer printed: the engine logs why a
+	// step could not run ("hm: " + the chain_failed message), which is then not repeated.
+	lastLog string
 	// attempt is the attempt running or that ended the step, attempts the most it may
 	// have; both 0 until a step_retry says the step is retried.
 	attempt, attempts int

@@ -135,7 +135,23 @@ type Store interface {
 	SnapshotRemovals
 	BuildSecrets
 	Stats
+	Retention
 	Close() error
+}
+
+// Retention bounds what a server keeps: builds that ended longer ago than its retention, and
+// the blobs (sources, artifacts) no row needs any more. The blob bytes are not the store's
+// (blobdir.Dir): BlobRefs is what a sweep of them must keep.
+type Retention interface {
+	// PruneBuilds deletes up to limit builds that ended (passed, failed, canceled) before
+	// before, oldest first, each with every row that is its own (jobs and their labels,
+	// tries and logs, events, secrets) in one transaction, so a crash leaves a build whole
+	// or gone; and a deleted build's source blob row once no build names it. It returns the
+	// number of builds deleted: fewer than limit means none is left to prune.
+	PruneBuilds(ctx context.Context, before time.Time, limit int) (int, error)
+	// BlobRefs returns every blob digest ("sha256:" + hex) a row references: the builds'
+	// sources and the jobs' and cache entries' artifacts.
+	BlobRefs(ctx context.Context) (map[string]bool, error)
 }
 
 // LeaderLeases elect the one replica that runs a background duty which must run once across

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/blobdir"
 )
 
 // Manager runs the drivers of one server process and its lease reaper: a driver for every
@@ -21,8 +22,10 @@ import (
 // back to the queue, or fails agent_lost after MaxRetries requeues; and FailOrphans: a
 // requeued job that no agent seen within AgentTTL could run fails agent_lost rather than
 // waiting forever; RerunLostParents: a builds_in parent whose snapshot's agent was not seen
-// within AgentTTL runs again while a child needs it; and at most once a minute DropStaleSnapshotRemovals: the removals queued
-// for agents not seen within RemovalRetention, which would otherwise stay forever. It runs
+// within AgentTTL runs again while a child needs it; at most once a minute
+// DropStaleSnapshotRemovals: the removals queued for agents not seen within
+// RemovalRetention, which would otherwise stay forever; and at most every SweepEvery the
+// builds past Retention are pruned and the blob dir swept (see Retention and Blobs). It runs
 // once across the replicas of a deployment: only on the manager holding the store's leader
 // lease LeaderName (store.LeaderLeases), taken or renewed at each round for LeaderTTL and
 // released when Run ends, so that another replica takes over at its
@@ -47,7 +50,20 @@ type Manager struct {
 	// seen any more are kept (store.DropStaleSnapshotRemovals, by the reaper's leader at
 	// most once a minute). Default 24 h.
 	RemovalRetention time.Duration
-	Logger           *slog.Logger
+	// Retention, when positive, is how long ended builds are kept: the leader deletes the
+	// builds that ended longer ago, with their jobs, logs and events (store.PruneBuilds),
+	// at most every SweepEvery. Zero keeps every build.
+	Retention time.Duration
+	// Blobs, when set, is the server's blob dir, swept by the leader at most every
+	// SweepEvery: a blob no row references (store.BlobRefs: sources, artifacts) and not
+	// written for BlobGrace is removed. The grace covers a blob uploaded before the row that
+	// names it is committed (a source before its build, an artifact before its Finish).
+	Blobs *blobdir.Dir
+	// SweepEvery is how often builds are pruned and blobs swept. Default 10 min.
+	SweepEvery time.Duration
+	// BlobGrace: see Blobs. Default 1 h.
+	BlobGrace time.Duration
+	Logger    *slog.Logger
 
 	once    sync.Once
 	kick    chan string
@@ -74,6 +90,12 @@ func (m *Manager) init() {
 		if m.RemovalRetention <= 0 {
 			m.RemovalRetention = 24 * time.Hour
 		}
+		if m.SweepEvery <= 0 {
+			m.SweepEvery = 10 * time.Minute
+		}
+		if m.BlobGrace <= 0 {
+			m.BlobGrace = time.Hour
+		}
 		if m.LeaderTTL <= 0 {
 			m.LeaderTTL = max(5*time.Second, 3*m.Reap)
 		}
@@ -91,6 +113,63 @@ func (m *Manager) init() {
 		}
 		m.Driver.defaults()
 	})
+}
+
+// pruneBatch and pruneRounds bound one sweep's work (pruneBatch builds a statement,
+// pruneRounds statements), so that the leader's other duties do not wait behind a backlog:
+// what is left is pruned at the next round.
+const (
+	pruneBatch  = 200
+	pruneRounds = 10
+)
+
+// sweep prunes the builds past Retention and then sweeps the blob dir; it reports whether it
+// finished (no backlog left, no error), else the next reaper round sweeps again.
+func (m *Manager) sweep(ctx context.Context, now time.Time) bool {
+	if m.Retention > 0 {
+		total := 0
+		for range pruneRounds {
+			n, err := m.Driver.Store.PruneBuilds(ctx, now.Add(-m.Retention), pruneBatch)
+			total += n
+			if err != nil {
+				if ctx.Err() == nil {
+					m.Logger.Warn("pruning ended builds", "err", err.Error())
+				}
+				return false
+			}
+			if n < pruneBatch {
+				break
+			}
+		}
+		if total > 0 {
+			m.Logger.Info("ended builds pruned", "builds", total, "retention", m.Retention.String())
+		}
+		if total >= pruneBatch*pruneRounds {
+			return false // more are left: the blobs wait until the builds are done
+		}
+	}
+	if m.Blobs == nil {
+		return true
+	}
+	// The references are read before the blob dir is listed: a blob written after this read
+	// is younger than the grace, so a reference committed meanwhile is never missed.
+	refs, err := m.Driver.Store.BlobRefs(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			m.Logger.Warn("listing referenced blobs", "err", err.Error())
+		}
+		return false
+	}
+	// File times are the machine's clock, not the store's.
+	n, size, err := m.Blobs.Sweep(refs, time.Now().Add(-m.BlobGrace))
+	if n > 0 {
+		m.Logger.Info("unreferenced blobs removed", "blobs", n, "bytes", size)
+	}
+	if err != nil {
+		m.Logger.Warn("sweeping blobs", "err", err.Error())
+		return false
+	}
+	return true
 }
 
 // Kick asks for a driver of build id now (a new build). It never blocks: a kick that does not
@@ -168,9 +247,13 @@ func (m *Manager) Run(ctx context.Context) {
 		}
 	}()
 	var dropped time.Time // when stale snapshot removals were last dropped
+	var swept time.Time   // when builds were last pruned and blobs swept
 	reap := func() {
 		if !leader() {
 			return
+		}
+		if now := m.Driver.Now(); now.Sub(swept) >= m.SweepEvery && m.sweep(ctx, now) {
+			swept = now
 		}
 		if now := m.Driver.Now(); now.Sub(dropped) >= time.Minute {
 			n, err := m.Driver.Store.DropStaleSnapshotRemovals(ctx, now, m.RemovalRetention)

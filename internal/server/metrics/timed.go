@@ -284,3 +284,13 @@ func (s *instrumented) DeleteEndedBuildSecrets(ctx context.Context) (int, error)
 	defer s.m.timed("DeleteEndedBuildSecrets")()
 	return s.Store.DeleteEndedBuildSecrets(ctx)
 }
+
+func (s *instrumented) PruneBuilds(ctx context.Context, a1 time.Time, a2 int) (int, error) {
+	defer s.m.timed("PruneBuilds")()
+	return s.Store.PruneBuilds(ctx, a1, a2)
+}
+
+func (s *instrumented) BlobRefs(ctx context.Context) (map[string]bool, error) {
+	defer s.m.timed("BlobRefs")()
+	return s.Store.BlobRefs(ctx)
+}

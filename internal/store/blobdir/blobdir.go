@@ -5,7 +5,10 @@
 //
 // On disk: DIR/sha256/<hex> for each blob, DIR/tmp/ for writes in progress. A write goes to
 // tmp, is hashed as it is written, fsynced and renamed into place, so a blob is either whole
-// or absent; a crash leaves at most a file in tmp, which Open removes.
+// or absent; a crash leaves at most a file in tmp, which Open removes. A write of a blob that
+// exists replaces it, so its modification time is when it was last written: Sweep keeps
+// what was written within its grace period, which covers a blob written before the row that
+// names it.
 package blobdir
 
 import (
@@ -19,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/hmci/hm/internal/errs"
 )
@@ -129,6 +133,31 @@ func (d *Dir) Remove(digest string) error {
 		return fmt.Errorf("blobdir: %w: %w", errs.ErrInfra, err)
 	}
 	return nil
+}
+
+// Sweep removes every blob not in keep whose file was last written before olderThan, and
+// returns how many it removed and their bytes. Blobs written since olderThan are kept
+// whatever keep says: the row that will name one may not be committed yet.
+func (d *Dir) Sweep(keep map[string]bool, olderThan time.Time) (n int, size int64, err error) {
+	ents, err := os.ReadDir(filepath.Join(d.root, "sha256"))
+	if err != nil {
+		return 0, 0, fmt.Errorf("blobdir: %w: %w", errs.ErrInfra, err)
+	}
+	for _, e := range ents {
+		if keep["sha256:"+e.Name()] {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil || !fi.Mode().IsRegular() || !fi.ModTime().Before(olderThan) {
+			continue // gone meanwhile, not a blob, or young
+		}
+		if err := os.Remove(filepath.Join(d.root, "sha256", e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return n, size, fmt.Errorf("blobdir: %w: %w", errs.ErrInfra, err)
+		}
+		n++
+		size += fi.Size()
+	}
+	return n, size, nil
 }
 
 type checked struct {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestWriteOpenVerify(t *testing.T) {
@@ -61,5 +62,46 @@ func TestWriteOpenVerify(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(d.root, "tmp")); len(ents) != 0 {
 		t.Errorf("tmp holds %d leftovers", len(ents))
+	}
+}
+
+// Sweep removes the blobs nobody keeps that were written before its cut, and nothing else:
+// a young blob survives, and writing an old blob again makes it young.
+func TestSweep(t *testing.T) {
+	d, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(s string) string {
+		dg, _, err := d.Write(strings.NewReader(s), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dg
+	}
+	age := func(dg string, by time.Duration) {
+		h, _ := ParseDigest(dg)
+		old := time.Now().Add(-by)
+		if err := os.Chtimes(d.path(h), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kept, orphan, young, rewritten := write("kept"), write("orphan"), write("young"), write("rewritten")
+	for _, dg := range []string{kept, orphan, rewritten} {
+		age(dg, 2*time.Hour)
+	}
+	write("rewritten") // a second upload of the same bytes
+	n, size, err := d.Sweep(map[string]bool{kept: true}, time.Now().Add(-time.Hour))
+	if err != nil || n != 1 || size != int64(len("orphan")) {
+		t.Fatalf("Sweep = %d, %d, %v; want the orphan only (1, 6)", n, size, err)
+	}
+	for dg, want := range map[string]bool{kept: true, orphan: false, young: true, rewritten: true} {
+		rc, _, err := d.Open(dg)
+		if got := err == nil; got != want {
+			t.Errorf("blob %s present = %v, want %v (%v)", dg, got, want, err)
+		}
+		if rc != nil {
+			rc.Close()
+		}
 	}
 }

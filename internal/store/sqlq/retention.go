@@ -1,0 +1,58 @@
+package sqlq
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Retention (store.Retention): ended builds past a server's retention and the blob digests
+// rows still reference.
+
+const (
+	// before (ns), limit: the oldest ended builds first, so that a pass bounded by limit
+	// makes progress; finished_at > 0 leaves alone a build whose end was never recorded.
+	PrunableBuilds = `SELECT id, source_digest FROM builds
+		WHERE state IN ('passed', 'failed', 'canceled') AND finished_at > 0 AND finished_at < ?
+		ORDER BY finished_at, id LIMIT ?`
+	// build id, before (ns): the build row itself, last, still ended and old: a build taken
+	// over meanwhile (it cannot be: ended is final) would be left whole.
+	DeleteBuild = `DELETE FROM builds WHERE id = ? AND state IN ('passed', 'failed', 'canceled') AND finished_at < ?`
+	// digest: the source blob's row once no build names it.
+	DeleteUnusedSourceBlob = `DELETE FROM source_blobs WHERE digest = ?
+		AND NOT EXISTS (SELECT 1 FROM builds WHERE source_digest = ?)`
+
+	BlobRefsSources   = `SELECT DISTINCT source_digest FROM builds WHERE source_digest <> ''`
+	BlobRefsJobs      = `SELECT artifacts FROM jobs WHERE artifacts <> ''`
+	BlobRefsCache     = `SELECT artifacts FROM cache_entries WHERE artifacts <> ''`
+	jobsOfBuild       = `SELECT id FROM jobs WHERE build_id = ?`
+	deleteOfJobsWhere = ` WHERE job_id IN (` + jobsOfBuild + `)`
+)
+
+// DeleteBuildRows are the statements that delete what a build owns, each taking its id,
+// children before parents (SQLite checks the foreign keys): its jobs' labels, tries, log
+// chunks and heads, its jobs, events and secrets. DeleteBuild then deletes the build.
+var DeleteBuildRows = []string{
+	`DELETE FROM job_labels` + deleteOfJobsWhere,
+	`DELETE FROM job_tries` + deleteOfJobsWhere,
+	`DELETE FROM log_chunks` + deleteOfJobsWhere,
+	`DELETE FROM log_heads` + deleteOfJobsWhere,
+	`DELETE FROM jobs WHERE build_id = ?`,
+	`DELETE FROM build_events WHERE build_id = ?`,
+	`DELETE FROM build_secrets WHERE build_id = ?`,
+}
+
+// ArtifactDigests adds to refs the blob digest ("sha256:" + hex) of every file of an
+// artifacts column (a JSON array of {path, size, sha256}). A column that does not parse is an
+// error: a sweep must not delete what it could not read.
+func ArtifactDigests(refs map[string]bool, column string) error {
+	var files []struct {
+		SHA256 string `json:"sha256"`
+	}
+	if err := json.Unmarshal([]byte(column), &files); err != nil {
+		return fmt.Errorf("an artifacts column does not parse: %w", err)
+	}
+	for _, f := range files {
+		refs["sha256:"+f.SHA256] = true
+	}
+	return nil
+}
