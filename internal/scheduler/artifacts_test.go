@@ -175,6 +175,34 @@ func TestArtifactsCopyFails(t *testing.T) {
 		t.Errorf("%d snapshots committed, %d removed; want the one ephemeral snapshot, removed", commits, removed)
 	}
 
+	// A cached step whose copy fails leaves no cache entry (a failed step is never a hit)
+	// and its snapshot is removed: the next run runs it again.
+	t.Run("cached", func(t *testing.T) {
+		steps := []step{{key: "a", cmd: "ok", cache: true}}
+		pl := build(t, steps)
+		pl.Steps[0].Artifacts = []string{"dist"}
+		b := &tooLarge{fakeVM: newFakeVM()}
+		cache := &fakeCache{entries: map[string]string{}}
+		res := guard(t, func() Result {
+			return Run(context.Background(), pl, b, Options{Parallelism: 1, ArtifactsDir: t.TempDir(), Keys: keysFor(steps), Cache: cache})
+		})
+		if res.Status != BuildFailed || !errors.Is(res.Err, artifact.ErrTooLarge) {
+			t.Fatalf("status %s, err %v; want failed with ErrTooLarge", res.Status, res.Err)
+		}
+		cache.mu.Lock()
+		entries, registered := len(cache.entries), cache.registered
+		cache.mu.Unlock()
+		if entries != 0 || len(registered) != 0 {
+			t.Errorf("cache entries %d, registered %v; want none for a failed step", entries, registered)
+		}
+		b.mu.Lock()
+		removed, commits := len(b.removed), len(b.commits)
+		b.mu.Unlock()
+		if commits != 1 || removed != 1 {
+			t.Errorf("%d snapshots committed, %d removed; want its one snapshot, removed", commits, removed)
+		}
+	})
+
 	for _, tc := range []struct {
 		name    string
 		backend vm.Backend

@@ -33,6 +33,28 @@ type outcome struct {
 	eph      bool
 	handoff  vm.Machine // the machine a passed step's one child continues on
 	src      bool       // snapshot has the workspace overlaid (vm.Reinjector)
+	// register: snapshot is to be registered as the step's cache entry once its artifacts
+	// are copied out (register); eph until then.
+	register bool
+}
+
+// register records o's snapshot as the cache entry of q, the step's (id) attempt n. When
+// another run registered the key first its snapshot is used and o's removed; when the
+// registry fails the snapshot is only this run's (ephemeral, removed at the end).
+func (r *run) register(ctx context.Context, id string, n int, q CacheQuery, o *outcome) {
+	snap := o.snapshot
+	winner, err := r.opts.Cache.Register(ctx, q, snap)
+	switch {
+	case err != nil:
+		r.log(id, n, events.Stderr, fmt.Sprintf("hm: could not register the cache entry: %v", err))
+		o.eph = true // still usable by children in this run; removed at the end
+	case winner != snap:
+		// Another run registered the same key first: use its snapshot, drop ours.
+		r.removeSnapshotNow(ctx, snap)
+		o.snapshot, o.eph = winner, false
+	default:
+		o.eph = false
+	}
 }
 
 // classify names the end of an attempt that failed with an error: runCtx is the context the
@@ -155,17 +177,13 @@ func (r *run) attempt(ctx context.Context, i, n int, spec vm.Spec, ws *source.Tr
 			return failed(ctx, fmt.Errorf("commit: %w", err))
 		}
 		o.snapshot, o.eph = snap, !cached
-		if cached {
-			winner, err := r.opts.Cache.Register(cleanup, q, snap)
-			switch {
-			case err != nil:
-				r.log(id, n, events.Stderr, fmt.Sprintf("hm: could not register the cache entry: %v", err))
-				o.eph = true // still usable by children in this run; removed at the end
-			case winner != snap:
-				// Another run registered the same key first: use its snapshot, drop ours.
-				r.removeSnapshotNow(cleanup, snap)
-				o.snapshot = winner
-			}
+		switch {
+		case cached && collect:
+			// Registered once its artifacts are out (execute): a step whose copy fails
+			// fails, and a failed step leaves no cache entry. Until then it is the run's.
+			o.register, o.eph = true, true
+		case cached:
+			r.register(cleanup, id, n, q, &o)
 		}
 	}
 	if continuable {

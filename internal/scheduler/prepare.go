@@ -21,9 +21,12 @@ func (r *run) waitSlot(ctx context.Context) bool {
 // and reports false when ctx ends first. When no slot is free and the backend can prepare
 // machines ahead (vm.Preparer), the step's machine is prepared and given the workspace while
 // it waits, so that the slot, once free, is held by the command alone (a Docker container's
-// start is most of a short step). At most cap(r.slots) steps prepare or hold a prepared
-// machine at a time (a wide fan-out does not start all its containers at once); the others
-// wait for such a turn rather than for a slot, so that freed slots go to prepared machines. The prepared machine is returned
+// start is most of a short step). At most cap(r.slots) steps prepare, or hold a prepared
+// machine while they wait for a slot, at a time (a wide fan-out does not start all its
+// containers at once); the others wait for such a turn rather than for a slot, so that freed
+// slots go to prepared machines. A turn is given back when its step takes a slot, so with the
+// steps in slots about to run theirs, up to 2·cap(r.slots) prepared machines exist before
+// their commands start. The prepared machine is returned
 // (nil when none was made); the caller owns it. When the wait ends without a slot the machine
 // is destroyed here: the step never ran, nothing of it is left.
 func (r *run) slotPreparing(ctx context.Context, spec vm.Spec, ws *source.Tree) (vm.Machine, bool) {

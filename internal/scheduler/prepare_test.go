@@ -225,8 +225,11 @@ func TestParallelismBoundPreparing(t *testing.T) {
 			if p.maxRun != par {
 				t.Errorf("max concurrent = %d, want %d", p.maxRun, par)
 			}
-			if p.maxWait > par {
-				t.Errorf("%d prepared machines waited at once, want at most %d", p.maxWait, par)
+			// Prepared, not yet run: at most par waiting for a slot (their turns) plus
+			// par that took one and are about to run (slotPreparing's doc). Without the
+			// turns, the 5·par steps of a round would all prepare while par run.
+			if p.maxWait > 2*par {
+				t.Errorf("%d prepared machines waited at once, want at most %d", p.maxWait, 2*par)
 			}
 		})
 	}

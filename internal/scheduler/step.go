@@ -189,6 +189,10 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) (out comp
 					return r.fail(i, n, c, start, classify(ctx, ctx), err)
 				}
 			}
+			if o.register {
+				r.register(context.WithoutCancel(ctx), st.id, n, q, &o)
+				c.snapshot, c.eph = o.snapshot, o.eph
+			}
 			var snapPtr *string
 			if c.snapshot != "" {
 				s := c.snapshot
