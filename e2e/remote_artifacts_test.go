@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -36,5 +37,38 @@ func testRemoteArtifact(t *testing.T, st remoteStore) {
 	l := e.run("logs", second.build)
 	if !strings.Contains(l.stdout, "[build] ↓ artifact dist/app.bin (97.7 KiB, sha256 "+second.artifacts["dist/app.bin"].SHA256[:12]+")") {
 		t.Errorf("hm logs does not list the artifact:\n%s", l.stdout)
+	}
+}
+
+// A remote step whose artifacts exceed the bounds fails as locally: once (not retried: the
+// same files would fail again), with the local build's words in its chain_failed.
+func TestRemoteArtifactsTooLarge(t *testing.T) { remoteStores(t, testRemoteArtifactsTooLarge) }
+
+func testRemoteArtifactsTooLarge(t *testing.T, st remoteStore) {
+	c := faultNewCluster(t, st)
+	c.agent("agent", c.url())
+	step, _ := json.Marshal(map[string]any{"type": "command", "key": "many",
+		"cmd": "mkdir out && cd out && seq 1 10001 | xargs touch", "artifacts": []string{"out"}})
+	r := c.run(`{"version":"0","default_image":"host","steps":[` + string(step) + `]}`)
+	if code := r.wait(t); code != 1 {
+		t.Fatalf("exit %d, want 1\n%s", code, r.dump())
+	}
+	starts, retries, failed := 0, 0, ""
+	for _, ev := range r.all {
+		switch {
+		case ev.StepStart != nil:
+			starts++
+		case ev.StepRetry != nil:
+			retries++
+		case ev.ChainFailed != nil:
+			failed = ev.ChainFailed.Message
+		}
+	}
+	if starts != 1 || retries != 0 {
+		t.Errorf("%d step_start and %d step_retry, want the one attempt\n%s", starts, retries, r.dump())
+	}
+	const want = "step 'many' could not run: its artifacts exceed a step's bounds (10000 files, 4 GiB): "
+	if !strings.HasPrefix(failed, want) {
+		t.Errorf("chain_failed %q, want it to begin %q", failed, want)
 	}
 }

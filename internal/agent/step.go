@@ -20,6 +20,7 @@ import (
 	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/vm"
+	"github.com/hmci/hm/internal/vm/artifact"
 )
 
 // cleanupTimeout bounds Destroy and RemoveSnapshot of a step that ended.
@@ -156,9 +157,14 @@ func (a *Agent) execute(ctx context.Context, j agentproto.Job, mask *secret.Mask
 		}
 		arts, warnings, err := a.collectArtifacts(stepCtx, j, snap)
 		if err != nil {
-			// The step fails as one that could not run; its snapshot is nobody's.
+			// The step fails as one that could not run; its snapshot is nobody's. Beyond
+			// the bounds it is final, as locally: the same files would fail again.
 			a.removeSnapshot(snap)
 			fin = infra(fmt.Errorf("artifacts: %w", err))
+			if errors.Is(err, artifact.ErrTooLarge) {
+				e := artifact.Exceeded(err)
+				fin.ErrorCode, fin.ErrorMessage = e.Code(), e.Error()
+			}
 			break
 		}
 		fin.Artifacts = arts

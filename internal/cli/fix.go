@@ -43,6 +43,11 @@ func withFix(err error) error {
 		return &errs.Error{Code: se.Code(), Msg: se.Error(), Exit: errs.ExitUnavailable, Err: err,
 			Fix: "set HM_STATE_DIR to a writable directory with free space (hm keeps snapshots and the cache there)"}
 	}
+	var ae *errs.ArtifactLimitError
+	if errors.As(err, &ae) {
+		return &errs.Error{Code: ae.Code(), Msg: ae.Error(), Exit: errs.ExitCode(err), Err: err,
+			Fix: "narrow the step's artifacts patterns, or pack the files into one archive in the step and name that"}
+	}
 	var le *errs.LimitError
 	if errors.As(err, &le) {
 		return &errs.Error{Code: le.Code(), Msg: le.Error(), Fix: limitFix(le), Exit: errs.ExitCode(err), Err: err}

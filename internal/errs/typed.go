@@ -100,6 +100,23 @@ func (e *StateDirError) Unwrap() []error { return nonNil(ErrUnavailable, e.Err) 
 // Code is the error's code in the `error[code]` line.
 func (e *StateDirError) Code() string { return "state_dir" }
 
+// ArtifactLimitError is a step's artifacts beyond a step's bounds (files, bytes): the step
+// fails as one that could not run, and is not retried (the same files would fail again). Its
+// class is ErrInvalid; internal/cli writes the fix.
+type ArtifactLimitError struct {
+	Msg string // what was found, with the bounds, without advice
+	Err error  // the copy's error, or nil when only its text is known (a remote agent's)
+}
+
+func (e *ArtifactLimitError) Error() string   { return e.Msg }
+func (e *ArtifactLimitError) Unwrap() []error { return nonNil(ErrInvalid, e.Err) }
+
+// Code is the error's code in the `error[code]` line, and an agent's Finish error code.
+func (e *ArtifactLimitError) Code() string { return CodeArtifactsTooLarge }
+
+// CodeArtifactsTooLarge is ArtifactLimitError's code.
+const CodeArtifactsTooLarge = "artifacts_too_large"
+
 // Bounds on what hm reads (LimitError.Limit); the code of a LimitError is its Format, "_"
 // and its Limit: yaml_too_large, ir_too_deep, ...
 const (

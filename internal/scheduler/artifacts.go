@@ -83,11 +83,7 @@ func (r *run) collect(ctx context.Context, i, n int, snapshot string) error {
 		_ = os.RemoveAll(dir)
 		_ = os.Remove(r.opts.ArtifactsDir) // only when no other step wrote there: empty
 		if errors.Is(err, artifact.ErrTooLarge) {
-			e := errs.New(errs.ErrInvalid, "artifacts_too_large",
-				"narrow the step's artifacts patterns, or pack the files into one archive in the step and name that",
-				"its artifacts exceed a step's bounds (%d files, %d GiB): %v", artifact.MaxFiles, artifact.MaxBytes>>30, err)
-			e.Err = fmt.Errorf("%w: %w", errs.ErrInvalid, err)
-			return e
+			return artifact.Exceeded(err)
 		}
 		return fmt.Errorf("artifacts: %w", err)
 	}

@@ -364,6 +364,8 @@ func failedEnd(exit *int, code, msg string) (int, error) {
 	switch {
 	case code == store.CodeAgentLost:
 		return 0, final{fmt.Errorf("%w: %s: %s", errs.ErrInfra, code, msg)}
+	case code == errs.CodeArtifactsTooLarge: // the agent's artifact.Exceeded: final, as locally
+		return 0, final{&errs.ArtifactLimitError{Msg: msg}}
 	case code != "":
 		return 0, fmt.Errorf("%w: %s: %s", errs.ErrInfra, code, msg)
 	case exit != nil:

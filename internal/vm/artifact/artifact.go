@@ -61,6 +61,13 @@ type Result struct {
 // ErrTooLarge is wrapped by the error of a copy beyond MaxFiles or MaxBytes.
 var ErrTooLarge = errors.New("artifacts too large")
 
+// Exceeded is the step's error for err, a copy's error wrapping ErrTooLarge: the same words
+// for a local build and an agent's.
+func Exceeded(err error) *errs.ArtifactLimitError {
+	return &errs.ArtifactLimitError{Err: err,
+		Msg: fmt.Sprintf("its artifacts exceed a step's bounds (%d files, %d GiB): %v", MaxFiles, MaxBytes>>30, err)}
+}
+
 // Collector copies the files its patterns match into its destination. It is used by one
 // goroutine; a backend calls FromFS once, or FromTar once per Prefixes entry.
 type Collector struct {
