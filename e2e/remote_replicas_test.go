@@ -23,8 +23,9 @@ import (
 
 // Several `hm server` replicas on one store (remote.md: any replica accepts submissions and
 // serves watchers and agents; a build's scheduling survives the replica driving it). The
-// replicas share the data dir (blobs, the log token key) and the database; agents run the host
-// backend, as in the fault tests.
+// replicas here share the data dir and the database, which SQLite needs (its blobs are files
+// there; PostgreSQL's replicas need only a copy of the secrets key: TestReplicasOwnData);
+// agents run the host backend, as in the fault tests.
 
 // replicaSet is n servers of one cluster: the first is the cluster's own server, the others
 // are started beside it on the same --data and store flags.

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/hmci/hm/internal/events"
 	"github.com/hmci/hm/internal/store"
 )
@@ -18,6 +20,7 @@ import (
 // deletes the build with its jobs and logs, and then its artifact's blob (back-dated past the
 // sweep's grace), while a build within the retention stays whole, and so does the source
 // blob both builds share. (A source no build names any more goes too: the driver's tests.)
+// The blobs are DATA/blobs on SQLite, rows of the database on PostgreSQL.
 func TestRemoteRetention(t *testing.T) { remoteStores(t, testRemoteRetention) }
 
 func testRemoteRetention(t *testing.T, st remoteStore) {
@@ -34,30 +37,14 @@ func testRemoteRetention(t *testing.T, st remoteStore) {
 		}
 		return acc.Build
 	}
-	blobs := func() []string {
-		t.Helper()
-		ents, err := os.ReadDir(filepath.Join(c.data, "blobs", "sha256"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []string
-		for _, e := range ents {
-			out = append(out, filepath.Join(c.data, "blobs", "sha256", e.Name()))
-		}
-		return out
-	}
+	blobs := c.blobView(t)
 	old := build("mkdir out && echo old > out/f && echo old")
-	oldBlobs := blobs()
+	oldBlobs := blobs.list()
 	if len(oldBlobs) != 2 {
 		t.Fatalf("blobs after the first build: %v, want its source and its artifact", oldBlobs)
 	}
 	// Older than the sweep's grace (1 h): what decides is whether a row names them.
-	aged := time.Now().Add(-2 * time.Hour)
-	for _, b := range oldBlobs {
-		if err := os.Chtimes(b, aged, aged); err != nil {
-			t.Fatal(err)
-		}
-	}
+	blobs.age(2 * time.Hour)
 	c.server.kill9(t)
 	time.Sleep(2 * time.Second) // the build is now older than the retention below
 	c.serverArgs = []string{"--retention", "2s"}
@@ -84,33 +71,6 @@ func testRemoteRetention(t *testing.T, st remoteStore) {
 	if js, err := s.ListJobs(ctx, old.RunID); err != nil || len(js) != 0 {
 		t.Errorf("the pruned build's jobs: %v (%v), want none", js, err)
 	}
-	// Both builds have the same (empty) source: its blob stays, named by the kept build;
-	// the old build's artifact goes.
-	src, err := s.GetBuild(ctx, kept.RunID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srcFile := filepath.Join(c.data, "blobs", "sha256", strings.TrimPrefix(src.SourceDigest, "sha256:"))
-	for _, b := range oldBlobs {
-		if b == srcFile {
-			continue
-		}
-		for time.Now().Before(deadline) {
-			if _, err := os.Stat(b); os.IsNotExist(err) {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		if _, err := os.Stat(b); !os.IsNotExist(err) {
-			t.Errorf("the pruned build's artifact blob %s is still there (%v)", b, err)
-		}
-	}
-	if !slices.Contains(oldBlobs, srcFile) {
-		t.Errorf("the kept build's source %s is not the old one's (%v): the case needs a shared source", srcFile, oldBlobs)
-	}
-	if _, err := os.Stat(srcFile); err != nil {
-		t.Errorf("the source blob the kept build names: %v", err)
-	}
 	kb, err := s.GetBuild(ctx, kept.RunID)
 	if err != nil {
 		t.Fatalf("the build within the retention: %v", err)
@@ -118,11 +78,94 @@ func testRemoteRetention(t *testing.T, st remoteStore) {
 	if kb.State != store.BuildPassed {
 		t.Errorf("the kept build is %s", kb.State)
 	}
-	if got := blobs(); len(got) != 2 {
-		t.Errorf("blobs after the sweep: %v, want the kept build's source and artifact", got)
+	// Both builds have the same (empty) source: its blob stays, named by the kept build;
+	// the old build's artifact goes.
+	if !slices.Contains(oldBlobs, kb.SourceDigest) {
+		t.Fatalf("the kept build's source %s is not the old one's (%v): the case needs a shared source", kb.SourceDigest, oldBlobs)
 	}
-	// The kept build still reads: its log through hm logs is another test's; here its jobs.
+	for time.Now().Before(deadline) && slices.Contains(blobs.list(), otherThan(oldBlobs, kb.SourceDigest)) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	now := blobs.list()
+	if slices.Contains(now, otherThan(oldBlobs, kb.SourceDigest)) {
+		t.Errorf("the pruned build's artifact blob is still there: %v", now)
+	}
+	if !slices.Contains(now, kb.SourceDigest) || len(now) != 2 {
+		t.Errorf("blobs after the sweep: %v, want the shared source and the kept build's artifact", now)
+	}
 	if js, err := s.ListJobs(ctx, kept.RunID); err != nil || len(js) != 1 {
 		t.Errorf("the kept build's jobs: %v (%v)", js, err)
 	}
+}
+
+func otherThan(ds []string, d string) string {
+	for _, x := range ds {
+		if x != d {
+			return x
+		}
+	}
+	return ""
+}
+
+// blobView lists and back-dates a cluster's blobs where its server keeps them: DATA/blobs,
+// or the PostgreSQL store's blob_files.
+type blobView struct {
+	t    *testing.T
+	c    *faultCluster
+	list func() []string
+	age  func(by time.Duration)
+}
+
+func (c *faultCluster) blobView(t *testing.T) blobView {
+	v := blobView{t: t, c: c}
+	if len(c.db) == 2 && c.db[0] == "--db" {
+		query := func(fn func(conn *pgx.Conn) error) {
+			t.Helper()
+			ctx := context.Background()
+			conn, err := pgx.Connect(ctx, c.db[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close(ctx)
+			if err := fn(conn); err != nil {
+				t.Fatal(err)
+			}
+		}
+		v.list = func() (out []string) {
+			query(func(conn *pgx.Conn) error {
+				rows, _ := conn.Query(context.Background(), `SELECT digest FROM blob_files ORDER BY digest`)
+				var err error
+				out, err = pgx.CollectRows(rows, pgx.RowTo[string])
+				return err
+			})
+			return out
+		}
+		v.age = func(by time.Duration) {
+			query(func(conn *pgx.Conn) error {
+				_, err := conn.Exec(context.Background(), `UPDATE blob_files SET written_at = $1`, time.Now().Add(-by).UnixNano())
+				return err
+			})
+		}
+		return v
+	}
+	dir := filepath.Join(c.data, "blobs", "sha256")
+	v.list = func() (out []string) {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			out = append(out, "sha256:"+e.Name())
+		}
+		return out
+	}
+	v.age = func(by time.Duration) {
+		aged := time.Now().Add(-by)
+		for _, d := range v.list() {
+			if err := os.Chtimes(filepath.Join(dir, strings.TrimPrefix(d, "sha256:")), aged, aged); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return v
 }

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -24,7 +23,6 @@ import (
 	"github.com/hmci/hm/internal/server/driver"
 	"github.com/hmci/hm/internal/server/metrics"
 	"github.com/hmci/hm/internal/store"
-	"github.com/hmci/hm/internal/store/blobdir"
 )
 
 // drainTimeout bounds how long SIGTERM waits for in-flight requests.
@@ -82,15 +80,15 @@ func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags
 		return err
 	}
 	defer st.Close()
-	blobs, err := blobdir.Open(filepath.Join(data, "blobs"))
+	blobs, err := serverBlobs(data, st)
 	if err != nil {
 		return err
 	}
-	key, err := server.LoadLogKey(filepath.Join(data, "log-token.key"))
+	key, err := serverLogKey(ctx, data, st)
 	if err != nil {
 		return err
 	}
-	skey, err := server.LoadKey(filepath.Join(data, "secrets.key"))
+	skey, err := serverSecretsKey(ctx, data, st)
 	if err != nil {
 		return err
 	}

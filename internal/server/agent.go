@@ -318,7 +318,7 @@ func (s *Server) agentFinish(w http.ResponseWriter, r *http.Request, req agentpr
 		f := store.Finish{ExitCode: req.ExitCode, Snapshot: req.Snapshot, ErrorCode: req.ErrorCode, ErrorMessage: req.ErrorMessage, Now: s.now()}
 		if req.ExitCode == 0 && req.ErrorCode == "" {
 			var aerr error
-			if f.Artifacts, aerr = s.finishArtifacts(req.Artifacts, req.ArtifactWarnings); aerr != nil {
+			if f.Artifacts, aerr = s.finishArtifacts(r.Context(), req.Artifacts, req.ArtifactWarnings); aerr != nil {
 				// The step passed but its artifacts cannot be recorded: it fails, as one
 				// whose copy failed locally.
 				f = store.Finish{ExitCode: -1, ErrorCode: "artifacts_invalid", ErrorMessage: aerr.Error(), Now: f.Now}
@@ -341,7 +341,7 @@ func (s *Server) agentSource(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	rc, size, err := s.cfg.Blobs.Open(d)
+	rc, size, err := s.cfg.Blobs.OpenBlob(r.Context(), d)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

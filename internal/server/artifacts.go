@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -56,13 +57,13 @@ func (s *Server) agentArtifact(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body := http.MaxBytesReader(w, r.Body, agentproto.MaxArtifactBytes)
-	_, size, err := s.cfg.Blobs.Write(body, digest)
+	_, size, err := s.cfg.Blobs.WriteBlob(r.Context(), body, digest)
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):
 		s.writeError(w, r, tooLarge())
 		return
-	case errors.Is(err, blobdir.ErrDigestMismatch):
+	case errors.Is(err, store.ErrDigestMismatch):
 		s.writeError(w, r, unprocessable("artifact_digest_mismatch", "the body does not hash to "+digest))
 		return
 	case err != nil:
@@ -80,7 +81,7 @@ func tooLarge() *apiError {
 // finishArtifacts checks a Finish's artifacts (paths a step's artifacts directory can hold,
 // each file uploaded with its size) and returns them as the job stores them; nil for none.
 // The error is why the step's artifacts cannot be recorded: the step then fails.
-func (s *Server) finishArtifacts(files []agentproto.Artifact, warnings []string) (json.RawMessage, error) {
+func (s *Server) finishArtifacts(ctx context.Context, files []agentproto.Artifact, warnings []string) (json.RawMessage, error) {
 	if len(files) == 0 && len(warnings) == 0 {
 		return nil, nil
 	}
@@ -96,7 +97,7 @@ func (s *Server) finishArtifacts(files []agentproto.Artifact, warnings []string)
 		}
 		seen[f.Path] = true
 		digest := "sha256:" + f.SHA256
-		rc, size, err := s.cfg.Blobs.Open(digest)
+		rc, size, err := s.cfg.Blobs.OpenBlob(ctx, digest)
 		if err != nil {
 			return nil, errors.New("artifact " + strconv.Quote(f.Path) + " (" + digest + ") was not uploaded")
 		}
@@ -176,7 +177,7 @@ func (s *Server) getBuildArtifact(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, notFound("artifact_not_found", "build "+strconv.FormatInt(b.Number, 10)+" has no artifact "+quote(digest)))
 		return
 	}
-	rc, size, err := s.cfg.Blobs.Open("sha256:" + hexd)
+	rc, size, err := s.cfg.Blobs.OpenBlob(r.Context(), "sha256:"+hexd)
 	if errors.Is(err, fs.ErrNotExist) {
 		err = notFound("artifact_not_found", "the server no longer holds artifact "+quote(digest))
 	}

@@ -198,8 +198,8 @@ func (s *Server) storeSource(r *http.Request, req createBuildRequest) (string, e
 			return "", unprocessable("validation_failed", "source_sha256 is not a sha256 hex digest")
 		}
 	}
-	digest, size, err := s.cfg.Blobs.Write(bytes.NewReader(raw), want)
-	if errors.Is(err, blobdir.ErrDigestMismatch) {
+	digest, size, err := s.cfg.Blobs.WriteBlob(r.Context(), bytes.NewReader(raw), want)
+	if errors.Is(err, store.ErrDigestMismatch) {
 		return "", unprocessable("source_digest_mismatch", "source_b64 does not hash to source_sha256")
 	}
 	if err != nil {

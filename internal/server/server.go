@@ -36,7 +36,6 @@ import (
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/store"
-	"github.com/hmci/hm/internal/store/blobdir"
 )
 
 // Defaults of Config.
@@ -53,7 +52,8 @@ const (
 // Config is what a Server needs.
 type Config struct {
 	Store store.Store
-	Blobs *blobdir.Dir
+	// Blobs holds sources and artifacts: the blob dir, or the store when it holds them.
+	Blobs store.BlobStore
 	// LogKey signs log tokens (HMAC-SHA256); see LoadLogKey.
 	LogKey []byte
 	// Secrets seals the secrets a build is submitted with (hm_secrets) for the store and

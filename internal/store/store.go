@@ -114,6 +114,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"io"
 	"time"
 )
 
@@ -136,8 +138,40 @@ type Store interface {
 	BuildSecrets
 	Stats
 	Retention
+	SharedKeys
 	Close() error
 }
+
+// SharedKeys are values every replica of a deployment must agree on, decided by the first
+// to start: the log-token signing key (a log URL one replica signs, another serves), a check
+// of the secrets key (replicas sealing with different keys could not open each other's).
+type SharedKeys interface {
+	// SharedKey returns the value stored under name, storing fresh first when there is
+	// none; of replicas starting at once, one's fresh value is stored and all get it.
+	SharedKey(ctx context.Context, name string, fresh []byte) ([]byte, error)
+}
+
+// BlobStore holds blob bytes (sources, artifacts) by sha256 digest ("sha256:" + 64 hex): the
+// server's blob dir (blobdir.Dir, DATA/blobs) or, as the optional ability of a store driver
+// that can hold them (PostgreSQL), the database, so that replicas share no disk. A blob is
+// whole or absent; a read checks the bytes against the digest. It is a plugin boundary, and
+// storetest.RunBlobStore is the suite every implementation passes.
+type BlobStore interface {
+	// WriteBlob stores r's bytes and returns their digest and size; when want is not empty
+	// the bytes must hash to it, or nothing is stored and the error wraps
+	// ErrDigestMismatch. Writing a blob that exists is harmless and counts as a write of
+	// it (SweepBlobs). r's error is returned wrapped (an *http.MaxBytesError stays one).
+	WriteBlob(ctx context.Context, r io.Reader, want string) (digest string, size int64, err error)
+	// OpenBlob opens the blob of digest; one that is absent wraps fs.ErrNotExist. Reading to
+	// EOF checks the bytes: changed ones fail the last Read with ErrDigestMismatch.
+	OpenBlob(ctx context.Context, digest string) (io.ReadCloser, int64, error)
+	// SweepBlobs removes every blob not in keep last written before olderThan and returns
+	// how many and their bytes; blobs written since are kept whatever keep says.
+	SweepBlobs(ctx context.Context, keep map[string]bool, olderThan time.Time) (n int, size int64, err error)
+}
+
+// ErrDigestMismatch says bytes do not hash to the digest they were stored or asked under.
+var ErrDigestMismatch = errors.New("blob digest mismatch")
 
 // Retention bounds what a server keeps: builds that ended longer ago than its retention, and
 // the blobs (sources, artifacts) no row needs any more. The blob bytes are not the store's
@@ -356,7 +390,7 @@ type Logs interface {
 	ListLogs(ctx context.Context, jobID string, attempt int, after int64, limit int) ([]LogChunk, error)
 }
 
-// Blobs are metadata of content-addressed source archives (the bytes: blobdir.Dir).
+// Blobs are metadata of content-addressed source archives (the bytes: a BlobStore).
 type Blobs interface {
 	// PutBlob records a blob; recording one already known is a no-op.
 	PutBlob(ctx context.Context, b Blob) (Blob, error)

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/hmci/hm/internal/store"
-	"github.com/hmci/hm/internal/store/blobdir"
 )
 
 // Manager runs the drivers of one server process and its lease reaper: a driver for every
@@ -58,7 +57,7 @@ type Manager struct {
 	// SweepEvery: a blob no row references (store.BlobRefs: sources, artifacts) and not
 	// written for BlobGrace is removed. The grace covers a blob uploaded before the row that
 	// names it is committed (a source before its build, an artifact before its Finish).
-	Blobs *blobdir.Dir
+	Blobs store.BlobStore
 	// SweepEvery is how often builds are pruned and blobs swept. Default 10 min.
 	SweepEvery time.Duration
 	// BlobGrace: see Blobs. Default 1 h.
@@ -161,7 +160,7 @@ func (m *Manager) sweep(ctx context.Context, now time.Time) bool {
 		return false
 	}
 	// File times are the machine's clock, not the store's.
-	n, size, err := m.Blobs.Sweep(refs, time.Now().Add(-m.BlobGrace))
+	n, size, err := m.Blobs.SweepBlobs(ctx, refs, time.Now().Add(-m.BlobGrace))
 	if n > 0 {
 		m.Logger.Info("unreferenced blobs removed", "blobs", n, "bytes", size)
 	}

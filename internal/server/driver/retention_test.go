@@ -42,7 +42,7 @@ func TestSweepPrunesBuildsAndBlobs(t *testing.T) {
 	now := time.Now()
 	// blob writes bytes and back-dates the file by age (a young one: 0).
 	blob := func(s string, age time.Duration) string {
-		d, _, err := blobs.Write(strings.NewReader(s), "")
+		d, _, err := blobs.WriteBlob(ctx, strings.NewReader(s), "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -79,7 +79,7 @@ func TestSweepPrunesBuildsAndBlobs(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	present := func(d string) bool {
-		rc, _, err := blobs.Open(d)
+		rc, _, err := blobs.OpenBlob(ctx, d)
 		if err == nil {
 			rc.Close()
 			return true
@@ -121,7 +121,7 @@ func TestSweepKeepsBuildsWithoutRetention(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	orphan, _, err := blobs.Write(strings.NewReader("orphan"), "")
+	orphan, _, err := blobs.WriteBlob(ctx, strings.NewReader("orphan"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestSweepKeepsBuildsWithoutRetention(t *testing.T) {
 	go func() { defer close(done); m.Run(mctx) }()
 	defer func() { cancel(); <-done }()
 	until(t, "a sweep removed the orphan", func() bool {
-		rc, _, err := blobs.Open(orphan)
+		rc, _, err := blobs.OpenBlob(ctx, orphan)
 		if err == nil {
 			rc.Close()
 		}

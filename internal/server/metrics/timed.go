@@ -294,3 +294,8 @@ func (s *instrumented) BlobRefs(ctx context.Context) (map[string]bool, error) {
 	defer s.m.timed("BlobRefs")()
 	return s.Store.BlobRefs(ctx)
 }
+
+func (s *instrumented) SharedKey(ctx context.Context, a1 string, a2 []byte) ([]byte, error) {
+	defer s.m.timed("SharedKey")()
+	return s.Store.SharedKey(ctx, a1, a2)
+}

@@ -1,17 +1,18 @@
 // Package blobdir is the server's content-addressed blob directory: source archives stored
 // once under their sha256 digest, checked on write and on read. It holds bytes only; what a
 // server knows about a blob (size, when it came) is in the store. It is not a cache: nothing
-// here is evicted except by Remove.
+// here is evicted except by SweepBlobs.
 //
 // On disk: DIR/sha256/<hex> for each blob, DIR/tmp/ for writes in progress. A write goes to
 // tmp, is hashed as it is written, fsynced and renamed into place, so a blob is either whole
 // or absent; a crash leaves at most a file in tmp, which Open removes. A write of a blob that
-// exists replaces it, so its modification time is when it was last written: Sweep keeps
+// exists replaces it, so its modification time is when it was last written: SweepBlobs keeps
 // what was written within its grace period, which covers a blob written before the row that
 // names it.
 package blobdir
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -25,10 +26,8 @@ import (
 	"time"
 
 	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/store"
 )
-
-// ErrDigestMismatch says bytes do not hash to the digest they were stored or asked under.
-var ErrDigestMismatch = errors.New("blob digest mismatch")
 
 // Dir is an open blob directory.
 type Dir struct{ root string }
@@ -60,10 +59,11 @@ func ParseDigest(d string) (string, error) {
 
 func (d *Dir) path(hexd string) string { return filepath.Join(d.root, "sha256", hexd) }
 
-// Write stores r's bytes and returns their digest and size. When want is not empty the bytes
-// must hash to it, or nothing is stored and the error is ErrDigestMismatch. Writing a blob
-// that exists is harmless (the bytes are the same by construction).
-func (d *Dir) Write(r io.Reader, want string) (digest string, size int64, err error) {
+var _ store.BlobStore = (*Dir)(nil)
+
+// WriteBlob is store.BlobStore's. Writing a blob that exists replaces its file with the same
+// bytes, so its modification time is the write's.
+func (d *Dir) WriteBlob(_ context.Context, r io.Reader, want string) (digest string, size int64, err error) {
 	if want != "" {
 		if _, err := ParseDigest(want); err != nil {
 			return "", 0, err
@@ -87,7 +87,7 @@ func (d *Dir) Write(r io.Reader, want string) (digest string, size int64, err er
 	hexd := hex.EncodeToString(h.Sum(nil))
 	digest = "sha256:" + hexd
 	if want != "" && want != digest {
-		return "", 0, fmt.Errorf("blobdir: got %s, want %s: %w", digest, want, ErrDigestMismatch)
+		return "", 0, fmt.Errorf("blobdir: got %s, want %s: %w", digest, want, store.ErrDigestMismatch)
 	}
 	if err = f.Sync(); err == nil {
 		err = f.Close()
@@ -101,9 +101,9 @@ func (d *Dir) Write(r io.Reader, want string) (digest string, size int64, err er
 	return digest, size, nil
 }
 
-// Open opens the blob of digest. Reading it to EOF checks the bytes: a blob changed on disk
-// fails the last Read with ErrDigestMismatch rather than handing out wrong source.
-func (d *Dir) Open(digest string) (io.ReadCloser, int64, error) {
+// OpenBlob is store.BlobStore's: a blob changed on disk fails the last Read with
+// store.ErrDigestMismatch rather than handing out wrong source.
+func (d *Dir) OpenBlob(_ context.Context, digest string) (io.ReadCloser, int64, error) {
 	hexd, err := ParseDigest(digest)
 	if err != nil {
 		return nil, 0, err
@@ -123,22 +123,8 @@ func (d *Dir) Open(digest string) (io.ReadCloser, int64, error) {
 	return &checked{f: f, h: sha256.New(), want: hexd}, st.Size(), nil
 }
 
-// Remove deletes a blob; removing one that is absent is not an error.
-func (d *Dir) Remove(digest string) error {
-	hexd, err := ParseDigest(digest)
-	if err != nil {
-		return err
-	}
-	if err := os.Remove(d.path(hexd)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("blobdir: %w: %w", errs.ErrInfra, err)
-	}
-	return nil
-}
-
-// Sweep removes every blob not in keep whose file was last written before olderThan, and
-// returns how many it removed and their bytes. Blobs written since olderThan are kept
-// whatever keep says: the row that will name one may not be committed yet.
-func (d *Dir) Sweep(keep map[string]bool, olderThan time.Time) (n int, size int64, err error) {
+// SweepBlobs is store.BlobStore's, by the files' modification times.
+func (d *Dir) SweepBlobs(_ context.Context, keep map[string]bool, olderThan time.Time) (n int, size int64, err error) {
 	ents, err := os.ReadDir(filepath.Join(d.root, "sha256"))
 	if err != nil {
 		return 0, 0, fmt.Errorf("blobdir: %w: %w", errs.ErrInfra, err)
@@ -170,9 +156,41 @@ func (c *checked) Read(p []byte) (int, error) {
 	n, err := c.f.Read(p)
 	c.h.Write(p[:n])
 	if err == io.EOF && hex.EncodeToString(c.h.Sum(nil)) != c.want {
-		return n, fmt.Errorf("blobdir: sha256:%s changed on disk: %w", c.want, ErrDigestMismatch)
+		return n, fmt.Errorf("blobdir: sha256:%s changed on disk: %w", c.want, store.ErrDigestMismatch)
 	}
 	return n, err
 }
 
 func (c *checked) Close() error { return c.f.Close() }
+
+// Fallback is a store that holds blobs (Primary: PostgreSQL's) over the blob dir its
+// deployment used before (Dir): new blobs go to Primary, a blob Primary lacks is read from
+// Dir, and a sweep sweeps both, so that an upgraded deployment's sources and artifacts stay
+// readable until nothing names them.
+type Fallback struct {
+	Primary store.BlobStore
+	Dir     *Dir
+}
+
+var _ store.BlobStore = Fallback{}
+
+func (f Fallback) WriteBlob(ctx context.Context, r io.Reader, want string) (string, int64, error) {
+	return f.Primary.WriteBlob(ctx, r, want)
+}
+
+func (f Fallback) OpenBlob(ctx context.Context, digest string) (io.ReadCloser, int64, error) {
+	rc, size, err := f.Primary.OpenBlob(ctx, digest)
+	if errors.Is(err, fs.ErrNotExist) {
+		return f.Dir.OpenBlob(ctx, digest)
+	}
+	return rc, size, err
+}
+
+func (f Fallback) SweepBlobs(ctx context.Context, keep map[string]bool, olderThan time.Time) (int, int64, error) {
+	n, size, err := f.Primary.SweepBlobs(ctx, keep, olderThan)
+	if err != nil {
+		return n, size, err
+	}
+	m, more, err := f.Dir.SweepBlobs(ctx, keep, olderThan)
+	return n + m, size + more, err
+}

@@ -171,6 +171,8 @@ var dialect = []struct {
 	{9, ") WITHOUT ROWID;", ");"},
 	// Sealed secrets are bytes: SQLite's BLOB is PostgreSQL's BYTEA.
 	{10, "sealed   BLOB NOT NULL", "sealed   BYTEA NOT NULL"},
+	{13, "value BLOB NOT NULL", "value BYTEA NOT NULL"},
+	{13, "data   BLOB    NOT NULL", "data   BYTEA   NOT NULL"},
 }
 
 // migrations are the SQLite driver's, with INTEGER (SQLite's 64-bit integer) as BIGINT

@@ -3,6 +3,7 @@ package storetest
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,4 +125,27 @@ var retentionCases = []testCase{{"PruneBuildsAndBlobRefs", func(t *testing.T, e 
 	if _, err := e.s.GetBlob(e.ctx, src(1)); err != nil {
 		t.Errorf("the source blob row the running build names is gone: %v", err)
 	}
-}}}
+}},
+	{"SharedKeyFirstWins", func(t *testing.T, e *env) {
+		if got := get(e.s.SharedKey(e.ctx, "log-token", []byte("first")))(t); string(got) != "first" {
+			t.Fatalf("SharedKey of a new name = %q, want the fresh value", got)
+		}
+		if got := get(e.s.SharedKey(e.ctx, "log-token", []byte("second")))(t); string(got) != "first" {
+			t.Fatalf("SharedKey again = %q, want the first value kept", got)
+		}
+		// Replicas starting at once: one value, the same for all.
+		got := make([]string, 8)
+		parallel(t, len(got), func(i int) {
+			v, err := e.s.SharedKey(e.ctx, "secrets-check", []byte(fmt.Sprintf("replica-%d", i)))
+			if err != nil {
+				t.Error(err)
+			}
+			got[i] = string(v)
+		})
+		for _, v := range got {
+			if v != got[0] || !strings.HasPrefix(v, "replica-") {
+				t.Fatalf("concurrent SharedKey answers %q, want one replica's value for all", got)
+			}
+		}
+	}},
+}
