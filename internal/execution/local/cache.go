@@ -130,7 +130,10 @@ func (c *registryCache) listedUnused(ctx context.Context, q scheduler.CacheQuery
 // most of the registry's share of such a run, and each appended to the WAL that the close
 // then checkpoints). An entry is marked used when its build starts, before any step could
 // hit it: also one whose step then does not get to look it up (an earlier step failed), which
-// only keeps it a little longer under the LRU bound.
+// only keeps it a little longer under the LRU bound. The entries are the registry's as the
+// build's lookups begin, as the snapshots' checks are the backend's (checkEntries); a key
+// not found then is asked again at its own lookup, so an entry a concurrent run registers
+// meanwhile still hits.
 func (c *registryCache) first(ctx context.Context, base string) {
 	for j, key := range c.keys {
 		if key != "" && j < len(c.results) {
@@ -209,11 +212,11 @@ type check struct {
 }
 
 // checkEntries stands in for a listing the backend declined (vm.ErrNotListed): the snapshots
-// of this build's registered entries under the first lookup's base are asked of the backend all at once, in
-// the background, rather than one round trip per hit in turn down a chain; each hit waits
-// for its own answer only, so the hits run while later answers come in. Entries under
-// another base (a chain of another root image) are asked at their lookup, as without a
-// listing.
+// of the entries read at the first lookup (under its base) are asked of the backend all at
+// once, in the background, rather than one round trip per hit in turn down a chain; each
+// hit waits for its own answer only, so the hits run while later answers come in. Entries
+// under another base (a chain of another root image) are asked at their lookup, as without
+// a listing.
 func (c *registryCache) checkEntries(ctx context.Context) map[string]*check {
 	checks := map[string]*check{}
 	var snaps []string
