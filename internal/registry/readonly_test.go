@@ -44,6 +44,9 @@ func TestOpenReadOnly(t *testing.T) {
 	if diff := cmp.Diff([]string{"k"}, keys); diff != "" {
 		t.Errorf("keys (-want +got):\n%s", diff)
 	}
+	if err := ro.Touch(ctx, []Scope{es[0].Scope()}); err != nil {
+		t.Errorf("Touch through the read-only registry = %v, want nothing written and no error", err)
+	}
 	if _, err := ro.Register(ctx, Entry{Backend: "host", Base: "b", Key: "k2", Snapshot: "s2"}); err == nil {
 		t.Error("a write through the read-only registry succeeded")
 	}

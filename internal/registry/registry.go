@@ -171,6 +171,14 @@ var migrations = []string{
 }
 
 func (r *Registry) migrate(ctx context.Context) error {
+	// A registry at this schema (every open but the first after an upgrade) needs no write
+	// transaction: Apply sets user_version even when it is unchanged, a write that costs
+	// every hm process a WAL frame and its syncs before its first lookup. The file lock
+	// held by Open keeps another process from migrating in between.
+	var v int
+	if err := r.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err == nil && v == len(migrations) {
+		return nil
+	}
 	return r.write(ctx, "migrate", func(tx *sql.Tx) error {
 		return sqlitemigrate.Apply(ctx, tx, migrations, func(v int) error {
 			return errs.New(errs.ErrInfra, "registry_too_new",

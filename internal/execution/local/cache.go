@@ -25,10 +25,17 @@ type registryCache struct {
 	keys      []string          // cache keys, index-aligned ("" for an uncached step)
 	children  [][]int           // builds_in children, index-aligned
 
-	// listed is the backend's one listing of live snapshots (vm.SnapshotLister), taken at
-	// the first lookup; nil when the backend has none or the listing failed.
-	listOnce sync.Once
-	listed   map[string]bool
+	// At the first lookup (firstOnce): entries is the build's one read of its steps' entries
+	// (scopes) under that lookup's base, marked used in one write in the background (touched
+	// closes when it is done). At the first hit (listOnce): listed is the backend's one
+	// listing of live snapshots (vm.SnapshotLister), nil when the backend has none or the
+	// listing failed.
+	firstOnce sync.Once
+	scopes    []registry.Scope
+	entries   map[registry.Scope]registry.Entry
+	touched   chan struct{}
+	listOnce  sync.Once
+	listed    map[string]bool
 	// checks stands in for listed when the backend declined to list (vm.ErrNotListed).
 	checks map[string]*check
 
@@ -51,13 +58,19 @@ func (c *registryCache) scope(q scheduler.CacheQuery) registry.Scope {
 func (c *registryCache) Lookup(ctx context.Context, q scheduler.CacheQuery) (scheduler.CacheResult, error) {
 	s := c.scope(q)
 	id := s.ID()
-	e, ok, err := c.reg.Lookup(ctx, s)
-	if err != nil {
-		return scheduler.CacheResult{}, err
+	c.firstOnce.Do(func() { c.first(ctx, q.BaseImage) })
+	e, ok := c.entries[s] // read and marked used at the first lookup
+	if !ok {
+		// Under another base, or registered since the first lookup (a concurrent run).
+		var err error
+		if e, ok, err = c.reg.Lookup(ctx, s); err != nil {
+			return scheduler.CacheResult{}, err
+		}
 	}
 	if ok {
 		exists := c.listedUnused(ctx, q, e.Snapshot)
 		if !exists {
+			var err error
 			if exists, err = c.vm.SnapshotExists(ctx, e.Snapshot); err != nil {
 				return scheduler.CacheResult{}, err
 			}
@@ -85,24 +98,7 @@ func (c *registryCache) Lookup(ctx context.Context, q scheduler.CacheQuery) (sch
 // child may run, the snapshot is checked right before the hit is reported, as without the
 // listing, so that a snapshot gone by then is a miss, never a child's failed create.
 func (c *registryCache) listedUnused(ctx context.Context, q scheduler.CacheQuery, snapshot string) bool {
-	c.listOnce.Do(func() {
-		l, ok := c.vm.(vm.SnapshotLister)
-		if !ok {
-			return
-		}
-		ids, err := l.ListSnapshots(ctx)
-		if errors.Is(err, vm.ErrNotListed) {
-			c.checks = c.checkEntries(ctx, q.BaseImage)
-			return
-		}
-		if err != nil {
-			return // every hit asks SnapshotExists
-		}
-		c.listed = make(map[string]bool, len(ids))
-		for _, id := range ids {
-			c.listed[id] = true
-		}
-	})
+	c.listOnce.Do(func() { c.list(ctx) })
 	if !c.known(ctx, snapshot) || q.Step >= len(c.children) {
 		return false
 	}
@@ -114,12 +110,81 @@ func (c *registryCache) listedUnused(ctx context.Context, q scheduler.CacheQuery
 		if j < len(c.results) {
 			s.Fingerprint = c.results[j].Fingerprint
 		}
-		e, ok, err := c.reg.Peek(ctx, s)
-		if err != nil || !ok || !c.known(ctx, e.Snapshot) {
+		e, ok := c.entries[s]
+		if !ok { // a chain under another base than the first lookup's
+			var err error
+			if e, ok, err = c.reg.Peek(ctx, s); err != nil {
+				return false
+			}
+		}
+		if !ok || !c.known(ctx, e.Snapshot) {
 			return false
 		}
 	}
 	return true
+}
+
+// first runs at the build's first lookup. It reads the entries of all the build's cached
+// steps under base in one query, and marks them used in one write, in the background,
+// instead of a read and a write per hit (the 30 writes of a fully cached 30-step chain were
+// most of the registry's share of such a run, and each appended to the WAL that the close
+// then checkpoints). An entry is marked used when its build starts, before any step could
+// hit it: also one whose step then does not get to look it up (an earlier step failed), which
+// only keeps it a little longer under the LRU bound. The entries are the registry's as the
+// build's lookups begin, as the snapshots' checks are the backend's (checkEntries); a key
+// not found then is asked again at its own lookup, so an entry a concurrent run registers
+// meanwhile still hits.
+func (c *registryCache) first(ctx context.Context, base string) {
+	for j, key := range c.keys {
+		if key != "" && j < len(c.results) {
+			c.scopes = append(c.scopes, registry.Scope{Backend: c.vm.Name(), Base: base, Key: key, Fingerprint: c.results[j].Fingerprint})
+		}
+	}
+	es, err := c.reg.PeekMany(ctx, c.scopes)
+	if err != nil {
+		return // every lookup reads (and marks) its own entry
+	}
+	c.entries = es
+	found := make([]registry.Scope, 0, len(es))
+	for s := range es {
+		found = append(found, s)
+	}
+	c.touched = make(chan struct{})
+	go func() {
+		defer close(c.touched)
+		// Not the step's context: the mark is the build's. A failed mark costs only LRU
+		// order, never a hit.
+		_ = c.reg.Touch(context.WithoutCancel(ctx), found)
+	}()
+}
+
+// list runs at the build's first hit: the backend's listing of live snapshots, or, when the
+// backend declines to list, the checks of the entries' snapshots.
+func (c *registryCache) list(ctx context.Context) {
+	l, ok := c.vm.(vm.SnapshotLister)
+	if !ok {
+		return
+	}
+	ids, err := l.ListSnapshots(ctx)
+	if errors.Is(err, vm.ErrNotListed) {
+		c.checks = c.checkEntries(ctx)
+		return
+	}
+	if err != nil {
+		return // every hit asks SnapshotExists
+	}
+	c.listed = make(map[string]bool, len(ids))
+	for _, id := range ids {
+		c.listed[id] = true
+	}
+}
+
+// wait returns once the first lookup's mark of the entries used is written: before the
+// registry closes, and before eviction, which orders by that mark.
+func (c *registryCache) wait() {
+	if c.touched != nil {
+		<-c.touched
+	}
 }
 
 // known reports whether the build's listing, or its check (checkEntries), found snapshot;
@@ -147,20 +212,16 @@ type check struct {
 }
 
 // checkEntries stands in for a listing the backend declined (vm.ErrNotListed): the snapshots
-// of this build's registered entries under base are asked of the backend all at once, in
-// the background, rather than one round trip per hit in turn down a chain; each hit waits
-// for its own answer only, so the hits run while later answers come in. Entries under
-// another base (a chain of another root image) are asked at their lookup, as without a
-// listing.
-func (c *registryCache) checkEntries(ctx context.Context, base string) map[string]*check {
+// of the entries read at the first lookup (under its base) are asked of the backend all at
+// once, in the background, rather than one round trip per hit in turn down a chain; each
+// hit waits for its own answer only, so the hits run while later answers come in. Entries
+// under another base (a chain of another root image) are asked at their lookup, as without
+// a listing.
+func (c *registryCache) checkEntries(ctx context.Context) map[string]*check {
 	checks := map[string]*check{}
 	var snaps []string
-	for j, key := range c.keys {
-		if key == "" || j >= len(c.results) {
-			continue
-		}
-		s := registry.Scope{Backend: c.vm.Name(), Base: base, Key: key, Fingerprint: c.results[j].Fingerprint}
-		if e, ok, err := c.reg.Peek(ctx, s); err == nil && ok && checks[e.Snapshot] == nil {
+	for _, s := range c.scopes { // in step order
+		if e, ok := c.entries[s]; ok && checks[e.Snapshot] == nil {
 			checks[e.Snapshot] = &check{done: make(chan struct{})}
 			snaps = append(snaps, e.Snapshot)
 		}

@@ -2,9 +2,11 @@ package local
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -133,5 +135,59 @@ func TestLookupListing(t *testing.T) {
 				t.Errorf("hit %v after %d inspects, want %v after %d", res.Hit, f.inspect, tc.wantHit, tc.wantInspect)
 			}
 		})
+	}
+}
+
+// TestLookupReadsOnce: the build's entries are read at its first lookup and marked used in
+// one write (one time for all); an entry registered after that (by a concurrent run) is
+// still found at its own lookup, and marked then.
+func TestLookupReadsOnce(t *testing.T) {
+	ctx := t.Context()
+	reg, err := registry.Open(ctx, filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	results := []cachekey.Result{{Key: "k0", Fingerprint: "f0"}, {Key: "k1", Fingerprint: "f1"}, {Key: "k2", Fingerprint: "f2"}}
+	add := func(i int) registry.Entry {
+		w, err := reg.Register(ctx, registry.Entry{Backend: "fake", Base: "base", Key: results[i].Key,
+			Fingerprint: results[i].Fingerprint, Snapshot: fmt.Sprint("snap", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	registered := []registry.Entry{add(0), add(1)}
+	f := &listingVM{declined: true, exists: map[string]bool{"snap0": true, "snap1": true, "snap2": true}}
+	c := &registryCache{reg: reg, vm: f, results: results, keys: []string{"k0", "k1", "k2"},
+		children: [][]int{{1}, {2}, nil}}
+	var hits []bool
+	for i := range 3 {
+		if i == 2 {
+			registered = append(registered, add(2)) // after the first lookup's read
+		}
+		res, err := c.Lookup(ctx, scheduler.CacheQuery{Step: i, StepKey: "s", Key: results[i].Key, BaseImage: "base"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hits = append(hits, res.Hit)
+	}
+	c.wait()
+	if diff := cmp.Diff([]bool{true, true, true}, hits); diff != "" {
+		t.Errorf("hits (-want +got):\n%s", diff)
+	}
+	var used []time.Time
+	for _, r := range registered {
+		e, ok, err := reg.Peek(ctx, r.Scope())
+		if err != nil || !ok {
+			t.Fatalf("entry %s: %v, %v", r.Key, ok, err)
+		}
+		if !e.LastUsed.After(r.LastUsed) {
+			t.Errorf("entry %s not marked used: %v, registered %v", r.Key, e.LastUsed, r.LastUsed)
+		}
+		used = append(used, e.LastUsed)
+	}
+	if !used[0].Equal(used[1]) {
+		t.Errorf("the first lookup's entries were marked at %v and %v, want one write", used[0], used[1])
 	}
 }

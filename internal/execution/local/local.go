@@ -110,6 +110,7 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 		})
 		h.out = execution.Outcome{ExitCode: res.Status.ExitCode(), Err: res.Err}
 		if reg != nil {
+			cache.wait()
 			cctx := context.WithoutCancel(ctx)
 			if b.Unwritable == nil {
 				cache.sizeAdded(cctx)

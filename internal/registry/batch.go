@@ -1,0 +1,72 @@
+package registry
+
+import (
+	"context"
+	"database/sql"
+	"strings"
+)
+
+// batchSize bounds the scopes one statement asks for: four parameters each, far below
+// SQLite's limit on a statement's parameters.
+const batchSize = 200
+
+// PeekMany returns the entries of scopes that exist, as Peek does for one, in one query per
+// batchSize scopes: a build asks for all of its steps' entries at once rather than in one
+// round trip per step. Scopes with an empty fingerprint find nothing.
+func (r *Registry) PeekMany(ctx context.Context, scopes []Scope) (map[Scope]Entry, error) {
+	out := map[Scope]Entry{}
+	err := forBatches(scopes, func(batch []Scope, where string, args []any) error {
+		es, err := queryEntries(ctx, r.db, `SELECT `+columns+` FROM entries WHERE `+where, args...)
+		for _, e := range es {
+			out[e.Scope()] = e
+		}
+		return err
+	})
+	if err != nil {
+		return nil, wrap("peek", err)
+	}
+	return out, nil
+}
+
+// Touch marks the entries of scopes used now, in one transaction, as Lookup does for one: a
+// build whose steps hit writes the registry once instead of once per hit. Scopes without an
+// entry are ignored. A read-only registry is left as it is, as its lookups leave it.
+func (r *Registry) Touch(ctx context.Context, scopes []Scope) error {
+	if r.readOnly || len(scopes) == 0 {
+		return nil
+	}
+	now := r.now().UnixNano()
+	return r.write(ctx, "touch", func(tx *sql.Tx) error {
+		return forBatches(scopes, func(_ []Scope, where string, args []any) error {
+			_, err := tx.ExecContext(ctx, `UPDATE entries SET last_used = ? WHERE `+where,
+				append([]any{now}, args...)...)
+			return err
+		})
+	})
+}
+
+// forBatches calls fn with each batch of scopes (skipping empty fingerprints, which match
+// nothing) and the WHERE clause that selects exactly their entries.
+func forBatches(scopes []Scope, fn func(batch []Scope, where string, args []any) error) error {
+	var keep []Scope
+	for _, s := range scopes {
+		if s.Fingerprint != "" {
+			keep = append(keep, s)
+		}
+	}
+	for len(keep) > 0 {
+		n := min(len(keep), batchSize)
+		batch := keep[:n]
+		keep = keep[n:]
+		conds := make([]string, len(batch))
+		args := make([]any, 0, 4*len(batch))
+		for i, s := range batch {
+			conds[i] = "(" + byScope + ")"
+			args = append(args, s.Backend, s.Base, s.Key, s.Fingerprint)
+		}
+		if err := fn(batch, strings.Join(conds, " OR "), args); err != nil {
+			return err
+		}
+	}
+	return nil
+}
