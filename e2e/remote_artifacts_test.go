@@ -71,4 +71,13 @@ func testRemoteArtifactsTooLarge(t *testing.T, st remoteStore) {
 	if !strings.HasPrefix(failed, want) {
 		t.Errorf("chain_failed %q, want it to begin %q", failed, want)
 	}
+	// After the build, its error and what to do, as a local build prints them.
+	for _, w := range []string{
+		"\nerror[artifacts_too_large]: " + want,
+		"\n  fix    narrow the step's artifacts patterns",
+	} {
+		if strings.Count(r.stderr.String(), w) != 1 {
+			t.Errorf("stderr has %q not once:\n%s", w, r.stderr.String())
+		}
+	}
 }

@@ -331,6 +331,11 @@ func testFaultAgentKilledAgentLost(t *testing.T, st remoteStore) {
 	if !strings.Contains(r.dump(), "agent_lost") {
 		t.Errorf("no agent_lost in the client's stream:\n%s", r.dump())
 	}
+	// After the build: the job's error, and what to do about it.
+	if w := "\nerror[agent_lost]: step 'a' could not run: "; strings.Count(r.stderr.String(), w) != 1 ||
+		!strings.Contains(r.stderr.String(), "\n  fix    the agent running it stopped answering") {
+		t.Errorf("stderr has not once %q and its fix:\n%s", w, r.stderr.String())
+	}
 }
 
 // kill -9 of the server mid-build, restarted on the same data dir and port: the build

@@ -45,8 +45,11 @@ func withFix(err error) error {
 	}
 	var ae *errs.ArtifactLimitError
 	if errors.As(err, &ae) {
-		return &errs.Error{Code: ae.Code(), Msg: ae.Error(), Exit: errs.ExitCode(err), Err: err,
-			Fix: "narrow the step's artifacts patterns, or pack the files into one archive in the step and name that"}
+		return &errs.Error{Code: ae.Code(), Msg: ae.Error(), Exit: errs.ExitCode(err), Err: err, Fix: artifactsFix}
+	}
+	var rse *errs.RemoteStepError
+	if errors.As(err, &rse) {
+		return &errs.Error{Code: rse.Code(), Msg: rse.Error(), Exit: errs.ExitCode(err), Err: err, Fix: remoteStepFix(rse.JobCode)}
 	}
 	var le *errs.LimitError
 	if errors.As(err, &le) {
@@ -111,6 +114,24 @@ func unavailableFix(e *errs.UnavailableError) string {
 
 // limitFix says what to do about a pipeline beyond one of hm's bounds (fixed, documented in
 // schema/README.md).
+const artifactsFix = "narrow the step's artifacts patterns, or pack the files into one archive in the step and name that"
+
+// remoteStepFix is what to do about a remote step that could not run, by its job's
+// error_code (the server's and agent's codes).
+func remoteStepFix(code string) string {
+	switch code {
+	case errs.CodeArtifactsTooLarge:
+		return artifactsFix
+	case "agent_lost":
+		return "the agent running it stopped answering (stopped, killed or cut off) and no other took the step over: check that an agent of the step's org, backend and labels is up (hm agent), then run again"
+	case "artifacts_invalid":
+		return "the agent's artifacts did not reach the server whole: run an hm agent of the server's version and run again"
+	case "job_invalid":
+		return "the server cannot load this build's pipeline any more: check its IR with `hm render` and submit it again"
+	}
+	return "see the step's log above, and the log of the agent that ran it on its machine"
+}
+
 func limitFix(e *errs.LimitError) string {
 	what := "the pipeline"
 	if e.Format == "yaml" {

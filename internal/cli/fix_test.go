@@ -72,6 +72,18 @@ func TestPrintErrorFix(t *testing.T) {
 			&errs.RunnerError{Step: "a", Runner: "docker", Backend: "sandbox"},
 			"error[runner_mismatch]: step 'a' names runner \"docker\", but this build runs every step on the sandbox backend\n" +
 				"  fix    run it with --backend docker, or remove the step's runner\n"},
+		{"artifacts too large",
+			fmt.Errorf("step 'a' could not run: %w", &errs.ArtifactLimitError{Msg: "its artifacts exceed a step's bounds (10000 files, 4 GiB): more than 10000 files"}),
+			"error[artifacts_too_large]: its artifacts exceed a step's bounds (10000 files, 4 GiB): more than 10000 files\n" +
+				"  fix    narrow the step's artifacts patterns, or pack the files into one archive in the step and name that\n"},
+		{"remote step, a code with its fix",
+			&errs.RemoteStepError{Step: "a", JobCode: "job_invalid", Msg: "the IR does not load"},
+			"error[job_invalid]: step 'a' could not run: the IR does not load\n" +
+				"  fix    the server cannot load this build's pipeline any more: check its IR with `hm render` and submit it again\n"},
+		{"remote step, another code",
+			&errs.RemoteStepError{Step: "a", JobCode: "agent_error", Msg: "commit: no space left on device"},
+			"error[agent_error]: step 'a' could not run: commit: no space left on device\n" +
+				"  fix    see the step's log above, and the log of the agent that ran it on its machine\n"},
 		{"already for a person",
 			errs.New(errs.ErrUsage, "usage", "write -e KEY=VALUE", "invalid -e %q", "x"),
 			"error[usage]: invalid -e \"x\"\n  fix    write -e KEY=VALUE\n"},

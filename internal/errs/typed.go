@@ -114,6 +114,23 @@ func (e *ArtifactLimitError) Unwrap() []error { return nonNil(ErrInvalid, e.Err)
 // Code is the error's code in the `error[code]` line, and an agent's Finish error code.
 func (e *ArtifactLimitError) Code() string { return CodeArtifactsTooLarge }
 
+// RemoteStepError is why a remote build's step could not run, as its job reports it
+// (listJobs: error_code, error_message): the first such step of a build that failed. Its
+// class is ErrInfra; internal/cli writes the fix by its code.
+type RemoteStepError struct {
+	Step    string // the step's key
+	JobCode string // the job's error_code: agent_lost, agent_error, artifacts_too_large, ...
+	Msg     string // the job's error_message
+}
+
+func (e *RemoteStepError) Error() string {
+	return fmt.Sprintf("step '%s' could not run: %s", e.Step, e.Msg)
+}
+func (e *RemoteStepError) Unwrap() error { return ErrInfra }
+
+// Code is the error's code in the `error[code]` line: the job's.
+func (e *RemoteStepError) Code() string { return e.JobCode }
+
 // CodeArtifactsTooLarge is ArtifactLimitError's code.
 const CodeArtifactsTooLarge = "artifacts_too_large"
 

@@ -14,6 +14,7 @@ import (
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/events"
 	"github.com/hmci/hm/internal/execution"
+	"github.com/hmci/hm/internal/scheduler"
 )
 
 // maxFrame bounds one SSE line: an event carries at most one log line, which a step may make
@@ -35,6 +36,8 @@ type handle struct {
 	// runID is the build's id; artifactsDir where its artifacts go once it ended
 	// (download.go), "" for nowhere.
 	runID, artifactsDir string
+	// infraStep is the key of the first step that could not run (stepfail.go).
+	infraStep string
 
 	cancelOnce sync.Once
 	cancel     chan struct{} // closed once cancelBuild was answered (or failed)
@@ -86,6 +89,7 @@ func (h *handle) run() {
 		progressed, ended, err := h.stream(ctx, &last)
 		if ended {
 			h.artifacts(ctx)
+			h.stepFailure(ctx)
 			return
 		}
 		if progressed {
@@ -235,6 +239,9 @@ func (h *handle) deliver(id string, data []byte, last *int64) (done bool, _ erro
 		*last = seq
 	}
 	h.q.Publish(e)
+	if cf := e.ChainFailed; cf != nil && cf.ExitCode == scheduler.ExitInfra && h.infraStep == "" {
+		h.infraStep = cf.FailedStepKey
+	}
 	if e.BuildEnd != nil {
 		h.out = execution.Outcome{ExitCode: e.BuildEnd.ExitCode}
 		return true, nil
