@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"time"
@@ -22,52 +21,24 @@ func (s *DB) PruneBuilds(ctx context.Context, before time.Time, limit int) (int,
 	n := 0
 	for _, v := range vs {
 		err := s.write(ctx, "prune build", func(tx pgx.Tx) error {
-			for _, q := range sqlq.DeleteBuildRows {
-				if _, err := exec(ctx, tx, q, v.id); err != nil {
-					return err
-				}
-			}
-			tag, err := exec(ctx, tx, sqlq.DeleteBuild, v.id, ns(before))
-			if err != nil || tag.RowsAffected() == 0 {
-				return cmp.Or(err, errKept) // roll back: the build is not prunable after all
-			}
-			n++
-			if v.source == "" {
-				return nil
-			}
-			_, err = exec(ctx, tx, sqlq.DeleteUnusedSourceBlob, v.source, v.source)
-			return err
+			return sqlq.PruneBuild(func(q string, args ...any) (int64, error) {
+				tag, err := exec(ctx, tx, q, args...)
+				return tag.RowsAffected(), err
+			}, v.id, v.source, ns(before))
 		})
-		if err != nil && !errors.Is(err, errKept) {
+		switch {
+		case err == nil:
+			n++
+		case !errors.Is(err, sqlq.ErrKept):
 			return n, err
 		}
 	}
 	return n, nil
 }
 
-// errKept rolls back the deletion of a build that is no longer prunable.
-var errKept = errors.New("build kept")
-
 func (s *DB) BlobRefs(ctx context.Context) (map[string]bool, error) {
-	refs := map[string]bool{}
-	scan := func(r sqlq.Scanner) (v string, err error) { return v, r.Scan(&v) }
-	srcs, err := list(ctx, s.pool, "blob refs", scan, sqlq.BlobRefsSources)
-	if err != nil {
-		return nil, err
-	}
-	for _, d := range srcs {
-		refs[d] = true
-	}
-	for _, q := range []string{sqlq.BlobRefsJobs, sqlq.BlobRefsCache} {
-		cols, err := list(ctx, s.pool, "blob refs", scan, q)
-		if err != nil {
-			return nil, err
-		}
-		for _, c := range cols {
-			if err := sqlq.ArtifactDigests(refs, c); err != nil {
-				return nil, wrap("blob refs", err)
-			}
-		}
-	}
-	return refs, nil
+	refs, err := sqlq.BlobRefs(func(q string) ([]string, error) {
+		return list(ctx, s.pool, "blob refs", func(r sqlq.Scanner) (v string, err error) { return v, r.Scan(&v) }, q)
+	})
+	return refs, wrap("blob refs", err)
 }

@@ -2,6 +2,7 @@ package sqlq
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 )
 
@@ -28,10 +29,10 @@ const (
 	deleteOfJobsWhere = ` WHERE job_id IN (` + jobsOfBuild + `)`
 )
 
-// DeleteBuildRows are the statements that delete what a build owns, each taking its id,
+// deleteBuildRows are the statements that delete what a build owns, each taking its id,
 // children before parents (SQLite checks the foreign keys): its jobs' labels, tries, log
 // chunks and heads, its jobs, events and secrets. DeleteBuild then deletes the build.
-var DeleteBuildRows = []string{
+var deleteBuildRows = []string{
 	`DELETE FROM job_labels` + deleteOfJobsWhere,
 	`DELETE FROM job_tries` + deleteOfJobsWhere,
 	`DELETE FROM log_chunks` + deleteOfJobsWhere,
@@ -55,4 +56,57 @@ func ArtifactDigests(refs map[string]bool, column string) error {
 		refs["sha256:"+f.SHA256] = true
 	}
 	return nil
+}
+
+// Exec runs a statement in a driver's transaction and returns the rows it changed.
+type Exec func(query string, args ...any) (int64, error)
+
+// PruneBuild deletes build id (ended before before, source its source digest) with its rows
+// in the transaction of exec: errKept when it is not prunable after all, which the caller's
+// transaction must roll back (the rows deleted before the check are its own).
+func PruneBuild(exec Exec, id, source string, before int64) error {
+	for _, q := range deleteBuildRows {
+		if _, err := exec(q, id); err != nil {
+			return err
+		}
+	}
+	n, err := exec(DeleteBuild, id, before)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return ErrKept
+	}
+	if source == "" {
+		return nil
+	}
+	_, err = exec(DeleteUnusedSourceBlob, source, source)
+	return err
+}
+
+// ErrKept rolls back the deletion of a build that is no longer prunable.
+var ErrKept = errors.New("build kept")
+
+// BlobRefs is store.Retention's BlobRefs over a driver's query of one string column.
+func BlobRefs(strings func(query string) ([]string, error)) (map[string]bool, error) {
+	refs := map[string]bool{}
+	srcs, err := strings(BlobRefsSources)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range srcs {
+		refs[d] = true
+	}
+	for _, q := range []string{BlobRefsJobs, BlobRefsCache} {
+		cols, err := strings(q)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range cols {
+			if err := ArtifactDigests(refs, c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return refs, nil
 }
