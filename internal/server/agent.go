@@ -11,7 +11,6 @@ import (
 	"github.com/hmci/hm/internal/agentproto"
 	"github.com/hmci/hm/internal/plan"
 	"github.com/hmci/hm/internal/secret"
-	"github.com/hmci/hm/internal/server/driver"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/vm"
 )
@@ -156,14 +155,14 @@ func (s *Server) claimed(w http.ResponseWriter, r *http.Request, j store.Job) {
 
 func (s *Server) describe(r *http.Request, j store.Job) (agentproto.Job, error) {
 	ctx := r.Context()
-	b, err := s.cfg.Store.GetBuild(ctx, j.BuildID)
+	sb, err := s.staticBuild(ctx, j.BuildID)
 	if err != nil {
 		return agentproto.Job{}, err
 	}
-	pl, opts, err := driver.DefaultLoad(b)
-	if err != nil {
-		return agentproto.Job{}, err
+	if sb.loadErr != nil {
+		return agentproto.Job{}, sb.loadErr
 	}
+	b, pl, opts := sb.b, sb.plan, sb.opts
 	i := slices.IndexFunc(pl.Steps, func(st plan.Step) bool { return st.Key == j.StepKey })
 	if i < 0 {
 		return agentproto.Job{}, errors.New("step " + quote(j.StepKey) + " is not in the build's plan")
@@ -219,11 +218,11 @@ func (s *Server) agentJob(r *http.Request) (store.Job, error) {
 	if err != nil {
 		return j, err
 	}
-	b, err := s.cfg.Store.GetBuild(r.Context(), j.BuildID)
+	sb, err := s.staticBuild(r.Context(), j.BuildID)
 	if err != nil {
 		return j, err
 	}
-	if b.OrgID != authOf(r).Org.ID {
+	if sb.b.OrgID != authOf(r).Org.ID {
 		return j, notFound("job_not_found", "no job "+quote(id))
 	}
 	return j, nil
