@@ -150,6 +150,7 @@ func (s *Server) claimed(w http.ResponseWriter, r *http.Request, j store.Job) {
 		s.writeError(w, r, errors.Join(err, ferr))
 		return
 	}
+	s.keepJobBuild(j)
 	writeJSON(w, http.StatusOK, job)
 }
 
@@ -240,9 +241,10 @@ func stateOf(j store.Job) agentproto.State {
 }
 
 func (s *Server) agentStart(w http.ResponseWriter, r *http.Request, req agentproto.Fence) {
-	j, err := s.agentJob(r)
+	id, _, err := s.jobBuild(r)
+	var j store.Job
 	if err == nil {
-		j, err = s.cfg.Store.StartJob(r.Context(), j.ID, req.Attempt, s.now())
+		j, err = s.cfg.Store.StartJob(r.Context(), id, req.Attempt, s.now())
 	}
 	if err != nil {
 		s.writeError(w, r, err)
@@ -252,9 +254,10 @@ func (s *Server) agentStart(w http.ResponseWriter, r *http.Request, req agentpro
 }
 
 func (s *Server) agentHeartbeat(w http.ResponseWriter, r *http.Request, req agentproto.Fence) {
-	j, err := s.agentJob(r)
+	id, _, err := s.jobBuild(r)
+	var j store.Job
 	if err == nil {
-		j, err = s.cfg.Store.Heartbeat(r.Context(), j.ID, req.Attempt, s.now(), s.cfg.AgentLeaseTTL)
+		j, err = s.cfg.Store.Heartbeat(r.Context(), id, req.Attempt, s.now(), s.cfg.AgentLeaseTTL)
 	}
 	if err != nil {
 		s.writeError(w, r, err)
@@ -303,10 +306,11 @@ func (s *Server) agentLogs(w http.ResponseWriter, r *http.Request, req agentprot
 }
 
 func (s *Server) agentFinish(w http.ResponseWriter, r *http.Request, req agentproto.Finish) {
-	j, err := s.agentJob(r)
+	id, buildID, err := s.jobBuild(r)
+	var j store.Job
 	if err == nil && (req.ErrorMessage != "" || len(req.ArtifactWarnings) > 0) {
 		var mask *secret.Masker
-		if mask, err = s.masker(r.Context(), j.BuildID); err == nil {
+		if mask, err = s.masker(r.Context(), buildID); err == nil {
 			req.ErrorMessage = mask.String(req.ErrorMessage)
 			for i, w := range req.ArtifactWarnings {
 				req.ArtifactWarnings[i] = mask.String(w)
@@ -323,7 +327,7 @@ func (s *Server) agentFinish(w http.ResponseWriter, r *http.Request, req agentpr
 				f = store.Finish{ExitCode: -1, ErrorCode: "artifacts_invalid", ErrorMessage: aerr.Error(), Now: f.Now}
 			}
 		}
-		j, err = s.cfg.Store.FinishJob(r.Context(), j.ID, req.Attempt, f)
+		j, err = s.cfg.Store.FinishJob(r.Context(), id, req.Attempt, f)
 	}
 	if err != nil {
 		s.writeError(w, r, err)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"net/http"
 	"sync"
 
 	"github.com/hmci/hm/internal/plan"
@@ -49,8 +50,50 @@ func (s *Server) staticBuild(ctx context.Context, id string) (*staticBuild, erro
 
 const buildCacheSize = 1024
 
-// staticBuilds is Server.staticBuild's cache.
+// staticBuilds is Server.staticBuild's cache, and jobBuild's.
 type staticBuilds struct {
-	mu sync.Mutex
-	m  map[string]*staticBuild
+	mu   sync.Mutex
+	m    map[string]*staticBuild
+	jobs map[string]string // job id → its build's id
 }
+
+// jobBuild is the id of the build of the job the path names, refused (404) when that build
+// is another org's. A job's build never changes, so it is read once per job and kept (at
+// most jobCacheSize jobs): start, heartbeat and finish then check the tenancy without a
+// statement, and their write, fenced by the attempt, is the only one. A job that is gone
+// since fails that write (not found).
+func (s *Server) jobBuild(r *http.Request) (jobID, buildID string, err error) {
+	id := r.PathValue("job_id")
+	s.builds.mu.Lock()
+	buildID, ok := s.builds.jobs[id]
+	s.builds.mu.Unlock()
+	if !ok {
+		j, err := s.agentJob(r)
+		if err != nil {
+			return "", "", err
+		}
+		s.keepJobBuild(j)
+		return id, j.BuildID, nil
+	}
+	sb, err := s.staticBuild(r.Context(), buildID)
+	if err != nil {
+		return "", "", err
+	}
+	if sb.b.OrgID != authOf(r).Org.ID {
+		return "", "", notFound("job_not_found", "no job "+quote(id))
+	}
+	return id, buildID, nil
+}
+
+// keepJobBuild notes the build of a job read for another reason (a claim hands it out: its
+// start and finish follow).
+func (s *Server) keepJobBuild(j store.Job) {
+	s.builds.mu.Lock()
+	defer s.builds.mu.Unlock()
+	if s.builds.jobs == nil || len(s.builds.jobs) >= jobCacheSize {
+		s.builds.jobs = map[string]string{}
+	}
+	s.builds.jobs[j.ID] = j.BuildID
+}
+
+const jobCacheSize = 8192
