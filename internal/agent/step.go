@@ -28,8 +28,9 @@ const cleanupTimeout = 30 * time.Second
 func jobPath(p, id string) string { return strings.Replace(p, "{job_id}", id, 1) }
 
 // runJob runs one claimed job to its Finish, or drops it (409/404, or ctx ending: the lease
-// lapses and the server retries the step).
-func (a *Agent) runJob(ctx context.Context, j agentproto.Job) {
+// lapses and the server retries the step). While claimCtx lasts, the Finish claims the next
+// job, which it returns (nil for none).
+func (a *Agent) runJob(ctx, claimCtx context.Context, j agentproto.Job) *agentproto.Job {
 	log := a.cfg.Logger.With("job", j.JobID, "step", j.StepKey, "attempt", j.Attempt)
 	start := time.Now()
 	mask := secret.NewMasker(slices.Collect(maps.Values(j.Secrets))...)
@@ -40,20 +41,24 @@ func (a *Agent) runJob(ctx context.Context, j agentproto.Job) {
 		} else {
 			log.Info("step dropped", "err", err.Error())
 		}
-		return
+		return nil
 	}
 	fin.Attempt = j.Attempt
 	fin.ErrorMessage = mask.String(fin.ErrorMessage) // it may quote the step's environment
 	fin.DurationMillis = time.Since(start).Milliseconds()
+	if claimCtx.Err() == nil {
+		fin.Next = &agentproto.Claim{AgentID: a.id, Slots: 1}
+	}
 	var st agentproto.State
-	if _, err := a.c.call(ctx, http.MethodPost, jobPath(agentproto.PathFinish, j.JobID), fin, &st, 0, nil); err != nil {
+	if _, err := a.c.call(ctx, http.MethodPost, jobPath(agentproto.PathFinish, j.JobID), fin, &st, agentproto.FinishNextWait, nil); err != nil {
 		log.Warn("finish not recorded", "err", err.Error())
 		if fin.Snapshot != "" {
 			a.removeSnapshot(fin.Snapshot)
 		}
-		return
+		return nil
 	}
 	log.Info("step finished", "exit_code", fin.ExitCode, "state", st.State)
+	return st.Next
 }
 
 func (a *Agent) removeSnapshot(id string) {

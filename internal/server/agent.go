@@ -89,10 +89,8 @@ func (s *Server) agentAlive(w http.ResponseWriter, r *http.Request, req agentpro
 	writeJSON(w, http.StatusOK, agentproto.AliveReply{Status: "ok", RemoveSnapshots: todo})
 }
 
-// agentClaim long-polls the store: a claim at once, then again whenever the store says a job
-// of the org was released (store.Watcher), and every claimFallback (the larger of the poll
-// interval and 1 s) as the fallback for a lost wake-up, until a job, the wait, the request's
-// end or the server's drain.
+// agentClaim long-polls the store for a job (claimNext) until the wait: 200 with the job, 204
+// for none.
 func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentproto.Claim) {
 	wait := time.Duration(req.WaitSeconds) * time.Second
 	if wait <= 0 || wait > agentproto.MaxClaimWait {
@@ -102,6 +100,26 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 		s.writeError(w, r, err) // register first
 		return
 	}
+	j, ok, err := s.claimNext(r, req.AgentID, wait)
+	switch {
+	case err != nil:
+		s.writeError(w, r, err)
+	case ok:
+		if job, err := s.claimed(r, j); err != nil {
+			s.writeError(w, r, err)
+		} else {
+			writeJSON(w, http.StatusOK, job)
+		}
+	case r.Context().Err() == nil:
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// claimNext claims a job for the agent: at once, then again whenever the store says a job of
+// the org was released (store.Watcher), and every claimFallback (the larger of the poll
+// interval and 1 s) as the fallback for a lost wake-up, until a job, the wait, the request's
+// end or the server's drain (false: no job).
+func (s *Server) claimNext(r *http.Request, agentID string, wait time.Duration) (store.Job, bool, error) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	// Watching before the first claim: a release between that claim and the wait below
@@ -110,14 +128,9 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 	defer unwatch()
 	fallback := max(s.cfg.PollInterval, time.Second)
 	for {
-		j, ok, err := s.cfg.Store.ClaimJob(r.Context(), store.Claim{AgentID: req.AgentID, OrgID: authOf(r).Org.ID, Now: s.now(), LeaseTTL: s.cfg.AgentLeaseTTL})
-		if err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		if ok {
-			s.claimed(w, r, j)
-			return
+		j, ok, err := s.cfg.Store.ClaimJob(r.Context(), store.Claim{AgentID: agentID, OrgID: authOf(r).Org.ID, Now: s.now(), LeaseTTL: s.cfg.AgentLeaseTTL})
+		if err != nil || ok {
+			return j, ok, err
 		}
 		t := time.NewTimer(fallback)
 		select {
@@ -126,32 +139,29 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 		case <-t.C:
 		case <-deadline.C:
 			t.Stop()
-			w.WriteHeader(http.StatusNoContent)
-			return
+			return store.Job{}, false, nil
 		case <-r.Context().Done():
 			t.Stop()
-			return
+			return store.Job{}, false, nil
 		case <-s.closing:
 			t.Stop()
-			w.WriteHeader(http.StatusNoContent)
-			return
+			return store.Job{}, false, nil
 		}
 	}
 }
 
-// claimed answers a claim with what the agent needs to run the job, read from the build's
-// plan exactly as the scheduler would build the step's machine. A job the server cannot
-// describe (its build's IR no longer loads) fails at once rather than being run wrong.
-func (s *Server) claimed(w http.ResponseWriter, r *http.Request, j store.Job) {
+// claimed is what the agent needs to run a claimed job, read from the build's plan exactly as
+// the scheduler would build the step's machine. A job the server cannot describe (its
+// build's IR no longer loads) fails at once rather than being run wrong.
+func (s *Server) claimed(r *http.Request, j store.Job) (agentproto.Job, error) {
 	job, err := s.describe(r, j)
 	if err != nil {
 		_, ferr := s.cfg.Store.FinishJob(r.Context(), j.ID, j.Attempt, store.Finish{ExitCode: -1,
 			ErrorCode: "job_invalid", ErrorMessage: err.Error(), Now: s.now()})
-		s.writeError(w, r, errors.Join(err, ferr))
-		return
+		return agentproto.Job{}, errors.Join(err, ferr)
 	}
 	s.keepJobBuild(j)
-	writeJSON(w, http.StatusOK, job)
+	return job, nil
 }
 
 func (s *Server) describe(r *http.Request, j store.Job) (agentproto.Job, error) {
@@ -333,7 +343,20 @@ func (s *Server) agentFinish(w http.ResponseWriter, r *http.Request, req agentpr
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, stateOf(j))
+	st := stateOf(j)
+	if req.Next != nil {
+		// The finish is recorded whatever happens to the claim: a claim that fails (an
+		// agent of another org, a store error, a job that cannot be described) leaves Next
+		// empty, and the agent claims on its own.
+		if _, err := s.ownAgent(r, req.Next.AgentID); err == nil {
+			if nj, ok, err := s.claimNext(r, req.Next.AgentID, agentproto.FinishNextWait); err == nil && ok {
+				if job, err := s.claimed(r, nj); err == nil {
+					st.Next = &job
+				}
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, st)
 }
 
 // agentSource streams a source archive: only one that is the source of a build of the agent
