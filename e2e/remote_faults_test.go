@@ -297,6 +297,12 @@ func testFaultAgentKilledRetriedElsewhere(t *testing.T, st remoteStore) {
 	if got := strings.Join(lines, ","); got != "started,started,finished" {
 		t.Errorf("step lines %s, want started (lost agent), started,finished (retry)", got)
 	}
+	// The agent logs the step's end once the server answered its Finish, which can be after
+	// the client saw the build end: the answer waits up to agentproto.FinishNextWait for a
+	// next step to hand out.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(second.log.String(), "attempt=2 exit_code=0") && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	if !strings.Contains(second.log.String(), "attempt=2 exit_code=0") {
 		t.Errorf("agent-2 did not run the step:\n%s", second.log.String())
 	}

@@ -183,24 +183,31 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// worker claims and runs jobs one at a time until claims stop.
+// worker claims and runs jobs one at a time until claims stop. A job's Finish claims the
+// next one too (agentproto.Finish.Next) while claims go on; one handed out that way runs
+// even if claims stopped since: it is this agent's now.
 func (a *Agent) worker(ctx, claimCtx context.Context) error {
-	for claimCtx.Err() == nil {
+	var next *agentproto.Job
+	for next != nil || claimCtx.Err() == nil {
 		var j agentproto.Job
-		got, err := a.c.call(claimCtx, http.MethodPost, agentproto.PathClaim,
-			agentproto.Claim{AgentID: a.id, Slots: 1, WaitSeconds: int(a.cfg.ClaimWait / time.Second)}, &j, a.cfg.ClaimWait, nil)
-		switch {
-		case errors.Is(err, ErrAuth):
-			return err
-		case claimCtx.Err() != nil:
-			return nil
-		case err != nil:
-			a.cfg.Logger.Warn("claim failed", "err", err.Error())
-			continue
-		case !got:
-			continue
+		if next != nil {
+			j, next = *next, nil
+		} else {
+			got, err := a.c.call(claimCtx, http.MethodPost, agentproto.PathClaim,
+				agentproto.Claim{AgentID: a.id, Slots: 1, WaitSeconds: int(a.cfg.ClaimWait / time.Second)}, &j, a.cfg.ClaimWait, nil)
+			switch {
+			case errors.Is(err, ErrAuth):
+				return err
+			case claimCtx.Err() != nil:
+				return nil
+			case err != nil:
+				a.cfg.Logger.Warn("claim failed", "err", err.Error())
+				continue
+			case !got:
+				continue
+			}
 		}
-		a.runJob(ctx, j)
+		next = a.runJob(ctx, claimCtx, j)
 	}
 	return nil
 }

@@ -47,6 +47,33 @@ func TestOneAgentBuild(t *testing.T) {
 	}
 }
 
+// TestFinishClaimsNext: each Finish asks for the agent's next step (agentproto.Finish.Next),
+// and a step of a chain released right after its parent finished comes in that answer
+// rather than through a Claim of its own; every step is handed out once either way.
+func TestFinishClaimsNext(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	a := e.startAgent(agentOpts{})
+	b := e.submit(ir(step("a", "true"), `{"type":"wait"}`, step("b", "true"), `{"type":"wait"}`, step("c", "true")), nil)
+	if got := e.waitBuild(b.ID); got.State != store.BuildPassed {
+		t.Fatalf("build %s (%s %s)", got.State, got.ErrorCode, got.ErrorMessage)
+	}
+	sent := strings.Split(strings.TrimSpace(a.tr.sent.String()), "\n")
+	for _, body := range sent {
+		if !strings.Contains(body, `"next":{`) {
+			t.Errorf("a Finish without Next: %s", body)
+		}
+	}
+	claims, nexts := a.tr.claims.Load(), a.tr.nexts.Load()
+	if claims+nexts != 3 {
+		t.Errorf("%d jobs claimed and %d handed out by Finish, want 3 in all", claims, nexts)
+	}
+	// Both later steps are released within milliseconds of their parent's finish, well
+	// inside FinishNextWait: at least one of the two comes that way on any machine.
+	if nexts < 1 {
+		t.Errorf("no step came in a Finish's answer (%d claims)", claims)
+	}
+}
+
 // TestFanOutAndPlacement: two agents share a fan-out, and builds_in children land on the
 // agent that holds their parent's snapshot.
 func TestFanOutAndPlacement(t *testing.T) {

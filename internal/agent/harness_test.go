@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/hmci/hm/internal/agent"
+	"github.com/hmci/hm/internal/agentproto"
 	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/server"
 	"github.com/hmci/hm/internal/server/driver"
@@ -239,6 +240,10 @@ type agentOpts struct {
 	alive   time.Duration // Config.AlivePeriod
 	// cutAfter cuts the agent's connection once a request it matches was answered.
 	cutAfter func(*http.Request) bool
+	// claimApart strips Next from the agent's Finish calls: it claims each step with a
+	// Claim of its own (as an agent without Finish.Next does), so that a step released
+	// after a finish waits for that claim.
+	claimApart bool
 }
 
 // startAgent runs a real agent (host backend unless told) against the server.
@@ -254,7 +259,7 @@ func (e *env) startAgent(o agentOpts) *runningAgent {
 	if o.token == "" {
 		o.token = e.agentTok
 	}
-	tr := &flaky{base: http.DefaultTransport, cutAfter: o.cutAfter}
+	tr := &flaky{base: http.DefaultTransport, cutAfter: o.cutAfter, claimApart: o.claimApart}
 	a, err := agent.New(agent.Config{Server: e.url, Token: o.token, Backend: o.backend, StateDir: state, Slots: o.slots,
 		HTTP: &http.Client{Transport: tr}, StopPoll: 200 * time.Millisecond, ClaimWait: 2 * time.Second, AlivePeriod: o.alive,
 		Logger: slog.New(slog.NewTextHandler(e.logs, nil))})
@@ -292,6 +297,10 @@ type flaky struct {
 	sent testutil.SyncBuffer
 	// cutAfter, when set, cuts the connection once a request it matches was answered.
 	cutAfter func(*http.Request) bool
+	// claimApart strips Next from Finish bodies (agentOpts.claimApart).
+	claimApart bool
+	// claims counts Claim calls answered with a job; nexts Finish calls answered with one.
+	claims, nexts atomic.Int64
 }
 
 var errCut = errors.New("connection cut by the test")
@@ -311,9 +320,37 @@ func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		f.sent.Write(append(b, '\n'))
+		if f.claimApart && strings.HasSuffix(p, "/finish") {
+			var fin agentproto.Finish
+			if err := json.Unmarshal(b, &fin); err != nil {
+				return nil, err
+			}
+			fin.Next = nil
+			if b, err = json.Marshal(fin); err != nil {
+				return nil, err
+			}
+			r.ContentLength = int64(len(b))
+		}
 		r.Body = io.NopCloser(bytes.NewReader(b))
 	}
 	resp, err := f.base.RoundTrip(r)
+	if err == nil && resp.StatusCode == http.StatusOK {
+		switch p := r.URL.Path; {
+		case strings.HasSuffix(p, "/claim"):
+			f.claims.Add(1)
+		case strings.HasSuffix(p, "/finish"):
+			b, rerr := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if rerr != nil {
+				return nil, rerr
+			}
+			var st agentproto.State
+			if json.Unmarshal(b, &st) == nil && st.Next != nil {
+				f.nexts.Add(1)
+			}
+			resp.Body = io.NopCloser(bytes.NewReader(b))
+		}
+	}
 	if err == nil && f.cutAfter != nil && f.cutAfter(r) {
 		f.down.Store(true)
 	}

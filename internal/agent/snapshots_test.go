@@ -75,8 +75,8 @@ func TestRestartRunsParentAgain(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	state := t.TempDir()
 	// The agent's connection is cut once the parent's finish was answered: the child,
-	// released then, waits.
-	a := e.startAgent(agentOpts{state: state, cutAfter: func(r *http.Request) bool {
+	// released then, waits (the agent claims apart, or its finish would claim the child).
+	a := e.startAgent(agentOpts{state: state, claimApart: true, cutAfter: func(r *http.Request) bool {
 		return strings.HasSuffix(r.URL.Path, "/finish")
 	}})
 	b := e.submit(ir(
@@ -114,7 +114,7 @@ func TestRestartRunsParentAgain(t *testing.T) {
 // and the child follows it there (remote.md).
 func TestGoneAgentRunsParentAgain(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	a := e.startAgent(agentOpts{cutAfter: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/finish") }})
+	a := e.startAgent(agentOpts{claimApart: true, cutAfter: func(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/finish") }})
 	b := e.submit(ir(
 		step("base", "echo base > base.txt"),
 		step("child", "cat base.txt", `"builds_in":"base"`),

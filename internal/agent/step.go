@@ -29,8 +29,9 @@ const cleanupTimeout = 30 * time.Second
 func jobPath(p, id string) string { return strings.Replace(p, "{job_id}", id, 1) }
 
 // runJob runs one claimed job to its Finish, or drops it (409/404, or ctx ending: the lease
-// lapses and the server retries the step).
-func (a *Agent) runJob(ctx context.Context, j agentproto.Job) {
+// lapses and the server retries the step). While claimCtx lasts, the Finish claims the next
+// job, which it returns (nil for none).
+func (a *Agent) runJob(ctx, claimCtx context.Context, j agentproto.Job) *agentproto.Job {
 	log := a.cfg.Logger.With("job", j.JobID, "step", j.StepKey, "attempt", j.Attempt)
 	start := time.Now()
 	mask := secret.NewMasker(slices.Collect(maps.Values(j.Secrets))...)
@@ -41,20 +42,24 @@ func (a *Agent) runJob(ctx context.Context, j agentproto.Job) {
 		} else {
 			log.Info("step dropped", "err", err.Error())
 		}
-		return
+		return nil
 	}
 	fin.Attempt = j.Attempt
 	fin.ErrorMessage = mask.String(fin.ErrorMessage) // it may quote the step's environment
 	fin.DurationMillis = time.Since(start).Milliseconds()
+	if claimCtx.Err() == nil {
+		fin.Next = &agentproto.Claim{AgentID: a.id, Slots: 1}
+	}
 	var st agentproto.State
-	if _, err := a.c.call(ctx, http.MethodPost, jobPath(agentproto.PathFinish, j.JobID), fin, &st, 0, nil); err != nil {
+	if _, err := a.c.call(ctx, http.MethodPost, jobPath(agentproto.PathFinish, j.JobID), fin, &st, agentproto.FinishNextWait, nil); err != nil {
 		log.Warn("finish not recorded", "err", err.Error())
 		if fin.Snapshot != "" {
 			a.removeSnapshot(fin.Snapshot)
 		}
-		return
+		return nil
 	}
 	log.Info("step finished", "exit_code", fin.ExitCode, "state", st.State)
+	return st.Next
 }
 
 func (a *Agent) removeSnapshot(id string) {
@@ -75,19 +80,35 @@ func (a *Agent) execute(ctx context.Context, j agentproto.Job, mask *secret.Mask
 	// The step's context: ctx (the agent killed), or a heartbeat's stop or drop.
 	stepCtx, stopStep := context.WithCancelCause(ctx)
 	defer stopStep(nil)
-	var st agentproto.State
-	if _, err := a.c.call(ctx, http.MethodPost, jobPath(agentproto.PathStart, j.JobID), agentproto.Fence{Attempt: j.Attempt}, &st, 0, nil); err != nil {
-		return agentproto.Finish{}, err
-	}
+	// Start goes out while the machine is prepared (source, Create, Inject), not before:
+	// its round trip is off the step's path. Nothing of the step runs, and nothing is
+	// reported about it (logs, Finish), before the server has answered it: a refused start
+	// drops the work, and the prepared machine is destroyed.
 	hb := &heartbeat{}
+	startc := make(chan error, 1)
 	hbDone := make(chan struct{})
 	hbCtx, stopHB := context.WithCancel(ctx)
-	go func() { defer close(hbDone); a.heartbeat(hbCtx, j, hb, stopStep) }()
+	go func() {
+		defer close(hbDone)
+		var st agentproto.State
+		_, err := a.c.call(ctx, http.MethodPost, jobPath(agentproto.PathStart, j.JobID), agentproto.Fence{Attempt: j.Attempt}, &st, 0, nil)
+		startc <- err
+		if err == nil {
+			a.heartbeat(hbCtx, j, hb, stopStep)
+		}
+	}()
 	defer func() { stopHB(); <-hbDone }()
+	started := sync.OnceValue(func() error { return <-startc })
+	ended := func(fin agentproto.Finish) (agentproto.Finish, error) {
+		if err := started(); err != nil {
+			return agentproto.Finish{}, err
+		}
+		return a.ended(ctx, hb, fin)
+	}
 
 	tree, err := a.source(stepCtx, j.SourceDigest)
 	if err != nil {
-		return a.ended(ctx, hb, infra(fmt.Errorf("source: %w", err)))
+		return ended(infra(fmt.Errorf("source: %w", err)))
 	}
 	env := slices.Clone(j.Env)
 	for _, name := range slices.Sorted(maps.Keys(j.Secrets)) {
@@ -96,19 +117,19 @@ func (a *Agent) execute(ctx context.Context, j agentproto.Job, mask *secret.Mask
 	spec := vm.Spec{Parent: j.ParentSnapshot, Cmd: j.Command, Env: env,
 		Owner: vm.Owner{RunID: j.BuildID, StepKey: j.StepKey, PID: os.Getpid()}}
 	if err := ir.CheckCacheDirs("step "+j.StepKey, j.CacheDirs); err != nil {
-		return a.ended(ctx, hb, infra(err))
+		return ended(infra(err))
 	}
 	for _, p := range j.CacheDirs {
 		spec.CacheDirs = append(spec.CacheDirs, vm.CacheDir{Org: j.CacheDirOrg, Pipeline: j.CacheDirPipeline, Path: p})
 	}
 	if j.ParentSnapshot == "" {
 		if spec.Image, err = a.cfg.Backend.ResolveImage(stepCtx, j.Image); err != nil {
-			return a.ended(ctx, hb, infra(err))
+			return ended(infra(err))
 		}
 	}
 	m, err := a.cfg.Backend.Create(stepCtx, spec)
 	if err != nil {
-		return a.ended(ctx, hb, infra(err))
+		return ended(infra(err))
 	}
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
@@ -117,10 +138,13 @@ func (a *Agent) execute(ctx context.Context, j agentproto.Job, mask *secret.Mask
 	}()
 	if tree != nil {
 		if err := m.Inject(stepCtx, tree); err != nil {
-			return a.ended(ctx, hb, infra(fmt.Errorf("inject: %w", err)))
+			return ended(infra(fmt.Errorf("inject: %w", err)))
 		}
 	}
 
+	if err := started(); err != nil {
+		return agentproto.Finish{}, err
+	}
 	sh := newShipper(a.c, j.JobID, j.Attempt)
 	shDone := make(chan struct{})
 	go func() { defer close(shDone); sh.run(ctx) }()
@@ -179,7 +203,7 @@ func (a *Agent) execute(ctx context.Context, j agentproto.Job, mask *secret.Mask
 		return agentproto.Finish{}, fmt.Errorf("logs: %w", err)
 	}
 	<-shDone
-	return a.ended(ctx, hb, fin)
+	return ended(fin)
 }
 
 // ended returns fin unless the heartbeat learned the work is not ours any more.

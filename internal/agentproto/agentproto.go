@@ -171,6 +171,9 @@ type State struct {
 	// finish with any exit code: the server records canceled or timed_out).
 	Stop           string `json:"stop,omitempty"`
 	LeaseTTLMillis int64  `json:"lease_ttl_ms,omitempty"`
+	// Next answers a Finish's Next: the job claimed for the agent, nil for none (hm
+	// extension).
+	Next *Job `json:"next,omitempty"`
 }
 
 // Stream kinds of a chunk (remote.md stream_kind).
@@ -222,7 +225,19 @@ type Finish struct {
 	// copied): the server logs them in the step's log, and again on every cache hit, as a
 	// local build does. At most MaxArtifactWarnings.
 	ArtifactWarnings []string `json:"artifact_warnings,omitempty"`
+	// Next, when set, claims the agent's next step in the same call (hm extension): once
+	// the outcome is recorded, the server claims as for Claim but waits at most
+	// FinishNextWait (its WaitSeconds is ignored), and answers the job in State.Next, or
+	// none. A step of a chain is released right after its parent finished, so it is
+	// usually there within the wait, and the agent saves a round trip per step; with none
+	// the agent claims as usual. A repeat (a lost reply) may claim a second job, the first
+	// one's lease then lapses: the same as a lost Claim reply.
+	Next *Claim `json:"next,omitempty"`
 }
+
+// FinishNextWait bounds how long a Finish with Next waits for a step to claim: short, since
+// the finish's answer waits with it.
+const FinishNextWait = 100 * time.Millisecond
 
 // Artifact is one artifact file: its path relative to /workspace (slash-separated), size and
 // sha256 (hex), as the step_artifact event lists it.

@@ -1,11 +1,9 @@
 package proc
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -44,19 +42,15 @@ func CookieOwner(cookie string) (Owner, bool) {
 // FindCookie returns the PIDs of the processes whose environment carries cookie. Processes
 // whose environment cannot be read (other users, when not root) are not reported.
 func FindCookie(cookie string) []int {
-	var pids []int
-	eachEnv(func(pid int, c string) {
-		if c == cookie {
-			pids = append(pids, pid)
-		}
-	})
-	return pids
+	return newScan(cookie).run().found
 }
 
 // Cookies maps every cookie carried by a running process to the PIDs carrying it.
 func Cookies() map[string][]int {
 	m := map[string][]int{}
-	eachEnv(func(pid int, c string) { m[c] = append(m[c], pid) })
+	sc := newScan("")
+	sc.each = func(pid int, c string) { m[c] = append(m[c], pid) }
+	sc.run()
 	return m
 }
 
@@ -64,30 +58,39 @@ func Cookies() map[string][]int {
 // sleep on a dead NFS mount, say): the caller gets on with its cleanup instead of hanging.
 const killTimeout = 10 * time.Second
 
+// settleDelay is how long a scan that could not prove itself waits before the scan that
+// counts as proof (see KillCookie).
+const settleDelay = 5 * time.Millisecond
+
 // KillCookie SIGKILLs every process carrying cookie, and the process group of each that
 // leads one, until a scan finds none left: a process may fork while the scan runs, but a
 // process with SIGKILL pending cannot fork, so this converges. It returns how many
-// distinct processes were signalled. It never signals the calling process or its group.
-func KillCookie(cookie string) (killed int) {
+// distinct processes were signalled, and whether it saw none left before its deadline
+// (false: some would not die). It never signals the calling process or its group.
+//
+// A clean scan is proof when it is settled (scan.settled: no process read in the middle of
+// an execve, none forked behind the scan's back). A scan that is clean but not settled is
+// proof only with a second clean scan settleDelay later, which is what every clean scan
+// needed before: that costs the delay only when something on the machine looked unsure.
+func KillCookie(cookie string) (killed int, all bool) {
 	seen := map[int]bool{}
 	deadline := time.Now().Add(killTimeout)
-	clean := 0
+	clean := false // the previous scan was clean, if unsettled, and settleDelay ago
 	for {
-		pids := FindCookie(cookie)
+		s := newScan(cookie).run()
 		if time.Now().After(deadline) {
-			return len(seen)
+			return len(seen), len(s.found) == 0
 		}
-		if len(pids) == 0 {
-			// A process in the middle of execve can read as having no environment for an
-			// instant; only a second clean scan a little later is proof that none is left.
-			if clean++; clean == 2 {
-				return len(seen)
+		if len(s.found) == 0 {
+			if s.settled() || clean {
+				return len(seen), true
 			}
-			time.Sleep(5 * time.Millisecond)
+			clean = true
+			time.Sleep(settleDelay)
 			continue
 		}
-		clean = 0
-		for _, pid := range pids {
+		clean = false
+		for _, pid := range s.found {
 			if killOne(pid, cookie) {
 				seen[pid] = true
 			}
@@ -135,42 +138,4 @@ func killOne(pid int, cookie string) bool {
 		err = syscall.Kill(pid, syscall.SIGKILL)
 	}
 	return err == nil
-}
-
-// eachEnv calls fn for every other process carrying a cookie.
-func eachEnv(fn func(pid int, cookie string)) {
-	d, err := os.Open("/proc")
-	if err != nil {
-		return
-	}
-	names, _ := d.Readdirnames(-1)
-	d.Close()
-	me := os.Getpid()
-	for _, n := range names {
-		pid, err := strconv.Atoi(n)
-		if err != nil || pid == me {
-			continue
-		}
-		if c := envCookie(pid); c != "" {
-			fn(pid, c)
-		}
-	}
-}
-
-var cookiePrefix = []byte(CookieVar + "=")
-
-// envCookie returns the cookie in pid's environment, "" if none (or the last one, should a
-// process have set it twice).
-func envCookie(pid int) string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
-	if err != nil || !bytes.Contains(b, cookiePrefix) {
-		return ""
-	}
-	c := ""
-	for _, kv := range bytes.Split(b, []byte{0}) {
-		if v, ok := bytes.CutPrefix(kv, cookiePrefix); ok {
-			c = string(v)
-		}
-	}
-	return c
 }

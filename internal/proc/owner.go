@@ -91,6 +91,7 @@ func ParseOwner(s string) (Owner, error) {
 type stat struct {
 	state byte
 	pgid  int
+	flags uint64
 	start uint64
 }
 
@@ -109,15 +110,17 @@ func parseStat(b []byte) (stat, error) {
 	if i < 0 {
 		return stat{}, errors.New("proc: malformed stat")
 	}
-	// Fields after the name start at field 3 (state); pgrp is field 5, starttime field 22.
+	// Fields after the name start at field 3 (state); pgrp is field 5, flags field 9,
+	// starttime field 22.
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 20 || len(f[0]) != 1 {
 		return stat{}, errors.New("proc: malformed stat")
 	}
 	pgid, err1 := strconv.Atoi(f[2])
-	start, err2 := strconv.ParseUint(f[19], 10, 64)
-	if err1 != nil || err2 != nil {
+	flags, err2 := strconv.ParseUint(f[6], 10, 64)
+	start, err3 := strconv.ParseUint(f[19], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
 		return stat{}, errors.New("proc: malformed stat")
 	}
-	return stat{state: f[0][0], pgid: pgid, start: start}, nil
+	return stat{state: f[0][0], pgid: pgid, flags: flags, start: start}, nil
 }

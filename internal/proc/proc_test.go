@@ -52,7 +52,7 @@ func TestParseStat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := stat{state: 'S', pgid: 777, start: 98765}
+	want := stat{state: 'S', pgid: 777, flags: 4194304, start: 98765}
 	if diff := cmp.Diff(want, got, cmp.AllowUnexported(stat{})); diff != "" {
 		t.Errorf("parseStat (-want +got):\n%s", diff)
 	}
@@ -164,12 +164,12 @@ func TestKillCookie(t *testing.T) {
 		t.Errorf("FindCookie = %v, want it to hold the shell %d", before, cmd.Process.Pid)
 	}
 	other := NewCookie(Self())
-	if n := KillCookie(other); n != 0 {
-		t.Errorf("KillCookie(unused cookie) = %d", n)
+	if n, all := KillCookie(other); n != 0 || !all {
+		t.Errorf("KillCookie(unused cookie) = %d, %v; want 0, true", n, all)
 	}
 	// Processes killed by a group kill before their turn are not counted, hence >= 1.
-	if n := KillCookie(cookie); n < 1 {
-		t.Errorf("KillCookie = %d, want >= 1", n)
+	if n, all := KillCookie(cookie); n < 1 || !all {
+		t.Errorf("KillCookie = %d, %v; want >= 1, true", n, all)
 	}
 	if left := FindCookie(cookie); len(left) != 0 {
 		t.Errorf("after KillCookie, still running: %v", left)
@@ -190,5 +190,71 @@ func TestKillGroupRefusesOwnGroup(t *testing.T) {
 	}
 	if err := KillGroup(1); err == nil {
 		t.Error("KillGroup(1) = nil")
+	}
+}
+
+// TestScanSettles checks what makes a clean scan proof on its own (scan.settled) and what
+// does not.
+func TestScanSettles(t *testing.T) {
+	cookie := NewCookie(Self())
+	start := func(env []string, args ...string) *exec.Cmd {
+		t.Helper()
+		c := exec.Command(args[0], args[1:]...)
+		c.Env = env
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	carrier := start([]string{CookieVar + "=" + cookie}, "sleep", "60")
+	t.Cleanup(func() { carrier.Process.Kill(); carrier.Wait() })
+
+	// A process forked after the listing, its parent gone before the reads: the listing
+	// after the reads finds it.
+	first := true
+	s := newScan(cookie)
+	s.list = func() ([]int, error) {
+		pids, err := listPIDs()
+		if first {
+			first = false
+			pids = slices.DeleteFunc(pids, func(p int) bool { return p == carrier.Process.Pid })
+		}
+		return pids, err
+	}
+	if got := s.run().found; !slices.Equal(got, []int{carrier.Process.Pid}) {
+		t.Errorf("scan hiding the carrier from its first listing found %v, want [%d]", got, carrier.Process.Pid)
+	}
+
+	// Two listings agreeing, every process read with an environment: settled.
+	s = newScan(NewCookie(Self()))
+	s.list = func() ([]int, error) { return []int{carrier.Process.Pid}, nil }
+	if s.run(); !s.settled() || len(s.found) != 0 {
+		t.Errorf("scan of one process without the cookie: settled %v, found %v; want settled, none", s.settled(), s.found)
+	}
+
+	// A zombie reads as no environment and cannot start anything: not unsure.
+	zombie := start(nil, "true")
+	t.Cleanup(func() { zombie.Wait() })
+	for st, err := readStat(zombie.Process.Pid); err != nil || st.state != 'Z'; st, err = readStat(zombie.Process.Pid) {
+		time.Sleep(time.Millisecond)
+	}
+	other := NewCookie(Self())
+	if s := newScan(other).run(); slices.Contains(s.unsure, zombie.Process.Pid) {
+		t.Errorf("zombie %d counted unsure", zombie.Process.Pid)
+	}
+
+	// A live process with an empty environment could be one mid-execve: unsure, so the scan
+	// is not settled, and KillCookie still ends (with its second scan).
+	empty := start([]string{}, "sleep", "60")
+	t.Cleanup(func() { empty.Process.Kill(); empty.Wait() })
+	for b, err := os.ReadFile("/proc/" + strconv.Itoa(empty.Process.Pid) + "/environ"); err != nil || len(b) != 0; b, err = os.ReadFile("/proc/" + strconv.Itoa(empty.Process.Pid) + "/environ") {
+		time.Sleep(time.Millisecond) // until it has exec'd
+	}
+	s = newScan(other).run()
+	if !slices.Contains(s.unsure, empty.Process.Pid) || s.settled() {
+		t.Errorf("scan with an empty-environment process %d: unsure %v, settled %v; want it unsure, not settled", empty.Process.Pid, s.unsure, s.settled())
+	}
+	if n, all := KillCookie(other); n != 0 || !all {
+		t.Errorf("KillCookie(unused cookie) = %d, %v; want 0, true", n, all)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"github.com/hmci/hm/internal/agentproto"
 	"github.com/hmci/hm/internal/plan"
 	"github.com/hmci/hm/internal/secret"
-	"github.com/hmci/hm/internal/server/driver"
 	"github.com/hmci/hm/internal/store"
 	"github.com/hmci/hm/internal/vm"
 )
@@ -90,10 +89,8 @@ func (s *Server) agentAlive(w http.ResponseWriter, r *http.Request, req agentpro
 	writeJSON(w, http.StatusOK, agentproto.AliveReply{Status: "ok", RemoveSnapshots: todo})
 }
 
-// agentClaim long-polls the store: a claim at once, then again whenever the store says a job
-// of the org was released (store.Watcher), and every claimFallback (the larger of the poll
-// interval and 1 s) as the fallback for a lost wake-up, until a job, the wait, the request's
-// end or the server's drain.
+// agentClaim long-polls the store for a job (claimNext) until the wait: 200 with the job, 204
+// for none.
 func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentproto.Claim) {
 	wait := time.Duration(req.WaitSeconds) * time.Second
 	if wait <= 0 || wait > agentproto.MaxClaimWait {
@@ -103,6 +100,26 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 		s.writeError(w, r, err) // register first
 		return
 	}
+	j, ok, err := s.claimNext(r, req.AgentID, wait)
+	switch {
+	case err != nil:
+		s.writeError(w, r, err)
+	case ok:
+		if job, err := s.claimed(r, j); err != nil {
+			s.writeError(w, r, err)
+		} else {
+			writeJSON(w, http.StatusOK, job)
+		}
+	case r.Context().Err() == nil:
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// claimNext claims a job for the agent: at once, then again whenever the store says a job of
+// the org was released (store.Watcher), and every claimFallback (the larger of the poll
+// interval and 1 s) as the fallback for a lost wake-up, until a job, the wait, the request's
+// end or the server's drain (false: no job).
+func (s *Server) claimNext(r *http.Request, agentID string, wait time.Duration) (store.Job, bool, error) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	// Watching before the first claim: a release between that claim and the wait below
@@ -111,14 +128,9 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 	defer unwatch()
 	fallback := max(s.cfg.PollInterval, time.Second)
 	for {
-		j, ok, err := s.cfg.Store.ClaimJob(r.Context(), store.Claim{AgentID: req.AgentID, OrgID: authOf(r).Org.ID, Now: s.now(), LeaseTTL: s.cfg.AgentLeaseTTL})
-		if err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		if ok {
-			s.claimed(w, r, j)
-			return
+		j, ok, err := s.cfg.Store.ClaimJob(r.Context(), store.Claim{AgentID: agentID, OrgID: authOf(r).Org.ID, Now: s.now(), LeaseTTL: s.cfg.AgentLeaseTTL})
+		if err != nil || ok {
+			return j, ok, err
 		}
 		t := time.NewTimer(fallback)
 		select {
@@ -127,43 +139,41 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 		case <-t.C:
 		case <-deadline.C:
 			t.Stop()
-			w.WriteHeader(http.StatusNoContent)
-			return
+			return store.Job{}, false, nil
 		case <-r.Context().Done():
 			t.Stop()
-			return
+			return store.Job{}, false, nil
 		case <-s.closing:
 			t.Stop()
-			w.WriteHeader(http.StatusNoContent)
-			return
+			return store.Job{}, false, nil
 		}
 	}
 }
 
-// claimed answers a claim with what the agent needs to run the job, read from the build's
-// plan exactly as the scheduler would build the step's machine. A job the server cannot
-// describe (its build's IR no longer loads) fails at once rather than being run wrong.
-func (s *Server) claimed(w http.ResponseWriter, r *http.Request, j store.Job) {
+// claimed is what the agent needs to run a claimed job, read from the build's plan exactly as
+// the scheduler would build the step's machine. A job the server cannot describe (its
+// build's IR no longer loads) fails at once rather than being run wrong.
+func (s *Server) claimed(r *http.Request, j store.Job) (agentproto.Job, error) {
 	job, err := s.describe(r, j)
 	if err != nil {
 		_, ferr := s.cfg.Store.FinishJob(r.Context(), j.ID, j.Attempt, store.Finish{ExitCode: -1,
 			ErrorCode: "job_invalid", ErrorMessage: err.Error(), Now: s.now()})
-		s.writeError(w, r, errors.Join(err, ferr))
-		return
+		return agentproto.Job{}, errors.Join(err, ferr)
 	}
-	writeJSON(w, http.StatusOK, job)
+	s.keepJobBuild(j)
+	return job, nil
 }
 
 func (s *Server) describe(r *http.Request, j store.Job) (agentproto.Job, error) {
 	ctx := r.Context()
-	b, err := s.cfg.Store.GetBuild(ctx, j.BuildID)
+	sb, err := s.staticBuild(ctx, j.BuildID)
 	if err != nil {
 		return agentproto.Job{}, err
 	}
-	pl, opts, err := driver.DefaultLoad(b)
-	if err != nil {
-		return agentproto.Job{}, err
+	if sb.loadErr != nil {
+		return agentproto.Job{}, sb.loadErr
 	}
+	b, pl, opts := sb.b, sb.plan, sb.opts
 	i := slices.IndexFunc(pl.Steps, func(st plan.Step) bool { return st.Key == j.StepKey })
 	if i < 0 {
 		return agentproto.Job{}, errors.New("step " + quote(j.StepKey) + " is not in the build's plan")
@@ -219,11 +229,11 @@ func (s *Server) agentJob(r *http.Request) (store.Job, error) {
 	if err != nil {
 		return j, err
 	}
-	b, err := s.cfg.Store.GetBuild(r.Context(), j.BuildID)
+	sb, err := s.staticBuild(r.Context(), j.BuildID)
 	if err != nil {
 		return j, err
 	}
-	if b.OrgID != authOf(r).Org.ID {
+	if sb.b.OrgID != authOf(r).Org.ID {
 		return j, notFound("job_not_found", "no job "+quote(id))
 	}
 	return j, nil
@@ -241,9 +251,10 @@ func stateOf(j store.Job) agentproto.State {
 }
 
 func (s *Server) agentStart(w http.ResponseWriter, r *http.Request, req agentproto.Fence) {
-	j, err := s.agentJob(r)
+	id, _, err := s.jobBuild(r)
+	var j store.Job
 	if err == nil {
-		j, err = s.cfg.Store.StartJob(r.Context(), j.ID, req.Attempt, s.now())
+		j, err = s.cfg.Store.StartJob(r.Context(), id, req.Attempt, s.now())
 	}
 	if err != nil {
 		s.writeError(w, r, err)
@@ -253,9 +264,10 @@ func (s *Server) agentStart(w http.ResponseWriter, r *http.Request, req agentpro
 }
 
 func (s *Server) agentHeartbeat(w http.ResponseWriter, r *http.Request, req agentproto.Fence) {
-	j, err := s.agentJob(r)
+	id, _, err := s.jobBuild(r)
+	var j store.Job
 	if err == nil {
-		j, err = s.cfg.Store.Heartbeat(r.Context(), j.ID, req.Attempt, s.now(), s.cfg.AgentLeaseTTL)
+		j, err = s.cfg.Store.Heartbeat(r.Context(), id, req.Attempt, s.now(), s.cfg.AgentLeaseTTL)
 	}
 	if err != nil {
 		s.writeError(w, r, err)
@@ -304,10 +316,11 @@ func (s *Server) agentLogs(w http.ResponseWriter, r *http.Request, req agentprot
 }
 
 func (s *Server) agentFinish(w http.ResponseWriter, r *http.Request, req agentproto.Finish) {
-	j, err := s.agentJob(r)
+	id, buildID, err := s.jobBuild(r)
+	var j store.Job
 	if err == nil && (req.ErrorMessage != "" || len(req.ArtifactWarnings) > 0) {
 		var mask *secret.Masker
-		if mask, err = s.masker(r.Context(), j.BuildID); err == nil {
+		if mask, err = s.masker(r.Context(), buildID); err == nil {
 			req.ErrorMessage = mask.String(req.ErrorMessage)
 			for i, w := range req.ArtifactWarnings {
 				req.ArtifactWarnings[i] = mask.String(w)
@@ -324,13 +337,26 @@ func (s *Server) agentFinish(w http.ResponseWriter, r *http.Request, req agentpr
 				f = store.Finish{ExitCode: -1, ErrorCode: "artifacts_invalid", ErrorMessage: aerr.Error(), Now: f.Now}
 			}
 		}
-		j, err = s.cfg.Store.FinishJob(r.Context(), j.ID, req.Attempt, f)
+		j, err = s.cfg.Store.FinishJob(r.Context(), id, req.Attempt, f)
 	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, stateOf(j))
+	st := stateOf(j)
+	if req.Next != nil {
+		// The finish is recorded whatever happens to the claim: a claim that fails (an
+		// agent of another org, a store error, a job that cannot be described) leaves Next
+		// empty, and the agent claims on its own.
+		if _, err := s.ownAgent(r, req.Next.AgentID); err == nil {
+			if nj, ok, err := s.claimNext(r, req.Next.AgentID, agentproto.FinishNextWait); err == nil && ok {
+				if job, err := s.claimed(r, nj); err == nil {
+					st.Next = &job
+				}
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, st)
 }
 
 // agentSource streams a source archive: only one that is the source of a build of the agent

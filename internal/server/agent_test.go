@@ -168,3 +168,74 @@ func TestAgentTakeover(t *testing.T) {
 		t.Errorf("claim as acme's agent: %d %s", r.Status, r.Body)
 	}
 }
+
+// TestFinishClaimsNext: a Finish with Next records the outcome and claims the agent's next
+// step in the same call; a Next naming another org's agent, or with nothing to claim, leaves
+// it empty and the outcome recorded all the same.
+func TestFinishClaimsNext(t *testing.T) {
+	e := newEnv(t)
+	acme := e.tokens["acme/agent"]
+	for _, a := range []struct{ id, tok string }{{"ag-acme", acme}, {"ag-other", e.tokens["other/agent"]}} {
+		if r := e.do("", "POST", agentproto.PathRegister, a.tok, agentproto.Register{AgentID: a.id, Backend: "sandbox"}); r.Status != 200 {
+			t.Fatalf("register %s: %d %s", a.id, r.Status, r.Body)
+		}
+	}
+	b := e.submit("ci", map[string]any{"pipeline_ir": `{"version":"0","steps":[` +
+		`{"type":"command","key":"a","cmd":"true"},{"type":"command","key":"b","cmd":"true"},{"type":"command","key":"c","cmd":"true"}]}`})
+	ids := map[string]string{}
+	for _, j := range e.jobs("ci", b.Number) {
+		ids[*j.StepKey] = j.ID
+	}
+	for _, k := range []string{"a", "b"} { // c stays unreleased: nothing to claim after b
+		if _, err := e.db.ReleaseJob(t.Context(), ids[k], e.srv.now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := e.do("", "POST", agentproto.PathClaim, acme, agentproto.Claim{AgentID: "ag-acme", WaitSeconds: 1})
+	if r.Status != 200 {
+		t.Fatalf("claim: %d %s", r.Status, r.Body)
+	}
+	var first agentproto.Job
+	r.decode(t, &first)
+	start := func(j agentproto.Job) {
+		t.Helper()
+		if r := e.do("", "POST", jobPath(agentproto.PathStart, j.JobID), acme, agentproto.Fence{Attempt: j.Attempt}); r.Status != 200 {
+			t.Fatalf("start %s: %d %s", j.JobID, r.Status, r.Body)
+		}
+	}
+	finish := func(what string, j agentproto.Job, nextAgent string) *agentproto.Job {
+		t.Helper()
+		r := e.do("", "POST", jobPath(agentproto.PathFinish, j.JobID), acme,
+			agentproto.Finish{Attempt: j.Attempt, Next: &agentproto.Claim{AgentID: nextAgent}})
+		if r.Status != 200 {
+			t.Fatalf("%s: finish: %d %s", what, r.Status, r.Body)
+		}
+		var st agentproto.State
+		r.decode(t, &st)
+		if st.State != string(store.JobPassed) {
+			t.Errorf("%s: finish answered state %q, want passed", what, st.State)
+		}
+		return st.Next
+	}
+	start(first)
+	if next := finish("Next naming another org's agent", first, "ag-other"); next != nil {
+		t.Fatalf("a Next naming another org's agent claimed %+v", next)
+	}
+	// A repeat of the finish (idempotent) with a Next of its own agent claims the other
+	// released step.
+	next := finish("Next of the agent", first, "ag-acme")
+	want := ids["a"]
+	if first.JobID == want {
+		want = ids["b"]
+	}
+	if next == nil || next.JobID != want || next.Command != "true" {
+		t.Fatalf("Next = %+v after finishing %s, want job %s", next, first.JobID, want)
+	}
+	if got, err := e.db.GetJob(t.Context(), next.JobID); err != nil || got.AgentID != "ag-acme" || got.Attempt != next.Attempt {
+		t.Fatalf("the next job in the store: %+v, %v; want it leased to ag-acme, attempt %d", got, err, next.Attempt)
+	}
+	start(*next)
+	if last := finish("nothing left to claim", *next, "ag-acme"); last != nil {
+		t.Fatalf("Next = %+v with nothing released", last)
+	}
+}

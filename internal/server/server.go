@@ -87,7 +87,8 @@ type Server struct {
 	handler http.Handler
 	closing chan struct{}
 	once    sync.Once
-	maskers maskers // the builds' secret maskers (secrets.go)
+	maskers maskers      // the builds' secret maskers (secrets.go)
+	builds  staticBuilds // what never changes about the builds (buildcache.go)
 }
 
 // New checks cfg, fills in defaults and builds the routes.

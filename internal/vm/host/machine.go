@@ -33,6 +33,9 @@ type machine struct {
 	// releases unlock the step's cache directories (cachedirs.go).
 	releases []func()
 	done     chan struct{} // closed when Run returns; nil before Run
+	// stopped: Run's kill after the leader exited saw none of the step's processes left,
+	// so nothing can carry the cookie any more and Destroy need not scan for it again.
+	stopped bool
 	vm.Lifecycle
 }
 
@@ -58,9 +61,10 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	}
 	// The leader has exited but is not reaped, so its PID and process group id cannot be
 	// reused yet: kill whatever the step left running in the background, then reap.
-	m.kill()
+	all := m.kill()
 	m.mu.Lock()
 	m.pgid = 0
+	m.stopped = all
 	destroyed := m.Destroyed
 	m.mu.Unlock()
 	waitErr := cmd.Wait()
@@ -149,14 +153,15 @@ func (m *machine) start(ctx context.Context, stdout, stderr io.Writer) (*exec.Cm
 }
 
 // kill SIGKILLs the step's process group and every process carrying its cookie (daemons
-// that left the group with setsid included).
-func (m *machine) kill() {
+// that left the group with setsid included); true when it saw none left.
+func (m *machine) kill() bool {
 	m.mu.Lock()
 	if m.pgid > 0 {
 		_ = proc.KillGroup(m.pgid)
 	}
 	m.mu.Unlock()
-	proc.KillCookie(m.cookie)
+	_, all := proc.KillCookie(m.cookie)
+	return all
 }
 
 // waitExited blocks until pid has exited, without reaping it.
@@ -211,8 +216,15 @@ func (m *machine) Destroy(ctx context.Context) error {
 	m.mu.Lock()
 	m.Destroyed = true
 	done := m.done
+	// Before Run nothing was started, and Run will not start now; after a Run that saw
+	// its processes gone, none can be left: a process carrying the cookie is only ever
+	// started by another one. Only a running step, or one that outlived Run's kill, is
+	// killed here.
+	settled := done == nil || m.stopped
 	m.mu.Unlock()
-	m.kill()
+	if !settled {
+		m.kill()
+	}
 	if done != nil {
 		select {
 		case <-done:
