@@ -50,6 +50,8 @@ type env struct {
 type envOpts struct {
 	leaseTTL   time.Duration
 	maxRetries int // < 0: none
+	// finishNextWait is the server's Config.FinishNextWait (0: its default).
+	finishNextWait time.Duration
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -77,7 +79,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	mgr := &driver.Manager{Driver: driver.Config{Store: db, Owner: "test-server", Poll: 20 * time.Millisecond, LeaseTTL: 3 * time.Second, Secrets: sealer},
 		Scan: 500 * time.Millisecond, Reap: 100 * time.Millisecond, MaxRetries: o.maxRetries, AgentTTL: o.leaseTTL, Logger: logger}
 	srv, err := server.New(server.Config{Store: db, Blobs: st.Blobs, LogKey: key, Secrets: sealer, PollInterval: 20 * time.Millisecond,
-		AgentLeaseTTL: o.leaseTTL, OnBuild: mgr.Kick, Logger: logger})
+		AgentLeaseTTL: o.leaseTTL, FinishNextWait: o.finishNextWait, OnBuild: mgr.Kick, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}

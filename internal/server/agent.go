@@ -349,7 +349,7 @@ func (s *Server) agentFinish(w http.ResponseWriter, r *http.Request, req agentpr
 		// agent of another org, a store error, a job that cannot be described) leaves Next
 		// empty, and the agent claims on its own.
 		if _, err := s.ownAgent(r, req.Next.AgentID); err == nil {
-			if nj, ok, err := s.claimNext(r, req.Next.AgentID, agentproto.FinishNextWait); err == nil && ok {
+			if nj, ok, err := s.claimNext(r, req.Next.AgentID, s.cfg.FinishNextWait); err == nil && ok {
 				if job, err := s.claimed(r, nj); err == nil {
 					st.Next = &job
 				}

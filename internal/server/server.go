@@ -33,6 +33,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hmci/hm/internal/agentproto"
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/secret"
 	"github.com/hmci/hm/internal/store"
@@ -68,6 +69,11 @@ type Config struct {
 	// AgentLeaseTTL is the lease of a claimed job (DefaultAgentLeaseTTL when 0); agents
 	// heartbeat at a third of it.
 	AgentLeaseTTL time.Duration
+	// FinishNextWait is how long a Finish with Next waits for the agent's next step
+	// (agentproto.FinishNextWait when 0; tests of the handoff itself raise it, so that a
+	// loaded machine does not decide whether the step comes that way). Agents allow
+	// agentproto.FinishNextWait beyond their call timeout, which a few seconds more fit in.
+	FinishNextWait time.Duration
 	// Logger gets one line per request: method, path (never the query, which carries log
 	// tokens), status, duration, request id. Never a header.
 	Logger *slog.Logger
@@ -104,6 +110,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = DefaultPollInterval
+	}
+	if cfg.FinishNextWait <= 0 {
+		cfg.FinishNextWait = agentproto.FinishNextWait
 	}
 	if cfg.LogTokenTTL <= 0 {
 		cfg.LogTokenTTL = DefaultLogTokenTTL
