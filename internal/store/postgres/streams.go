@@ -71,14 +71,18 @@ func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payl
 	if err != nil {
 		return nil, err
 	}
+	s.recent.Add(buildID, seqs[0], payloads, tm(now))
 	s.notify(store.BuildEvents(buildID))
 	return seqs, nil
 }
 
 func (s *DB) ListEvents(ctx context.Context, buildID string, after int64, limit int) ([]store.Event, error) {
+	if evs, ok := s.recent.After(buildID, after, limit); ok {
+		return evs, nil
+	}
 	// From the row holding seq after (it may hold later ones too): limit+1 rows hold at
 	// least limit events after it.
-	rows, err := list(ctx, s.pool, "list events", sqlq.ScanEventRow, sqlq.ListEvents(bigint), buildID, buildID, after, limit+1)
+	rows, err := list(ctx, s.pool, "list events", sqlq.ScanEventRow, sqlq.ListEvents(bigint), buildID, buildID, after, store.SeqAfter(after, limit), limit+1)
 	if err != nil {
 		return nil, err
 	}

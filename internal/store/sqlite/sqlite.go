@@ -71,6 +71,9 @@ type DB struct {
 	// processes on the same file still meet busy_timeout.
 	wmu sync.Mutex
 
+	// recent holds the events this process appended last, for its readers (store.RecentEvents).
+	recent store.RecentEvents
+
 	stmtMu sync.Mutex
 	stmts  map[string]*sql.Stmt // see prepared
 }

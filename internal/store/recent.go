@@ -1,0 +1,123 @@
+package store
+
+import (
+	"sync"
+	"time"
+)
+
+// RecentEvents keeps, per build, the last events this process appended, so that the
+// readers of the same process (the build's event streams, its next driver) read them from
+// memory instead of reading back and unpacking the rows just written: that read-back was
+// the largest store cost of an event stream following a big log. The store stays the
+// source of truth: the cache answers only a read whose start it holds, and only with
+// events it holds.
+//
+// It is exact because a build's stream is append-only and gap-free, and its seqs are taken
+// in the appending transaction: once committed, the events of [first, last] never change.
+// A run of the cache is the events of consecutive appends of this process; an append that
+// does not follow on (another process or replica appended in between, or two appends of
+// this one finishing out of order) starts a new run. What another process appended after
+// a run's last event is not in it: a read from there goes to the store, and a read that
+// ends at the run's last event is a page shorter than the limit, which is what a read
+// made just before that other append would have answered (readers go on from the last
+// seq they got, as from any short page).
+//
+// Bounded: at most recentBuilds builds (the least recently used dropped), and per build
+// the last recentEvents events and recentBytes bytes of payload.
+type RecentEvents struct {
+	mu     sync.Mutex
+	builds map[string]*eventRun
+	tick   uint64
+}
+
+// The cache's bounds.
+const (
+	recentBuilds = 64
+	recentEvents = 8192
+	recentBytes  = 8 << 20
+)
+
+type eventRun struct {
+	evs   []Event // consecutive seqs
+	bytes int
+	used  uint64
+}
+
+// Add records the committed events of one append, seqs from first on. It copies the
+// payloads: the caller may reuse its buffers.
+func (r *RecentEvents) Add(buildID string, first int64, payloads [][]byte, created time.Time) {
+	if len(payloads) == 0 {
+		return
+	}
+	size := 0
+	for _, p := range payloads {
+		size += len(p)
+	}
+	buf := make([]byte, 0, size)
+	evs := make([]Event, len(payloads))
+	for i, p := range payloads {
+		start := len(buf)
+		buf = append(buf, p...)
+		evs[i] = Event{Seq: first + int64(i), Payload: buf[start:len(buf):len(buf)], CreatedAt: created}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.builds == nil {
+		r.builds = map[string]*eventRun{}
+	}
+	r.tick++
+	run := r.builds[buildID]
+	if run == nil || run.evs[len(run.evs)-1].Seq+1 != first {
+		if run == nil && len(r.builds) >= recentBuilds {
+			r.evict()
+		}
+		run = &eventRun{}
+		r.builds[buildID] = run
+	}
+	run.used = r.tick
+	run.evs = append(run.evs, evs...)
+	run.bytes += size
+	drop := 0
+	for len(run.evs)-drop > recentEvents || run.bytes > recentBytes && len(run.evs)-drop > 1 {
+		run.bytes -= len(run.evs[drop].Payload)
+		drop++
+	}
+	if drop > 0 {
+		// A new array: the dropped events' payloads are not kept alive by it.
+		run.evs = append([]Event(nil), run.evs[drop:]...)
+	}
+}
+
+func (r *RecentEvents) evict() {
+	var old string
+	var oldest *eventRun
+	for id, run := range r.builds {
+		if oldest == nil || run.used < oldest.used {
+			old, oldest = id, run
+		}
+	}
+	delete(r.builds, old)
+}
+
+// After answers the events of the build after seq after, up to limit, when it holds the
+// event after+1; ok false sends the read to the store. Payloads are shared: read-only.
+func (r *RecentEvents) After(buildID string, after int64, limit int) (_ []Event, ok bool) {
+	if limit <= 0 {
+		return nil, false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	run := r.builds[buildID]
+	if run == nil {
+		return nil, false
+	}
+	first, last := run.evs[0].Seq, run.evs[len(run.evs)-1].Seq
+	if after+1 < first || after >= last {
+		return nil, false
+	}
+	r.tick++
+	run.used = r.tick
+	i := int(after + 1 - first)
+	n := min(limit, len(run.evs)-i)
+	return append([]Event(nil), run.evs[i:i+n]...), true
+}
