@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"sync"
 	"time"
 )
@@ -43,23 +44,36 @@ type eventRun struct {
 	used  uint64
 }
 
-// Add records the committed events of one append, seqs from first on. It copies the
-// payloads: the caller may reuse its buffers.
-func (r *RecentEvents) Add(buildID string, first int64, payloads [][]byte, created time.Time) {
-	if len(payloads) == 0 {
+// AddPacks records the committed events of one append, as PackPayloads packed them for
+// the store. The events of a pack of several share its payload (PackPayloads joined them
+// into new bytes, and the store copies what it binds); a pack of one is the caller's
+// payload, copied.
+func (r *RecentEvents) AddPacks(buildID string, packs []EventPack, created time.Time) {
+	if len(packs) == 0 {
 		return
 	}
+	var evs []Event
 	size := 0
-	for _, p := range payloads {
-		size += len(p)
+	for _, p := range packs {
+		size += len(p.Payload)
+		if p.Count == 1 {
+			evs = append(evs, Event{Seq: p.Seq, Payload: append([]byte(nil), p.Payload...), CreatedAt: created})
+			continue
+		}
+		rest := p.Payload
+		for i := range p.Count {
+			one := rest
+			if i < p.Count-1 {
+				j := bytes.IndexByte(rest, '\n')
+				if j < 0 {
+					return // not PackPayloads' work: record nothing rather than guess
+				}
+				one, rest = rest[:j], rest[j+1:]
+			}
+			evs = append(evs, Event{Seq: p.Seq + int64(i), Payload: one[:len(one):len(one)], CreatedAt: created})
+		}
 	}
-	buf := make([]byte, 0, size)
-	evs := make([]Event, len(payloads))
-	for i, p := range payloads {
-		start := len(buf)
-		buf = append(buf, p...)
-		evs[i] = Event{Seq: first + int64(i), Payload: buf[start:len(buf):len(buf)], CreatedAt: created}
-	}
+	first := evs[0].Seq
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.builds == nil {

@@ -44,7 +44,7 @@ func TestRecentEvents(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			var r RecentEvents
 			for _, a := range c.adds {
-				r.Add("b", int64(a[0]), payloads(a[0], a[1]), t0)
+				r.AddPacks("b", PackPayloads(int64(a[0]), payloads(a[0], a[1])), t0)
 			}
 			for _, rd := range c.reads {
 				evs, ok := r.After("b", rd.after, rd.limit)
@@ -65,13 +65,13 @@ func TestRecentEvents(t *testing.T) {
 	t.Run("copies and bounds bytes and builds", func(t *testing.T) {
 		var r RecentEvents
 		p := [][]byte{[]byte("abc")}
-		r.Add("b", 1, p, t0)
+		r.AddPacks("b", PackPayloads(1, p), t0)
 		p[0][0] = 'X'
 		if evs, _ := r.After("b", 0, 1); string(evs[0].Payload) != "abc" {
 			t.Errorf("payload %q: the caller's buffer is kept", evs[0].Payload)
 		}
 		big := make([]byte, recentBytes/2+1)
-		r.Add("b", 2, [][]byte{big, big}, t0)
+		r.AddPacks("b", PackPayloads(2, [][]byte{big, big}), t0)
 		if _, ok := r.After("b", 1, 1); ok {
 			t.Error("the bytes bound kept event 2")
 		}
@@ -79,7 +79,7 @@ func TestRecentEvents(t *testing.T) {
 			t.Errorf("the last event is not kept: %v", ok)
 		}
 		for i := range recentBuilds {
-			r.Add(fmt.Sprint("x", i), 1, payloads(1, 1), t0)
+			r.AddPacks(fmt.Sprint("x", i), PackPayloads(1, payloads(1, 1)), t0)
 		}
 		if len(r.builds) > recentBuilds {
 			t.Errorf("%d builds kept, bound %d", len(r.builds), recentBuilds)
