@@ -88,6 +88,7 @@ type Server struct {
 	closing chan struct{}
 	once    sync.Once
 	maskers maskers // the builds' secret maskers (secrets.go)
+	tokens  tokenCache
 }
 
 // New checks cfg, fills in defaults and builds the routes.
