@@ -23,11 +23,13 @@ import (
 // made just before that other append would have answered (readers go on from the last
 // seq they got, as from any short page).
 //
-// Bounded: at most recentBuilds builds (the least recently used dropped), and per build
-// the last recentEvents events and recentBytes bytes of payload.
+// Bounded: per build the last recentEvents events and recentBytes bytes of payload, and
+// at most recentBuilds builds and recentTotal bytes in all (the least recently used builds
+// dropped first).
 type RecentEvents struct {
 	mu     sync.Mutex
 	builds map[string]*eventRun
+	bytes  int // of every run
 	tick   uint64
 }
 
@@ -35,7 +37,8 @@ type RecentEvents struct {
 const (
 	recentBuilds = 64
 	recentEvents = 8192
-	recentBytes  = 8 << 20
+	recentBytes  = 4 << 20
+	recentTotal  = 32 << 20
 )
 
 type eventRun struct {
@@ -85,23 +88,33 @@ func (r *RecentEvents) AddPacks(buildID string, packs []EventPack, created time.
 		if run == nil && len(r.builds) >= recentBuilds {
 			r.evict()
 		}
+		if run != nil {
+			r.bytes -= run.bytes
+		}
 		run = &eventRun{}
 		r.builds[buildID] = run
 	}
 	run.used = r.tick
 	run.evs = append(run.evs, evs...)
 	run.bytes += size
+	r.bytes += size
 	drop := 0
 	for len(run.evs)-drop > recentEvents || run.bytes > recentBytes && len(run.evs)-drop > 1 {
 		run.bytes -= len(run.evs[drop].Payload)
+		r.bytes -= len(run.evs[drop].Payload)
 		drop++
 	}
 	if drop > 0 {
 		// A new array: the dropped events' payloads are not kept alive by it.
 		run.evs = append([]Event(nil), run.evs[drop:]...)
 	}
+	for r.bytes > recentTotal && len(r.builds) > 1 {
+		r.evict()
+	}
 }
 
+// evict drops the least recently used build (never the one used last: its tick is the
+// newest).
 func (r *RecentEvents) evict() {
 	var old string
 	var oldest *eventRun
@@ -110,7 +123,10 @@ func (r *RecentEvents) evict() {
 			old, oldest = id, run
 		}
 	}
-	delete(r.builds, old)
+	if oldest != nil {
+		r.bytes -= oldest.bytes
+		delete(r.builds, old)
+	}
 }
 
 // After answers the events of the build after seq after, up to limit, when it holds the

@@ -87,5 +87,26 @@ func TestRecentEvents(t *testing.T) {
 		if _, ok := r.After("b", 2, 1); ok {
 			t.Error("the least recently used build was not dropped")
 		}
+		// The total bound: builds of recentBytes each, never more than recentTotal in all.
+		var r2 RecentEvents
+		for i := range recentTotal/recentBytes + 3 {
+			r2.AddPacks(fmt.Sprint("y", i), PackPayloads(1, [][]byte{make([]byte, recentBytes)}), t0)
+			if r2.bytes > recentTotal+recentBytes || r2.bytes < 0 {
+				t.Fatalf("%d bytes held, bound %d", r2.bytes, recentTotal)
+			}
+		}
+		if r2.bytes > recentTotal {
+			t.Errorf("%d bytes held, bound %d", r2.bytes, recentTotal)
+		}
+		sum := 0
+		for _, run := range r2.builds {
+			sum += run.bytes
+		}
+		if sum != r2.bytes {
+			t.Errorf("runs hold %d bytes, total says %d", sum, r2.bytes)
+		}
+		if _, ok := r2.After(fmt.Sprint("y", recentTotal/recentBytes+2), 0, 1); !ok {
+			t.Error("the build appended last was dropped")
+		}
 	})
 }
