@@ -33,12 +33,14 @@ type RecentEvents struct {
 	tick   uint64
 }
 
-// The cache's bounds.
+// The cache's bounds: a stream reads a page of 1000 events at a time, and a step_log event
+// is ~150 bytes, so 2 MiB hold the 8192 of a build's last appends. The server collects at
+// GOGC=400: what is held here counts 5× in its heap's target.
 const (
 	recentBuilds = 64
 	recentEvents = 8192
-	recentBytes  = 4 << 20
-	recentTotal  = 32 << 20
+	recentBytes  = 2 << 20
+	recentTotal  = 16 << 20
 )
 
 type eventRun struct {
