@@ -14,7 +14,10 @@
 // Local and remote runs alternate (local, remote, local, …), so that the load of a shared
 // machine, which changes during a run, weighs on both sides of each ratio alike.
 //
-//	go run ./bench/remote [-runs 5] [-steps 20] [-lines 200000]
+//	go run ./bench/remote [-runs 5] [-steps 20] [-lines 200000] [-hm BINARY] [-only logs]
+//
+// -hm runs a built hm instead of building ./cmd/hm (old and new binaries interleaved by
+// hand); -only logs measures the log row alone.
 package main
 
 import (
@@ -38,8 +41,10 @@ func main() {
 	runs := flag.Int("runs", 5, "measured runs per row")
 	steps := flag.Int("steps", 20, "steps of the dispatch chain")
 	lines := flag.Int("lines", 200000, "log lines of the throughput step")
+	hm := flag.String("hm", "", "an hm binary to measure instead of building ./cmd/hm")
+	only := flag.String("only", "", "measure one row alone: logs")
 	flag.Parse()
-	if err := run(*runs, *steps, *lines); err != nil {
+	if err := run(*runs, *steps, *lines, *hm, *only); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/remote:", err)
 		os.Exit(1)
 	}
@@ -49,14 +54,18 @@ type bench struct {
 	dir, hm, url, userTok string
 }
 
-func run(runs, steps, lines int) error {
+func run(runs, steps, lines int, hm, only string) error {
 	dir, err := os.MkdirTemp("", "hm-bench-remote")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
 	b := &bench{dir: dir, hm: filepath.Join(dir, "hm")}
-	if out, err := exec.Command("go", "build", "-o", b.hm, "./cmd/hm").CombinedOutput(); err != nil {
+	if hm != "" {
+		if b.hm, err = filepath.Abs(hm); err != nil {
+			return err
+		}
+	} else if out, err := exec.Command("go", "build", "-o", b.hm, "./cmd/hm").CombinedOutput(); err != nil {
 		return fmt.Errorf("go build: %v\n%s", err, out)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -97,25 +106,10 @@ func run(runs, steps, lines int) error {
 
 	fmt.Println("| measure | local (host) | remote (host agent) | remote / local |")
 	fmt.Println("|---|---|---|---|")
-	trivial := ir([]string{"true"}, false)
-	first := func(remote bool) (float64, error) {
-		r, err := b.runHM(trivial, remote, "")
-		return ms(r.firstStart), err
-	}
-	if err := row(runs, "submit → first step_start (ms, median)", first); err != nil {
-		return err
-	}
-	var cmds []string
-	for range steps {
-		cmds = append(cmds, "true")
-	}
-	chain := ir(cmds, true)
-	dispatch := func(remote bool) (float64, error) {
-		r, err := b.runHM(chain, remote, "")
-		return float64(r.durationMS) / float64(steps), err
-	}
-	if err := row(runs, fmt.Sprintf("per-step dispatch, %d-step chain (ms/step, median)", steps), dispatch); err != nil {
-		return err
+	if only != "logs" {
+		if err := b.overhead(runs, steps); err != nil {
+			return err
+		}
 	}
 	logs := ir([]string{fmt.Sprintf("seq 1 %d", lines)}, false)
 	through := func(remote bool) (float64, error) {
@@ -133,6 +127,28 @@ func run(runs, steps, lines int) error {
 	}
 	fmt.Printf("\nreproduce: go run ./bench/remote -runs %d -steps %d -lines %d\n", runs, steps, lines)
 	return nil
+}
+
+// overhead prints the rows of a trivial step: submit to first step_start, per-step dispatch.
+func (b *bench) overhead(runs, steps int) error {
+	trivial := ir([]string{"true"}, false)
+	first := func(remote bool) (float64, error) {
+		r, err := b.runHM(trivial, remote, "")
+		return ms(r.firstStart), err
+	}
+	if err := row(runs, "submit → first step_start (ms, median)", first); err != nil {
+		return err
+	}
+	var cmds []string
+	for range steps {
+		cmds = append(cmds, "true")
+	}
+	chain := ir(cmds, true)
+	dispatch := func(remote bool) (float64, error) {
+		r, err := b.runHM(chain, remote, "")
+		return float64(r.durationMS) / float64(steps), err
+	}
+	return row(runs, fmt.Sprintf("per-step dispatch, %d-step chain (ms/step, median)", steps), dispatch)
 }
 
 // row takes runs samples of each side, alternating, and prints their medians.

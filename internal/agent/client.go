@@ -90,7 +90,7 @@ func (c *client) once(ctx context.Context, method, path string, in, out any, tim
 		defer rc.Close()
 		body, ctype, length = rc, "application/octet-stream", in.size
 	default:
-		b, err := json.Marshal(in)
+		b, err := marshal(in)
 		if err != nil {
 			return false, err
 		}
@@ -171,3 +171,14 @@ func (c *client) call(ctx context.Context, method, path string, in, out any, ext
 }
 
 func pathOnly(p string) string { before, _, _ := strings.Cut(p, "?"); return before }
+
+// marshal is json.Marshal, through a body's own writer of the same bytes when it has one
+// (agentproto.Logs: a big log is a call per 1000 lines).
+func marshal(v any) ([]byte, error) {
+	if w, ok := v.(interface{ AppendWire([]byte) ([]byte, bool) }); ok {
+		if b, ok := w.AppendWire(nil); ok {
+			return b, nil
+		}
+	}
+	return json.Marshal(v)
+}

@@ -67,7 +67,8 @@ func readStepLog(b []byte) (*StepLog, bool) {
 		return nil, false
 	}
 	// Read back only when written back the same: Wire stays what MarshalJSON would write.
-	if err := l.TS.UnmarshalJSON(rest[:i+1]); err != nil || !bytes.Equal(l.TS.AppendFormat(nil, time.RFC3339Nano), rest[1:i]) {
+	var scratch [64]byte // the checks' writes, off the heap: this runs per log line
+	if err := l.TS.UnmarshalJSON(rest[:i+1]); err != nil || !bytes.Equal(l.TS.AppendFormat(scratch[:0], time.RFC3339Nano), rest[1:i]) {
 		return nil, false
 	}
 	rest, ok = bytes.CutPrefix(rest[i+1:], []byte(`,"attempt":`))
@@ -80,7 +81,7 @@ func readStepLog(b []byte) (*StepLog, bool) {
 	}
 	n, err := strconv.ParseInt(string(digits), 10, 0)
 	// A decimal exactly as strconv writes it: no '+', no leading zero, no "-0".
-	if err != nil || !bytes.Equal(strconv.AppendInt(nil, n, 10), digits) {
+	if err != nil || !bytes.Equal(strconv.AppendInt(scratch[:0], n, 10), digits) {
 		return nil, false
 	}
 	l.Attempt = int(n)

@@ -88,31 +88,38 @@ func (r *recorder) WriteHeader(code int) {
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
-// bearer looks the presented token up by its hash and checks its kind.
+// bearer looks the presented token up by its hash (cached for tokenTTL, tokencache.go) and
+// checks its kind.
 func (s *Server) bearer(r *http.Request, kind store.TokenKind) (auth, error) {
 	h := r.Header.Get("Authorization")
 	secret, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok || strings.TrimSpace(secret) == "" {
 		return auth{}, unauthorized("an Authorization: Bearer token is required")
 	}
-	t, err := s.cfg.Store.LookupToken(r.Context(), store.HashToken(strings.TrimSpace(secret)), s.now())
-	if store.IsNotFound(err) {
-		return auth{}, unauthorized("the token is not valid")
+	hash, now := store.HashToken(strings.TrimSpace(secret)), s.now()
+	a, ok := s.tokens.get(hash, now)
+	if !ok {
+		t, err := s.cfg.Store.LookupToken(r.Context(), hash, now)
+		if store.IsNotFound(err) {
+			return auth{}, unauthorized("the token is not valid")
+		}
+		if err != nil {
+			return auth{}, err
+		}
+		org, err := s.cfg.Store.GetOrg(r.Context(), t.OrgID)
+		if err != nil {
+			return auth{}, err
+		}
+		a = auth{Token: t, Org: org}
+		s.tokens.put(hash, a, now)
 	}
-	if err != nil {
-		return auth{}, err
-	}
-	if t.Kind != kind {
+	if t := a.Token; t.Kind != kind {
 		if kind == store.TokenAgent {
 			return auth{}, unauthorized("agent routes take an agent token, not a user token")
 		}
 		return auth{}, unauthorized("an agent token cannot call user routes")
 	}
-	org, err := s.cfg.Store.GetOrg(r.Context(), t.OrgID)
-	if err != nil {
-		return auth{}, err
-	}
-	return auth{Token: t, Org: org}, nil
+	return a, nil
 }
 
 // user authenticates a user token; on a route with {org} the org must be the token's, and

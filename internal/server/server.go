@@ -95,6 +95,7 @@ type Server struct {
 	once    sync.Once
 	maskers maskers      // the builds' secret maskers (secrets.go)
 	builds  staticBuilds // what never changes about the builds (buildcache.go)
+	tokens  tokenCache
 }
 
 // New checks cfg, fills in defaults and builds the routes.

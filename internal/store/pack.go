@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -79,4 +80,13 @@ func (p EventPack) Unpack(evs []Event, after int64, limit int, created time.Time
 		evs = append(evs, Event{Seq: seq, Payload: one[:len(one):len(one)], CreatedAt: created})
 	}
 	return evs, nil
+}
+
+// SeqAfter is seq after+n, for a read of n events after seq after (sqlq.ListEvents),
+// saturated: a resume point near the largest seq does not wrap around.
+func SeqAfter(after int64, n int) int64 {
+	if s := after + int64(n); s >= after {
+		return s
+	}
+	return math.MaxInt64
 }

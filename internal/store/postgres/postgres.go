@@ -59,6 +59,8 @@ type DB struct {
 	pool  *pgxpool.Pool
 	where string // host:port/database, for messages: never the password
 	br    bridge // wake-ups, here and across replicas (notify.go)
+	// recent holds the events this replica appended last, for its readers (store.RecentEvents).
+	recent store.RecentEvents
 }
 
 var _ store.Store = (*DB)(nil)

@@ -33,6 +33,7 @@ func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payl
 	}
 	now := ns(time.Now())
 	seqs := make([]int64, 0, len(payloads))
+	var packs []store.EventPack
 	err := s.write(ctx, "append events", func(tx pgx.Tx) error {
 		// The build row is the counter, taken for the whole batch in the same transaction as
 		// the inserts: gap-free, and a rolled-back append gives its numbers back.
@@ -56,7 +57,7 @@ func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payl
 		for i := range payloads {
 			seqs = append(seqs, first+int64(i))
 		}
-		packs := store.PackPayloads(first, payloads)
+		packs = store.PackPayloads(first, payloads)
 		starts, counts, texts := make([]int64, len(packs)), make([]int64, len(packs)), make([]string, len(packs))
 		for i, p := range packs {
 			starts[i], counts[i], texts[i] = p.Seq, int64(p.Count), string(p.Payload)
@@ -71,14 +72,18 @@ func (s *DB) appendEvents(ctx context.Context, buildID string, epoch int64, payl
 	if err != nil {
 		return nil, err
 	}
+	s.recent.AddPacks(buildID, packs, tm(now))
 	s.notify(store.BuildEvents(buildID))
 	return seqs, nil
 }
 
 func (s *DB) ListEvents(ctx context.Context, buildID string, after int64, limit int) ([]store.Event, error) {
+	if evs, ok := s.recent.After(buildID, after, limit); ok {
+		return evs, nil
+	}
 	// From the row holding seq after (it may hold later ones too): limit+1 rows hold at
 	// least limit events after it.
-	rows, err := list(ctx, s.pool, "list events", sqlq.ScanEventRow, sqlq.ListEvents(bigint), buildID, buildID, after, limit+1)
+	rows, err := list(ctx, s.pool, "list events", sqlq.ScanEventRow, sqlq.ListEvents(bigint), buildID, buildID, after, store.SeqAfter(after, limit), limit+1)
 	if err != nil {
 		return nil, err
 	}

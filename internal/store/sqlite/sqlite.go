@@ -43,6 +43,9 @@ import (
 	"github.com/hmci/hm/internal/store/wake"
 )
 
+// maxIdleConns is how many connections the pool keeps open between calls.
+const maxIdleConns = 8
+
 // FileName is the database file under the data dir.
 const FileName = "store.db"
 
@@ -67,6 +70,9 @@ type DB struct {
 	// lost most of their time there. Waiting on a mutex hands the lock over at once; other
 	// processes on the same file still meet busy_timeout.
 	wmu sync.Mutex
+
+	// recent holds the events this process appended last, for its readers (store.RecentEvents).
+	recent store.RecentEvents
 
 	stmtMu sync.Mutex
 	stmts  map[string]*sql.Stmt // see prepared
@@ -103,10 +109,12 @@ func OpenFile(ctx context.Context, path string) (*DB, error) {
 	defer unlock()
 	dsn := path + fmt.Sprintf("?_pragma=busy_timeout(%d)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_txlock=immediate",
 		busyTimeout.Milliseconds())
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		return nil, fmt.Errorf("store: open %s: %w: %w", path, errs.ErrInfra, err)
-	}
+	// modernc.org/sqlite's connections, keeping their statements prepared (stmtcache.go).
+	db := sql.OpenDB(stmtConnector{dsn: dsn, drv: sqliteDriver})
+	// database/sql keeps 2 idle connections by default: the server's concurrent readers
+	// (streams, the driver, agents' calls) then opened and closed a connection (a file
+	// open, its statements prepared again) on most calls past the second.
+	db.SetMaxIdleConns(maxIdleConns)
 	s := &DB{db: db, path: path}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()

@@ -18,11 +18,15 @@ func EventSeq(bigint string) string {
 const BuildEpoch = `SELECT driver_epoch FROM builds WHERE id = ?`
 
 // ListEvents reads the rows from the one that holds seq ? (the greatest seq at or before it),
-// in order: an index seek, then the rows after. Parameters: build twice, after, limit. Rows
-// for ScanEventRow.
+// in order: an index seek, then the rows after, up to the one holding seq after+limit (the
+// numbering is gap-free, so those rows hold the events wanted and no more: without that
+// bound a reader behind by a big log read up to limit+1 rows of PackEvents events each to
+// keep limit of them, and read them again for its next page). Parameters: build twice,
+// after, after+limit, limit. Rows for ScanEventRow.
 func ListEvents(bigint string) string {
 	return `SELECT seq, n_events, payload, created_at FROM build_events WHERE build_id = ?
 	AND seq >= COALESCE((SELECT MAX(seq) FROM build_events WHERE build_id = ? AND seq <= ?` + bigint + `), 0)
+	AND seq <= ?` + bigint + `
 	ORDER BY seq LIMIT ?`
 }
 
