@@ -115,6 +115,18 @@ func (r *RecentEvents) AddPacks(buildID string, packs []EventPack, created time.
 	}
 }
 
+// Forget drops the build's events: it was deleted (store.Retention). Another process's cache
+// may still hold some until they age out, never read: a reader looks the build up first,
+// which answers not found.
+func (r *RecentEvents) Forget(buildID string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if run, ok := r.builds[buildID]; ok {
+		r.bytes -= run.bytes
+		delete(r.builds, buildID)
+	}
+}
+
 // evict drops the least recently used build (never the one used last: its tick is the
 // newest).
 func (r *RecentEvents) evict() {

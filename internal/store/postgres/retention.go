@@ -29,6 +29,7 @@ func (s *DB) PruneBuilds(ctx context.Context, before time.Time, limit int) (int,
 		switch {
 		case err == nil:
 			n++
+			s.recent.Forget(v.id)
 		case !errors.Is(err, sqlq.ErrKept):
 			return n, err
 		}
