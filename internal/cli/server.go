@@ -22,7 +22,6 @@ import (
 	"github.com/hmci/hm/internal/server"
 	"github.com/hmci/hm/internal/server/driver"
 	"github.com/hmci/hm/internal/server/metrics"
-	"github.com/hmci/hm/internal/store"
 )
 
 // drainTimeout bounds how long SIGTERM waits for in-flight requests.
@@ -153,53 +152,6 @@ func runServer(ctx context.Context, stdio IO, listen, data string, sf storeFlags
 	}
 	logger.Info("hm server stopped")
 	return nil
-}
-
-func newServerTokenCmd(stdio IO) *cobra.Command {
-	tok := &cobra.Command{Use: "token", Short: "Manage the server's API tokens"}
-	var data, db, org, name string
-	var agent bool
-	create := &cobra.Command{
-		Use:   "create",
-		Short: "Create a token for --org (created when new) and print it once; only its hash is stored",
-		Args:  cobra.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			st, err := openStore(c.Context(), data, storeFlags{db: db})
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-			o, err := st.GetOrgBySlug(c.Context(), org)
-			if store.IsNotFound(err) {
-				o, err = st.CreateOrg(c.Context(), org, org)
-				if store.IsConflict(err) {
-					o, err = st.GetOrgBySlug(c.Context(), org)
-				}
-			}
-			if err != nil {
-				return err
-			}
-			kind := store.TokenUser
-			if agent {
-				kind = store.TokenAgent
-			}
-			secret, h := store.NewToken(kind)
-			if _, err := st.CreateToken(c.Context(), store.Token{OrgID: o.ID, Kind: kind, Name: name, Hash: h}); err != nil {
-				return err
-			}
-			fmt.Fprintln(stdio.Out, secret)
-			return nil
-		},
-	}
-	create.Flags().StringVar(&data, "data", "", "the server's data directory")
-	create.Flags().StringVar(&db, "db", "", "the server's --db, when it has one")
-	create.Flags().StringVar(&org, "org", "", "organization slug (created when it does not exist)")
-	create.Flags().StringVar(&name, "name", "", "a name to recognize the token by")
-	create.Flags().BoolVar(&agent, "agent", false, "an agent token (agent routes only) instead of a user token")
-	create.MarkFlagsOneRequired("data", "db")
-	create.MarkFlagRequired("org")
-	tok.AddCommand(create)
-	return tok
 }
 
 // serverGC collects less often than Go's default unless GOGC says otherwise. A log's bytes
