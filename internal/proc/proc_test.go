@@ -208,6 +208,14 @@ func TestScanSettles(t *testing.T) {
 	}
 	carrier := start([]string{CookieVar + "=" + cookie}, "sleep", "60")
 	t.Cleanup(func() { carrier.Process.Kill(); carrier.Wait() })
+	// Until it has exec'd: before, its environment is still this test's (no cookie).
+	environ := func(pid int) string {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+		return string(b)
+	}
+	for !strings.Contains(environ(carrier.Process.Pid), CookieVar+"="+cookie) {
+		time.Sleep(time.Millisecond)
+	}
 
 	// A process forked after the listing, its parent gone before the reads: the listing
 	// after the reads finds it.
