@@ -354,3 +354,18 @@ func TestRecordIsPrivate(t *testing.T) {
 		}
 	}
 }
+
+// A remote build's stream begins with build_accepted: passed on, not recorded, whether it
+// arrives apart or in one batch with build_start (a channel holding the whole stream).
+func TestRecordStartsAtBuildStart(t *testing.T) {
+	s := Open(t.TempDir())
+	acc := events.Event{Kind: events.KindBuildAccepted, BuildAccepted: &events.BuildAccepted{Build: events.AcceptedBuild{RunID: "b1", Number: 1}}}
+	evs := []events.Event{acc, start("b1", t0), logLine("s1", "hello"), end(0)}
+	passed := record(t, s, Info{Pipeline: "p"}, evs...)
+	if len(passed) != len(evs) || passed[0].BuildAccepted == nil {
+		t.Fatalf("passed on %d events (first %+v), want all %d", len(passed), passed[0], len(evs))
+	}
+	if diff := cmp.Diff(encode(t, evs[1:]...), lines(t, s, "b1")); diff != "" {
+		t.Errorf("replay (-want +got):\n%s", diff)
+	}
+}
