@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,9 +16,11 @@ import (
 
 	"github.com/hmci/hm/internal/events"
 	"github.com/hmci/hm/internal/store"
+	"github.com/hmci/hm/internal/store/sqlite"
 )
 
-// hm server --retention: a server restarted with a retention shorter than a build's age
+// hm server --retention: a server restarted with a retention shorter than a build's age (its
+// end back-dated in the store)
 // deletes the build with its jobs and logs, and then its artifact's blob (back-dated past the
 // sweep's grace), while a build within the retention stays whole, and so does the source
 // blob both builds share. (A source no build names any more goes too: the driver's tests.)
@@ -46,8 +50,9 @@ func testRemoteRetention(t *testing.T, st remoteStore) {
 	// Older than the sweep's grace (1 h): what decides is whether a row names them.
 	blobs.age(2 * time.Hour)
 	c.server.kill9(t)
-	time.Sleep(2 * time.Second) // the build is now older than the retention below
-	c.serverArgs = []string{"--retention", "2s"}
+	// The first build ended two hours ago, as far as the store knows.
+	c.exec(t, `UPDATE builds SET finished_at = finished_at - 7200000000000 WHERE id = ?`, old.RunID)
+	c.serverArgs = []string{"--retention", "1h"}
 	c.startServer()
 	kept := build("mkdir out && echo kept > out/f && echo kept")
 
@@ -105,6 +110,35 @@ func otherThan(ds []string, d string) string {
 		}
 	}
 	return ""
+}
+
+// exec runs one statement on the cluster's store, as its server opened it (a ? placeholder
+// each argument): test surgery only.
+func (c *faultCluster) exec(t *testing.T, query string, args ...any) {
+	t.Helper()
+	ctx := context.Background()
+	if len(c.db) == 2 && c.db[0] == "--db" {
+		conn, err := pgx.Connect(ctx, c.db[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		for i := 1; strings.Contains(query, "?"); i++ {
+			query = strings.Replace(query, "?", "$"+strconv.Itoa(i), 1)
+		}
+		if _, err := conn.Exec(ctx, query, args...); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	db, err := sql.Open("sqlite", filepath.Join(c.data, sqlite.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, query, args...); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // blobView lists and back-dates a cluster's blobs where its server keeps them: DATA/blobs,

@@ -43,16 +43,19 @@ var deleteBuildRows = []string{
 }
 
 // ArtifactDigests adds to refs the blob digest ("sha256:" + hex) of every file of an
-// artifacts column (a JSON array of {path, size, sha256}). A column that does not parse is an
-// error: a sweep must not delete what it could not read.
+// artifacts column: the server's {"files": [{path, size, sha256}], "warnings": [...]}
+// (driver.Artifacts). A column that does not parse is an error: a sweep must not delete what
+// it could not read.
 func ArtifactDigests(refs map[string]bool, column string) error {
-	var files []struct {
-		SHA256 string `json:"sha256"`
+	var doc struct {
+		Files []struct {
+			SHA256 string `json:"sha256"`
+		} `json:"files"`
 	}
-	if err := json.Unmarshal([]byte(column), &files); err != nil {
+	if err := json.Unmarshal([]byte(column), &doc); err != nil {
 		return fmt.Errorf("an artifacts column does not parse: %w", err)
 	}
-	for _, f := range files {
+	for _, f := range doc.Files {
 		refs["sha256:"+f.SHA256] = true
 	}
 	return nil

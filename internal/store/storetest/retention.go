@@ -43,7 +43,10 @@ var retentionCases = []testCase{{"PruneBuildsAndBlobRefs", func(t *testing.T, e 
 		get(e.s.TransitionBuild(e.ctx, b.ID, []store.BuildState{store.BuildScheduled}, store.BuildRunning, store.BuildUpdate{Now: e.t0}))(t)
 		return get(e.s.TransitionBuild(e.ctx, b.ID, []store.BuildState{store.BuildRunning}, store.BuildPassed, store.BuildUpdate{Now: e.at(end)}))(t)
 	}
-	art := func(i int) string { return fmt.Sprintf(`[{"path":"out/%d","size":1,"sha256":"%064x"}]`, i, 100+i) }
+	// The server's form of a job's artifacts (driver.Artifacts).
+	art := func(i int) string {
+		return fmt.Sprintf(`{"files":[{"path":"out/%d","size":1,"sha256":"%064x"}],"warnings":["w"]}`, i, 100+i)
+	}
 	old1 := mk(src(1), time.Hour, true, art(1))
 	old2 := mk(src(2), 2*time.Hour, true, art(2))
 	old3 := mk(src(2), 3*time.Hour, true, art(3)) // shares old2's source
