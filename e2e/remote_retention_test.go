@@ -20,11 +20,11 @@ import (
 )
 
 // hm server --retention: a server restarted with a retention shorter than a build's age (its
-// end back-dated in the store)
-// deletes the build with its jobs and logs, and then its artifact's blob (back-dated past the
-// sweep's grace), while a build within the retention stays whole, and so does the source
-// blob both builds share. (A source no build names any more goes too: the driver's tests.)
-// The blobs are DATA/blobs on SQLite, rows of the database on PostgreSQL.
+// end back-dated in the store) deletes the build with its jobs and logs, and then its
+// artifact's blob (back-dated past the sweep's grace), while a build within the retention
+// stays whole, and so does the source blob both builds share. (A source no build names any
+// more goes too: the driver's tests.) The blobs are DATA/blobs on SQLite, rows of the
+// database on PostgreSQL.
 func TestRemoteRetention(t *testing.T) { remoteStores(t, testRemoteRetention) }
 
 func testRemoteRetention(t *testing.T, st remoteStore) {
