@@ -200,7 +200,7 @@ type run struct {
 	backend vm.Backend
 	opts    Options
 	steps   []stepState
-	slots   chan struct{}
+	gate    *slotGate     // the parallelism slots, in plan order (slots.go)
 	prep    chan struct{} // steps preparing a machine while they wait for a slot (prepare.go)
 	done    chan completion
 	halted  bool // fail-fast triggered: start only protected steps
@@ -235,7 +235,7 @@ func newRun(pl *plan.Plan, backend vm.Backend, opts Options) *run {
 	r := &run{
 		pl: pl, backend: backend, opts: opts, mask: mask,
 		steps: make([]stepState, len(pl.Steps)),
-		slots: make(chan struct{}, par),
+		gate:  newSlotGate(par),
 		prep:  make(chan struct{}, par),
 		done:  make(chan completion, len(pl.Steps)),
 		pid:   osPID(),
@@ -288,7 +288,7 @@ func (r *run) run(userCtx context.Context) Result {
 		case c := <-r.done:
 			r.complete(buildCtx, c)
 			if c.slot {
-				<-r.slots
+				r.gate.release()
 			}
 		case <-buildDone:
 			// Pipeline timeout or user cancel: stop everything, barriers included.
@@ -355,6 +355,7 @@ func (r *run) release(buildCtx context.Context, i int) {
 	if ps.Parent >= 0 {
 		h, r.steps[ps.Parent].handoff = r.steps[ps.Parent].handoff, nil
 	}
+	r.gate.expect(i) // before its worker runs: its place among the steps contending for a slot
 	go r.work(ctx, i, h)
 }
 

@@ -25,7 +25,8 @@ func osPID() int { return os.Getpid() }
 // h is the parent's machine to continue on (vm.Continuer), or nil; the worker owns it.
 func (r *run) work(ctx context.Context, i int, h vm.Machine) {
 	c := r.execute(ctx, i, &h)
-	if h != nil { // not continued on: a cache hit, a step that did not start
+	r.gate.leave(i) // a step that ended without a slot no longer holds back later ones
+	if h != nil {   // not continued on: a cache hit, a step that did not start
 		r.destroyLater(h)
 	}
 	r.done <- c
@@ -89,12 +90,10 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) (out comp
 			c.status, c.snapshot = CacheHit, snap
 			// A hit's artifacts come from the cached snapshot, as if the step had run.
 			if collect, why := r.wantsArtifacts(i); collect {
-				select {
-				case r.slots <- struct{}{}:
-					c.slot = true // the loop frees it, a failed copy recorded: see completion.slot
-				case <-ctx.Done():
+				if !r.waitSlot(ctx, i) {
 					return r.fail(i, 1, c, start, endCanceled, ctx.Err())
 				}
+				c.slot = true // the loop frees it, a failed copy recorded: see completion.slot
 				if err := r.collect(ctx, i, 1, snap); err != nil {
 					return r.fail(i, 1, c, start, classify(ctx, ctx), err)
 				}
@@ -143,9 +142,9 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) (out comp
 	var pre vm.Machine // prepared for attempt 1, which takes it
 	var ok bool
 	if missing == nil && *handoff == nil {
-		pre, ok = r.slotPreparing(ctx, spec, ws)
+		pre, ok = r.slotPreparing(ctx, i, spec, ws)
 	} else {
-		ok = r.waitSlot(ctx)
+		ok = r.waitSlot(ctx, i)
 	}
 	if !ok {
 		return r.notStarted(i, c)
