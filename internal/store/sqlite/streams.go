@@ -83,13 +83,7 @@ func (s *DB) ListEvents(ctx context.Context, buildID string, after int64, limit 
 	if err != nil {
 		return nil, err
 	}
-	var evs []store.Event
-	for _, r := range rows {
-		if evs, err = r.Unpack(evs, after, limit, tm(r.Created)); err != nil {
-			return nil, fmt.Errorf("%w: list events: %w", errs.ErrInfra, err)
-		}
-	}
-	return evs, nil
+	return sqlq.UnpackEvents(rows, after, limit)
 }
 
 // advance moves the head of (job, attempt) past the rows stored from head+1 on: one seek per

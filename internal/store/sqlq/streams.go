@@ -1,6 +1,11 @@
 package sqlq
 
-import "github.com/hmci/hm/internal/store"
+import (
+	"fmt"
+
+	"github.com/hmci/hm/internal/errs"
+	"github.com/hmci/hm/internal/store"
+)
 
 // Build events and log chunks. Statements taking bigint put it after each parameter whose type
 // PostgreSQL cannot infer from its context: "::bigint" there, "" on SQLite. The batch inserts
@@ -85,4 +90,17 @@ func ListLogs(bigint string) string {
 	return `SELECT seq, n_chunks, stream, content, ts FROM log_chunks WHERE job_id = ? AND attempt = ?
 		AND seq >= COALESCE((SELECT MAX(seq) FROM log_chunks WHERE job_id = ? AND attempt = ? AND seq <= ?` + bigint + `), 0)
 		ORDER BY seq LIMIT ?`
+}
+
+// UnpackEvents is ListEvents' answer from the rows ListEvents read: the events after seq
+// after, at most limit.
+func UnpackEvents(rows []EventRow, after int64, limit int) ([]store.Event, error) {
+	var evs []store.Event
+	var err error
+	for _, r := range rows {
+		if evs, err = r.Unpack(evs, after, limit, Tm(r.Created)); err != nil {
+			return nil, fmt.Errorf("%w: list events: %w", errs.ErrInfra, err)
+		}
+	}
+	return evs, nil
 }
