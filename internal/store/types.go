@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/json"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -245,6 +246,24 @@ type Claim struct {
 	OrgID    string
 	Now      time.Time
 	LeaseTTL time.Duration
+	// Worker names the agent's worker the claim is for ("" when the agent names none): a
+	// worker claims only while it holds no job, so a job claimed for it that no Start has
+	// acknowledged is one whose answer it lost (ClaimJob answers it again). Kept with the
+	// claim.
+	Worker string
+	// AfterJob and AfterAttempt name the Finish whose Next makes the claim ("" for a plain
+	// claim). A Finish claims at most one job: while a job claimed for it exists, ClaimJob
+	// claims none, and answers that one to the Finish's repeats while it is unacknowledged.
+	AfterJob     string
+	AfterAttempt int
+}
+
+// FinishRef is the claim's Finish as the store keeps it ("" for a plain claim).
+func (c Claim) FinishRef() string {
+	if c.AfterJob == "" {
+		return ""
+	}
+	return c.AfterJob + "/" + strconv.Itoa(c.AfterAttempt)
 }
 
 // Finish is an attempt's outcome. The end state follows from it and the job's state:

@@ -201,7 +201,13 @@ func (s *DB) ClaimJob(ctx context.Context, c store.Claim) (store.Job, bool, erro
 		if res.RowsAffected() == 0 {
 			return &store.NotFoundError{Kind: "agent", Key: c.AgentID}
 		}
-		j, err = sqlq.ScanJob(row(ctx, tx, claimQuery, c.AgentID, ns(c.Now.Add(c.LeaseTTL)), c.OrgID, c.AgentID, c.AgentID, c.AgentID))
+		// A claim whose answer was lost is answered again rather than made twice.
+		var found bool
+		if j, found, err = s.handBack(ctx, tx, c); err != nil || found {
+			ok = found
+			return err
+		}
+		j, err = sqlq.ScanJob(row(ctx, tx, claimQuery, sqlq.ClaimArgs(c)...))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -211,10 +217,37 @@ func (s *DB) ClaimJob(ctx context.Context, c store.Claim) (store.Job, bool, erro
 		ok = true
 		return s.labels(ctx, tx, &j)
 	})
+	if c.AfterJob != "" && isUnique(err) {
+		// A concurrent claim for the same Finish (a repeat another replica answers) committed
+		// first: the index on claim_finish refused this one, and that claim is the answer.
+		ok = false
+		err = s.write(ctx, "claim job", func(tx pgx.Tx) error {
+			var err error
+			j, ok, err = s.handBack(ctx, tx, c)
+			return err
+		})
+	}
 	if err == nil && ok {
 		s.notify(store.JobChanged(j.ID))
 	}
 	return j, ok, err
+}
+
+// handBack runs c's hand-back statement (sqlq.HandBack) in tx: the job a claim for c made
+// whose answer was lost, if any.
+func (s *DB) handBack(ctx context.Context, tx pgx.Tx, c store.Claim) (store.Job, bool, error) {
+	q, args := sqlq.HandBack(c)
+	if q == "" {
+		return store.Job{}, false, nil
+	}
+	j, err := sqlq.ScanJob(row(ctx, tx, q, args...))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return j, false, nil
+	}
+	if err != nil {
+		return j, false, err
+	}
+	return j, true, s.labels(ctx, tx, &j)
 }
 
 func (s *DB) StartJob(ctx context.Context, id string, attempt int, now time.Time) (store.Job, error) {

@@ -213,7 +213,18 @@ func (s *DB) ClaimJob(ctx context.Context, c store.Claim) (store.Job, bool, erro
 		if n, _ := res.RowsAffected(); n == 0 {
 			return &store.NotFoundError{Kind: "agent", Key: c.AgentID}
 		}
-		j, err = sqlq.ScanJob(tx.QueryRowContext(ctx, claimQuery, c.AgentID, ns(c.Now.Add(c.LeaseTTL)), c.OrgID, c.AgentID, c.AgentID, c.AgentID))
+		// A claim whose answer was lost is answered again rather than made twice.
+		if q, args := sqlq.HandBack(c); q != "" {
+			j, err = sqlq.ScanJob(tx.QueryRowContext(ctx, q, args...))
+			if err == nil {
+				ok = true
+				return s.labels(ctx, tx, &j)
+			}
+			if !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+		}
+		j, err = sqlq.ScanJob(tx.QueryRowContext(ctx, claimQuery, sqlq.ClaimArgs(c)...))
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil
 		}

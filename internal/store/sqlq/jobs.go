@@ -128,14 +128,20 @@ const (
 // subquery picks, the outer UPDATE takes it, and state = 'scheduled' is checked again outside
 // so that the statement stays correct where the pick and the take are not serialized: on
 // PostgreSQL the lock is FOR UPDATE SKIP LOCKED and concurrent claimers skip each other's
-// rows. Parameters: agent, lease expiry, org, then agent three times.
+// rows. The claim records whom it was made for, a Finish and a worker (FinishRef and Worker of
+// store.Claim, "" for none), for the hand-backs below. A Finish that has a job claimed for it
+// claims none; where two of its repeats race (PostgreSQL replicas), the unique index on
+// claim_finish refuses the second. Parameters (ClaimArgs): agent, lease expiry, finish,
+// worker, finish twice, org, then agent three times.
 func Claim(lock string) string { return claimPick + lock + claimTake }
 
 const claimPick = `UPDATE jobs SET state = 'assigned', attempt = attempt + 1, agent_id = ?, lease_expires = ?,
-		started_at = 0, error_code = '', error_message = ''
+		started_at = 0, error_code = '', error_message = '', claim_finish = ?, claim_worker = ?
 	WHERE id = (
 		SELECT j.id FROM jobs j JOIN builds b ON b.id = j.build_id
 		WHERE j.state = 'scheduled'
+		  -- a Finish claims at most one job; its repeats get that one back (HandBackFinish)
+		  AND (CAST(? AS TEXT) = '' OR NOT EXISTS (SELECT 1 FROM jobs f WHERE f.claim_finish = ? AND f.claim_finish <> ''))
 		  -- tenancy: only the agent token's org's jobs
 		  AND b.org_id = ?
 		  AND EXISTS (SELECT 1 FROM agents a WHERE a.id = ?
@@ -152,6 +158,43 @@ const claimPick = `UPDATE jobs SET state = 'assigned', attempt = attempt + 1, ag
 const claimTake = `
 	) AND state = 'scheduled'
 	RETURNING ` + JobCols
+
+// Hand-backs (store.Claims.ClaimJob): a claim whose answer was lost, answered again with the
+// same attempt and the lease renewed, while it is leased to the agent and no Start has
+// acknowledged it (started_at: a Start sets it, every claim clears it). The terms of each
+// index's WHERE are repeated so that SQLite uses the index; what the pick chose is checked
+// again outside, as in Claim.
+const (
+	// lease expiry, finish, agent. claim_finish is unique: one row at most.
+	HandBackFinish = `UPDATE jobs SET lease_expires = ?
+		WHERE claim_finish = ? AND claim_finish <> '' AND agent_id = ? AND started_at = 0 AND state IN ` + Leased + `
+		RETURNING ` + JobCols
+	// lease expiry, agent, worker, agent, worker
+	HandBackWorker = `UPDATE jobs SET lease_expires = ?
+		WHERE id = (SELECT id FROM jobs WHERE agent_id = ? AND claim_worker = ? AND claim_worker <> '' AND started_at = 0
+				AND state IN ` + Leased + ` ORDER BY ready_at, created_at, id LIMIT 1)
+		  AND agent_id = ? AND claim_worker = ? AND started_at = 0 AND state IN ` + Leased + `
+		RETURNING ` + JobCols
+)
+
+// HandBack is the statement and parameters of c's hand-back ("" for a claim naming neither a
+// Finish nor a worker).
+func HandBack(c store.Claim) (string, []any) {
+	leaseExpiry := NS(c.Now.Add(c.LeaseTTL))
+	switch {
+	case c.AfterJob != "":
+		return HandBackFinish, []any{leaseExpiry, c.FinishRef(), c.AgentID}
+	case c.Worker != "":
+		return HandBackWorker, []any{leaseExpiry, c.AgentID, c.Worker, c.AgentID, c.Worker}
+	}
+	return "", nil
+}
+
+// ClaimArgs are Claim's parameters for c.
+func ClaimArgs(c store.Claim) []any {
+	f := c.FinishRef()
+	return []any{c.AgentID, NS(c.Now.Add(c.LeaseTTL)), f, c.Worker, f, f, c.OrgID, c.AgentID, c.AgentID, c.AgentID}
+}
 
 // ReapLeases ends every lapsed lease in one statement; each column's CASE reads the row's old
 // values, so they all agree on which branch the row takes. A requeued job keeps its ready_at:

@@ -56,7 +56,7 @@ func Run(t *testing.T, f Factory) {
 
 func cases() []testCase {
 	var all []testCase
-	for _, group := range [][]testCase{tenancyCases, buildCases, jobCases, claimCases, streamCases, batchCases, watchCases, leaseCases, miscCases, secretArtifactCases, restartCases, retentionCases} {
+	for _, group := range [][]testCase{tenancyCases, buildCases, jobCases, claimCases, streamCases, batchCases, watchCases, leaseCases, miscCases, secretArtifactCases, restartCases, retentionCases, handBackCases} {
 		all = append(all, group...)
 	}
 	return all
