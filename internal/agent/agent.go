@@ -52,6 +52,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -90,6 +91,7 @@ type Agent struct {
 	cfg     Config
 	c       *client
 	id      string
+	boot    string // the boot id of this process (Register.BootID)
 	drain   chan struct{}
 	drained sync.Once
 }
@@ -142,8 +144,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.cfg.Backend.Reconcile(ctx); err != nil {
 		return fmt.Errorf("agent: reconcile: %w", err)
 	}
+	a.boot = uuid.NewString()
 	reg := agentproto.Register{AgentID: id, Name: a.cfg.Name, Backend: a.cfg.Backend.Name(), Labels: a.cfg.Labels,
-		BootID: uuid.NewString()}
+		BootID: a.boot}
 	if _, err := a.c.call(ctx, http.MethodPost, agentproto.PathRegister, reg, &agentproto.Registered{}, 0, nil); err != nil {
 		return fmt.Errorf("agent: register: %w", err)
 	}
@@ -161,11 +164,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	var wg sync.WaitGroup
 	errc := make(chan error, a.cfg.Slots)
-	for range a.cfg.Slots {
+	for slot := range a.cfg.Slots {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := a.worker(ctx, claimCtx); err != nil {
+			if err := a.worker(ctx, claimCtx, a.boot+"/"+strconv.Itoa(slot)); err != nil {
 				errc <- err
 				stopClaims()
 			}
@@ -185,8 +188,10 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // worker claims and runs jobs one at a time until claims stop. A job's Finish claims the
 // next one too (agentproto.Finish.Next) while claims go on; one handed out that way runs
-// even if claims stopped since: it is this agent's now.
-func (a *Agent) worker(ctx, claimCtx context.Context) error {
+// even if claims stopped since: it is this agent's now. Its claims name it (id, unique to
+// this process): it claims only while it holds no job, so the server answers a claim whose
+// reply was lost again, to a repeat or to the next claim, instead of claiming another.
+func (a *Agent) worker(ctx, claimCtx context.Context, id string) error {
 	var next *agentproto.Job
 	for next != nil || claimCtx.Err() == nil {
 		var j agentproto.Job
@@ -194,7 +199,7 @@ func (a *Agent) worker(ctx, claimCtx context.Context) error {
 			j, next = *next, nil
 		} else {
 			got, err := a.c.call(claimCtx, http.MethodPost, agentproto.PathClaim,
-				agentproto.Claim{AgentID: a.id, Slots: 1, WaitSeconds: int(a.cfg.ClaimWait / time.Second)}, &j, a.cfg.ClaimWait, nil)
+				agentproto.Claim{AgentID: a.id, Slots: 1, WaitSeconds: int(a.cfg.ClaimWait / time.Second), Worker: id}, &j, a.cfg.ClaimWait, nil)
 			switch {
 			case errors.Is(err, ErrAuth):
 				return err
@@ -207,7 +212,7 @@ func (a *Agent) worker(ctx, claimCtx context.Context) error {
 				continue
 			}
 		}
-		next = a.runJob(ctx, claimCtx, j)
+		next = a.runJob(ctx, claimCtx, id, j)
 	}
 	return nil
 }

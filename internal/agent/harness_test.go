@@ -26,18 +26,18 @@ import (
 	"github.com/hmci/hm/internal/server/servertest"
 	"github.com/hmci/hm/internal/source"
 	"github.com/hmci/hm/internal/store"
-	"github.com/hmci/hm/internal/store/sqlite"
 	"github.com/hmci/hm/internal/testutil"
 	"github.com/hmci/hm/internal/vm"
 	"github.com/hmci/hm/internal/vm/host"
 )
 
-// env is a real server (internal/server on a real SQLite store, served on 127.0.0.1) with its
-// driver manager and lease reaper, one org, a user and an agent token.
+// env is a real server (internal/server on a real store, SQLite unless envOpts.driver says,
+// served on 127.0.0.1) with its driver manager and lease reaper, one org, a user and an agent
+// token.
 type env struct {
 	t         *testing.T
 	ctx       context.Context
-	db        *sqlite.DB
+	db        store.Store
 	dir       string // the server's data: the database file, the blobs
 	url       string
 	user      string
@@ -52,6 +52,8 @@ type envOpts struct {
 	maxRetries int // < 0: none
 	// finishNextWait is the server's Config.FinishNextWait (0: its default).
 	finishNextWait time.Duration
+	// driver is the store's (servertest.OpenDriver; "" for sqlite).
+	driver string
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -60,8 +62,11 @@ func newEnv(t *testing.T, o envOpts) *env {
 		o.leaseTTL = 3 * time.Second
 	}
 	ctx := testutil.HangGuard(t, 60*time.Second)
-	st := servertest.Open(ctx, t)
-	db, dir := st.DB, st.Dir
+	if o.driver == "" {
+		o.driver = "sqlite"
+	}
+	st := servertest.OpenDriver(ctx, t, o.driver)
+	db, dir := st.Store, st.Dir
 	key, err := server.LoadLogKey(filepath.Join(dir, "log-token.key"))
 	if err != nil {
 		t.Fatal(err)
@@ -246,6 +251,9 @@ type agentOpts struct {
 	// Claim of its own (as an agent without Finish.Next does), so that a step released
 	// after a finish waits for that claim.
 	claimApart bool
+	// dropReply loses the reply of each request it matches: the server answered it, the
+	// agent sees the connection cut (the call's retry then goes through unless matched too).
+	dropReply func(*http.Request) bool
 }
 
 // startAgent runs a real agent (host backend unless told) against the server.
@@ -261,7 +269,7 @@ func (e *env) startAgent(o agentOpts) *runningAgent {
 	if o.token == "" {
 		o.token = e.agentTok
 	}
-	tr := &flaky{base: http.DefaultTransport, cutAfter: o.cutAfter, claimApart: o.claimApart}
+	tr := &flaky{base: http.DefaultTransport, cutAfter: o.cutAfter, claimApart: o.claimApart, dropReply: o.dropReply}
 	a, err := agent.New(agent.Config{Server: e.url, Token: o.token, Backend: o.backend, StateDir: state, Slots: o.slots,
 		HTTP: &http.Client{Transport: tr}, StopPoll: 200 * time.Millisecond, ClaimWait: 2 * time.Second, AlivePeriod: o.alive,
 		Logger: slog.New(slog.NewTextHandler(e.logs, nil))})
@@ -301,7 +309,11 @@ type flaky struct {
 	cutAfter func(*http.Request) bool
 	// claimApart strips Next from Finish bodies (agentOpts.claimApart).
 	claimApart bool
-	// claims counts Claim calls answered with a job; nexts Finish calls answered with one.
+	// dropReply loses the replies it matches (agentOpts.dropReply); dropped counts them.
+	dropReply func(*http.Request) bool
+	dropped   atomic.Int64
+	// claims counts Claim calls answered with a job; nexts Finish calls answered with one
+	// (replies the agent got, not the dropped ones).
 	claims, nexts atomic.Int64
 }
 
@@ -336,6 +348,14 @@ func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
 		r.Body = io.NopCloser(bytes.NewReader(b))
 	}
 	resp, err := f.base.RoundTrip(r)
+	if err == nil && f.dropReply != nil && f.dropReply(r) {
+		// The whole answer is read first: the server's handler has returned, its writes
+		// are committed.
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		f.dropped.Add(1)
+		return nil, errCut
+	}
 	if err == nil && resp.StatusCode == http.StatusOK {
 		switch p := r.URL.Path; {
 		case strings.HasSuffix(p, "/claim"):

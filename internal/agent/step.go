@@ -30,8 +30,9 @@ func jobPath(p, id string) string { return strings.Replace(p, "{job_id}", id, 1)
 
 // runJob runs one claimed job to its Finish, or drops it (409/404, or ctx ending: the lease
 // lapses and the server retries the step). While claimCtx lasts, the Finish claims the next
-// job, which it returns (nil for none).
-func (a *Agent) runJob(ctx, claimCtx context.Context, j agentproto.Job) *agentproto.Job {
+// job for worker, which it returns (nil for none). The Finish is retried as it was sent,
+// Next included: a retry after a lost reply gets the job the first one claimed.
+func (a *Agent) runJob(ctx, claimCtx context.Context, worker string, j agentproto.Job) *agentproto.Job {
 	log := a.cfg.Logger.With("job", j.JobID, "step", j.StepKey, "attempt", j.Attempt)
 	start := time.Now()
 	mask := secret.NewMasker(slices.Collect(maps.Values(j.Secrets))...)
@@ -48,7 +49,7 @@ func (a *Agent) runJob(ctx, claimCtx context.Context, j agentproto.Job) *agentpr
 	fin.ErrorMessage = mask.String(fin.ErrorMessage) // it may quote the step's environment
 	fin.DurationMillis = time.Since(start).Milliseconds()
 	if claimCtx.Err() == nil {
-		fin.Next = &agentproto.Claim{AgentID: a.id, Slots: 1}
+		fin.Next = &agentproto.Claim{AgentID: a.id, Slots: 1, Worker: worker}
 	}
 	var st agentproto.State
 	if _, err := a.c.call(ctx, http.MethodPost, jobPath(agentproto.PathFinish, j.JobID), fin, &st, agentproto.FinishNextWait, nil); err != nil {

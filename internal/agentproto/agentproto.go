@@ -94,14 +94,23 @@ const MaxRemovals = 100
 // agent can run (backend, labels, placement of builds_in children) is ready or WaitSeconds
 // (at most MaxClaimWait) pass: 200 with a Job, or 204 No Content for none.
 //
-// Not idempotent, and need not be: a claim whose reply is lost leaves a job assigned to an
+// A claim naming its Worker (hm extension) is safe to repeat: a worker claims only while it
+// holds no job, so a job claimed for it that it has not started (no Start) is one whose reply
+// it lost, and the server answers that job again (same attempt, lease renewed) instead of
+// another. A claim naming none is not idempotent: a lost reply leaves a job assigned to an
 // agent that does not know it; its lease lapses and the reaper requeues it (spending one
 // infrastructure retry). An agent asks only when it has a free slot.
 type Claim struct {
 	AgentID     string `json:"agent_id"`
 	Slots       int    `json:"slots"` // free slots; informational
 	WaitSeconds int    `json:"wait_seconds"`
+	// Worker names the agent's worker that asks, unique to the agent process (its boot id
+	// and slot), at most MaxWorker bytes; "" for none.
+	Worker string `json:"worker,omitempty"`
 }
+
+// MaxWorker bounds Claim.Worker.
+const MaxWorker = 128
 
 // Job is a claimed step: everything the agent needs to run it.
 type Job struct {
@@ -230,8 +239,9 @@ type Finish struct {
 	// FinishNextWait (its WaitSeconds is ignored), and answers the job in State.Next, or
 	// none. A step of a chain is released right after its parent finished, so it is
 	// usually there within the wait, and the agent saves a round trip per step; with none
-	// the agent claims as usual. A repeat (a lost reply) may claim a second job, the first
-	// one's lease then lapses: the same as a lost Claim reply.
+	// the agent claims as usual. A Finish claims at most one job, on any replica: a repeat
+	// (a lost reply) answers the job the first one claimed, same attempt, lease renewed,
+	// while it is not started, and claims none once that job was started or requeued.
 	Next *Claim `json:"next,omitempty"`
 }
 

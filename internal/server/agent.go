@@ -96,11 +96,17 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 	if wait <= 0 || wait > agentproto.MaxClaimWait {
 		wait = agentproto.MaxClaimWait
 	}
+	if len(req.Worker) > agentproto.MaxWorker {
+		s.writeError(w, r, badRequest("validation_failed", "worker is longer than "+strconv.Itoa(agentproto.MaxWorker)+" bytes"))
+		return
+	}
 	if _, err := s.ownAgent(r, req.AgentID); err != nil {
 		s.writeError(w, r, err) // register first
 		return
 	}
-	j, ok, err := s.claimNext(r, req.AgentID, wait)
+	// A claim naming its worker gets back a job claimed for that worker whose reply was lost
+	// (the store's ClaimJob), rather than a second one.
+	j, ok, err := s.claimNext(r, store.Claim{AgentID: req.AgentID, Worker: req.Worker}, wait)
 	switch {
 	case err != nil:
 		s.writeError(w, r, err)
@@ -118,8 +124,9 @@ func (s *Server) agentClaim(w http.ResponseWriter, r *http.Request, req agentpro
 // claimNext claims a job for the agent: at once, then again whenever the store says a job of
 // the org was released (store.Watcher), and every claimFallback (the larger of the poll
 // interval and 1 s) as the fallback for a lost wake-up, until a job, the wait, the request's
-// end or the server's drain (false: no job).
-func (s *Server) claimNext(r *http.Request, agentID string, wait time.Duration) (store.Job, bool, error) {
+// end or the server's drain (false: no job). c names the agent and whom the claim is for;
+// the org, the time and the lease are filled in here.
+func (s *Server) claimNext(r *http.Request, c store.Claim, wait time.Duration) (store.Job, bool, error) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	// Watching before the first claim: a release between that claim and the wait below
@@ -128,7 +135,8 @@ func (s *Server) claimNext(r *http.Request, agentID string, wait time.Duration) 
 	defer unwatch()
 	fallback := max(s.cfg.PollInterval, time.Second)
 	for {
-		j, ok, err := s.cfg.Store.ClaimJob(r.Context(), store.Claim{AgentID: agentID, OrgID: authOf(r).Org.ID, Now: s.now(), LeaseTTL: s.cfg.AgentLeaseTTL})
+		c.OrgID, c.Now, c.LeaseTTL = authOf(r).Org.ID, s.now(), s.cfg.AgentLeaseTTL
+		j, ok, err := s.cfg.Store.ClaimJob(r.Context(), c)
 		if err != nil || ok {
 			return j, ok, err
 		}
@@ -347,9 +355,11 @@ func (s *Server) agentFinish(w http.ResponseWriter, r *http.Request, req agentpr
 	if req.Next != nil {
 		// The finish is recorded whatever happens to the claim: a claim that fails (an
 		// agent of another org, a store error, a job that cannot be described) leaves Next
-		// empty, and the agent claims on its own.
-		if _, err := s.ownAgent(r, req.Next.AgentID); err == nil {
-			if nj, ok, err := s.claimNext(r, req.Next.AgentID, s.cfg.FinishNextWait); err == nil && ok {
+		// empty, and the agent claims on its own. The claim names this Finish: a repeat
+		// (a lost reply) gets the job the first one claimed, never a second one.
+		c := store.Claim{AgentID: req.Next.AgentID, Worker: req.Next.Worker, AfterJob: id, AfterAttempt: req.Attempt}
+		if _, err := s.ownAgent(r, c.AgentID); err == nil && len(c.Worker) <= agentproto.MaxWorker {
+			if nj, ok, err := s.claimNext(r, c, s.cfg.FinishNextWait); err == nil && ok {
 				if job, err := s.claimed(r, nj); err == nil {
 					st.Next = &job
 				}

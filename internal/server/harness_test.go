@@ -20,7 +20,6 @@ import (
 
 	"github.com/hmci/hm/internal/server/servertest"
 	"github.com/hmci/hm/internal/store"
-	"github.com/hmci/hm/internal/store/sqlite"
 	"github.com/hmci/hm/internal/testutil"
 )
 
@@ -29,13 +28,13 @@ const irTwo = `{"version":"0","steps":[{"type":"command","key":"build","cmd":"ma
 	`{"type":"command","key":"test","cmd":"make test","builds_in":"build"},{"type":"wait"},` +
 	`{"type":"command","key":"deploy","cmd":"./deploy"}]}`
 
-// env is one server on a real SQLite store in a temp dir, served on 127.0.0.1, with two orgs
-// ("acme", "other"), each with a user and an agent token.
+// env is one server on a real store (SQLite in a temp dir unless newEnvOn says), served on
+// 127.0.0.1, with two orgs ("acme", "other"), each with a user and an agent token.
 type env struct {
 	t       *testing.T
 	srv     *Server
 	url     string
-	db      *sqlite.DB
+	db      store.Store
 	dir     string
 	logs    *testutil.SyncBuffer
 	tokens  map[string]string // "acme/user", "acme/agent", "other/user", "other/agent"
@@ -44,9 +43,15 @@ type env struct {
 
 func newEnv(t *testing.T, tweak ...func(*Config)) *env {
 	t.Helper()
+	return newEnvOn(t, "sqlite", tweak...)
+}
+
+// newEnvOn is newEnv on a store of driver (servertest.Drivers).
+func newEnvOn(t *testing.T, driver string, tweak ...func(*Config)) *env {
+	t.Helper()
 	ctx := context.Background()
-	st := servertest.Open(ctx, t)
-	db, dir := st.DB, st.Dir
+	st := servertest.OpenDriver(ctx, t, driver)
+	db, dir := st.Store, st.Dir
 	key, err := LoadLogKey(filepath.Join(dir, "log-token.key"))
 	if err != nil {
 		t.Fatal(err)
