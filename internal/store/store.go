@@ -329,11 +329,12 @@ type Claims interface {
 	// (backend, labels, placement) to it, attempt incremented and leased until now+c.LeaseTTL. ok is false
 	// when there is none.
 	//
-	// A claim naming its Finish or worker (Claim.AfterJob, Claim.Worker) first answers again
-	// a claim whose answer was lost: the job leased to the agent that the claim of that
-	// Finish made (or, for a claim naming no Finish, one claimed for that worker), provided
-	// no Start acknowledged it, with the same attempt and its lease renewed to now+LeaseTTL.
-	// A Finish that has a job claimed for it never claims another, on any replica.
+	// A claim naming its worker or Finish (Claim.Worker, Claim.AfterJob) first answers again
+	// a claim whose answer was lost: the job leased to the agent claimed for that worker
+	// (or, for a claim naming no worker, the one that Finish's claim made), provided no
+	// Start acknowledged it, with the same attempt and its lease renewed to now+LeaseTTL.
+	// Neither a worker holding such a job nor a Finish that has a job claimed for it gets
+	// another; for a Finish, on any replica.
 	ClaimJob(ctx context.Context, c Claim) (j Job, ok bool, err error)
 	// StartJob records that the current attempt started running (assigned → running).
 	StartJob(ctx context.Context, id string, attempt int, now time.Time) (Job, error)

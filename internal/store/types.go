@@ -253,7 +253,8 @@ type Claim struct {
 	Worker string
 	// AfterJob and AfterAttempt name the Finish whose Next makes the claim ("" for a plain
 	// claim). A Finish claims at most one job: while a job claimed for it exists, ClaimJob
-	// claims none, and answers that one to the Finish's repeats while it is unacknowledged.
+	// claims none, and answers that one to the Finish's repeats while it is unacknowledged
+	// (by the worker, when the claim names one).
 	AfterJob     string
 	AfterAttempt int
 }

@@ -192,30 +192,12 @@ func (s *DB) ClaimJob(ctx context.Context, c store.Claim) (store.Job, bool, erro
 		return j, false, errors.New("claim job: no org") // a programming error: never claim across orgs
 	}
 	err := s.write(ctx, "claim job", func(tx pgx.Tx) error {
-		// Touching the agent is also its existence check: an unknown agent has no labels and
-		// must register first.
-		res, err := exec(ctx, tx, sqlq.TouchAgent, ns(c.Now), c.AgentID)
-		if err != nil {
-			return err
+		var err error
+		j, ok, err = s.claim(ctx, tx, c)
+		if err == nil && ok {
+			err = s.labels(ctx, tx, &j)
 		}
-		if res.RowsAffected() == 0 {
-			return &store.NotFoundError{Kind: "agent", Key: c.AgentID}
-		}
-		// A claim whose answer was lost is answered again rather than made twice.
-		var found bool
-		if j, found, err = s.handBack(ctx, tx, c); err != nil || found {
-			ok = found
-			return err
-		}
-		j, err = sqlq.ScanJob(row(ctx, tx, claimQuery, sqlq.ClaimArgs(c)...))
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		ok = true
-		return s.labels(ctx, tx, &j)
+		return err
 	})
 	if c.AfterJob != "" && isUnique(err) {
 		// A concurrent claim for the same Finish (a repeat another replica answers) committed
@@ -231,6 +213,50 @@ func (s *DB) ClaimJob(ctx context.Context, c store.Claim) (store.Job, bool, erro
 		s.notify(store.JobChanged(j.ID))
 	}
 	return j, ok, err
+}
+
+// claim sends the claim's statements in one batch, one round trip: the agent's touch (also its
+// existence check: an unknown agent has no labels and must register first), the hand-back of
+// a claim whose answer was lost (sqlq.HandBack), and the claim, which sees what the hand-back
+// found and then claims nothing (sqlq.Claim's guards).
+func (s *DB) claim(ctx context.Context, tx pgx.Tx, c store.Claim) (store.Job, bool, error) {
+	b := &pgx.Batch{}
+	b.Queue(rebind(sqlq.TouchAgent), ns(c.Now), c.AgentID)
+	hq, hargs := sqlq.HandBack(c)
+	if hq != "" {
+		b.Queue(rebind(hq), hargs...)
+	}
+	b.Queue(rebind(claimQuery), sqlq.ClaimArgs(c)...)
+	br := tx.SendBatch(ctx, b)
+	defer br.Close()
+	res, err := br.Exec()
+	if err != nil {
+		return store.Job{}, false, err
+	}
+	if res.RowsAffected() == 0 {
+		return store.Job{}, false, &store.NotFoundError{Kind: "agent", Key: c.AgentID}
+	}
+	var j store.Job
+	back := false
+	if hq != "" {
+		if j, err = sqlq.ScanJob(br.QueryRow()); err == nil {
+			back = true
+		} else if !errors.Is(err, pgx.ErrNoRows) {
+			return j, false, err
+		}
+	}
+	claimed, err := sqlq.ScanJob(br.QueryRow())
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return j, back, br.Close()
+	case err != nil:
+		return j, false, err
+	case back:
+		// The guards make this impossible; the transaction is rolled back rather than
+		// leave the agent two jobs.
+		return j, false, fmt.Errorf("claim job: %s handed back and %s claimed at once", j.ID, claimed.ID)
+	}
+	return claimed, true, br.Close()
 }
 
 // handBack runs c's hand-back statement (sqlq.HandBack) in tx: the job a claim for c made

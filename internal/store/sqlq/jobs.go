@@ -129,10 +129,11 @@ const (
 // so that the statement stays correct where the pick and the take are not serialized: on
 // PostgreSQL the lock is FOR UPDATE SKIP LOCKED and concurrent claimers skip each other's
 // rows. The claim records whom it was made for, a Finish and a worker (FinishRef and Worker of
-// store.Claim, "" for none), for the hand-backs below. A Finish that has a job claimed for it
-// claims none; where two of its repeats race (PostgreSQL replicas), the unique index on
-// claim_finish refuses the second. Parameters (ClaimArgs): agent, lease expiry, finish,
-// worker, finish twice, org, then agent three times.
+// store.Claim, "" for none), for the hand-backs below, and claims nothing while one of them
+// has a claim to hand back: a Finish that has a job claimed for it, a worker that holds an
+// unacknowledged one (so the hand-back and the claim may run in one batch: the claim sees
+// what the hand-back found). Where two repeats of a Finish race (PostgreSQL replicas), the
+// unique index on claim_finish refuses the second. Parameters: ClaimArgs.
 func Claim(lock string) string { return claimPick + lock + claimTake }
 
 const claimPick = `UPDATE jobs SET state = 'assigned', attempt = attempt + 1, agent_id = ?, lease_expires = ?,
@@ -142,6 +143,9 @@ const claimPick = `UPDATE jobs SET state = 'assigned', attempt = attempt + 1, ag
 		WHERE j.state = 'scheduled'
 		  -- a Finish claims at most one job; its repeats get that one back (HandBackFinish)
 		  AND (CAST(? AS TEXT) = '' OR NOT EXISTS (SELECT 1 FROM jobs f WHERE f.claim_finish = ? AND f.claim_finish <> ''))
+		  -- a worker holding an unacknowledged claim gets that one back (HandBackWorker)
+		  AND (CAST(? AS TEXT) = '' OR NOT EXISTS (SELECT 1 FROM jobs w WHERE w.agent_id = ? AND w.claim_worker = ?
+		        AND w.claim_worker <> '' AND w.started_at = 0 AND w.state IN ` + Leased + `))
 		  -- tenancy: only the agent token's org's jobs
 		  AND b.org_id = ?
 		  AND EXISTS (SELECT 1 FROM agents a WHERE a.id = ?
@@ -178,22 +182,24 @@ const (
 )
 
 // HandBack is the statement and parameters of c's hand-back ("" for a claim naming neither a
-// Finish nor a worker).
+// worker nor a Finish): by its worker, which holds at most one unacknowledged claim (Claim's
+// guard), the Finish's included; else, for an agent that names no worker, by its Finish.
 func HandBack(c store.Claim) (string, []any) {
 	leaseExpiry := NS(c.Now.Add(c.LeaseTTL))
 	switch {
-	case c.AfterJob != "":
-		return HandBackFinish, []any{leaseExpiry, c.FinishRef(), c.AgentID}
 	case c.Worker != "":
 		return HandBackWorker, []any{leaseExpiry, c.AgentID, c.Worker, c.AgentID, c.Worker}
+	case c.AfterJob != "":
+		return HandBackFinish, []any{leaseExpiry, c.FinishRef(), c.AgentID}
 	}
 	return "", nil
 }
 
-// ClaimArgs are Claim's parameters for c.
+// ClaimArgs are Claim's parameters for c: agent, lease expiry, finish, worker (the SET);
+// finish twice, worker, agent, worker (the guards); org, then agent three times.
 func ClaimArgs(c store.Claim) []any {
-	f := c.FinishRef()
-	return []any{c.AgentID, NS(c.Now.Add(c.LeaseTTL)), f, c.Worker, f, f, c.OrgID, c.AgentID, c.AgentID, c.AgentID}
+	f, w := c.FinishRef(), c.Worker
+	return []any{c.AgentID, NS(c.Now.Add(c.LeaseTTL)), f, w, f, f, w, c.AgentID, w, c.OrgID, c.AgentID, c.AgentID, c.AgentID}
 }
 
 // ReapLeases ends every lapsed lease in one statement; each column's CASE reads the row's old

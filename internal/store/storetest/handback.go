@@ -12,43 +12,8 @@ import (
 // handBackCases: a claim that names its Finish or its worker is answered again, not made a
 // second time, when its answer was lost (store.Claims.ClaimJob).
 var handBackCases = []testCase{
-	{"FinishClaimsOnce", func(t *testing.T, e *env) {
-		js := e.ready(t, "acme", 4)
-		e.agent(t, "ag", "sandbox")
-		done := e.finished(t, "ag")
-		after := e.afterClaim("ag", done, 1)
-		next := e.mustClaim(t, after, e.at(time.Second))
-		if next.Attempt != 1 || next.AgentID != "ag" || next.State != store.JobAssigned {
-			t.Fatalf("the Finish's claim: %+v", next)
-		}
-		// Its reply was lost: the repeat, later, gets the same job, same attempt, its lease
-		// renewed from the repeat's time; nothing else is claimed.
-		after.Now = e.at(20 * time.Second)
-		again := e.mustClaim(t, after, after.Now)
-		if again.ID != next.ID || again.Attempt != next.Attempt {
-			t.Fatalf("the repeat got %s attempt %d, want %s attempt %d", again.ID, again.Attempt, next.ID, next.Attempt)
-		}
-		if want := after.Now.Add(after.LeaseTTL); !again.LeaseExpires.Equal(want) {
-			t.Errorf("the repeat left the lease at %v, want %v", again.LeaseExpires, want)
-		}
-		e.leased(t, js, map[string]string{done.ID: "", next.ID: "ag"})
-		// A plain claim of the worker the Finish claimed for: it holds nothing, so it lost
-		// the Finish's answer, and gets that job.
-		if j := e.mustClaim(t, e.plain("ag", "w"), e.at(20*time.Second)); j.ID != next.ID || j.Attempt != next.Attempt {
-			t.Fatalf("the worker's plain claim got %s attempt %d, want %s attempt %d", j.ID, j.Attempt, next.ID, next.Attempt)
-		}
-		e.leased(t, js, map[string]string{done.ID: "", next.ID: "ag"})
-		// Once the agent started it, the answer was not lost: a repeat claims nothing.
-		get(e.s.StartJob(e.ctx, next.ID, next.Attempt, e.at(21*time.Second)))(t)
-		if j, ok := e.try(t, after, e.at(22*time.Second)); ok {
-			t.Fatalf("a repeat after the start claimed %s", j.ID)
-		}
-		// Another Finish (another attempt of the same job) claims anew.
-		other := e.afterClaim("ag", done, 2)
-		if j := e.mustClaim(t, other, e.at(23*time.Second)); j.ID == next.ID {
-			t.Fatalf("another Finish got %s again", j.ID)
-		}
-	}},
+	{"FinishClaimsOnce", func(t *testing.T, e *env) { finishClaimsOnce(t, e, true) }},
+	{"FinishClaimsOnceNoWorker", func(t *testing.T, e *env) { finishClaimsOnce(t, e, false) }},
 	{"FinishClaimLapsed", func(t *testing.T, e *env) {
 		// The repeat comes after the lease of the job claimed for the Finish lapsed and the
 		// job was requeued: the Finish had its one job; it claims no other, and the job is
@@ -105,6 +70,12 @@ var handBackCases = []testCase{
 		}
 		if len(seen) != len(js) {
 			t.Fatalf("%d jobs handed out, want %d", len(seen), len(js))
+		}
+		// A Finish's claim for the worker (its Next) is a claim of the worker too.
+		fin := e.plain("ag", "boot/0")
+		fin.AfterJob, fin.AfterAttempt = "some-job", 1
+		if j := e.mustClaim(t, fin, e.at(2*time.Second)); j.ID != w1.ID || j.Attempt != w1.Attempt {
+			t.Fatalf("a Finish's claim for the worker got %s attempt %d, want %s attempt %d", j.ID, j.Attempt, w1.ID, w1.Attempt)
 		}
 		// Started, the job is acknowledged: the worker's next claim is a new one (none left).
 		get(e.s.StartJob(e.ctx, w1.ID, w1.Attempt, e.at(3*time.Second)))(t)
@@ -163,6 +134,52 @@ var handBackCases = []testCase{
 	}},
 }
 
+// finishClaimsOnce: a Finish's claim, repeated after its answer was lost, gets the same job
+// until the agent starts it, and no other; the claim names a worker or (an agent that names
+// none) only the Finish.
+func finishClaimsOnce(t *testing.T, e *env, worker bool) {
+	js := e.ready(t, "acme", 4)
+	e.agent(t, "ag", "sandbox")
+	done := e.finished(t, "ag")
+	after := e.afterClaim("ag", done, 1)
+	if !worker {
+		after.Worker = ""
+	}
+	next := e.mustClaim(t, after, e.at(time.Second))
+	if next.Attempt != 1 || next.AgentID != "ag" || next.State != store.JobAssigned {
+		t.Fatalf("the Finish's claim: %+v", next)
+	}
+	// Its reply was lost: the repeat, later, gets the same job, same attempt, its lease
+	// renewed from the repeat's time; nothing else is claimed.
+	after.Now = e.at(20 * time.Second)
+	again := e.mustClaim(t, after, after.Now)
+	if again.ID != next.ID || again.Attempt != next.Attempt {
+		t.Fatalf("the repeat got %s attempt %d, want %s attempt %d", again.ID, again.Attempt, next.ID, next.Attempt)
+	}
+	if want := after.Now.Add(after.LeaseTTL); !again.LeaseExpires.Equal(want) {
+		t.Errorf("the repeat left the lease at %v, want %v", again.LeaseExpires, want)
+	}
+	e.leased(t, js, map[string]string{done.ID: "", next.ID: "ag"})
+	if worker {
+		// A plain claim of the worker the Finish claimed for: it holds nothing, so it
+		// lost the Finish's answer, and gets that job.
+		if j := e.mustClaim(t, e.plain("ag", after.Worker), e.at(20*time.Second)); j.ID != next.ID || j.Attempt != next.Attempt {
+			t.Fatalf("the worker's plain claim got %s attempt %d, want %s attempt %d", j.ID, j.Attempt, next.ID, next.Attempt)
+		}
+		e.leased(t, js, map[string]string{done.ID: "", next.ID: "ag"})
+	}
+	// Once the agent started it, the answer was not lost: a repeat claims nothing.
+	get(e.s.StartJob(e.ctx, next.ID, next.Attempt, e.at(21*time.Second)))(t)
+	if j, ok := e.try(t, after, e.at(22*time.Second)); ok {
+		t.Fatalf("a repeat after the start claimed %s", j.ID)
+	}
+	// Another Finish (another attempt of the same job) claims anew.
+	other := e.afterClaim("ag", done, 2)
+	if j := e.mustClaim(t, other, e.at(23*time.Second)); j.ID == next.ID {
+		t.Fatalf("another Finish got %s again", j.ID)
+	}
+}
+
 // finished claims, starts and finishes a job (passed) for agent: the Finish that claims next.
 func (e *env) finished(t *testing.T, agent string) store.Job {
 	t.Helper()
@@ -176,9 +193,10 @@ func (e *env) plain(agent, worker string) store.Claim {
 	return store.Claim{AgentID: agent, OrgID: e.lastOrg, LeaseTTL: 30 * time.Second, Worker: worker}
 }
 
-// afterClaim is the claim of the Finish of attempt of job done, for agent's worker "w".
+// afterClaim is the claim of the Finish of attempt of job done, for agent's worker
+// "w<attempt>".
 func (e *env) afterClaim(agent string, done store.Job, attempt int) store.Claim {
-	c := e.plain(agent, "w")
+	c := e.plain(agent, fmt.Sprintf("w%d", attempt))
 	c.AfterJob, c.AfterAttempt = done.ID, attempt
 	return c
 }
