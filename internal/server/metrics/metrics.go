@@ -6,7 +6,8 @@
 // and every replica counts what it itself did:
 //
 //	hm_store_seconds{op}              histogram: latency of each store method
-//	hm_claims_total                   counter: jobs handed to agents (ClaimJob that claimed)
+//	hm_claims_total                   counter: jobs handed to agents (ClaimJob that claimed; a
+//	                                  claim answered again after a lost reply counts again)
 //	hm_claim_wait_seconds             histogram: a job's wait from claimable to claimed (dispatch)
 //	hm_lease_expiries_total           counter: jobs whose agent lease lapsed (the reaper's)
 //	hm_orphans_failed_total           counter: requeued jobs failed for want of a live agent
