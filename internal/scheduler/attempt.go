@@ -122,6 +122,9 @@ func (r *run) attempt(ctx context.Context, i, n int, spec vm.Spec, ws *source.Tr
 			return failed(ctx, err)
 		}
 	}
+	if _, most := retryAgain(ps.Retry, n, 0); n >= most || !retries(ps.Retry) {
+		r.madeLast(i) // an infrastructure failure's one retry is not foreseen (vm.Drainer)
+	}
 	keep := false // handed on to the child
 	defer func() {
 		// Off the step's slot: nothing of the machine is needed any more, and Run waits

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -214,6 +215,20 @@ type run struct {
 	mask      *secret.Masker // nil: no secrets
 	wg        sync.WaitGroup // ephemeral snapshot removals
 	manifest  manifest
+	// toMake counts the steps that may still make a machine; made[i] is set once step i
+	// no longer counts (madeLast). At zero the backend is told (vm.Drainer).
+	toMake atomic.Int64
+	made   []atomic.Bool
+}
+
+// madeLast records that step i makes no more machines: it has made the one of its last
+// attempt, or it ended. Called from its worker and from the loop; counts once.
+func (r *run) madeLast(i int) {
+	if r.made[i].CompareAndSwap(false, true) && r.toMake.Add(-1) == 0 {
+		if d, ok := r.backend.(vm.Drainer); ok {
+			d.Drain(r.opts.RunID)
+		}
+	}
 }
 
 func newRun(pl *plan.Plan, backend vm.Backend, opts Options) *run {
@@ -235,12 +250,14 @@ func newRun(pl *plan.Plan, backend vm.Backend, opts Options) *run {
 	r := &run{
 		pl: pl, backend: backend, opts: opts, mask: mask,
 		steps: make([]stepState, len(pl.Steps)),
+		made:  make([]atomic.Bool, len(pl.Steps)),
 		gate:  newSlotGate(par),
 		prep:  make(chan struct{}, par),
 		done:  make(chan completion, len(pl.Steps)),
 		pid:   osPID(),
 	}
 	r.images.m = map[string]*imageEntry{}
+	r.toMake.Store(int64(len(pl.Steps)))
 	for i := range r.steps {
 		r.steps[i].id = uuid.NewString()
 		r.steps[i].waiting = len(pl.Steps[i].Preds)
@@ -386,6 +403,7 @@ func (r *run) skip(buildCtx context.Context, i int, reason string) {
 		r.dropHandoff(p)
 	}
 	r.nDone++
+	r.madeLast(i)
 	r.opts.Publish(events.Event{Kind: events.KindStepSkipped, StepSkipped: &events.StepSkipped{
 		StepID: st.id, Reason: reason, TS: time.Now().UTC(),
 	}})
@@ -418,6 +436,7 @@ func (r *run) complete(buildCtx context.Context, c completion) {
 	st.handoff, st.withSource = c.handoff, c.src
 	st.done = true
 	r.nDone++
+	r.madeLast(c.step)
 	st.cancel()
 	if c.err != nil && r.infraErr == nil {
 		r.infraErr = c.err

@@ -155,11 +155,22 @@ type Continuer interface {
 // there are slots, and injects the workspace into it before the slot too; Run comes once the
 // step has its slot. Prepare returns a machine in the created state (the lifecycle above is
 // unchanged) in which the backend did what it could without running the command: docker
-// starts an idle container, whose start is most of a short step's cost. A prepared machine
+// creates the container (and starts it idle when it has a network of its own, whose setup is
+// most of a short step's cost). A prepared machine
 // whose step never runs (fail-fast, cancel) is destroyed; a failed Prepare only costs the
 // head start (the step then creates its machine in its slot as usual).
 type Preparer interface {
 	Prepare(ctx context.Context, spec Spec) (Machine, error)
+}
+
+// Drainer is an optional ability of a Backend: Drain says that the run makes no more
+// machines as far as the scheduler can tell (every step has made the machine of its last
+// possible attempt, or will make none), so what the backend keeps for the run's next machines
+// can go now rather than at Close. It is a hint, never a promise: an infrastructure failure
+// may still bring a retry's machine, which the backend must serve as usual, only without
+// what it let go. Drain does not block.
+type Drainer interface {
+	Drain(run string)
 }
 
 // Reinjector is an optional ability of a Machine: after Run returned exit code 0 and before

@@ -29,7 +29,7 @@ func (b *Backend) CopyArtifacts(ctx context.Context, snapshot string, owner vm.O
 	fail := func(err error) (artifact.Result, error) {
 		return artifact.Result{}, fmt.Errorf("docker: artifacts of snapshot %s: %w", snapshot, err)
 	}
-	m, err := b.Create(ctx, vm.Spec{Parent: snapshot, Cmd: "true", Env: vm.BaseEnv, Owner: owner})
+	m, err := b.create(ctx, vm.Spec{Parent: snapshot, Cmd: "true", Env: vm.BaseEnv, Owner: owner}, inert)
 	if err != nil {
 		return fail(err)
 	}

@@ -9,10 +9,13 @@
 // output and waits; Commit commits the exited container; Destroy force-removes it. Apart from
 // the copy these are the calls `docker run` + `docker commit` make; an idle container driven
 // by exec measured slower (bench/docker compares all three) where all of it is on the step's
-// path. A machine prepared while its step waits for a slot (Prepare, vm.Preparer) is such an
-// idle container all the same: its start happens before the slot, and the slot then holds
-// one exec, whose exit status comes from an exec inspect instead of the daemon's teardown of
-// the container (~90 ms); the scheduler removes every container after the slot is freed.
+// path. A step's container joins the network namespace of a holder its run keeps
+// (netpool.go) instead of having the daemon set one up and tear it down, which was most of a
+// short step's cost. A machine prepared while its step waits for a slot (Prepare,
+// vm.Preparer) is created and given the workspace then; with no holder to join (--network
+// host, or a run with no root image seen) it is an idle container started before the slot,
+// whose slot then holds one exec. The scheduler removes every container after the slot is
+// freed.
 //
 // # Labels
 //
@@ -124,6 +127,8 @@ type Backend struct {
 	records, live, eph, linger map[string]bool
 	dirty                      bool
 	resolved                   map[string]resolvedRef // ResolveLocal's answers, by reference
+
+	nets netPool // network holders (netpool.go)
 }
 
 type resolvedRef struct {
@@ -169,9 +174,10 @@ func New(ctx context.Context, opts Options) (*Backend, error) {
 	return &Backend{cli: cli, host: host, state: opts.StateDir, opts: opts, ownerOf: ownerOf, envs: map[string][]string{}}, nil
 }
 
-// Close removes this process's owner records when it left nothing behind (owners.go) and
-// releases the client's connections.
+// Close removes the network holders (netpool.go), then this process's owner records when it
+// left nothing behind (owners.go), and releases the client's connections.
 func (b *Backend) Close() error {
+	b.closeHolders()
 	b.release()
 	return b.cli.Close()
 }
@@ -272,7 +278,7 @@ func (b *Backend) pull(ctx context.Context, ref string) error {
 
 // Create implements vm.Backend.
 func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) {
-	return b.create(ctx, spec, false)
+	return b.create(ctx, spec, inSlot)
 }
 
 // Prepare implements vm.Preparer: the container is created and started idle (exec.go), so
@@ -280,11 +286,22 @@ func (b *Backend) Create(ctx context.Context, spec vm.Spec) (vm.Machine, error) 
 // from an exec inspect instead of waiting for the daemon to tear the container down (its
 // removal, which kills the idle init, happens after the slot is freed).
 func (b *Backend) Prepare(ctx context.Context, spec vm.Spec) (vm.Machine, error) {
-	return b.create(ctx, spec, true)
+	return b.create(ctx, spec, ahead)
 }
 
-// create makes a step's container; started idle when ready or continuable.
-func (b *Backend) create(ctx context.Context, spec vm.Spec, ready bool) (vm.Machine, error) {
+// createMode says what a container is made for.
+type createMode int
+
+const (
+	inSlot createMode = iota // Create: its step has its slot and runs right away
+	ahead                    // Prepare: its step waits for a slot
+	inert                    // never started (CopyArtifacts): no network at all
+)
+
+// create makes a step's container; started idle when prepared without a network holder,
+// continuable, or given an environment that cannot come on stdin.
+func (b *Backend) create(ctx context.Context, spec vm.Spec, mode createMode) (vm.Machine, error) {
+	ready := mode == ahead
 	if (spec.Image == "") == (spec.Parent == "") {
 		return nil, fmt.Errorf("docker: create: %w: exactly one of Image and Parent must be set", errs.ErrInfra)
 	}
@@ -328,9 +345,19 @@ func (b *Backend) create(ctx context.Context, spec vm.Spec, ready bool) (vm.Mach
 	if n := b.opts.PidsLimit; n > 0 {
 		hc.Resources.PidsLimit = &n
 	}
+	// The network namespace is a holder's (netpool.go), found by name when the container
+	// starts: an idle container takes one now, any other when its step runs.
+	netName := ""
+	if mode == inert {
+		hc.NetworkMode = "none"
+	} else if netName = b.holderName(spec, owner, mode == inSlot); netName != "" {
+		hc.NetworkMode = container.NetworkMode("container:" + netName)
+	}
 	// The environment reaches the step on stdin or with an exec, never through the config
-	// (env.go).
-	execMode := ready || spec.Continuable || !stdinEnv(cfg, spec.Cmd, spec.Env)
+	// (env.go). A prepared machine with a network holder is only created: its start, with
+	// no namespace to set up, is cheap, and taking the holder when the step runs keeps it
+	// free for the step running meanwhile.
+	execMode := ready && netName == "" || spec.Continuable || !stdinEnv(cfg, spec.Cmd, spec.Env)
 	if execMode {
 		idleConfig(cfg)
 	}
@@ -355,12 +382,23 @@ func (b *Backend) create(ctx context.Context, spec vm.Spec, ready bool) (vm.Mach
 		return nil, apiErr(ctx, "create container", err)
 	}
 	b.madeContainer(resp.ID)
-	m := &machine{b: b, id: resp.ID, spec: spec, owner: owner, baseEnv: baseEnv, exec: execMode, release: release}
+	m := &machine{b: b, id: resp.ID, spec: spec, owner: owner, baseEnv: baseEnv, exec: execMode, release: release, netName: netName, toTake: netName != "", wanted: netName != "" && !ready}
 	if execMode {
-		if err := b.cli.ContainerStart(context.WithoutCancel(ctx), resp.ID, container.StartOptions{}); err != nil {
-			_ = b.removeContainer(context.WithoutCancel(ctx), resp.ID)
+		err := m.takeNet(ctx)
+		if err == nil {
+			err = b.cli.ContainerStart(context.WithoutCancel(ctx), resp.ID, container.StartOptions{})
+			if err != nil {
+				err = apiErr(ctx, "start container", err)
+			}
+		}
+		if err != nil {
+			m.mu.Lock()
+			if b.removeContainer(context.WithoutCancel(ctx), resp.ID) == nil {
+				m.giveBackNet()
+			}
+			m.mu.Unlock()
 			release()
-			return nil, apiErr(ctx, "start container", err)
+			return nil, err
 		}
 	}
 	return m, nil

@@ -41,7 +41,14 @@ func skipOrFail(t *testing.T, format string, args ...any) {
 // image is missing.
 func newBackend(t *testing.T) *Backend {
 	t.Helper()
-	b, err := New(t.Context(), Options{StateDir: t.TempDir()})
+	return newBackendOpts(t, Options{})
+}
+
+// newBackendOpts is newBackend with opts (a state dir of its own).
+func newBackendOpts(t *testing.T, opts Options) *Backend {
+	t.Helper()
+	opts.StateDir = t.TempDir()
+	b, err := New(t.Context(), opts)
 	if errors.Is(err, errs.ErrUnavailable) {
 		skipOrFail(t, "needs a Docker daemon: %v", err)
 	}
@@ -64,7 +71,8 @@ func TestConformance(t *testing.T) {
 			Backend:    b,
 			Image:      testImage,
 			IsolatedFS: true,
-			Leftovers:  func() []string { return containersOf(t, b, proc.Self()) },
+			// The network holders kept for the run's next machines go with the backend.
+			Leftovers: func() []string { b.closeHolders(); return containersOf(t, b, proc.Self()) },
 		}
 	})
 }

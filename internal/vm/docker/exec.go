@@ -66,8 +66,10 @@ func (m *machine) Continue(ctx context.Context, spec vm.Spec) (vm.Machine, error
 		return nil, fmt.Errorf("docker: continue: %w: owner process %d: %v", errs.ErrInfra, spec.Owner.PID, err)
 	}
 	spec.Image, spec.Parent = m.spec.Image, m.spec.Parent
-	m.removed = true // the child owns the container now
-	return &machine{b: m.b, id: m.id, spec: spec, owner: owner, baseEnv: m.baseEnv, exec: true}, nil
+	m.removed = true // the child owns the container now, and its network holder
+	net := m.net
+	m.net = nil
+	return &machine{b: m.b, id: m.id, spec: spec, owner: owner, baseEnv: m.baseEnv, exec: true, netName: m.netName, net: net}, nil
 }
 
 // runExec is Run for a continuable machine: the step is an exec in the idle container.

@@ -34,6 +34,49 @@ type machine struct {
 	removed bool // the container is gone, or handed on to a continuing child
 	// release unlocks the cache directories of the container (cachedirs.go); nil if none.
 	release func()
+	// netName is the name of the network holder the container joins (netpool.go), "" for
+	// none; net is that holder while the machine has it.
+	netName string
+	net     *holder
+	// toTake: the machine is yet to take its holder (counted in its run's pend, and in its
+	// want if wanted); netpool.go.
+	toTake, wanted bool
+}
+
+// takeNet gives the machine its network holder, before its container starts.
+func (m *machine) takeNet(ctx context.Context) error {
+	if m.netName == "" {
+		return nil
+	}
+	m.mu.Lock()
+	if !m.toTake {
+		m.mu.Unlock()
+		return nil // it has its holder (continued), or gave it back
+	}
+	wanted := m.wanted
+	m.toTake, m.wanted = false, false
+	m.mu.Unlock()
+	h, err := m.b.takeHolder(ctx, m.spec, m.owner, m.netName, wanted)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.net = h
+	m.mu.Unlock()
+	return nil
+}
+
+// giveBackNet hands the machine's network holder back; with m.mu held, once no process of
+// the step can be left in the namespace.
+func (m *machine) giveBackNet() {
+	if m.net != nil {
+		m.b.giveBack(m.net, true)
+		m.net = nil
+	}
+	if m.toTake {
+		m.b.untake(m.spec.Owner.RunID, m.wanted)
+		m.toTake, m.wanted = false, false
+	}
 }
 
 var _ vm.Reinjector = (*machine)(nil)
@@ -112,6 +155,11 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 		copied <- err
 	}()
 
+	if err := m.takeNet(ctx); err != nil {
+		hj.Close()
+		<-copied
+		return -1, m.runErr(ctx, "network", err)
+	}
 	// Start is not canceled with ctx: a request cut short might start the container after
 	// the kill below has already found nothing to kill.
 	bg := context.WithoutCancel(ctx)
@@ -161,6 +209,9 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	}
 	m.mu.Lock()
 	m.Ran, m.Exit = true, code
+	// The container's init has exited, and with it every process of its PID namespace:
+	// nothing of the step is left in the holder's network namespace.
+	m.giveBackNet()
 	m.mu.Unlock()
 	return code, nil
 }
@@ -222,6 +273,7 @@ func (m *machine) Destroy(ctx context.Context) error {
 		return err
 	}
 	m.removed = true
+	m.giveBackNet()
 	if m.release != nil {
 		m.release() // the container is gone: nothing writes to its cache volumes any more
 	}

@@ -131,6 +131,7 @@ func TestCloseRemovesRecord(t *testing.T) {
 		} else {
 			t.Cleanup(func() { _ = b.cli.ContainerRemove(context.Background(), id, container.RemoveOptions{Force: true}) })
 		}
+		b.closeHolders() // Close's first half: the network holders kept for the run
 		b.release()
 		_, err = os.Stat(rec)
 		if kept := err == nil; kept != leave {

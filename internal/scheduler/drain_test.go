@@ -1,0 +1,65 @@
+package scheduler
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/hmci/hm/internal/ir"
+	"github.com/hmci/hm/internal/vm"
+)
+
+// drainVM is fakeVM with vm.Drainer: it records, at each Drain, how many machines had been
+// created by then.
+type drainVM struct {
+	*fakeVM
+	mu     sync.Mutex
+	drains []int // machines created at each Drain
+	runs   []string
+}
+
+func (d *drainVM) Drain(run string) {
+	d.fakeVM.mu.Lock()
+	n := len(d.fakeVM.created)
+	d.fakeVM.mu.Unlock()
+	d.mu.Lock()
+	d.drains = append(d.drains, n)
+	d.runs = append(d.runs, run)
+	d.mu.Unlock()
+}
+
+var _ vm.Drainer = (*drainVM)(nil)
+
+// The backend is told once that the run makes no more machines, and only once every step
+// has made the machine of its last possible attempt, or ended without one.
+func TestDrainAfterLastMachine(t *testing.T) {
+	cases := []struct {
+		name     string
+		steps    []step
+		par      int
+		machines int // created in all
+	}{
+		{name: "fan-out, one slot", steps: fanout(3, "ok"), par: 1, machines: 4},
+		{name: "fan-out, wide", steps: fanout(5, "ok"), par: 8, machines: 6},
+		// The retried step's second machine comes after its first: no Drain in between.
+		{name: "retry", steps: []step{{key: "a", cmd: "ok"}, {key: "b", cmd: "flaky 1 1", retry: &ir.Retry{Limit: 1}, after: []string{"a"}}},
+			par: 1, machines: 3},
+		// The leaves never make one: the root's failure skips them.
+		{name: "skipped", steps: append([]step{{key: "root", cmd: "fail 1"}}, fanout(2, "ok")[1:]...), par: 2, machines: 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			d := &drainVM{fakeVM: newFakeVM()}
+			pl := build(t, c.steps)
+			res := guard(t, func() Result {
+				return Run(context.Background(), pl, d, Options{Parallelism: c.par, RunID: "run-1", Publish: (&recorder{}).publish})
+			})
+			if got := len(d.created); got != c.machines {
+				t.Fatalf("%d machines created, want %d (status %s)", got, c.machines, res.Status)
+			}
+			if len(d.drains) != 1 || d.drains[0] != c.machines || d.runs[0] != "run-1" {
+				t.Errorf("Drain calls (machines created at each) %v for runs %v, want one after all %d, for run-1", d.drains, d.runs, c.machines)
+			}
+		})
+	}
+}

@@ -1,0 +1,198 @@
+package docker
+
+import (
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hmci/hm/internal/proc"
+	"github.com/hmci/hm/internal/vm"
+)
+
+// nsCmd prints the step's network namespace and whether it has an interface beyond lo.
+const nsCmd = `readlink /proc/self/ns/net; test -e /sys/class/net/eth0 && echo eth0 || echo no-eth0`
+
+// runOnce creates a machine for spec, runs it to exit 0, destroys it and returns its stdout.
+func runOnce(t *testing.T, b *Backend, spec vm.Spec) string {
+	t.Helper()
+	m, err := b.Create(t.Context(), spec)
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	var out, stderr strings.Builder
+	code, err := m.Run(t.Context(), &out, &stderr)
+	if derr := m.Destroy(context.Background()); derr != nil {
+		t.Errorf("Destroy: %v", derr)
+	}
+	if err != nil || code != 0 {
+		t.Fatalf("Run %q = %d, %v (stderr %q)", spec.Cmd, code, err, stderr.String())
+	}
+	return out.String()
+}
+
+func inRun(spec vm.Spec, run string) vm.Spec {
+	spec.Owner.RunID = run
+	return spec
+}
+
+// Steps of one run that follow each other share a few network namespaces (their holders),
+// with the configured network; a step of another run never gets one of them.
+func TestHolderSequentialSteps(t *testing.T) {
+	for _, tc := range []struct {
+		network string
+		iface   string
+	}{{"", "eth0"}, {"none", "no-eth0"}} {
+		t.Run("network="+tc.network, func(t *testing.T) {
+			b := newBackendOpts(t, Options{Network: tc.network})
+			img := resolve(t, b, testImage)
+			seen := map[string]bool{}
+			for range 4 {
+				ns, iface, _ := strings.Cut(strings.TrimSpace(runOnce(t, b, inRun(rootSpec(t, img, nsCmd), "run-a"))), "\n")
+				if iface != tc.iface {
+					t.Errorf("the step sees %s, want %s", iface, tc.iface)
+				}
+				seen[ns] = true
+			}
+			// At most the holder the first step took and the spare made beside it.
+			if len(seen) > 2 {
+				t.Errorf("4 steps one after another ran in %d network namespaces %v, want at most 2", len(seen), seen)
+			}
+			other := strings.SplitN(runOnce(t, b, inRun(rootSpec(t, img, nsCmd), "run-b")), "\n", 2)[0]
+			if seen[other] {
+				t.Errorf("a step of another run got namespace %s of run-a's steps", other)
+			}
+		})
+	}
+}
+
+// Under --network host there is no namespace to set up, and no holder.
+func TestHolderNotForHostNetwork(t *testing.T) {
+	b := newBackendOpts(t, Options{Network: "host"})
+	img := resolve(t, b, testImage)
+	runOnce(t, b, rootSpec(t, img, "true"))
+	if left := containersOf(t, b, proc.Self()); len(left) > 0 {
+		t.Errorf("containers left with --network host once the step is destroyed: %v", left)
+	}
+}
+
+// Steps running at the same time never share a namespace: the first holds its holder until
+// its container has exited.
+func TestHolderNotShared(t *testing.T) {
+	b := newBackend(t)
+	img := resolve(t, b, testImage)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	long, err := b.Create(ctx, rootSpec(t, img, `readlink /proc/self/ns/net; sleep 60`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer long.Destroy(context.Background())
+	first := &lineSignal{line: make(chan string, 1)}
+	done := make(chan error, 1)
+	go func() {
+		_, err := long.Run(ctx, first, io.Discard)
+		done <- err
+	}()
+	var busy string
+	select {
+	case busy = <-first.line:
+	case err := <-done:
+		t.Fatalf("the long step ended early: %v", err)
+	case <-time.After(hangGuard):
+		t.Fatal("the long step printed nothing")
+	}
+	for range 2 {
+		if ns := strings.SplitN(runOnce(t, b, rootSpec(t, img, nsCmd)), "\n", 2)[0]; ns == busy {
+			t.Fatalf("a step ran in namespace %s while another step still ran there", ns)
+		}
+	}
+	cancel()
+	if err := <-done; err == nil {
+		t.Error("the long step was not stopped")
+	}
+}
+
+// A step that changed a file the daemon shares with the steps joining its holder
+// (/etc/hosts) leaves it to no later step: that holder is removed, and the next steps get
+// another namespace and the daemon's own /etc/hosts.
+func TestHolderFilesChanged(t *testing.T) {
+	b := newBackend(t)
+	img := resolve(t, b, testImage)
+	dirty := strings.SplitN(runOnce(t, b, rootSpec(t, img, `echo '10.9.9.9 hm-marker' >> /etc/hosts; readlink /proc/self/ns/net`)), "\n", 2)[0]
+	for range 3 {
+		out := runOnce(t, b, rootSpec(t, img, `readlink /proc/self/ns/net; grep -c hm-marker /etc/hosts || true`))
+		ns, marks, _ := strings.Cut(strings.TrimSpace(out), "\n")
+		if ns == dirty || marks != "0" {
+			t.Fatalf("a later step ran in %s (the changed one: %s) and found the marker %s times in /etc/hosts", ns, dirty, marks)
+		}
+	}
+}
+
+// Close removes every holder; Drain removes those no machine of the run is yet to take.
+func TestHolderRemoval(t *testing.T) {
+	t.Run("close", func(t *testing.T) {
+		b := newBackend(t)
+		img := resolve(t, b, testImage)
+		runOnce(t, b, rootSpec(t, img, "true"))
+		runOnce(t, b, inRun(rootSpec(t, img, "true"), "run-b"))
+		if len(containersOf(t, b, proc.Self())) == 0 {
+			t.Fatal("no holder is kept for the runs' next steps")
+		}
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if left := containersOf(t, newBackend(t), proc.Self()); len(left) > 0 {
+			t.Errorf("left after Close: %v", left)
+		}
+	})
+	t.Run("drain", func(t *testing.T) {
+		b := newBackend(t)
+		img := resolve(t, b, testImage)
+		runOnce(t, b, rootSpec(t, img, "true"))
+		prepared, err := b.Prepare(t.Context(), rootSpec(t, img, nsCmd))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Drain(owner(t).RunID)
+		// The prepared machine still gets a holder (one kept for it, or a new one).
+		var out strings.Builder
+		if code, err := prepared.Run(t.Context(), &out, io.Discard); err != nil || code != 0 || !strings.Contains(out.String(), "eth0") {
+			t.Fatalf("prepared machine after Drain: %d, %v, %q", code, err, out.String())
+		}
+		if err := prepared.Destroy(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(hangGuard)
+		for len(containersOf(t, b, proc.Self())) > 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("still there %v after Drain with no machine left: %v", hangGuard, containersOf(t, b, proc.Self()))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+}
+
+// hangGuard bounds waits on the daemon that must end, so that a hang fails with a message.
+const hangGuard = 2 * time.Minute
+
+// lineSignal sends the first line written to it.
+type lineSignal struct {
+	mu   sync.Mutex
+	buf  []byte
+	sent bool
+	line chan string
+}
+
+func (l *lineSignal) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, p...)
+	if i := strings.IndexByte(string(l.buf), '\n'); i >= 0 && !l.sent {
+		l.sent = true
+		l.line <- string(l.buf[:i])
+	}
+	return len(p), nil
+}
