@@ -144,7 +144,7 @@ func run(rounds int, img, dockerBin, only, kind, before string, par int) error {
 		_ = c.Run()
 	}()
 
-	var rows []string
+	var rows, notes []string
 	for wi, w := range workloads(img) {
 		if only != "" && !strings.HasPrefix(w.name, map[string]string{"chain": "30", "fanout": "fan"}[only]) {
 			continue
@@ -244,6 +244,12 @@ func run(rounds int, img, dockerBin, only, kind, before string, par int) error {
 					ms(stats.Median(h.wall)), spread(h.wall), ms(stats.Median(h.eng)), ms(stats.Median(b.wall)), spread(b.wall),
 					float64(stats.Median(h.wall))/float64(stats.Median(b.wall)), ratioSpread(h.wall, b.wall)))
 			}
+			if before != "" {
+				// The two hm binaries' own comparison, round by round: on a shared machine the
+				// load moves both sides of every row, and BuildKit's more than hm's.
+				notes = append(notes, fmt.Sprintf("%s, %s: hm / hm before per round, median %s",
+					w.name, strings.TrimPrefix(vs[i].name, "hm "), pairedRatio(vs[i].wall, vs[i+2].wall)))
+			}
 		}
 	}
 	ver, _ := cli.ServerVersion(ctx)
@@ -253,6 +259,12 @@ func run(rounds int, img, dockerBin, only, kind, before string, par int) error {
 	fmt.Println("|---|---|---:|---:|---:|")
 	for _, r := range rows {
 		fmt.Println(r)
+	}
+	if len(notes) > 0 {
+		fmt.Println()
+	}
+	for _, n := range notes {
+		fmt.Println(n)
 	}
 	return nil
 }
@@ -313,6 +325,16 @@ func ratioSpread(h, b []time.Duration) string {
 		r = append(r, float64(h[i])/float64(b[i]))
 	}
 	return fmt.Sprintf("%.2f–%.2f", slices.Min(r), slices.Max(r))
+}
+
+// pairedRatio is the median of the per-round ratios h/b, with their range.
+func pairedRatio(h, b []time.Duration) string {
+	var r []float64
+	for i := range h {
+		r = append(r, float64(h[i])/float64(b[i]))
+	}
+	slices.Sort(r)
+	return fmt.Sprintf("%.2f× (%.2f–%.2f)", r[len(r)/2], r[0], r[len(r)-1])
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000) }

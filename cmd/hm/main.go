@@ -12,5 +12,6 @@ import (
 func main() {
 	// Re-executed as a sandbox's init, hm becomes that init and never returns here.
 	sandbox.MaybeInit()
+	deferFirstGC()
 	os.Exit(cli.Main(context.Background(), os.Args[1:], cli.IO{In: os.Stdin, Out: os.Stdout, Err: os.Stderr}))
 }

@@ -51,16 +51,32 @@ func rootImages(p *ir.Pipeline, mapImage map[string]string) []string {
 // chooseVM opens the backend a build runs on and makes sure it has the root images before
 // anything runs, so that a missing image is one error (exit 4) rather than a failed step
 // reported three times. notice is the one stderr line about the choice ("" for none).
-func chooseVM(ctx context.Context, name, stateDir string, o vmOptions, images []string) (_ vm.Backend, notice string, _ error) {
+//
+// settle is called once, before any image is resolved and before any error of chooseVM's own
+// is returned (the state dir's check, which runs beside opening the backend): its error is
+// returned instead, and the backend closed.
+func chooseVM(ctx context.Context, name, stateDir string, o vmOptions, images []string, settle func() error) (_ vm.Backend, notice string, _ error) {
 	if name == "auto" {
+		if err := settle(); err != nil {
+			return nil, "", err
+		}
 		return chooseAuto(ctx, stateDir, o, images)
 	}
 	if name == "docker" && slices.Contains(images, HostImage) {
+		if err := settle(); err != nil {
+			return nil, "", err
+		}
 		// Known before anything starts: the pipeline asks for what docker cannot be.
 		return nil, "", &errs.ImageError{Ref: HostImage, Backend: "docker", Where: errs.InDocker, Class: errs.ErrInvalid,
 			Msg: "the image `host` is the host's root filesystem, which the docker backend cannot run"}
 	}
 	b, err := openVM(ctx, name, stateDir, o)
+	if serr := settle(); serr != nil {
+		if err == nil {
+			closeVM(b)
+		}
+		return nil, "", serr
+	}
 	if err != nil {
 		return nil, "", err
 	}

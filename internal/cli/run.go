@@ -412,18 +412,34 @@ func nameLimitFile(err error, source string) error {
 func localBackend(ctx context.Context, stdio IO, s settings, stateDir string, build *prepare.Build) (*local.Backend, vm.Backend, error) {
 	// An unwritable state dir (full, read-only) still serves a build whose steps are all
 	// cached: local uses the registry read-only and fails a step that would have to run.
+	//
+	// The probe's synced write runs beside the backend's opening (docker: the daemon's ping),
+	// which does not depend on it: the state dir exists before either begins. chooseVM takes
+	// the verdict (settle) before it resolves or pulls any image and before it reports an
+	// error of its own, so what is said and done is as if the probe had run first.
+	probed := make(chan error, 1)
+	if err := makeStateDir(stateDir); err != nil {
+		probed <- err
+	} else {
+		go func() { probed <- probeStateDir(stateDir) }()
+	}
 	var unwritable error
-	if err := checkStateDir(stateDir); err != nil {
+	settle := func() error {
+		err := <-probed
+		if err == nil {
+			return nil
+		}
 		var se *errs.StateDirError
 		if _, statErr := os.Stat(local.RegistryPath(stateDir)); statErr != nil || !errors.As(err, &se) {
-			return nil, nil, err // nothing is cached there, so nothing could run
+			return err // nothing is cached there, so nothing could run
 		}
 		unwritable = se.Err
 		fmt.Fprintf(stdio.Err, "hm: warning: %v: only cached steps can be used; a step that must run fails\n", err)
+		return nil
 	}
 	vmb, notice, err := chooseVM(ctx, s.Backend, stateDir, vmOptions{
 		network: s.Network, pidsLimit: s.PidsLimit, memory: int64(s.Memory), cpus: float64(s.CPUs),
-	}, rootImages(build.Pipeline, s.Images))
+	}, rootImages(build.Pipeline, s.Images), settle)
 	if err != nil {
 		return nil, nil, err
 	}

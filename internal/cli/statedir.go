@@ -19,9 +19,25 @@ import (
 // A state dir hm creates is private (0700): build records hold step output, the registry names
 // every pipeline and snapshot. An existing one keeps the mode its owner gave it.
 func checkStateDir(dir string) error {
+	if err := makeStateDir(dir); err != nil {
+		return err
+	}
+	return probeStateDir(dir)
+}
+
+// makeStateDir creates the state dir (private, see checkStateDir) if it is missing: before
+// anything else can create it (a backend's own directories in it) with another mode.
+func makeStateDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return stateDirError(dir, err)
 	}
+	return nil
+}
+
+// probeStateDir is checkStateDir's check of an existing state dir: a synced write, and the
+// registry's files writable. It writes only a file of its own, removed again, so it may run
+// beside the backend's start.
+func probeStateDir(dir string) error {
 	f, err := os.CreateTemp(dir, ".hm-write-check-*")
 	if err != nil {
 		return stateDirError(dir, err)

@@ -20,6 +20,9 @@ const lruOrder = `ORDER BY last_used DESC, created DESC, rowid DESC`
 // first, so an old entry goes even when it is small. maxEntries <= 0 or maxBytes <= 0 means
 // no limit of that kind. It returns the evicted entries, least recently used first.
 func (r *Registry) Evict(ctx context.Context, backend string, maxEntries int, maxBytes int64) ([]Entry, error) {
+	if fits, err := r.fits(ctx, backend, maxEntries, maxBytes); err == nil && fits {
+		return nil, nil
+	}
 	var evicted []Entry
 	err := r.write(ctx, "evict", func(tx *sql.Tx) error {
 		es, err := queryEntries(ctx, tx, `SELECT `+columns+` FROM entries WHERE ? = '' OR backend = ? `+lruOrder,
@@ -45,6 +48,21 @@ func (r *Registry) Evict(ctx context.Context, backend string, maxEntries int, ma
 		return nil, err
 	}
 	return evicted, nil
+}
+
+// fits reports whether backend's entries ("" = all) are within both of Evict's bounds as they
+// stand, so that Evict would delete nothing: one aggregate read, where Evict's transaction
+// takes the write lock (waiting for any other hm writing) and reads every entry's row, at the
+// end of every build. Sizes count as at least 0, so no prefix of the LRU order Evict walks can
+// exceed the total; when the bounds do not hold, Evict decides under the lock, as before.
+func (r *Registry) fits(ctx context.Context, backend string, maxEntries int, maxBytes int64) (bool, error) {
+	var n, bytes int64
+	err := r.db.QueryRowContext(ctx, `SELECT count(*), COALESCE(SUM(MAX(size, 0)), 0) FROM entries WHERE ? = '' OR backend = ?`,
+		backend, backend).Scan(&n, &bytes)
+	if err != nil {
+		return false, wrap("evict", err)
+	}
+	return (maxEntries <= 0 || n <= int64(maxEntries)) && (maxBytes <= 0 || bytes <= maxBytes), nil
 }
 
 // Prune deletes the entries of backend ("" = all) that are not among the keep most recently

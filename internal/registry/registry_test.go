@@ -87,6 +87,9 @@ func TestEvictLRU(t *testing.T) {
 		{"size cap evicts older small entries too", map[string]int64{"a": 1, "b": 30, "c": 10}, nil, 0, 25, []string{"a", "b"}},
 		{"both limits, count binds", map[string]int64{"a": 1, "b": 1, "c": 1}, nil, 1, 100, []string{"a", "b"}},
 		{"no limits", map[string]int64{"a": 1, "b": 1}, nil, 0, 0, []string{}},
+		{"exactly at both limits", map[string]int64{"a": 10, "b": 15}, nil, 2, 25, []string{}},
+		{"one over the count limit", map[string]int64{"a": 1, "b": 1, "c": 1}, nil, 2, 0, []string{"a"}},
+		{"one byte over the size cap", map[string]int64{"a": 10, "b": 16}, nil, 0, 25, []string{"a"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -509,5 +512,52 @@ func TestPeek(t *testing.T) {
 	}
 	if _, ok, _ := r.Peek(ctx, entry("b", 0).Scope()); ok {
 		t.Error("Peek found an entry never registered")
+	}
+}
+
+// TestEvictWithinBoundsReads: within its bounds Evict only reads, so it neither waits for
+// another hm holding the write lock nor takes it; over them it still decides under the lock.
+func TestEvictWithinBoundsReads(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "registry.db")
+	r := openTest(t, path)
+	for _, k := range []string{"a", "b"} {
+		mustRegister(t, r, entry(k, 1))
+	}
+	other := openTest(t, path) // another hm, in the middle of a write
+	tx, err := other.db.BeginTx(t.Context(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second) // busy_timeout is 30 s
+	defer cancel()
+	got, err := r.Evict(ctx, "docker", 2, 0)
+	if err != nil || len(got) != 0 {
+		t.Errorf("Evict within bounds beside a writer: %v, %v; want nothing evicted at once", keys(got), err)
+	}
+	if _, err := r.Evict(ctx, "docker", 1, 0); err == nil {
+		t.Errorf("Evict over its bounds did not wait for the other writer's lock")
+	}
+}
+
+// BenchmarkEvictWithinBounds is the end of a build that registered nothing: 40 entries, a
+// bound of 256 (local's default).
+func BenchmarkEvictWithinBounds(b *testing.B) {
+	r, err := Open(b.Context(), filepath.Join(b.TempDir(), "registry.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	for i := range 40 {
+		e := entry(fmt.Sprint("k", i), 1000)
+		e.Inputs = cachekey.Inputs{Policy: "forever", Org: "org"}
+		if _, err := r.Register(b.Context(), e); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		if _, err := r.Evict(b.Context(), "docker", 256, 0); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

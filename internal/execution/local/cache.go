@@ -38,6 +38,8 @@ type registryCache struct {
 	listed    map[string]bool
 	// checks stands in for listed when the backend declined to list (vm.ErrNotListed).
 	checks map[string]*check
+	// prefetched closes when prefetch's work is done (nil when it started none).
+	prefetched chan struct{}
 
 	stateDir   string
 	unwritable error // see Backend.Unwritable: a miss cannot run
@@ -154,7 +156,10 @@ func (c *registryCache) first(ctx context.Context, base string) {
 		defer close(c.touched)
 		// Not the step's context: the mark is the build's. A failed mark costs only LRU
 		// order, never a hit.
-		_ = c.reg.Touch(context.WithoutCancel(ctx), found)
+		bg := context.WithoutCancel(ctx)
+		if c.reg.Touch(bg, found) == nil {
+			_ = c.reg.Checkpoint(bg)
+		}
 	}()
 }
 
@@ -182,6 +187,9 @@ func (c *registryCache) list(ctx context.Context) {
 // wait returns once the first lookup's mark of the entries used is written: before the
 // registry closes, and before eviction, which orders by that mark.
 func (c *registryCache) wait() {
+	if c.prefetched != nil {
+		<-c.prefetched
+	}
 	if c.touched != nil {
 		<-c.touched
 	}

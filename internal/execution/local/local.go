@@ -80,6 +80,9 @@ func (b *Backend) Start(ctx context.Context, req execution.Request) (execution.H
 	}
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	if cache != nil && !pb.Options.NoCache {
+		cache.prefetch(runCtx, pl, pb.Options.MapImage)
+	}
 	h := &handle{q: events.NewQueue(), cancel: cancel, done: make(chan struct{})}
 	opts := pb.Options
 	runID := uuid.NewString()
