@@ -386,8 +386,8 @@ func TestReconcileDeadOwner(t *testing.T) {
 	img := resolve(t, live, testImage)
 	me := proc.Self()
 	deadOwner := proc.Owner{PID: me.PID, Start: me.Start + 1}
-	dead := fakeOwner(live, live.host, live.state, deadOwner)
-	remote := fakeOwner(live, live.host+"-elsewhere", live.state, deadOwner)
+	dead := fakeOwner(t, live, live.host, live.state, deadOwner)
+	remote := fakeOwner(t, live, live.host+"-elsewhere", live.state, deadOwner)
 	t.Cleanup(func() {
 		for _, o := range []proc.Owner{deadOwner} {
 			for _, c := range containersOf(t, live, o) {
@@ -470,9 +470,11 @@ func TestReconcileDeadOwner(t *testing.T) {
 
 // fakeOwner is a backend sharing b's client that labels what it makes with another owner,
 // host and state directory.
-func fakeOwner(b *Backend, host, state string, o proc.Owner) *Backend {
-	return &Backend{cli: b.cli, host: host, state: state, envs: map[string][]string{},
+func fakeOwner(t *testing.T, b *Backend, host, state string, o proc.Owner) *Backend {
+	fb := &Backend{cli: b.cli, host: host, state: state, envs: map[string][]string{},
 		ownerOf: func(int) (proc.Owner, error) { return o, nil }}
+	t.Cleanup(fb.closeHolders) // before b's Close: the client is b's
+	return fb
 }
 
 func TestPruneSnapshots(t *testing.T) {
@@ -481,8 +483,8 @@ func TestPruneSnapshots(t *testing.T) {
 	img := resolve(t, live, testImage)
 	me := proc.Self()
 	deadOwner := proc.Owner{PID: me.PID, Start: me.Start + 1}
-	dead := fakeOwner(live, live.host, live.state, deadOwner)
-	otherState := fakeOwner(live, live.host, live.state+"-other", deadOwner)
+	dead := fakeOwner(t, live, live.host, live.state, deadOwner)
+	otherState := fakeOwner(t, live, live.host, live.state+"-other", deadOwner)
 
 	snap := func(b *Backend, ephemeral bool) string {
 		m, _ := step(t, b, rootSpec(t, img, "true"))
@@ -515,7 +517,7 @@ func TestReconcileRemovesUntagged(t *testing.T) {
 	ctx := t.Context()
 	img := resolve(t, live, testImage)
 	me := proc.Self()
-	dead := fakeOwner(live, live.host, live.state, proc.Owner{PID: me.PID, Start: me.Start + 1})
+	dead := fakeOwner(t, live, live.host, live.state, proc.Owner{PID: me.PID, Start: me.Start + 1})
 	m, _ := step(t, dead, rootSpec(t, img, "true"))
 	snap := commit(t, dead, m, false)
 

@@ -302,14 +302,19 @@ func (b *Backend) holderFiles(ctx context.Context, id string) (map[string]contai
 func (b *Backend) giveBack(h *holder, used bool) {
 	p := &b.nets
 	p.mu.Lock()
-	p.run(h.run).check++
+	rn := p.run(h.run)
+	rn.check++
+	// Drained, a holder is still kept for the run's containers that are yet to take one
+	// (made ahead, their steps waiting for a slot).
+	wanted := func() bool { return p.all[h] && !p.closed && (!rn.drained || rn.pend > len(rn.free)) }
+	check := used && wanted() // none for a holder that goes anyway
 	p.mu.Unlock()
 	p.bg.Add(1)
 	go func() {
 		defer p.bg.Done()
 		ctx := context.Background()
-		same := true
-		if used {
+		same := !used || check // a used holder is kept only once checked
+		if check {
 			files, err := b.holderFiles(ctx, h.id)
 			same = err == nil
 			for path, want := range h.files {
@@ -319,12 +324,9 @@ func (b *Backend) giveBack(h *holder, used bool) {
 			}
 		}
 		p.mu.Lock()
-		rn := p.run(h.run)
 		rn.inUse--
 		rn.check--
-		// Drained, a holder is still kept for the run's containers that are yet to take
-		// one (made ahead, their steps waiting for a slot).
-		keep := same && p.all[h] && !p.closed && (!rn.drained || rn.pend > len(rn.free))
+		keep := same && wanted()
 		if keep {
 			b.freeHolder(rn, h)
 		}

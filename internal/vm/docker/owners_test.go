@@ -75,7 +75,7 @@ func TestReconcileByRecords(t *testing.T) {
 	}
 
 	// A dead owner's record: the next Reconcile is full and removes its record.
-	dead := fakeOwner(live, live.host, live.state, deadOwner)
+	dead := fakeOwner(t, live, live.host, live.state, deadOwner)
 	m, err := dead.Create(ctx, rootSpec(t, img, "true"))
 	if err != nil {
 		t.Fatal(err)
