@@ -348,9 +348,16 @@ func (b *Backend) create(ctx context.Context, spec vm.Spec, mode createMode) (vm
 	// The network namespace is a holder's (netpool.go), found by name when the container
 	// starts: an idle container takes one now, any other when its step runs.
 	netName := ""
-	if mode == inert {
+	switch {
+	case mode == inert:
 		hc.NetworkMode = "none"
-	} else if netName = b.holderName(spec, owner, mode == inSlot); netName != "" {
+	case spec.Continuable:
+		// Its namespace serves the steps of its chain one after another already: a holder
+		// would only add one to make and tear down.
+	default:
+		netName = b.holderName(spec, owner, mode == inSlot)
+	}
+	if netName != "" {
 		hc.NetworkMode = container.NetworkMode("container:" + netName)
 	}
 	// The environment reaches the step on stdin or with an exec, never through the config

@@ -56,7 +56,8 @@ import (
 // start (TestDockerKill9RecordRecovery). Holders are per run: two builds never share a
 // namespace. A holder is made from a root image of its run (never a snapshot, whose removal
 // it would hold up); a step whose run has made no container from a root image in this
-// process, a container never started (CopyArtifacts) and every step under --network host
+// process, a container never started (CopyArtifacts), a continuable one (its namespace
+// serves its chain's steps one after another already) and every step under --network host
 // get no holder.
 
 // holderIdle is how long a free holder waits for its run's next step before it is removed.

@@ -78,6 +78,26 @@ func TestHolderNotForHostNetwork(t *testing.T) {
 	}
 }
 
+// A continuable machine's own namespace serves its chain: no holder is made for it.
+func TestHolderNotForContinuable(t *testing.T) {
+	b := newBackend(t)
+	img := resolve(t, b, testImage)
+	spec := rootSpec(t, img, nsCmd)
+	spec.Continuable = true
+	m, err := b.Create(t.Context(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Destroy(context.Background())
+	if left := containersOf(t, b, proc.Self()); len(left) != 1 {
+		t.Errorf("containers beside a continuable machine's: %v, want its own alone", left)
+	}
+	var out strings.Builder
+	if code, err := m.Run(t.Context(), &out, io.Discard); err != nil || code != 0 || !strings.Contains(out.String(), "\neth0") {
+		t.Errorf("Run = %d, %v, %q; want the bridge's eth0", code, err, out.String())
+	}
+}
+
 // Steps running at the same time never share a namespace: the first holds its holder until
 // its container has exited.
 func TestHolderNotShared(t *testing.T) {
