@@ -45,6 +45,28 @@ func (f *listingVM) SnapshotExists(_ context.Context, id string) (bool, error) {
 // TestLookupChecked: when the backend declines to list, the build's entries are checked at
 // the first lookup, once each; a hit whose child hits is answered from that check, and a
 // snapshot found gone is a miss.
+// testRegistry opens a registry of its own for the test, closed at its cleanup.
+func testRegistry(t *testing.T) *registry.Registry {
+	t.Helper()
+	reg, err := registry.Open(t.Context(), filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	return reg
+}
+
+// register registers results[i] of backend fake over base "base" as snapshot snap.
+func register(t *testing.T, reg *registry.Registry, results []cachekey.Result, i int, snap string) registry.Entry {
+	t.Helper()
+	w, err := reg.Register(t.Context(), registry.Entry{Backend: "fake", Base: "base", Key: results[i].Key,
+		Fingerprint: results[i].Fingerprint, Snapshot: snap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
 func TestLookupChecked(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
@@ -59,19 +81,10 @@ func TestLookupChecked(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := t.Context()
-			reg, err := registry.Open(ctx, filepath.Join(t.TempDir(), "registry.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer reg.Close()
+			reg := testRegistry(t)
 			results := []cachekey.Result{{Key: "k0", Fingerprint: "f0"}, {Key: "k1", Fingerprint: "f1"}}
-			for i, snap := range []string{"snap0", "snap1"} {
-				e := registry.Entry{Backend: "fake", Base: "base", Key: results[i].Key,
-					Fingerprint: results[i].Fingerprint, Snapshot: snap}
-				if _, err := reg.Register(ctx, e); err != nil {
-					t.Fatal(err)
-				}
-			}
+			register(t, reg, results, 0, "snap0")
+			register(t, reg, results, 1, "snap1")
 			f := &listingVM{declined: true, exists: tc.exists}
 			c := &registryCache{reg: reg, vm: f, results: results, keys: []string{"k0", "k1"},
 				children: [][]int{{1}, nil}}
@@ -107,22 +120,11 @@ func TestLookupListing(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := t.Context()
-			reg, err := registry.Open(ctx, filepath.Join(t.TempDir(), "registry.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer reg.Close()
+			reg := testRegistry(t)
 			results := []cachekey.Result{{Key: "k0", Fingerprint: "f0"}, {Key: "k1", Fingerprint: "f1"}}
-			add := func(i int, snap string) {
-				e := registry.Entry{Backend: "fake", Base: "base", Key: results[i].Key,
-					Fingerprint: results[i].Fingerprint, Snapshot: snap}
-				if _, err := reg.Register(ctx, e); err != nil {
-					t.Fatal(err)
-				}
-			}
-			add(0, "snap0")
+			register(t, reg, results, 0, "snap0")
 			if tc.childEntry {
-				add(1, "snap1")
+				register(t, reg, results, 1, "snap1")
 			}
 			f := &listingVM{listed: []string{"snap0", "snap1"}, exists: map[string]bool{"snap0": tc.exists}}
 			c := &registryCache{reg: reg, vm: f, results: results, keys: []string{"k0", "k1"},
@@ -143,20 +145,9 @@ func TestLookupListing(t *testing.T) {
 // still found at its own lookup, and marked then.
 func TestLookupReadsOnce(t *testing.T) {
 	ctx := t.Context()
-	reg, err := registry.Open(ctx, filepath.Join(t.TempDir(), "registry.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reg.Close()
+	reg := testRegistry(t)
 	results := []cachekey.Result{{Key: "k0", Fingerprint: "f0"}, {Key: "k1", Fingerprint: "f1"}, {Key: "k2", Fingerprint: "f2"}}
-	add := func(i int) registry.Entry {
-		w, err := reg.Register(ctx, registry.Entry{Backend: "fake", Base: "base", Key: results[i].Key,
-			Fingerprint: results[i].Fingerprint, Snapshot: fmt.Sprint("snap", i)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return w
-	}
+	add := func(i int) registry.Entry { return register(t, reg, results, i, fmt.Sprint("snap", i)) }
 	registered := []registry.Entry{add(0), add(1)}
 	f := &listingVM{declined: true, exists: map[string]bool{"snap0": true, "snap1": true, "snap2": true}}
 	c := &registryCache{reg: reg, vm: f, results: results, keys: []string{"k0", "k1", "k2"},

@@ -2,7 +2,6 @@ package local
 
 import (
 	"context"
-	"path/filepath"
 	"sync"
 	"testing"
 
@@ -11,7 +10,6 @@ import (
 	"github.com/hmci/hm/internal/cachekey"
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/plan"
-	"github.com/hmci/hm/internal/registry"
 	"github.com/hmci/hm/internal/scheduler"
 )
 
@@ -57,20 +55,11 @@ func TestPrefetch(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := t.Context()
-			reg, err := registry.Open(ctx, filepath.Join(t.TempDir(), "registry.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer reg.Close()
+			reg := testRegistry(t)
 			results := []cachekey.Result{{Key: tc.rootKey, Fingerprint: "f0"}, {Key: "k1", Fingerprint: "f1"}}
 			for i, snap := range []string{"snap0", "snap1"} {
-				if results[i].Key == "" {
-					continue
-				}
-				e := registry.Entry{Backend: "fake", Base: "base", Key: results[i].Key,
-					Fingerprint: results[i].Fingerprint, Snapshot: snap}
-				if _, err := reg.Register(ctx, e); err != nil {
-					t.Fatal(err)
+				if results[i].Key != "" {
+					register(t, reg, results, i, snap)
 				}
 			}
 			lv := &listingVM{declined: true, exists: map[string]bool{"snap0": true, "snap1": true}}
