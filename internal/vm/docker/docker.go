@@ -345,6 +345,12 @@ func (b *Backend) create(ctx context.Context, spec vm.Spec, mode createMode) (vm
 	if n := b.opts.PidsLimit; n > 0 {
 		hc.Resources.PidsLimit = &n
 	}
+	release := func() {}
+	if len(spec.CacheDirs) > 0 {
+		if hc.Mounts, release, err = b.cacheMounts(ctx, spec.CacheDirs); err != nil {
+			return nil, err
+		}
+	}
 	// The network namespace is a holder's (netpool.go), found by name when the container
 	// starts: an idle container takes one now, any other when its step runs.
 	netName := ""
@@ -368,15 +374,12 @@ func (b *Backend) create(ctx context.Context, spec vm.Spec, mode createMode) (vm
 	if execMode {
 		idleConfig(cfg)
 	}
-	release := func() {}
-	if len(spec.CacheDirs) > 0 {
-		if hc.Mounts, release, err = b.cacheMounts(ctx, spec.CacheDirs); err != nil {
-			return nil, err
-		}
-	}
 	resp, err := b.cli.ContainerCreate(ctx, cfg, hc, nil, nil, name)
 	if err != nil {
 		release()
+		if netName != "" {
+			b.untake(spec.Owner.RunID, mode == inSlot)
+		}
 		// A canceled request may still have created the container: remove it by name.
 		if ctx.Err() != nil {
 			if b.removeContainer(context.WithoutCancel(ctx), name) != nil {

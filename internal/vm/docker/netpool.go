@@ -79,6 +79,7 @@ type netPool struct {
 	runs   map[string]*runNets
 	all    map[*holder]bool // every holder alive
 	closed bool             // Close has begun: no holder is made or handed out any more
+	broken bool             // a holder could not be made: containers keep their own network
 	bg     sync.WaitGroup   // holders being made, checked or removed
 }
 
@@ -117,7 +118,7 @@ func (b *Backend) holderName(spec vm.Spec, owner proc.Owner, soon bool) string {
 	if spec.Image != "" {
 		rn.base = spec.Image
 	}
-	if rn.base == "" || p.closed {
+	if rn.base == "" || p.closed || p.broken {
 		return ""
 	}
 	rn.pend++
@@ -154,10 +155,12 @@ func (p *netPool) forget(run string, rn *runNets) {
 func (b *Backend) makeHolder(spec vm.Spec, owner proc.Owner, rn *runNets) {
 	p := &b.nets
 	rn.making++
+	rn.err = nil // a waiter reports the latest making's failure only
+	base := rn.base
 	p.bg.Add(1)
 	go func() {
 		defer p.bg.Done()
-		h, err := b.newHolder(context.Background(), spec, owner, rn.base)
+		h, err := b.newHolder(context.Background(), spec, owner, base)
 		p.mu.Lock()
 		rn.making--
 		if err == nil && (p.closed || rn.drained && rn.pend <= len(rn.free)) {
@@ -169,6 +172,10 @@ func (b *Backend) makeHolder(spec vm.Spec, owner proc.Owner, rn *runNets) {
 			b.freeHolder(rn, h)
 		} else {
 			rn.err = err
+			// Holders only spare work: once one cannot be made, later containers keep a
+			// network of their own (the step that waited for it fails as infrastructure,
+			// and its retry gets its own).
+			p.broken = true
 		}
 		close(rn.ready)
 		rn.ready = make(chan struct{})
@@ -224,7 +231,7 @@ func (b *Backend) takeHolder(ctx context.Context, spec vm.Spec, owner proc.Owner
 		case <-ready:
 		}
 		p.mu.Lock()
-		if len(rn.free) == 0 && rn.making == 0 && rn.err != nil {
+		if len(rn.free) == 0 && rn.making+rn.check == 0 && rn.err != nil {
 			err := rn.err
 			rn.err = nil
 			taken()

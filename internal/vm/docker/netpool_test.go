@@ -2,12 +2,14 @@ package docker
 
 import (
 	"context"
+	"errors"
 	"io"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/proc"
 	"github.com/hmci/hm/internal/vm"
 )
@@ -215,4 +217,30 @@ func (l *lineSignal) Write(p []byte) (int, error) {
 		l.line <- string(l.buf[:i])
 	}
 	return len(p), nil
+}
+
+// A holder that cannot be made fails the step that waited for it as infrastructure (its retry
+// runs), and later containers keep a network of their own.
+func TestHolderCannotBeMade(t *testing.T) {
+	b := newBackend(t)
+	img := resolve(t, b, testImage)
+	parent, _ := step(t, b, inRun(rootSpec(t, img, "true"), "other"))
+	snap := commit(t, b, parent, true)
+	// The run's root image is gone from the daemon (removed by a user mid-build): its
+	// holders cannot be made from it.
+	b.nets.mu.Lock()
+	b.nets.run(owner(t).RunID).base = "sha256:" + strings.Repeat("0", 64)
+	b.nets.mu.Unlock()
+	m, err := b.Create(t.Context(), childSpec(t, snap, nsCmd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Destroy(context.Background())
+	if code, err := m.Run(t.Context(), io.Discard, io.Discard); err == nil || !errors.Is(err, errs.ErrInfra) {
+		t.Fatalf("Run with no holder to be had = %d, %v; want an infrastructure error", code, err)
+	}
+	ns, iface, _ := strings.Cut(strings.TrimSpace(runOnce(t, b, childSpec(t, snap, nsCmd))), "\n")
+	if iface != "eth0" || ns == "" {
+		t.Errorf("the next step saw %q %q; want a network of its own", ns, iface)
+	}
 }
