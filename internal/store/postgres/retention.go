@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -11,30 +10,18 @@ import (
 )
 
 func (s *DB) PruneBuilds(ctx context.Context, before time.Time, limit int) (int, error) {
-	type victim struct{ id, source string }
-	vs, err := list(ctx, s.pool, "prune builds", func(r sqlq.Scanner) (v victim, err error) {
-		return v, r.Scan(&v.id, &v.source)
-	}, sqlq.PrunableBuilds, ns(before), limit)
+	vs, err := list(ctx, s.pool, "prune builds", sqlq.ScanVictim, sqlq.PrunableBuilds, ns(before), limit)
 	if err != nil {
 		return 0, err
 	}
-	n := 0
-	for _, v := range vs {
-		err := s.write(ctx, "prune build", func(tx pgx.Tx) error {
+	return sqlq.PruneAll(vs, func(v sqlq.Victim) error {
+		return s.write(ctx, "prune build", func(tx pgx.Tx) error {
 			return sqlq.PruneBuild(func(q string, args ...any) (int64, error) {
 				tag, err := exec(ctx, tx, q, args...)
 				return tag.RowsAffected(), err
-			}, v.id, v.source, ns(before))
+			}, v.ID, v.Source, ns(before))
 		})
-		switch {
-		case err == nil:
-			n++
-			s.recent.Forget(v.id)
-		case !errors.Is(err, sqlq.ErrKept):
-			return n, err
-		}
-	}
-	return n, nil
+	}, s.recent.Forget)
 }
 
 func (s *DB) BlobRefs(ctx context.Context) (map[string]bool, error) {

@@ -90,6 +90,29 @@ func PruneBuild(exec Exec, id, source string, before int64) error {
 // ErrKept rolls back the deletion of a build that is no longer prunable.
 var ErrKept = errors.New("build kept")
 
+// Victim is a build PrunableBuilds listed: its id and source digest.
+type Victim struct{ ID, Source string }
+
+// ScanVictim reads a row of PrunableBuilds.
+func ScanVictim(r Scanner) (v Victim, err error) { return v, r.Scan(&v.ID, &v.Source) }
+
+// PruneAll prunes each of vs with prune (PruneBuild in a transaction of the driver's) and
+// returns how many went, forgetting each one's recent events; a build no longer prunable
+// (ErrKept) is skipped, any other failure ends the pass.
+func PruneAll(vs []Victim, prune func(Victim) error, forget func(id string)) (int, error) {
+	n := 0
+	for _, v := range vs {
+		switch err := prune(v); {
+		case err == nil:
+			n++
+			forget(v.ID)
+		case !errors.Is(err, ErrKept):
+			return n, err
+		}
+	}
+	return n, nil
+}
+
 // BlobRefs is store.Retention's BlobRefs over a driver's query of one string column.
 func BlobRefs(strings func(query string) ([]string, error)) (map[string]bool, error) {
 	refs := map[string]bool{}
