@@ -70,7 +70,7 @@ func (m *machine) takeNet(ctx context.Context) error {
 // the step can be left in the namespace.
 func (m *machine) giveBackNet() {
 	if m.net != nil {
-		m.b.giveBack(m.net, true)
+		m.b.giveBack(m.net)
 		m.net = nil
 	}
 	if m.toTake {

@@ -255,7 +255,9 @@ func (b *Backend) takeHolder(ctx context.Context, spec vm.Spec, owner proc.Owner
 	}
 	p.mu.Unlock()
 	if err := b.cli.ContainerRename(ctx, h.id, name); err != nil {
-		b.giveBack(h, false)
+		// Checked like a used one: a holder removed behind hm's back fails the check and
+		// goes (the step fails as infrastructure; its retry takes another).
+		b.giveBack(h)
 		return nil, apiErr(ctx, "rename network holder", err)
 	}
 	return h, nil
@@ -304,10 +306,9 @@ func (b *Backend) holderFiles(ctx context.Context, id string) (map[string]contai
 	return out, nil
 }
 
-// giveBack returns h once no process of the step that used it is left in its namespace
-// (used: a step's container joined it). It is checked in the background, then free for the
-// run's next step, or removed.
-func (b *Backend) giveBack(h *holder, used bool) {
+// giveBack returns h once no process of the step that took it is left in its namespace. It
+// is checked in the background, then free for the run's next step, or removed.
+func (b *Backend) giveBack(h *holder) {
 	p := &b.nets
 	p.mu.Lock()
 	rn := p.run(h.run)
@@ -315,13 +316,13 @@ func (b *Backend) giveBack(h *holder, used bool) {
 	// Drained, a holder is still kept for the run's containers that are yet to take one
 	// (made ahead, their steps waiting for a slot).
 	wanted := func() bool { return p.all[h] && !p.closed && (!rn.drained || rn.pend > len(rn.free)) }
-	check := used && wanted() // none for a holder that goes anyway
+	check := wanted() // none for a holder that goes anyway
 	p.mu.Unlock()
 	p.bg.Add(1)
 	go func() {
 		defer p.bg.Done()
 		ctx := context.Background()
-		same := !used || check // a used holder is kept only once checked
+		same := check // kept only once checked
 		if check {
 			files, err := b.holderFiles(ctx, h.id)
 			same = err == nil

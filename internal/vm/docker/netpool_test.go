@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+
 	"github.com/hmci/hm/internal/errs"
 	"github.com/hmci/hm/internal/proc"
 	"github.com/hmci/hm/internal/vm"
@@ -242,5 +245,46 @@ func TestHolderCannotBeMade(t *testing.T) {
 	ns, iface, _ := strings.Cut(strings.TrimSpace(runOnce(t, b, childSpec(t, snap, nsCmd))), "\n")
 	if iface != "eth0" || ns == "" {
 		t.Errorf("the next step saw %q %q; want a network of its own", ns, iface)
+	}
+}
+
+// A holder removed behind hm's back (docker rm -f) fails at most the step that takes it, as
+// infrastructure, and is dropped: a later step gets a holder that exists.
+func TestHolderRemovedBehindOurBack(t *testing.T) {
+	b := newBackend(t)
+	img := resolve(t, b, testImage)
+	runOnce(t, b, rootSpec(t, img, "true"))
+	cs, err := b.cli.ContainerList(t.Context(), container.ListOptions{All: true,
+		Filters: filters.NewArgs(filters.Arg("label", LabelOwner+"="+proc.Self().String()), filters.Arg("label", LabelStep+"="))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) == 0 {
+		t.Fatal("no holder kept after the first step")
+	}
+	for _, c := range cs {
+		if err := b.cli.ContainerRemove(t.Context(), c.ID, container.RemoveOptions{Force: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; ; i++ {
+		m, err := b.Create(t.Context(), rootSpec(t, img, nsCmd))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out strings.Builder
+		code, err := m.Run(t.Context(), &out, io.Discard)
+		if derr := m.Destroy(context.Background()); derr != nil {
+			t.Fatal(derr)
+		}
+		if err == nil && code == 0 && strings.Contains(out.String(), "\neth0") {
+			return
+		}
+		if err == nil || !errors.Is(err, errs.ErrInfra) {
+			t.Fatalf("step %d: %d, %v, %q; want it to run, or an infrastructure error", i, code, err, out.String())
+		}
+		if i >= len(cs) {
+			t.Fatalf("%d steps failed after %d holders were removed: %v", i+1, len(cs), err)
+		}
 	}
 }
