@@ -10,9 +10,11 @@
 //
 // Cold is `hm run --no-cache` against `docker build --no-cache`; fully cached is a re-run of
 // each with its cache populated. Times are the wall time of the processes (hm's build_end
-// duration is shown beside it). After every hm run the daemon is checked for containers and
-// ephemeral snapshots the run left behind (scoped to this bench's state dir: colleagues may
-// share the daemon); any leftover fails the bench.
+// duration is shown beside it), and beside them the CPU time the whole machine spent during
+// each (all processes and cores: hm, the CLI, dockerd, containerd, shims, runc, the steps,
+// the kernel), which bounds a build once every core is busy. After every hm run the daemon
+// is checked for containers and ephemeral snapshots the run left behind (scoped to this
+// bench's state dir: colleagues may share the daemon); any leftover fails the bench.
 //
 //	bash scripts/test-image.sh && go run ./bench/buildkit [-rounds 5] [-docker /usr/bin/docker] [-only chain|fanout] [-kind cold|cached] [-before OLD-HM-BINARY] [-parallelism N]
 //
@@ -31,6 +33,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -110,9 +113,10 @@ func ir(cmds []string, chain bool) []byte {
 
 type variant struct {
 	name string
-	fn   func() (wall, engine time.Duration, err error)
+	fn   func() (result, error)
 	wall []time.Duration
 	eng  []time.Duration
+	cpu  []time.Duration
 }
 
 func run(rounds int, img, dockerBin, only, kind, before string, par int) error {
@@ -169,35 +173,36 @@ func run(rounds int, img, dockerBin, only, kind, before string, par int) error {
 		}
 		tag := fmt.Sprintf("hm-bench-buildkit:%d-%d", os.Getpid(), wi)
 		tags = append(tags, tag)
-		hmBin := func(bin string, extra ...string) func() (time.Duration, time.Duration, error) {
-			return func() (time.Duration, time.Duration, error) {
+		hmBin := func(bin string, extra ...string) func() (result, error) {
+			return func() (result, error) {
 				args := append([]string{"run", "-d", src, "--format", "json", "--backend", "docker",
 					"--map-image", "ubuntu:24.04=" + img}, extra...)
-				wall, eng, err := hmRun(bin, env, args)
+				res, err := hmRun(bin, env, args)
 				if err == nil {
 					err = leftovers(ctx, cli, state)
 				}
-				return wall, eng, err
+				return res, err
 			}
 		}
-		hm := func(extra ...string) func() (time.Duration, time.Duration, error) { return hmBin(bin, extra...) }
-		bk := func(extra ...string) func() (time.Duration, time.Duration, error) {
-			return func() (time.Duration, time.Duration, error) {
+		hm := func(extra ...string) func() (result, error) { return hmBin(bin, extra...) }
+		bk := func(extra ...string) func() (result, error) {
+			return func() (result, error) {
 				args := append([]string{"build", "-q", "-t", tag, "-f", filepath.Join(dir, "Dockerfile")}, extra...)
 				c := exec.Command(dockerBin, append(args, bctx)...)
 				c.Env = env
 				var out bytes.Buffer
 				c.Stdout, c.Stderr = &out, &out
-				t0 := time.Now()
-				if err := c.Run(); err != nil {
-					return 0, 0, fmt.Errorf("docker build: %v\n%s", err, out.String())
+				var res result
+				err := measure(&res, c.Run)
+				if err != nil {
+					return res, fmt.Errorf("docker build: %v\n%s", err, out.String())
 				}
-				return time.Since(t0), 0, nil
+				return res, nil
 			}
 		}
 		// Populate both caches once, unmeasured; --no-cache runs leave them as they are.
-		for _, f := range []func() (time.Duration, time.Duration, error){hm(), bk()} {
-			if _, _, err := f(); err != nil {
+		for _, f := range []func() (result, error){hm(), bk()} {
+			if _, err := f(); err != nil {
 				return err
 			}
 		}
@@ -229,20 +234,21 @@ func run(rounds int, img, dockerBin, only, kind, before string, par int) error {
 		}
 		for range rounds {
 			for _, v := range vs {
-				wall, eng, err := v.fn()
+				res, err := v.fn()
 				if err != nil {
 					return fmt.Errorf("%s, %s: %w", w.name, v.name, err)
 				}
-				v.wall, v.eng = append(v.wall, wall), append(v.eng, eng)
+				v.wall, v.eng, v.cpu = append(v.wall, res.wall), append(v.eng, res.engine), append(v.cpu, res.cpu)
 			}
 		}
 		for i := 0; i < len(vs); i += per {
 			b := vs[i+1]
 			for _, h := range append([]*variant{vs[i]}, vs[i+2:i+per]...) {
 				kind := strings.TrimPrefix(h.name, "hm ")
-				rows = append(rows, fmt.Sprintf("| %s | %s | %s (%s; engine %s) | %s (%s) | %.2f× (%s) |", w.name, kind,
+				rows = append(rows, fmt.Sprintf("| %s | %s | %s (%s; engine %s) | %s (%s) | %.2f× (%s) | %s / %s, %.2f× |", w.name, kind,
 					ms(stats.Median(h.wall)), spread(h.wall), ms(stats.Median(h.eng)), ms(stats.Median(b.wall)), spread(b.wall),
-					float64(stats.Median(h.wall))/float64(stats.Median(b.wall)), ratioSpread(h.wall, b.wall)))
+					float64(stats.Median(h.wall))/float64(stats.Median(b.wall)), ratioSpread(h.wall, b.wall),
+					ms(stats.Median(h.cpu)), ms(stats.Median(b.cpu)), float64(stats.Median(h.cpu))/float64(stats.Median(b.cpu))))
 			}
 			if before != "" {
 				// The two hm binaries' own comparison, round by round: on a shared machine the
@@ -255,8 +261,8 @@ func run(rounds int, img, dockerBin, only, kind, before string, par int) error {
 	ver, _ := cli.ServerVersion(ctx)
 	fmt.Printf("<!-- go run ./bench/buildkit -rounds %d: dockerd %s, image %s, medians of %d interleaved rounds -->\n",
 		rounds, ver.Version, img, rounds)
-	fmt.Println("| workload | run | hm docker (wall, min–max) | BuildKit (wall, min–max) | hm / BuildKit (per-round min–max) |")
-	fmt.Println("|---|---|---:|---:|---:|")
+	fmt.Println("| workload | run | hm docker (wall, min–max) | BuildKit (wall, min–max) | hm / BuildKit (per-round min–max) | machine CPU: hm / BuildKit |")
+	fmt.Println("|---|---|---:|---:|---:|---:|")
 	for _, r := range rows {
 		fmt.Println(r)
 	}
@@ -269,17 +275,48 @@ func run(rounds int, img, dockerBin, only, kind, before string, par int) error {
 	return nil
 }
 
-// hmRun runs hm and returns its wall time and build_end's duration.
-func hmRun(bin string, env, args []string) (wall, engine time.Duration, err error) {
+// result is one measured run: its wall time, hm's build_end duration (0 for BuildKit), and
+// the CPU time the whole machine spent meanwhile (every process, the daemon's included).
+type result struct{ wall, engine, cpu time.Duration }
+
+// measure runs fn, recording its wall time and the machine's busy CPU time in res.
+func measure(res *result, fn func() error) error {
+	c0 := busyCPU()
+	t0 := time.Now()
+	err := fn()
+	res.wall, res.cpu = time.Since(t0), busyCPU()-c0
+	return err
+}
+
+// busyCPU is the CPU time all cores have spent outside idle and iowait since boot (user,
+// nice, system, irq, softirq: the first line of /proc/stat, in USER_HZ ticks, 100 on Linux);
+// 0 where there is no /proc/stat. Time stolen by a hypervisor is not counted.
+func busyCPU() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	var ticks int64
+	for _, i := range []int{1, 2, 3, 6, 7} { // user nice system [idle iowait] irq softirq
+		if i < len(f) {
+			n, _ := strconv.ParseInt(f[i], 10, 64)
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+// hmRun runs hm and returns its measurement, build_end's duration read from its events.
+func hmRun(bin string, env, args []string) (res result, err error) {
 	c := exec.Command(bin, args...)
 	c.Env = env
 	var out, stderr bytes.Buffer
 	c.Stdout, c.Stderr = &out, &stderr
-	t0 := time.Now()
-	if err := c.Run(); err != nil {
-		return 0, 0, fmt.Errorf("hm: %v\n%s", err, stderr.String())
+	if err := measure(&res, c.Run); err != nil {
+		return res, fmt.Errorf("hm: %v\n%s", err, stderr.String())
 	}
-	wall = time.Since(t0)
 	sc := bufio.NewScanner(&out)
 	sc.Buffer(nil, 16<<20)
 	for sc.Scan() {
@@ -288,10 +325,10 @@ func hmRun(bin string, env, args []string) (wall, engine time.Duration, err erro
 			DurationMS int64  `json:"duration_ms"`
 		}
 		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Kind == "build_end" {
-			engine = time.Duration(ev.DurationMS) * time.Millisecond
+			res.engine = time.Duration(ev.DurationMS) * time.Millisecond
 		}
 	}
-	return wall, engine, nil
+	return res, nil
 }
 
 // leftovers fails when containers or ephemeral snapshots of this state dir outlived a run.

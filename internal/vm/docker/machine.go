@@ -163,6 +163,12 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	// Start is not canceled with ctx: a request cut short might start the container after
 	// the kill below has already found nothing to kill.
 	bg := context.WithoutCancel(ctx)
+	// The exit status is asked for before the start, so that it comes with the end of the
+	// output instead of a round trip after it: the daemon registers a next-exit wait before
+	// it answers with the headers, which the call waits for (no exit can slip past it).
+	waitCtx, endWait := context.WithCancel(bg)
+	defer endWait()
+	waitC, waitErrC := m.b.cli.ContainerWait(waitCtx, m.id, container.WaitConditionNextExit)
 	if err := m.b.cli.ContainerStart(bg, m.id, container.StartOptions{}); err != nil {
 		hj.Close()
 		<-copied
@@ -181,7 +187,6 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 
 	copyErr := <-copied // the attach stream ends when the container has exited
 	var code int
-	waitC, waitErrC := m.b.cli.ContainerWait(bg, m.id, container.WaitConditionNotRunning)
 	select {
 	case w := <-waitC:
 		code = int(w.StatusCode)

@@ -2,6 +2,7 @@ package docker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -293,15 +294,26 @@ func (b *Backend) newHolder(ctx context.Context, spec vm.Spec, owner proc.Owner,
 }
 
 // holderFiles stats holderFiles in container id: size, mode and modification time, which
-// any write changes (see the package's comment on what this check is for).
+// any write changes (see the package's comment on what this check is for). The three are
+// asked at once: the check lies between a step's end and the next step's start on its slot.
 func (b *Backend) holderFiles(ctx context.Context, id string) (map[string]container.PathStat, error) {
+	stats := make([]container.PathStat, len(holderFiles))
+	failed := make([]error, len(holderFiles))
+	var wg sync.WaitGroup
+	for i, path := range holderFiles {
+		wg.Go(func() {
+			if stats[i], failed[i] = b.cli.ContainerStatPath(ctx, id, path); failed[i] != nil {
+				failed[i] = fmt.Errorf("stat %s: %w", path, failed[i])
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(failed...); err != nil {
+		return nil, err
+	}
 	out := make(map[string]container.PathStat, len(holderFiles))
-	for _, path := range holderFiles {
-		st, err := b.cli.ContainerStatPath(ctx, id, path)
-		if err != nil {
-			return nil, fmt.Errorf("stat %s: %w", path, err)
-		}
-		out[path] = st
+	for i, path := range holderFiles {
+		out[path] = stats[i]
 	}
 	return out, nil
 }
