@@ -186,14 +186,12 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	}()
 
 	copyErr := <-copied // the attach stream ends when the container has exited
-	var code int
-	select {
-	case w := <-waitC:
-		code = int(w.StatusCode)
-		if w.Error != nil && w.Error.Message != "" {
-			err = errors.New(w.Error.Message)
-		}
-	case err = <-waitErrC:
+	code, err := waitStatus(waitC, waitErrC)
+	if err != nil && ctx.Err() == nil {
+		// The early wait's connection failed where the attach held (a proxy in front of
+		// the daemon that cuts an idle request during a long step): ask again, the output
+		// has ended.
+		code, err = waitStatus(m.b.cli.ContainerWait(bg, m.id, container.WaitConditionNotRunning))
 	}
 
 	m.mu.Lock()
@@ -219,6 +217,19 @@ func (m *machine) Run(ctx context.Context, stdout, stderr io.Writer) (int, error
 	m.giveBackNet()
 	m.mu.Unlock()
 	return code, nil
+}
+
+// waitStatus is the exit status a ContainerWait delivers.
+func waitStatus(waitC <-chan container.WaitResponse, errC <-chan error) (int, error) {
+	select {
+	case w := <-waitC:
+		if w.Error != nil && w.Error.Message != "" {
+			return int(w.StatusCode), errors.New(w.Error.Message)
+		}
+		return int(w.StatusCode), nil
+	case err := <-errC:
+		return -1, err
+	}
 }
 
 func (m *machine) runErr(ctx context.Context, op string, err error) error {
