@@ -6,7 +6,8 @@
 //     cache policy; for BuildKit the same 30 commands as RUN lines of one Dockerfile;
 //   - fanout: one root and 8 leaves building in it; for BuildKit a multi-stage Dockerfile
 //     (a root stage, 8 leaf stages FROM it, and a final stage copying one file of each leaf,
-//     since BuildKit builds only the stages the target needs).
+//     since BuildKit builds only the stages the target needs);
+//   - one: a single step, for BuildKit one RUN line.
 //
 // Cold is `hm run --no-cache` against `docker build --no-cache`; fully cached is a re-run of
 // each with its cache populated. Times are the wall time of the processes (hm's build_end
@@ -16,7 +17,7 @@
 // is checked for containers and ephemeral snapshots the run left behind (scoped to this
 // bench's state dir: colleagues may share the daemon); any leftover fails the bench.
 //
-//	bash scripts/test-image.sh && go run ./bench/buildkit [-rounds 5] [-docker /usr/bin/docker] [-only chain|fanout] [-kind cold|cached] [-before OLD-HM-BINARY] [-parallelism N]
+//	bash scripts/test-image.sh && go run ./bench/buildkit [-rounds 5] [-docker /usr/bin/docker] [-only chain|fanout|one] [-kind cold|cached] [-before OLD-HM-BINARY] [-parallelism N]
 //
 // hm runs with its default parallelism (the CPUs) unless -parallelism adds a variant; the
 // daemon's embedded BuildKit (v0.8 in docker 20.10) runs every ready vertex at once.
@@ -49,7 +50,7 @@ func main() {
 	rounds := flag.Int("rounds", 5, "measured rounds (each runs every variant once)")
 	img := flag.String("image", "hm-test-busybox:latest", "base image, local (scripts/test-image.sh)")
 	dockerBin := flag.String("docker", "/usr/bin/docker", "docker CLI (the 20.10 client drives the embedded BuildKit)")
-	only := flag.String("only", "", "run one workload only: chain or fanout")
+	only := flag.String("only", "", "run one workload only: chain, fanout or one")
 	kind := flag.String("kind", "", "run one kind only: cold or cached")
 	before := flag.String("before", "", "an older hm binary to interleave as well (a before/after comparison)")
 	par := flag.Int("parallelism", 0, "also run hm with --parallelism N, interleaved (BuildKit's embedded solver has no bound)")
@@ -88,9 +89,11 @@ func workloads(img string) []workload {
 	for i := range 8 {
 		fmt.Fprintf(&fan, "COPY --from=leaf%d /workspace/leaf.txt /leaf%d.txt\n", i, i)
 	}
+	one := fmt.Sprintf("FROM %s\nWORKDIR /workspace\nCOPY . .\nRUN echo one > one.txt\n", img)
 	return []workload{
 		{name: fmt.Sprintf("%d-step builds_in chain", n), ir: ir(chain, true), dockerfile: df.String()},
 		{name: "fan-out: 1 root + 8 leaves", ir: ir(leaves, false), dockerfile: fan.String()},
+		{name: "one step", ir: ir([]string{"echo one > one.txt"}, false), dockerfile: one},
 	}
 }
 
@@ -150,7 +153,7 @@ func run(rounds int, img, dockerBin, only, kind, before string, par int) error {
 
 	var rows, notes []string
 	for wi, w := range workloads(img) {
-		if only != "" && !strings.HasPrefix(w.name, map[string]string{"chain": "30", "fanout": "fan"}[only]) {
+		if only != "" && !strings.HasPrefix(w.name, map[string]string{"chain": "30", "fanout": "fan", "one": "one"}[only]) {
 			continue
 		}
 		dir := filepath.Join(work, fmt.Sprint("w", wi))

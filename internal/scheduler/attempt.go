@@ -116,14 +116,18 @@ func (r *run) attempt(ctx context.Context, i, n int, spec vm.Spec, ws *source.Tr
 	// A machine prepared while the step waited for its slot (prepare.go) has its workspace.
 	m, injected := *pre, *pre != nil
 	*pre = nil
+	_, most := retryAgain(ps.Retry, n, 0)
+	final := n >= most || !retries(ps.Retry) // an infrastructure failure's one retry is not foreseen (vm.Drainer)
 	if m == nil {
+		// The run's last machine when every other step has made its last one already.
+		spec.Last = final && !r.made[i].Load() && r.toMake.Load() == 1
 		var err error
 		if m, err = r.create(ctx, spec, handoff); err != nil {
 			return failed(ctx, err)
 		}
 	}
-	if _, most := retryAgain(ps.Retry, n, 0); n >= most || !retries(ps.Retry) {
-		r.madeLast(i) // an infrastructure failure's one retry is not foreseen (vm.Drainer)
+	if final {
+		r.madeLast(i)
 	}
 	keep := false // handed on to the child
 	defer func() {

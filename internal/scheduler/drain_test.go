@@ -5,6 +5,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/hmci/hm/internal/ir"
 	"github.com/hmci/hm/internal/vm"
 )
@@ -59,6 +61,45 @@ func TestDrainAfterLastMachine(t *testing.T) {
 			}
 			if len(d.drains) != 1 || d.drains[0] != c.machines || d.runs[0] != "run-1" {
 				t.Errorf("Drain calls (machines created at each) %v for runs %v, want one after all %d, for run-1", d.drains, d.runs, c.machines)
+			}
+		})
+	}
+}
+
+// vm.Spec.Last marks the machine the run makes last, as far as the scheduler knows: only
+// once every other step has made its last machine, never a machine that a retry may follow.
+func TestLastMachineHint(t *testing.T) {
+	cases := []struct {
+		name  string
+		steps []step
+		par   int
+		want  map[string][]bool // each step's machines, in creation order
+	}{
+		{name: "one step", steps: []step{{key: "a", cmd: "ok"}}, par: 1, want: map[string][]bool{"a": {true}}},
+		{name: "in sequence", steps: []step{{key: "a", cmd: "ok"}, {key: "b", cmd: "ok", after: []string{"a"}}, {key: "c", cmd: "ok", after: []string{"b"}}},
+			par: 2, want: map[string][]bool{"a": {false}, "b": {false}, "c": {true}}},
+		{name: "fan-out, one slot", steps: fanout(2, "ok"), par: 1,
+			want: map[string][]bool{"root": {false}, "leaf0": {false}, "leaf1": {true}}},
+		// Both attempts of a step that may retry come last; only its final one is marked.
+		{name: "retry", steps: []step{{key: "a", cmd: "ok"}, {key: "b", cmd: "flaky 1 1", retry: &ir.Retry{Limit: 1}, after: []string{"a"}}},
+			par: 1, want: map[string][]bool{"a": {false}, "b": {false, true}}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFakeVM()
+			pl := build(t, c.steps)
+			res := guard(t, func() Result {
+				return Run(context.Background(), pl, f, Options{Parallelism: c.par, RunID: "run-1", Publish: (&recorder{}).publish})
+			})
+			if res.Status != BuildPassed {
+				t.Fatalf("status %s", res.Status)
+			}
+			got := map[string][]bool{}
+			for _, s := range f.created {
+				got[s.Owner.StepKey] = append(got[s.Owner.StepKey], s.Last)
+			}
+			if diff := cmp.Diff(c.want, got); diff != "" {
+				t.Errorf("Last per step's machines (-want +got):\n%s", diff)
 			}
 		})
 	}

@@ -112,6 +112,11 @@ type Spec struct {
 	// Continuable hints that a builds_in child will likely Continue on this machine (see
 	// Continuer): the step has exactly one. Backends without the ability ignore it.
 	Continuable bool
+	// Last hints that, as far as the scheduler knows, its run makes no machine after this
+	// one (the last attempt of the last step to make one; an infrastructure failure's retry
+	// is not foreseen, as with Drainer): something a backend would make to share with the
+	// run's later machines would serve this one alone. Only a hint; backends may ignore it.
+	Last bool
 	// CacheDirs are persistent directories mounted at their Path for the step (hm's
 	// cache_dirs): shared by every machine given the same ID, including concurrent ones,
 	// kept between builds, never part of a snapshot. A machine given CacheDirs is never

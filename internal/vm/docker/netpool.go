@@ -58,8 +58,10 @@ import (
 // namespace. A holder is made from a root image of its run (never a snapshot, whose removal
 // it would hold up); a step whose run has made no container from a root image in this
 // process, a container never started (CopyArtifacts), a continuable one (its namespace
-// serves its chain's steps one after another already) and every step under --network host
-// get no holder.
+// serves its chain's steps one after another already), the run's last container when every
+// holder free or coming is another's (vm.Spec.Last: one made now would serve it alone, and
+// a one-step run measured 0.81× with a namespace of its own) and every step under
+// --network host get no holder.
 
 // holderIdle is how long a free holder waits for its run's next step before it is removed.
 const holderIdle = 20 * time.Second
@@ -120,6 +122,12 @@ func (b *Backend) holderName(spec vm.Spec, owner proc.Owner, soon bool) string {
 		rn.base = spec.Image
 	}
 	if rn.base == "" || p.closed || p.broken {
+		return ""
+	}
+	if spec.Last && soon && len(rn.free)+rn.making+rn.check <= rn.want {
+		// The run's last container, and every holder there is or will be is another's: one
+		// made now would serve this container alone, and its making plus its teardown after
+		// the step cost more than a namespace of the container's own (a one-step run).
 		return ""
 	}
 	rn.pend++

@@ -3,7 +3,9 @@ package docker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -101,6 +103,70 @@ func TestHolderNotForContinuable(t *testing.T) {
 	if code, err := m.Run(t.Context(), &out, io.Discard); err != nil || code != 0 || !strings.Contains(out.String(), "\neth0") {
 		t.Errorf("Run = %d, %v, %q; want the bridge's eth0", code, err, out.String())
 	}
+}
+
+// The run's last machine (vm.Spec.Last) gets no holder made for it alone: a one-step run's
+// container keeps a namespace of its own. One the run has free already it still joins.
+func TestHolderNotForLastMachine(t *testing.T) {
+	b := newBackend(t)
+	img := resolve(t, b, testImage)
+	last := inRun(rootSpec(t, img, nsCmd), "run-one")
+	last.Last = true
+	m, err := b.Create(t.Context(), last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := containersOf(t, b, proc.Self()); len(left) != 1 {
+		t.Errorf("containers beside a one-step run's: %v, want its own alone", left)
+	}
+	var out strings.Builder
+	code, err := m.Run(t.Context(), &out, io.Discard)
+	if derr := m.Destroy(context.Background()); derr != nil {
+		t.Errorf("Destroy: %v", derr)
+	}
+	if err != nil || code != 0 || !strings.Contains(out.String(), "\neth0") {
+		t.Errorf("Run = %d, %v, %q; want the bridge's eth0", code, err, out.String())
+	}
+
+	// A run whose earlier step left a holder free: its last step joins that one.
+	first := strings.SplitN(runOnce(t, b, inRun(rootSpec(t, img, nsCmd), "run-two")), "\n", 2)[0]
+	last = inRun(rootSpec(t, img, nsCmd), "run-two")
+	last.Last = true
+	seen := map[string]bool{first: true}
+	// The first step's holder or the spare made beside it, whichever is free first.
+	for _, h := range holdersOf(t, b, "run-two") {
+		seen[h] = true
+	}
+	if ns := strings.SplitN(runOnce(t, b, last), "\n", 2)[0]; !seen[ns] {
+		t.Errorf("the last step ran in namespace %s, not in one of the run's holders %v", ns, seen)
+	}
+}
+
+// holdersOf returns the network namespaces (as readlink /proc/self/ns/net prints them) of
+// run's holders, read through their init's PID: the tests run beside the daemon.
+func holdersOf(t *testing.T, b *Backend, run string) []string {
+	t.Helper()
+	cs, err := b.cli.ContainerList(t.Context(), container.ListOptions{
+		Filters: filters.NewArgs(filters.Arg("label", LabelRun+"="+run))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, c := range cs {
+		if c.Labels[LabelStep] != "" {
+			continue // a step's container
+		}
+		ins, err := b.cli.ContainerInspect(t.Context(), c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", ins.State.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ns)
+	}
+	return out
 }
 
 // Steps running at the same time never share a namespace: the first holds its holder until
