@@ -132,10 +132,20 @@ func TestHolderNotForLastMachine(t *testing.T) {
 	first := strings.SplitN(runOnce(t, b, inRun(rootSpec(t, img, nsCmd), "run-two")), "\n", 2)[0]
 	last = inRun(rootSpec(t, img, nsCmd), "run-two")
 	last.Last = true
+	// The first step's holder or the spare made beside it, whichever is free first: both
+	// are listed once the spare runs.
+	var holders []string
+	for deadline := time.Now().Add(20 * time.Second); len(holders) < 2 && time.Now().Before(deadline); {
+		if holders = holdersOf(t, b, "run-two"); len(holders) < 2 {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	seen := map[string]bool{first: true}
-	// The first step's holder or the spare made beside it, whichever is free first.
-	for _, h := range holdersOf(t, b, "run-two") {
+	for _, h := range holders {
 		seen[h] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("run-two's holders run in namespaces %v, its first step ran in %s: want the two holders, the first step's among them", holders, first)
 	}
 	if ns := strings.SplitN(runOnce(t, b, last), "\n", 2)[0]; !seen[ns] {
 		t.Errorf("the last step ran in namespace %s, not in one of the run's holders %v", ns, seen)
@@ -143,7 +153,7 @@ func TestHolderNotForLastMachine(t *testing.T) {
 }
 
 // holdersOf returns the network namespaces (as readlink /proc/self/ns/net prints them) of
-// run's holders, read through their init's PID: the tests run beside the daemon.
+// run's running holders, read through their init's PID: the tests run beside the daemon.
 func holdersOf(t *testing.T, b *Backend, run string) []string {
 	t.Helper()
 	cs, err := b.cli.ContainerList(t.Context(), container.ListOptions{
