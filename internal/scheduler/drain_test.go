@@ -104,3 +104,46 @@ func TestLastMachineHint(t *testing.T) {
 		})
 	}
 }
+
+// vm.Spec.Sequential says that no two of the run's steps can run at once: its plan is one
+// path, or the parallelism is 1.
+func TestSequentialHint(t *testing.T) {
+	seq := []step{{key: "a", cmd: "ok"}, {key: "b", cmd: "ok", after: []string{"a"}}, {key: "c", cmd: "ok", parent: "b"}}
+	diamond := []step{{key: "a", cmd: "ok"}, {key: "b", cmd: "ok", parent: "a"}, {key: "c", cmd: "ok", after: []string{"a"}},
+		{key: "d", cmd: "ok", after: []string{"b", "c"}}}
+	cases := []struct {
+		name  string
+		steps []step
+		par   int
+		want  bool
+	}{
+		{"one step", []step{{key: "a", cmd: "ok"}}, 2, true},
+		{"a path of both edge kinds", seq, 2, true},
+		{"fan-out", fanout(2, "ok"), 2, false},
+		{"fan-out, one slot", fanout(2, "ok"), 1, true},
+		{"two roots", []step{{key: "a", cmd: "ok"}, {key: "b", cmd: "ok"}}, 2, false},
+		{"diamond", diamond, 2, false},
+		// The path's edges are there, and one more that adds no concurrency.
+		{"path with a shortcut", append(seq[:2:2], step{key: "c", cmd: "ok", after: []string{"a", "b"}}), 2, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFakeVM()
+			pl := build(t, c.steps)
+			res := guard(t, func() Result {
+				return Run(context.Background(), pl, f, Options{Parallelism: c.par, RunID: "run-1", Publish: (&recorder{}).publish})
+			})
+			if res.Status != BuildPassed {
+				t.Fatalf("status %s", res.Status)
+			}
+			if len(f.created) != len(c.steps) {
+				t.Fatalf("%d machines, want %d", len(f.created), len(c.steps))
+			}
+			for _, s := range f.created {
+				if s.Sequential != c.want {
+					t.Errorf("step %s's machine: Sequential %v, want %v", s.Owner.StepKey, s.Sequential, c.want)
+				}
+			}
+		})
+	}
+}

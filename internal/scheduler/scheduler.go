@@ -219,6 +219,31 @@ type run struct {
 	// no longer counts (madeLast). At zero the backend is told (vm.Drainer).
 	toMake atomic.Int64
 	made   []atomic.Bool
+	// sequential: no two steps can run at once (vm.Spec.Sequential).
+	sequential bool
+}
+
+// onePath reports whether pl's steps are totally ordered by its edges: a topological order
+// in which every step waits for the one before it (Kahn's algorithm never has two steps
+// ready at once), so that no two of them can ever run at the same time.
+func onePath(pl *plan.Plan) bool {
+	waiting := make([]int, len(pl.Steps))
+	var ready []int
+	for i := range pl.Steps {
+		if waiting[i] = len(pl.Steps[i].Preds); waiting[i] == 0 {
+			ready = append(ready, i)
+		}
+	}
+	for len(ready) == 1 {
+		i := ready[0]
+		ready = ready[:0]
+		for _, s := range pl.Steps[i].Succs {
+			if waiting[s]--; waiting[s] == 0 {
+				ready = append(ready, s)
+			}
+		}
+	}
+	return len(ready) == 0
 }
 
 // madeLast records that step i makes no more machines: it has made the one of its last
@@ -257,6 +282,7 @@ func newRun(pl *plan.Plan, backend vm.Backend, opts Options) *run {
 		pid:   osPID(),
 	}
 	r.images.m = map[string]*imageEntry{}
+	r.sequential = par == 1 || onePath(pl)
 	r.toMake.Store(int64(len(pl.Steps)))
 	for i := range r.steps {
 		r.steps[i].id = uuid.NewString()

@@ -127,6 +127,7 @@ func (r *run) execute(ctx context.Context, i int, handoff *vm.Machine) (out comp
 		spec.Env = append(spec.Env, name+"="+v)
 	}
 	spec.Owner = vm.Owner{RunID: r.opts.RunID, StepKey: ps.Key, PID: r.pid}
+	spec.Sequential = r.sequential
 	// One builds_in child: it may continue on this machine rather than on a snapshot, unless
 	// it may be retried: each attempt starts afresh from this step's snapshot.
 	spec.Continuable = len(ps.Children) == 1 && !retries(r.pl.Steps[ps.Children[0]].Retry)

@@ -117,6 +117,11 @@ type Spec struct {
 	// is not foreseen, as with Drainer): something a backend would make to share with the
 	// run's later machines would serve this one alone. Only a hint; backends may ignore it.
 	Last bool
+	// Sequential hints that no two machines of its run run at the same time: the plan's
+	// steps form one path (each can start only after the one before it has ended), or the
+	// parallelism is 1. Something a backend makes ahead for a machine beside this one would
+	// go unused. Only a hint; backends may ignore it.
+	Sequential bool
 	// CacheDirs are persistent directories mounted at their Path for the step (hm's
 	// cache_dirs): shared by every machine given the same ID, including concurrent ones,
 	// kept between builds, never part of a snapshot. A machine given CacheDirs is never

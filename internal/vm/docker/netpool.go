@@ -48,7 +48,9 @@ import (
 // container has exited, or it is removed), checked, then free for the run's next step or
 // removed. Holders are made ahead so that they are seldom waited for: one beside each
 // container created in its slot while no holder is free, being made or being checked, and
-// one spare at the run's first take (a fan-out after a first step is the common shape).
+// one spare at the run's first take (a fan-out after a first step is the common shape),
+// unless the run's steps run one at a time (vm.Spec.Sequential), whose next step takes the
+// first holder back.
 // A free holder goes after holderIdle unused, at Drain (vm.Drainer: the scheduler says the
 // run makes no more machines, so its holders' teardown overlaps the last steps instead of
 // following them) unless a machine of the run is yet to take it, and at Close. Holders carry
@@ -255,8 +257,8 @@ func (b *Backend) takeHolder(ctx context.Context, spec vm.Spec, owner proc.Owner
 	rn.inUse++
 	taken()
 	// A run that takes a holder is likely to run another step beside it (a fan-out after a
-	// first step): one more is made ahead, once per run.
-	if !rn.spared && !rn.drained {
+	// first step): one more is made ahead, once per run, unless its steps run one at a time.
+	if !rn.spared && !rn.drained && !spec.Sequential {
 		rn.spared = true
 		if len(rn.free)+rn.making == 0 {
 			b.makeHolder(spec, owner, rn)

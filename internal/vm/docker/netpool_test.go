@@ -141,6 +141,37 @@ func TestHolderNotForLastMachine(t *testing.T) {
 	}
 }
 
+// A run whose steps run one at a time (vm.Spec.Sequential) gets no spare holder at its
+// first take: its next step takes the first one back. Any other run gets one.
+func TestHolderNoSpareWhenSequential(t *testing.T) {
+	b := newBackend(t)
+	img := resolve(t, b, testImage)
+	spared := func(run string) bool {
+		b.nets.mu.Lock()
+		defer b.nets.mu.Unlock()
+		rn := b.nets.runs[run]
+		return rn != nil && (rn.spared || rn.making > 0)
+	}
+	for _, seq := range []bool{true, false} {
+		run := fmt.Sprintf("run-sequential-%v", seq)
+		spec := inRun(rootSpec(t, img, nsCmd), run)
+		spec.Sequential = seq
+		first := strings.SplitN(runOnce(t, b, spec), "\n", 2)[0]
+		if got := spared(run); got == seq {
+			t.Errorf("Sequential %v: a spare holder made: %v", seq, got)
+		}
+		if !seq {
+			continue
+		}
+		if next := strings.SplitN(runOnce(t, b, spec), "\n", 2)[0]; next != first {
+			t.Errorf("the next step of a sequential run ran in namespace %s, the first in %s: want the one holder", next, first)
+		}
+		if h := holdersOf(t, b, run); len(h) != 1 {
+			t.Errorf("a sequential run's holders: %v, want one", h)
+		}
+	}
+}
+
 // holdersOf returns the network namespaces (as readlink /proc/self/ns/net prints them) of
 // run's running holders, read through their init's PID: the tests run beside the daemon.
 func holdersOf(t *testing.T, b *Backend, run string) []string {
