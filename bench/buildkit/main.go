@@ -7,7 +7,9 @@
 //   - fanout: one root and 8 leaves building in it; for BuildKit a multi-stage Dockerfile
 //     (a root stage, 8 leaf stages FROM it, and a final stage copying one file of each leaf,
 //     since BuildKit builds only the stages the target needs);
-//   - one: a single step, for BuildKit one RUN line.
+//   - one: a single step, for BuildKit one RUN line;
+//   - seq: three root steps, each depending on the one before; for BuildKit three stages,
+//     each copying a file of the one before (BuildKit orders stages by their data only).
 //
 // Cold is `hm run --no-cache` against `docker build --no-cache`; fully cached is a re-run of
 // each with its cache populated. Times are the wall time of the processes (hm's build_end
@@ -17,7 +19,7 @@
 // is checked for containers and ephemeral snapshots the run left behind (scoped to this
 // bench's state dir: colleagues may share the daemon); any leftover fails the bench.
 //
-//	bash scripts/test-image.sh && go run ./bench/buildkit [-rounds 5] [-docker /usr/bin/docker] [-only chain|fanout|one] [-kind cold|cached] [-before OLD-HM-BINARY] [-parallelism N]
+//	bash scripts/test-image.sh && go run ./bench/buildkit [-rounds 5] [-docker /usr/bin/docker] [-only chain|fanout|one|seq] [-kind cold|cached] [-before OLD-HM-BINARY] [-parallelism N]
 //
 // hm runs with its default parallelism (the CPUs) unless -parallelism adds a variant; the
 // daemon's embedded BuildKit (v0.8 in docker 20.10) runs every ready vertex at once.
@@ -50,7 +52,7 @@ func main() {
 	rounds := flag.Int("rounds", 5, "measured rounds (each runs every variant once)")
 	img := flag.String("image", "hm-test-busybox:latest", "base image, local (scripts/test-image.sh)")
 	dockerBin := flag.String("docker", "/usr/bin/docker", "docker CLI (the 20.10 client drives the embedded BuildKit)")
-	only := flag.String("only", "", "run one workload only: chain, fanout or one")
+	only := flag.String("only", "", "run one workload only: chain, fanout, one or seq")
 	kind := flag.String("kind", "", "run one kind only: cold or cached")
 	before := flag.String("before", "", "an older hm binary to interleave as well (a before/after comparison)")
 	par := flag.Int("parallelism", 0, "also run hm with --parallelism N, interleaved (BuildKit's embedded solver has no bound)")
@@ -90,10 +92,20 @@ func workloads(img string) []workload {
 		fmt.Fprintf(&fan, "COPY --from=leaf%d /workspace/leaf.txt /leaf%d.txt\n", i, i)
 	}
 	one := fmt.Sprintf("FROM %s\nWORKDIR /workspace\nCOPY . .\nRUN echo one > one.txt\n", img)
+	var seq strings.Builder
+	seqCmds := []string{"echo a > a.txt", "echo b > b.txt", "echo c > c.txt"}
+	for i, c := range seqCmds {
+		fmt.Fprintf(&seq, "FROM %s AS s%d\nWORKDIR /workspace\nCOPY . .\n", img, i)
+		if i > 0 { // BuildKit orders stages by what they copy from each other
+			fmt.Fprintf(&seq, "COPY --from=s%d /workspace/%c.txt /\n", i-1, 'a'+i-1)
+		}
+		fmt.Fprintf(&seq, "RUN %s\n", c)
+	}
 	return []workload{
 		{name: fmt.Sprintf("%d-step builds_in chain", n), ir: ir(chain, true), dockerfile: df.String()},
 		{name: "fan-out: 1 root + 8 leaves", ir: ir(leaves, false), dockerfile: fan.String()},
 		{name: "one step", ir: ir([]string{"echo one > one.txt"}, false), dockerfile: one},
+		{name: "3 steps in sequence (depends_on)", ir: irSequence(seqCmds), dockerfile: seq.String()},
 	}
 }
 
@@ -109,6 +121,19 @@ func ir(cmds []string, chain bool) []byte {
 			edges = append(edges, fmt.Sprintf(`[%d,%d,"builds_in"]`, i-1, i))
 		default:
 			edges = append(edges, fmt.Sprintf(`[0,%d,"builds_in"]`, i))
+		}
+	}
+	return []byte(`{"version":"0","graph":{"nodes":[` + strings.Join(nodes, ",") + `],"edges":[` + strings.Join(edges, ",") + `]}}`)
+}
+
+// irSequence renders the steps as pipeline IR of root steps, each depending on the one
+// before (depends_on: its own image, no snapshot of the one before).
+func irSequence(cmds []string) []byte {
+	var nodes, edges []string
+	for i, c := range cmds {
+		nodes = append(nodes, fmt.Sprintf(`{"step":{"key":"s%02d","cmd":%q,"image":"ubuntu:24.04","cache":{"policy":"forever","env_keys":[]}},"env":{}}`, i, c))
+		if i > 0 {
+			edges = append(edges, fmt.Sprintf(`[%d,%d,"depends_on"]`, i-1, i))
 		}
 	}
 	return []byte(`{"version":"0","graph":{"nodes":[` + strings.Join(nodes, ",") + `],"edges":[` + strings.Join(edges, ",") + `]}}`)
@@ -153,7 +178,7 @@ func run(rounds int, img, dockerBin, only, kind, before string, par int) error {
 
 	var rows, notes []string
 	for wi, w := range workloads(img) {
-		if only != "" && !strings.HasPrefix(w.name, map[string]string{"chain": "30", "fanout": "fan", "one": "one"}[only]) {
+		if only != "" && !strings.HasPrefix(w.name, map[string]string{"chain": "30", "fanout": "fan", "one": "one", "seq": "3 steps"}[only]) {
 			continue
 		}
 		dir := filepath.Join(work, fmt.Sprint("w", wi))
