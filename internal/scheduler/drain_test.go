@@ -66,6 +66,21 @@ func TestDrainAfterLastMachine(t *testing.T) {
 	}
 }
 
+// runPassing runs steps on a fresh fakeVM at parallelism par and fails the test unless the
+// build passes.
+func runPassing(t *testing.T, steps []step, par int) *fakeVM {
+	t.Helper()
+	f := newFakeVM()
+	pl := build(t, steps)
+	res := guard(t, func() Result {
+		return Run(context.Background(), pl, f, Options{Parallelism: par, RunID: "run-1", Publish: (&recorder{}).publish})
+	})
+	if res.Status != BuildPassed {
+		t.Fatalf("status %s", res.Status)
+	}
+	return f
+}
+
 // vm.Spec.Last marks the machine the run makes last, as far as the scheduler knows: only
 // once every other step has made its last machine, never a machine that a retry may follow.
 func TestLastMachineHint(t *testing.T) {
@@ -86,14 +101,7 @@ func TestLastMachineHint(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := newFakeVM()
-			pl := build(t, c.steps)
-			res := guard(t, func() Result {
-				return Run(context.Background(), pl, f, Options{Parallelism: c.par, RunID: "run-1", Publish: (&recorder{}).publish})
-			})
-			if res.Status != BuildPassed {
-				t.Fatalf("status %s", res.Status)
-			}
+			f := runPassing(t, c.steps, c.par)
 			got := map[string][]bool{}
 			for _, s := range f.created {
 				got[s.Owner.StepKey] = append(got[s.Owner.StepKey], s.Last)
@@ -128,14 +136,7 @@ func TestSequentialHint(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := newFakeVM()
-			pl := build(t, c.steps)
-			res := guard(t, func() Result {
-				return Run(context.Background(), pl, f, Options{Parallelism: c.par, RunID: "run-1", Publish: (&recorder{}).publish})
-			})
-			if res.Status != BuildPassed {
-				t.Fatalf("status %s", res.Status)
-			}
+			f := runPassing(t, c.steps, c.par)
 			if len(f.created) != len(c.steps) {
 				t.Fatalf("%d machines, want %d", len(f.created), len(c.steps))
 			}
