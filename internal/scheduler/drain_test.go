@@ -71,10 +71,7 @@ func TestDrainAfterLastMachine(t *testing.T) {
 func runPassing(t *testing.T, steps []step, par int) *fakeVM {
 	t.Helper()
 	f := newFakeVM()
-	pl := build(t, steps)
-	res := guard(t, func() Result {
-		return Run(context.Background(), pl, f, Options{Parallelism: par, RunID: "run-1", Publish: (&recorder{}).publish})
-	})
+	res, _ := runPlan(t, context.Background(), build(t, steps), f, Options{Parallelism: par, RunID: "run-1"})
 	if res.Status != BuildPassed {
 		t.Fatalf("status %s", res.Status)
 	}
